@@ -1,0 +1,40 @@
+"""Where the feature data comes from: the streaming flow's pushes and request data."""
+
+import os
+
+from feast import Field, FileSource, PushSource, RequestSource
+from feast.types import Float64, Int64, UnixTimestamp
+
+# The flow's offline history snapshots, one Parquet dataset per view (written by flows/).
+_OFFLINE_DIR = os.environ.get("VIGIL_OFFLINE_DIR", "data/offline")
+
+# Recent transactions per customer, pushed by the feature flow after every update.
+customer_history_push = PushSource(
+    name="customer_history_push",
+    batch_source=FileSource(
+        name="customer_history_offline",
+        path=f"{_OFFLINE_DIR}/customer_history",
+        timestamp_field="event_timestamp",
+    ),
+)
+
+# Labels of recent transactions per terminal, pushed by the feature flow.
+terminal_history_push = PushSource(
+    name="terminal_history_push",
+    batch_source=FileSource(
+        name="terminal_history_offline",
+        path=f"{_OFFLINE_DIR}/terminal_history",
+        timestamp_field="event_timestamp",
+    ),
+)
+
+# The transaction being scored: features are computed as of its own time, and its id
+# lets a transaction that was already ingested count once.
+transaction_request = RequestSource(
+    name="transaction",
+    schema=[
+        Field(name="transaction_id", dtype=Int64),
+        Field(name="tx_datetime", dtype=UnixTimestamp),
+        Field(name="tx_amount", dtype=Float64),
+    ],
+)

@@ -1,0 +1,66 @@
+"""Feature views: per-entity histories in the online store, and the handbook features
+computed from them as of the request's own time."""
+
+from datetime import timedelta
+
+from data_sources import customer_history_push, terminal_history_push, transaction_request
+from entities import customer, terminal
+from feast import FeatureView, Field
+from feast.on_demand_feature_view import on_demand_feature_view
+from feast.types import Array, Float64, Int64
+
+# A customer's transactions over the feature horizon (times, ids, amounts), kept by the flow.
+customer_history = FeatureView(
+    name="customer_history",
+    entities=[customer],
+    ttl=timedelta(0),
+    schema=[
+        Field(name="tx_ts_list", dtype=Array(Int64)),
+        Field(name="tx_id_list", dtype=Array(Int64)),
+        Field(name="tx_amount_list", dtype=Array(Float64)),
+    ],
+    source=customer_history_push,
+    online=True,
+)
+
+# Labels that came back for a terminal's transactions over the horizon, kept by the flow.
+terminal_history = FeatureView(
+    name="terminal_history",
+    entities=[terminal],
+    ttl=timedelta(0),
+    schema=[
+        Field(name="label_tx_ts_list", dtype=Array(Int64)),
+        Field(name="label_tx_id_list", dtype=Array(Int64)),
+        Field(name="label_fraud_list", dtype=Array(Int64)),
+    ],
+    source=terminal_history_push,
+    online=True,
+)
+
+
+# The 14 handbook features of the requested transaction, exact as of its tx_datetime.
+# The body delegates to vigil.features: the same code the flow, backfill and scoring use.
+@on_demand_feature_view(
+    sources=[customer_history, terminal_history, transaction_request],
+    schema=[
+        Field(name="tx_during_weekend", dtype=Int64),
+        Field(name="tx_during_night", dtype=Int64),
+        Field(name="customer_id_nb_tx_1day_window", dtype=Float64),
+        Field(name="customer_id_avg_amount_1day_window", dtype=Float64),
+        Field(name="customer_id_nb_tx_7day_window", dtype=Float64),
+        Field(name="customer_id_avg_amount_7day_window", dtype=Float64),
+        Field(name="customer_id_nb_tx_30day_window", dtype=Float64),
+        Field(name="customer_id_avg_amount_30day_window", dtype=Float64),
+        Field(name="terminal_id_nb_tx_1day_window", dtype=Float64),
+        Field(name="terminal_id_risk_1day_window", dtype=Float64),
+        Field(name="terminal_id_nb_tx_7day_window", dtype=Float64),
+        Field(name="terminal_id_risk_7day_window", dtype=Float64),
+        Field(name="terminal_id_nb_tx_30day_window", dtype=Float64),
+        Field(name="terminal_id_risk_30day_window", dtype=Float64),
+    ],
+    mode="python",
+)
+def transaction_features(inputs: dict) -> dict:
+    from vigil.features.feast_transform import handbook_features
+
+    return handbook_features(inputs)

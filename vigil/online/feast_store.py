@@ -1,0 +1,81 @@
+"""Opens Vigil's Feast repo with values from Settings, and registers its objects."""
+
+from __future__ import annotations
+
+import os
+import sys
+from pathlib import Path
+from string import Template
+from urllib.parse import parse_qs, unquote, urlsplit
+
+import yaml
+from feast import FeatureStore
+from feast.repo_config import RepoConfig
+
+from vigil.settings import Settings
+
+
+def feast_connection_string(redis_url: str) -> str:
+    """redis://[:password@]host:port/db -> Feast's 'host:port,db=N,password=...' form."""
+    parts = urlsplit(redis_url)
+    host = parts.hostname or "127.0.0.1"
+    port = parts.port or 6379
+    fields = [f"{host}:{port}"]
+    db = parts.path.lstrip("/")
+    if db:
+        fields.append(f"db={int(db)}")
+    elif "db" in parse_qs(parts.query):
+        fields.append(f"db={int(parse_qs(parts.query)['db'][0])}")
+    if parts.password:
+        fields.append(f"password={unquote(parts.password)}")
+    if parts.username and parts.username != "default":
+        fields.append(f"username={unquote(parts.username)}")
+    if parts.scheme == "rediss":
+        fields.append("ssl=true")
+    return ",".join(fields)
+
+
+def registry_path(settings: Settings) -> Path:
+    return settings.data_dir / "registry" / f"{settings.feast_project}.db"
+
+
+def repo_config(settings: Settings) -> RepoConfig:
+    """feature_store.yaml with ${REDIS_URL} and friends filled in from `settings`."""
+    text = (settings.feature_repo / "feature_store.yaml").read_text()
+    filled = Template(text).safe_substitute(
+        REDIS_URL=feast_connection_string(settings.redis_url),
+        VIGIL_FEAST_PROJECT=settings.feast_project,
+        VIGIL_FEAST_REGISTRY=str(registry_path(settings)),
+    )
+    config = RepoConfig(**yaml.safe_load(filled))
+    config.repo_path = settings.feature_repo
+    return config
+
+
+def open_feature_store(settings: Settings) -> FeatureStore:
+    """A Feast FeatureStore on Vigil's repo (run `vigil apply` once first)."""
+    return FeatureStore(repo_path=str(settings.feature_repo), config=repo_config(settings))
+
+
+def apply_repo(settings: Settings) -> FeatureStore:
+    """Registers the repo's entities, views and services (what `feast apply` does)."""
+    from feast.repo_operations import parse_repo
+
+    registry_path(settings).parent.mkdir(parents=True, exist_ok=True)
+    os.environ["VIGIL_OFFLINE_DIR"] = str(settings.offline_dir)
+    repo = str(settings.feature_repo)
+    if repo not in sys.path:
+        sys.path.insert(0, repo)
+    contents = parse_repo(settings.feature_repo)
+    store = open_feature_store(settings)
+    objects = [
+        *contents.entities,
+        *contents.data_sources,
+        *contents.feature_views,
+        *contents.on_demand_feature_views,
+        *contents.feature_services,
+    ]
+    # A module that imports an object from another makes parse_repo see it twice.
+    unique = list({(type(obj).__name__, obj.name): obj for obj in objects}.values())
+    store.apply(unique)
+    return store

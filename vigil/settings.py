@@ -1,0 +1,67 @@
+"""Vigil's one settings object, built once at an entry point and passed down."""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Literal
+from urllib.parse import urlsplit
+
+from pydantic import AliasChoices, Field, field_validator
+from pydantic_settings import BaseSettings, SettingsConfigDict
+
+PROJECT_ROOT = Path(__file__).resolve().parents[1]
+
+
+class Settings(BaseSettings):
+    """Configuration from the environment (and an optional `.env` file).
+
+    Tests build it with explicit values instead of patching the environment.
+    """
+
+    model_config = SettingsConfigDict(env_file=".env", extra="ignore", populate_by_name=True)
+
+    redis_url: str = Field(
+        "redis://127.0.0.1:6379/0", validation_alias=AliasChoices("REDIS_URL", "redis_url")
+    )
+    mlflow_tracking_uri: str | None = Field(
+        None, validation_alias=AliasChoices("MLFLOW_TRACKING_URI", "mlflow_tracking_uri")
+    )
+    api_keys: str = Field("", validation_alias=AliasChoices("VIGIL_API_KEYS", "api_keys"))
+    device: Literal["cpu", "cuda", "auto"] = Field(
+        "auto", validation_alias=AliasChoices("VIGIL_DEVICE", "device")
+    )
+    data_dir: Path = Field(
+        PROJECT_ROOT / "data", validation_alias=AliasChoices("VIGIL_DATA_DIR", "data_dir")
+    )
+    feature_repo: Path = Field(
+        PROJECT_ROOT / "feature_repo", validation_alias=AliasChoices("VIGIL_FEATURE_REPO", "feature_repo")
+    )
+    # Prefix of Vigil's own Redis keys (streams, dead letters), so tests and tenants can share a server.
+    key_prefix: str = Field("vigil", validation_alias=AliasChoices("VIGIL_KEY_PREFIX", "key_prefix"))
+    # Feast project name: the online store's keys end with it.
+    feast_project: str = Field("vigil", validation_alias=AliasChoices("VIGIL_FEAST_PROJECT", "feast_project"))
+    start_local_redis: bool = Field(
+        True, validation_alias=AliasChoices("VIGIL_START_LOCAL_REDIS", "start_local_redis")
+    )
+
+    @field_validator("redis_url")
+    @classmethod
+    def _check_redis_url(cls, value: str) -> str:
+        parts = urlsplit(value)
+        if parts.scheme not in ("redis", "rediss", "unix") or (parts.scheme != "unix" and not parts.hostname):
+            raise ValueError(f"REDIS_URL must look like redis://HOST:PORT/DB, got {value!r}")
+        return value
+
+    @property
+    def tracking_uri(self) -> str:
+        if self.mlflow_tracking_uri:
+            return self.mlflow_tracking_uri
+        return f"sqlite:///{PROJECT_ROOT / 'mlflow' / 'mlflow.db'}"
+
+    @property
+    def deadletter_stream(self) -> str:
+        return f"{self.key_prefix}:deadletter"
+
+    @property
+    def offline_dir(self) -> Path:
+        return self.data_dir / "offline"
