@@ -45,6 +45,14 @@ def merge(history: EntityHistory, ts: IntArray, tx_id: IntArray, value: FloatArr
     Facts older than the feature horizon (relative to the newest fact) are dropped, so
     the state per entity stays bounded.
     """
+    if _appends_in_order(history, ts, tx_id):
+        return evict(
+            EntityHistory(
+                np.concatenate([history.ts, ts]),
+                np.concatenate([history.tx_id, tx_id]),
+                np.concatenate([history.value, value]),
+            )
+        )
     all_ts = np.concatenate([history.ts, ts])
     all_id = np.concatenate([history.tx_id, tx_id])
     all_val = np.concatenate([history.value, value])
@@ -55,6 +63,20 @@ def merge(history: EntityHistory, ts: IntArray, tx_id: IntArray, value: FloatArr
     order = np.lexsort((all_id, all_ts))
     merged = EntityHistory(all_ts[order], all_id[order], all_val[order])
     return evict(merged)
+
+
+def _appends_in_order(history: EntityHistory, ts: IntArray, tx_id: IntArray) -> bool:
+    """True when the new facts are strictly after the history and strictly increasing in
+    (ts, tx_id): then no id can repeat and a plain append keeps the order (the common,
+    in-order streaming case)."""
+    if ts.shape[0] == 0:
+        return True
+    if len(history) and ts[0] <= history.ts[-1]:
+        return False
+    if ts.shape[0] == 1:
+        return True
+    dts = np.diff(ts)
+    return bool(np.all((dts > 0) | ((dts == 0) & (np.diff(tx_id) > 0))))
 
 
 def evict(history: EntityHistory) -> EntityHistory:

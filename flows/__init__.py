@@ -1,0 +1,1 @@
+"""Bytewax dataflows: streaming features (features.py) and their sources and sinks."""

@@ -1,0 +1,160 @@
+"""The streaming feature flow.
+
+    events -> validate -> dead letters ............................> dead-letter sink
+                      \\-> partition by entity -> merge histories -> online store (Feast layout)
+                      \\-> typed events ............................> offline event log
+
+Run it with `vigil ingest`, or `python -m bytewax.run "flows.features:build_flow()"`
+(source from VIGIL_SOURCE, default the Redis stream `<prefix>:events`).
+"""
+
+from __future__ import annotations
+
+import os
+import threading
+from collections.abc import Iterator, Sequence
+from dataclasses import dataclass
+from typing import Any
+from urllib.parse import urlsplit
+
+import bytewax.operators as op
+import numpy as np
+import pandas as pd
+import redis
+from bytewax.dataflow import Dataflow
+from bytewax.inputs import Source
+from bytewax.outputs import Sink
+
+from flows.sinks import DeadLetterSink, FlowStats, OfflineEventSink, OnlineStoreSink
+from flows.sources import FileReplaySource, KafkaEventSource, RedisStreamSource
+from flows.state import (
+    CUSTOMER,
+    PARTITIONS_PER_KIND,
+    TERMINAL,
+    EntityEvents,
+    PartitionState,
+    UpdateBatch,
+    apply_events,
+)
+from vigil.events import DeadLetter, RawBatch, ValidatedBatch, validate
+from vigil.features.history import EntityHistory
+from vigil.online.store import OnlineHistoryStore
+from vigil.settings import Settings
+
+
+@dataclass
+class FlowSinks:
+    """Where the flow's three outputs go (tests swap in TestingSink)."""
+
+    online: Sink[UpdateBatch]
+    dead_letters: Sink[DeadLetter]
+    offline: Sink[tuple[str, pd.DataFrame]] | None = None
+
+
+def default_sinks(settings: Settings, stats: FlowStats | None = None, progress: Any = None) -> FlowSinks:
+    stats = stats or FlowStats()
+    return FlowSinks(
+        online=OnlineStoreSink(settings.redis_url, settings.feast_project, stats, progress),
+        dead_letters=DeadLetterSink(settings.redis_url, settings.deadletter_stream,
+                                    settings.data_dir / "deadletter.jsonl", stats),
+        offline=OfflineEventSink(settings.offline_dir),
+    )
+
+
+def source_from_uri(uri: str, settings: Settings, label_delay_days: float = 7.0) -> Source[RawBatch]:
+    """`redis://HOST:PORT/STREAM`, `kafka://BROKER[,BROKER]/TOPIC`, or a file path."""
+    parts = urlsplit(uri)
+    if parts.scheme in ("redis", "rediss"):
+        stream = parts.path.lstrip("/")
+        if not stream:
+            raise ValueError(f"{uri}: name the stream, as in redis://HOST:PORT/STREAM")
+        return RedisStreamSource(f"{parts.scheme}://{parts.netloc}/0", stream)
+    if parts.scheme == "kafka":
+        topic = parts.path.lstrip("/")
+        if not topic or not parts.netloc:
+            raise ValueError(f"{uri}: use kafka://BROKER[,BROKER]/TOPIC")
+        return KafkaEventSource(parts.netloc.split(","), topic)
+    return FileReplaySource(uri.removeprefix("file://"), label_delay_days)
+
+
+class HistoryLoader:
+    """Loads histories the flow has not seen in this run from the online store."""
+
+    def __init__(self, url: str, project: str) -> None:
+        self.url, self.project = url, project
+        self._store: OnlineHistoryStore | None = None
+        self._lock = threading.Lock()
+
+    def __call__(self, kind: str, entities: Sequence[int]) -> list[EntityHistory]:
+        with self._lock:
+            if self._store is None:
+                self._store = OnlineHistoryStore(redis.Redis.from_url(self.url), self.project)
+        return self._store.read(kind, entities)
+
+
+def split_by_partition(batch: ValidatedBatch) -> Iterator[tuple[str, EntityEvents]]:
+    """Customer updates from transactions, terminal updates from labels, keyed by partition."""
+    tx, labels = batch.transactions, batch.labels
+    for kind, frame, entity_col, value_col in (
+        (CUSTOMER, tx, "customer_id", "tx_amount"),
+        (TERMINAL, labels, "terminal_id", "tx_fraud"),
+    ):
+        if frame.empty:
+            continue
+        entity = frame[entity_col].to_numpy(np.int64)
+        part = entity % PARTITIONS_PER_KIND
+        order = np.argsort(part, kind="stable")
+        part_sorted = part[order]
+        bounds = np.flatnonzero(np.r_[True, part_sorted[1:] != part_sorted[:-1], True])
+        ts = frame["ts"].to_numpy(np.int64)
+        tx_id = frame["transaction_id"].to_numpy(np.int64)
+        value = frame[value_col].to_numpy(np.float64)
+        tokens = frame["token"].to_numpy(object)
+        for lo, hi in zip(bounds[:-1].tolist(), bounds[1:].tolist(), strict=True):
+            rows = order[lo:hi]
+            mine = [t for t in tokens[rows].tolist() if t is not None]
+            yield (
+                f"{kind}:{int(part_sorted[lo])}",
+                EntityEvents(kind, entity[rows], ts[rows], tx_id[rows], value[rows], mine),
+            )
+
+
+def offline_events(batch: ValidatedBatch) -> list[tuple[str, pd.DataFrame]]:
+    out = []
+    if not batch.transactions.empty:
+        out.append(("transactions", batch.transactions.drop(columns=["token"])))
+    if not batch.labels.empty:
+        out.append(("labels", batch.labels.drop(columns=["token"])))
+    return out
+
+
+def build_flow(
+    source: Source[RawBatch] | None = None,
+    sinks: FlowSinks | None = None,
+    settings: Settings | None = None,
+) -> Dataflow:
+    """The feature flow from `source` into `sinks` (defaults from settings and VIGIL_SOURCE)."""
+    settings = settings or Settings()
+    if source is None:
+        source = source_from_uri(
+            os.environ.get("VIGIL_SOURCE", f"{settings.redis_url.rsplit('/', 1)[0]}/{settings.key_prefix}:events"),
+            settings,
+        )
+    sinks = sinks or default_sinks(settings)
+    load = HistoryLoader(settings.redis_url, settings.feast_project)
+
+    def merge_step(state: PartitionState | None, events: EntityEvents) -> tuple[PartitionState, UpdateBatch]:
+        state = state or PartitionState()
+        return state, apply_events(state, events, load)
+
+    flow = Dataflow("vigil_features")
+    raw = op.input("events", flow, source)
+    checked = op.map("validate", raw, validate)
+    dead = op.flat_map("dead_letters", checked, lambda batch: batch.dead)
+    op.output("dead_letter_out", dead, sinks.dead_letters)
+    keyed = op.flat_map("partition", checked, split_by_partition)
+    updates = op.stateful_map("histories", keyed, merge_step)  # type: ignore[arg-type]
+    op.output("online_out", op.key_rm("unkey", updates), sinks.online)
+    if sinks.offline is not None:
+        op.output("offline_out", op.flat_map("offline_events", checked, offline_events), sinks.offline)
+    return flow

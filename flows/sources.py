@@ -1,0 +1,262 @@
+"""Event sources for the feature flow: file replay, Redis Streams, Kafka.
+
+Every source emits `RawBatch`es; validation happens in the flow, so all sources share
+one set of rules and one dead-letter path.
+"""
+
+from __future__ import annotations
+
+import time
+from dataclasses import dataclass
+from datetime import datetime, timedelta, timezone
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import pandas as pd
+import redis
+from bytewax.inputs import DynamicSource, FixedPartitionedSource, StatefulSourcePartition, StatelessSourcePartition
+
+from vigil.events import ALL_FIELDS, LABEL, TRANSACTION, DeadLetter, RawBatch, records_to_batch
+from vigil.features.spec import DAY_SECONDS
+from vigil.files import read_records
+
+# ---------------------------------------------------------------- file replay
+
+
+def replay_order(frame: pd.DataFrame, label_delay_days: float) -> tuple[pd.DataFrame, np.ndarray]:
+    """Transactions plus one label event per known `tx_fraud`, in delivery order.
+
+    A label is delivered `label_delay_days` after its transaction; at equal times labels
+    come first. Rows whose time does not parse keep their place at the front (they go to
+    the dead letters anyway). Returns the events and their delivery times (unix s).
+    """
+    times = pd.to_datetime(frame["tx_datetime"], errors="coerce", format="ISO8601") \
+        if not pd.api.types.is_datetime64_any_dtype(frame["tx_datetime"]) else frame["tx_datetime"]
+    if getattr(times.dt, "tz", None) is not None:
+        times = times.dt.tz_convert("UTC").dt.tz_localize(None)
+    seconds = times.astype("datetime64[s]").astype("int64", copy=False).where(times.notna(), np.iinfo(np.int64).min)
+    seconds = seconds.to_numpy(dtype=np.int64)
+
+    txs = frame.copy()
+    txs["kind"] = txs["kind"].fillna(TRANSACTION) if "kind" in txs else TRANSACTION
+    has_label = (txs["kind"] == TRANSACTION) & txs["tx_fraud"].notna() & times.notna()
+    labels = txs.loc[has_label, ["transaction_id", "tx_datetime", "terminal_id", "tx_fraud"]].copy()
+    labels["kind"] = LABEL
+    txs["tx_fraud"] = txs["tx_fraud"].where(txs["kind"] != TRANSACTION, None)  # the label travels separately
+    delay = int(round(label_delay_days * DAY_SECONDS))
+    events = pd.concat([labels.reindex(columns=list(ALL_FIELDS)), txs.reindex(columns=list(ALL_FIELDS))],
+                       ignore_index=True)
+    delivery = np.concatenate([seconds[has_label.to_numpy()] + delay, seconds])
+    label_first = np.concatenate([np.zeros(len(labels), np.int8), np.ones(len(txs), np.int8)])
+    position = np.arange(len(events))
+    order = np.lexsort((position, label_first, delivery))
+    return events.iloc[order].reset_index(drop=True), delivery[order]
+
+
+def shard_of(events: pd.DataFrame, shards: int) -> np.ndarray:
+    """Shard by the entity the event updates (customer or terminal); unparseable ids -> 0."""
+    if shards == 1:
+        return np.zeros(len(events), dtype=np.int64)
+    entity = np.where(events["kind"] == LABEL, events["terminal_id"], events["customer_id"])
+    numeric = pd.to_numeric(pd.Series(entity), errors="coerce").fillna(0).to_numpy()
+    return (np.abs(numeric).astype(np.int64)) % shards
+
+
+@dataclass
+class _ReplayPartition(StatefulSourcePartition[RawBatch, int]):
+    events: pd.DataFrame
+    delivery: np.ndarray
+    offset: int
+    batch_size: int
+    speed: float | None
+    source: str
+    unparsed: list[DeadLetter]
+
+    def __post_init__(self) -> None:
+        self._started = time.monotonic()
+        valid = self.delivery[self.delivery > np.iinfo(np.int64).min]
+        self._first_event = int(valid[0]) if valid.size else 0
+
+    def next_batch(self) -> list[RawBatch]:
+        if self.unparsed:
+            batch = RawBatch(self.events.iloc[0:0], self.source, unparsed=self.unparsed)
+            self.unparsed = []
+            return [batch]
+        if self.offset >= len(self.events):
+            raise StopIteration
+        end = min(self.offset + self.batch_size, len(self.events))
+        if self.speed:
+            # Release only what event time allows at N x speed.
+            due = self._first_event + (time.monotonic() - self._started) * self.speed
+            end = self.offset + int(np.searchsorted(self.delivery[self.offset:end], due, "right"))
+            if end == self.offset:
+                return []
+        batch = RawBatch(self.events.iloc[self.offset:end], self.source)
+        self.offset = end
+        return [batch]
+
+    def next_awake(self) -> datetime | None:
+        if not self.speed or self.offset >= len(self.events):
+            return None
+        wait = (self.delivery[self.offset] - self._first_event) / self.speed - (time.monotonic() - self._started)
+        return datetime.now(timezone.utc) + timedelta(seconds=max(0.0, min(wait, 0.05)))
+
+    def snapshot(self) -> int:
+        return self.offset
+
+
+class FileReplaySource(FixedPartitionedSource[RawBatch, int]):
+    """Replays a transactions file, then stops.
+
+    Each row becomes a transaction event, and its `tx_fraud` a label event delivered
+    `label_delay_days` later (all pending labels are delivered when the file ends).
+    `speed=None` replays as fast as possible; `speed=N` paces delivery at N x event time.
+    `shards` splits the file by entity so that several workers read and validate in
+    parallel; resume state is the offset within a shard.
+    """
+
+    def __init__(self, path: Path | str, label_delay_days: float = 7.0, speed: float | None = None,
+                 shards: int = 1, batch_size: int = 32_768) -> None:
+        self.path = Path(path)
+        self.label_delay_days = label_delay_days
+        self.speed = speed
+        self.shards = max(1, shards)
+        self.batch_size = batch_size
+
+    def list_parts(self) -> list[str]:
+        return [f"shard-{i}" for i in range(self.shards)]
+
+    def build_part(self, step_id: str, for_part: str, resume_state: int | None) -> _ReplayPartition:
+        frame, unparsed = read_records(self.path)
+        events, delivery = replay_order(frame, self.label_delay_days)
+        shard = int(for_part.rsplit("-", 1)[1])
+        mine = shard_of(events, self.shards) == shard
+        # Lines that were not even records go out once, as dead letters of shard 0.
+        first_time = not resume_state
+        return _ReplayPartition(events[mine].reset_index(drop=True), delivery[mine], resume_state or 0,
+                                self.batch_size, self.speed, str(self.path),
+                                unparsed if shard == 0 and first_time else [])
+
+
+# ---------------------------------------------------------------- Redis Streams
+
+
+def parse_stream_fields(fields: dict[bytes, bytes]) -> Any:
+    """A stream entry is either one `json` field holding the event, or flat fields."""
+    if b"json" in fields:
+        return fields[b"json"]
+    return {k.decode(): v.decode() for k, v in fields.items()}
+
+
+class _RedisStreamPartition(StatelessSourcePartition[RawBatch]):
+    def __init__(self, url: str, stream: str, group: str, consumer: str, batch_size: int, block_ms: int,
+                 idle_timeout: float | None) -> None:
+        self.client = redis.Redis.from_url(url)
+        self.stream, self.group, self.consumer = stream, group, consumer
+        self.batch_size, self.block_ms, self.idle_timeout = batch_size, block_ms, idle_timeout
+        self._pending_done = False
+        self._last_data = time.monotonic()
+        try:
+            self.client.xgroup_create(stream, group, id="0", mkstream=True)
+        except redis.ResponseError as error:
+            if "BUSYGROUP" not in str(error):
+                raise
+
+    def next_batch(self) -> list[RawBatch]:
+        # First re-read entries this consumer was given but never acknowledged (a crash).
+        start = ">" if self._pending_done else "0"
+        reply = self.client.xreadgroup(self.group, self.consumer, {self.stream: start},
+                                       count=self.batch_size, block=None if start == "0" else self.block_ms)
+        entries = reply[0][1] if reply else []
+        if start == "0" and not entries:
+            self._pending_done = True
+        if not entries:
+            if self.idle_timeout is not None and time.monotonic() - self._last_data > self.idle_timeout:
+                raise StopIteration
+            return []
+        self._last_data = time.monotonic()
+        ids = [entry_id.decode() for entry_id, _ in entries]
+        records = [parse_stream_fields(fields) for _, fields in entries]
+        tokens = [(self.stream, self.group, entry_id) for entry_id in ids]
+        return [records_to_batch(records, f"redis:{self.stream}", tokens)]
+
+    def close(self) -> None:
+        self.client.close()
+
+
+class RedisStreamSource(DynamicSource[RawBatch]):
+    """Reads a Redis stream through a consumer group, one consumer per worker.
+
+    Entries are acknowledged by the sinks only after their effect is written, so a
+    crash re-delivers them (at-least-once; the updates are idempotent).
+    `idle_timeout` (seconds) ends the source after that long without data (tests, bench).
+    """
+
+    def __init__(self, url: str, stream: str, group: str = "vigil-features", batch_size: int = 2_000,
+                 block_ms: int = 5, idle_timeout: float | None = None) -> None:
+        self.url, self.stream, self.group = url, stream, group
+        self.batch_size, self.block_ms, self.idle_timeout = batch_size, block_ms, idle_timeout
+
+    def build(self, step_id: str, worker_index: int, worker_count: int) -> _RedisStreamPartition:
+        return _RedisStreamPartition(self.url, self.stream, self.group, f"{self.group}-{worker_index}",
+                                     self.batch_size, self.block_ms, self.idle_timeout)
+
+
+# ---------------------------------------------------------------- Kafka
+
+
+class _KafkaBatchPartition(StatefulSourcePartition[RawBatch, Any]):
+    """Wraps Bytewax's Kafka partition: one RawBatch per poll, broker errors as dead letters."""
+
+    def __init__(self, inner: StatefulSourcePartition[Any, Any], topic: str) -> None:
+        self.inner, self.topic = inner, topic
+
+    def next_batch(self) -> list[RawBatch]:
+        from bytewax.connectors.kafka import KafkaError
+
+        messages = list(self.inner.next_batch())
+        if not messages:
+            return []
+        records: list[Any] = []
+        errors: list[DeadLetter] = []
+        for message in messages:
+            if isinstance(message, KafkaError):
+                errors.append(DeadLetter(f"kafka error: {message.err}", repr(message.msg.value), f"kafka:{self.topic}"))
+            else:
+                records.append(message.value or b"")
+        batch = records_to_batch(records, f"kafka:{self.topic}")
+        batch.unparsed.extend(errors)
+        return [batch]
+
+    def next_awake(self) -> datetime | None:
+        return self.inner.next_awake()
+
+    def snapshot(self) -> Any:
+        return self.inner.snapshot()
+
+    def close(self) -> None:
+        self.inner.close()
+
+
+class KafkaEventSource(FixedPartitionedSource[RawBatch, Any]):
+    """A Kafka topic through Bytewax's connector (one Bytewax partition per Kafka partition).
+
+    Offsets resume through Bytewax recovery when it is enabled; without it the topic is
+    read from `starting_offset` and the idempotent updates make re-reading harmless.
+    `tail=False` stops at the end of the topic (tests, backfills).
+    """
+
+    def __init__(self, brokers: list[str], topic: str, tail: bool = True, batch_size: int = 2_000,
+                 add_config: dict[str, str] | None = None) -> None:
+        from bytewax.connectors.kafka import KafkaSource
+
+        self.topic = topic
+        self.inner = KafkaSource(brokers, [topic], tail=tail, batch_size=batch_size, add_config=add_config,
+                                 raise_on_errors=False)
+
+    def list_parts(self) -> list[str]:
+        return self.inner.list_parts()
+
+    def build_part(self, step_id: str, for_part: str, resume_state: Any) -> _KafkaBatchPartition:
+        return _KafkaBatchPartition(self.inner.build_part(step_id, for_part, resume_state), self.topic)

@@ -1,0 +1,201 @@
+"""Event schema and validation: raw records in, typed events and dead letters out.
+
+Two kinds of events feed the features: a `transaction` (updates its customer's
+history) and a `label` (the fraud outcome of an earlier transaction, updates its
+terminal's history). Every source (file replay, Redis Streams, Kafka) hands raw
+records to `validate`, which sorts them into typed columns and dead letters, each
+with a reason and the raw payload; nothing is dropped silently.
+"""
+
+from __future__ import annotations
+
+import json
+import math
+from dataclasses import dataclass, field
+from datetime import datetime, timezone
+from typing import Any
+
+import numpy as np
+import pandas as pd
+
+TRANSACTION = "transaction"
+LABEL = "label"
+KINDS = (TRANSACTION, LABEL)
+
+TRANSACTION_FIELDS = ("transaction_id", "tx_datetime", "customer_id", "terminal_id", "tx_amount")
+LABEL_FIELDS = ("transaction_id", "tx_datetime", "terminal_id", "tx_fraud")
+ALL_FIELDS = ("kind", "transaction_id", "tx_datetime", "customer_id", "terminal_id", "tx_amount", "tx_fraud")
+INT_FIELDS = ("transaction_id", "customer_id", "terminal_id")
+
+
+@dataclass(frozen=True)
+class DeadLetter:
+    """A record that could not be used, why, and what it was."""
+
+    reason: str
+    raw: str
+    source: str
+    at: str = field(default_factory=lambda: datetime.now(timezone.utc).isoformat(timespec="milliseconds"))
+    token: Any = None  # the source's acknowledgement handle, if any
+
+    def to_fields(self) -> dict[str, str]:
+        return {"reason": self.reason, "raw": self.raw, "source": self.source, "at": self.at}
+
+
+@dataclass
+class RawBatch:
+    """Records as they came: object columns named as in ALL_FIELDS, plus optional tokens."""
+
+    frame: pd.DataFrame
+    source: str
+    tokens: list[Any] | None = None
+    # Payloads that could not even be parsed into a record (e.g. invalid JSON).
+    unparsed: list[DeadLetter] = field(default_factory=list)
+
+    def __len__(self) -> int:
+        return len(self.frame) + len(self.unparsed)
+
+
+@dataclass
+class ValidatedBatch:
+    """Typed events (times as int64 unix seconds) and the dead letters of one raw batch."""
+
+    transactions: pd.DataFrame  # transaction_id, ts, customer_id, terminal_id, tx_amount, token
+    labels: pd.DataFrame  # transaction_id, ts, terminal_id, tx_fraud, token
+    dead: list[DeadLetter]
+
+
+def _raw_json(row: dict[str, Any]) -> str:
+    def clean(value: Any) -> Any:
+        if isinstance(value, float) and not math.isfinite(value):
+            return str(value)
+        if isinstance(value, pd.Timestamp | datetime):
+            return value.isoformat()
+        if isinstance(value, np.generic):
+            return value.item()
+        return value
+
+    return json.dumps({k: clean(v) for k, v in row.items() if v is not None and v is not pd.NA}, default=str)
+
+
+def _as_int(column: pd.Series) -> tuple[pd.Series, pd.Series]:
+    """Integer values and a mask of entries that are not integers."""
+    numeric = pd.to_numeric(column, errors="coerce")
+    values = numeric.to_numpy(dtype=np.float64, na_value=np.nan)
+    ok = np.isfinite(values) & (np.floor(values) == values) & (np.abs(values) < 2**62)
+    # Integers beyond float precision stay exact when they arrive typed as int64.
+    if pd.api.types.is_integer_dtype(column.dtype):
+        return column.astype(np.int64), pd.Series(np.zeros(len(column), bool), index=column.index)
+    ints = np.where(ok, values, 0).astype(np.int64)
+    return pd.Series(ints, index=column.index), pd.Series(~ok, index=column.index)
+
+
+def _as_seconds(column: pd.Series) -> tuple[pd.Series, pd.Series]:
+    if pd.api.types.is_datetime64_any_dtype(column.dtype):
+        parsed = column
+    else:
+        parsed = pd.to_datetime(column, errors="coerce", format="ISO8601")
+    if getattr(parsed.dt, "tz", None) is not None:
+        parsed = parsed.dt.tz_convert("UTC").dt.tz_localize(None)
+    bad = parsed.isna()
+    seconds = parsed.where(~bad, pd.Timestamp(0)).astype("datetime64[s]").astype(np.int64)
+    return pd.Series(np.asarray(seconds, dtype=np.int64), index=column.index), bad
+
+
+def validate(raw: RawBatch) -> ValidatedBatch:
+    """Splits a raw batch into typed transactions, typed labels and dead letters."""
+    frame = raw.frame
+    n = len(frame)
+    reason = pd.Series([""] * n, index=frame.index, dtype=object)
+
+    def flag(mask: pd.Series | np.ndarray, why: str) -> None:
+        mask = pd.Series(np.asarray(mask, dtype=bool), index=frame.index) & (reason == "")
+        reason[mask] = why
+
+    kind = frame["kind"].fillna(TRANSACTION).astype(str) if "kind" in frame else pd.Series(
+        [TRANSACTION] * n, index=frame.index
+    )
+    flag(~kind.isin(KINDS), "unknown event kind (expected transaction or label)")
+    is_tx = kind == TRANSACTION
+    is_label = kind == LABEL
+
+    def column(name: str) -> pd.Series:
+        return frame[name] if name in frame else pd.Series([None] * n, index=frame.index, dtype=object)
+
+    for name in ALL_FIELDS[1:]:
+        needed = is_tx if name in TRANSACTION_FIELDS else pd.Series(False, index=frame.index)
+        if name in LABEL_FIELDS:
+            needed = needed | is_label
+        flag(needed & column(name).isna(), f"missing field {name}")
+
+    typed: dict[str, pd.Series] = {}
+    for name in INT_FIELDS:
+        typed[name], bad = _as_int(column(name))
+        flag(bad & column(name).notna(), f"field {name} is not an integer")
+    typed["ts"], bad_time = _as_seconds(column("tx_datetime"))
+    flag(bad_time & column("tx_datetime").notna(), "unparseable tx_datetime")
+
+    amount = pd.to_numeric(column("tx_amount"), errors="coerce").astype(np.float64)
+    present = column("tx_amount").notna() & is_tx
+    flag(present & amount.isna(), "field tx_amount is not a number")
+    flag(present & ~np.isfinite(amount.fillna(0.0)), "tx_amount is not finite")
+    flag(present & (amount < 0), "tx_amount is negative")
+
+    fraud = pd.to_numeric(column("tx_fraud"), errors="coerce")
+    flag(is_label & column("tx_fraud").notna() & ~fraud.isin([0, 1]), "tx_fraud must be 0 or 1")
+
+    good = reason == ""
+    tokens = pd.Series(raw.tokens if raw.tokens is not None else [None] * n, index=frame.index, dtype=object)
+    tx_rows = good & is_tx
+    label_rows = good & is_label
+    transactions = pd.DataFrame(
+        {
+            "transaction_id": typed["transaction_id"][tx_rows],
+            "ts": typed["ts"][tx_rows],
+            "customer_id": typed["customer_id"][tx_rows],
+            "terminal_id": typed["terminal_id"][tx_rows],
+            "tx_amount": amount[tx_rows],
+            "token": tokens[tx_rows],
+        }
+    )
+    labels = pd.DataFrame(
+        {
+            "transaction_id": typed["transaction_id"][label_rows],
+            "ts": typed["ts"][label_rows],
+            "terminal_id": typed["terminal_id"][label_rows],
+            "tx_fraud": fraud[label_rows].astype(np.int64),
+            "token": tokens[label_rows],
+        }
+    )
+    dead = list(raw.unparsed)
+    bad_index = np.flatnonzero(~good.to_numpy())
+    if bad_index.size:
+        records = frame.iloc[bad_index].to_dict("records")
+        for i, record in zip(bad_index, records, strict=True):
+            dead.append(DeadLetter(str(reason.iloc[i]), _raw_json(record), raw.source, token=tokens.iloc[i]))
+    return ValidatedBatch(transactions, labels, dead)
+
+
+def records_to_batch(records: list[Any], source: str, tokens: list[Any] | None = None) -> RawBatch:
+    """Raw payloads (dicts, or JSON text/bytes) from a stream into a RawBatch."""
+    rows: list[dict[str, Any]] = []
+    kept_tokens: list[Any] = []
+    unparsed: list[DeadLetter] = []
+    for i, record in enumerate(records):
+        token = tokens[i] if tokens is not None else None
+        parsed: Any = record
+        if isinstance(record, bytes | str):
+            text = record.decode("utf-8", "replace") if isinstance(record, bytes) else record
+            try:
+                parsed = json.loads(text)
+            except ValueError:
+                unparsed.append(DeadLetter("payload is not valid JSON", text, source, token=token))
+                continue
+        if not isinstance(parsed, dict):
+            unparsed.append(DeadLetter("payload is not a JSON object", json.dumps(parsed, default=str),
+                                       source, token=token))
+            continue
+        rows.append({k: parsed.get(k) for k in ALL_FIELDS})
+        kept_tokens.append(token)
+    frame = pd.DataFrame(rows, columns=list(ALL_FIELDS), dtype=object)
+    return RawBatch(frame, source, kept_tokens if tokens is not None else None, unparsed)

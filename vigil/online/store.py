@@ -1,0 +1,66 @@
+"""Reads and writes entity histories in the online store (Feast's Redis layout)."""
+
+from __future__ import annotations
+
+from collections.abc import Iterable, Sequence
+
+import redis
+
+from vigil.features.history import EntityHistory
+from vigil.online.layout import HistoryView, OnlineLayout
+
+
+class OnlineHistoryStore:
+    """Pipelined access to the customer and terminal histories of one Feast project."""
+
+    def __init__(self, client: redis.Redis, project: str) -> None:
+        self.client = client
+        self.layout = OnlineLayout.for_project(project)
+        self._fields = {
+            kind: [*self.layout.view(kind).field_keys] for kind in ("customer", "terminal")
+        }
+
+    def view(self, kind: str) -> HistoryView:
+        return self.layout.view(kind)
+
+    def read(self, kind: str, entities: Sequence[int]) -> list[EntityHistory]:
+        """Histories of `entities` (empty for unknown ones), in one round trip."""
+        view = self.view(kind)
+        fields = self._fields[kind]
+        with self.client.pipeline(transaction=False) as pipe:
+            for entity in entities:
+                pipe.hmget(view.redis_key(int(entity)), fields)
+            replies = pipe.execute()
+        return [view.decode(reply) for reply in replies]
+
+    def read_pairs(
+        self, customers: Sequence[int], terminals: Sequence[int]
+    ) -> tuple[list[EntityHistory], list[EntityHistory]]:
+        """Customer and terminal histories for a batch of transactions, in one round trip."""
+        customer_view, terminal_view = self.layout.customer, self.layout.terminal
+        with self.client.pipeline(transaction=False) as pipe:
+            for c in customers:
+                pipe.hmget(customer_view.redis_key(int(c)), self._fields["customer"])
+            for t in terminals:
+                pipe.hmget(terminal_view.redis_key(int(t)), self._fields["terminal"])
+            replies = pipe.execute()
+        n = len(customers)
+        return (
+            [customer_view.decode(r) for r in replies[:n]],
+            [terminal_view.decode(r) for r in replies[n:]],
+        )
+
+    def queue_writes(self, pipe: redis.client.Pipeline, updates: Iterable[tuple[str, int, EntityHistory]]) -> int:
+        """Adds one HSET per (kind, entity, history) to `pipe`; returns how many."""
+        count = 0
+        for kind, entity, history in updates:
+            view = self.view(kind)
+            pipe.hset(view.redis_key(int(entity)), mapping=view.encode(history))  # type: ignore[arg-type]
+            count += 1
+        return count
+
+    def write(self, updates: Iterable[tuple[str, int, EntityHistory]]) -> int:
+        with self.client.pipeline(transaction=False) as pipe:
+            count = self.queue_writes(pipe, updates)
+            pipe.execute()
+        return count
