@@ -2,8 +2,10 @@
 
 from __future__ import annotations
 
+import contextlib
 import os
 import sys
+import warnings
 from pathlib import Path
 from string import Template
 from urllib.parse import parse_qs, unquote, urlsplit
@@ -66,7 +68,10 @@ def apply_repo(settings: Settings) -> FeatureStore:
     repo = str(settings.feature_repo)
     if repo not in sys.path:
         sys.path.insert(0, repo)
-    contents = parse_repo(settings.feature_repo)
+    # parse_repo names modules relative to the working directory (`feast apply` runs in
+    # the repo), so the repo's own `from entities import ...` lines resolve the same way.
+    with contextlib.chdir(settings.feature_repo):
+        contents = parse_repo(settings.feature_repo)
     store = open_feature_store(settings)
     objects = [
         *contents.entities,
@@ -77,5 +82,8 @@ def apply_repo(settings: Settings) -> FeatureStore:
     ]
     # A module that imports an object from another makes parse_repo see it twice.
     unique = list({(type(obj).__name__, obj.name): obj for obj in objects}.values())
-    store.apply(unique)
+    with warnings.catch_warnings():
+        # Feast labels every on-demand view "experimental" on each apply.
+        warnings.filterwarnings("ignore", message="On demand feature view is an experimental feature")
+        store.apply(unique)
     return store

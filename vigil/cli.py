@@ -1,0 +1,247 @@
+"""The `vigil` command line. Each subcommand builds Settings once and passes it down."""
+
+from __future__ import annotations
+
+import argparse
+import sys
+import time
+from collections.abc import Callable, Sequence
+from pathlib import Path
+
+from pydantic import ValidationError
+
+from vigil.settings import PROJECT_ROOT, Settings
+
+
+class UserError(Exception):
+    """A mistake the user can fix; printed without a traceback (exit status 2)."""
+
+
+def _settings() -> Settings:
+    try:
+        return Settings()
+    except ValidationError as error:
+        problems = "; ".join(f"{'.'.join(map(str, e['loc']))}: {e['msg']}" for e in error.errors())
+        raise UserError(f"bad configuration: {problems}") from None
+
+
+def _redis(settings: Settings) -> None:
+    from vigil.redis_server import RedisUnavailableError, ensure_redis
+
+    try:
+        ensure_redis(settings.redis_url, PROJECT_ROOT / ".redis", start=settings.start_local_redis)
+    except RedisUnavailableError as error:
+        raise UserError(str(error)) from None
+
+
+# ------------------------------------------------------------------ commands
+
+
+def cmd_redis(args: argparse.Namespace) -> int:
+    settings = _settings()
+    _redis(settings)
+    print(f"Redis answers at {settings.redis_url}")
+    return 0
+
+
+def cmd_apply(args: argparse.Namespace) -> int:
+    from vigil.online.feast_store import apply_repo, registry_path
+
+    settings = _settings()
+    _redis(settings)
+    store = apply_repo(settings)
+    services = ", ".join(s.name for s in store.list_feature_services())
+    print(f"Feast project {settings.feast_project!r} applied ({registry_path(settings)}); services: {services}")
+    return 0
+
+
+def cmd_ingest(args: argparse.Namespace) -> int:
+    from flows.features import source_from_uri
+    from flows.sources import FileReplaySource
+    from vigil.files import UnreadableFileError, read_records
+    from vigil.ingest import run_ingest
+    from vigil.online.feast_store import apply_repo
+
+    if bool(args.transactions) == bool(args.source):
+        raise UserError("give either --transactions PATH (replay a file) or --source URI (a live stream)")
+    if args.workers < 1:
+        raise UserError("--workers must be at least 1")
+    settings = _settings()
+    _redis(settings)
+    apply_repo(settings)
+    expected = None
+    if args.transactions:
+        path = Path(args.transactions)
+        try:
+            frame, unparsed = read_records(path)
+        except UnreadableFileError as error:
+            raise UserError(str(error)) from None
+        expected = len(frame) + int(frame["tx_fraud"].notna().sum()) + len(unparsed)
+        del frame
+
+        def make_source(processes: int) -> FileReplaySource:
+            return FileReplaySource(path, args.label_delay_days, speed=args.speed, shards=processes)
+
+        what = str(path)
+    else:
+        try:
+            source_from_uri(args.source, settings)  # fail fast on a malformed URI
+        except ValueError as error:
+            raise UserError(str(error)) from None
+
+        def make_source(processes: int):  # type: ignore[no-untyped-def]
+            return source_from_uri(args.source, settings)
+
+        what = args.source
+        print(f"vigil: reading {what} until stopped (Ctrl-C)", file=sys.stderr)
+    try:
+        result = run_ingest(settings, make_source, args.workers, expected, show_progress=not args.no_progress)
+    except KeyboardInterrupt:
+        print("vigil: stopped", file=sys.stderr)
+        return 130
+    print(f"\nIngested {what} with {result.processes} worker(s) in {result.seconds:.1f} s")
+    print(f"  transactions: {result.transactions:,} ({result.transactions_per_second:,.0f}/s)")
+    print(f"  label events: {result.labels:,}")
+    print(f"  dead letters: {result.dead_letters:,}"
+          + (f" -> stream {settings.deadletter_stream} and {settings.data_dir / 'deadletter.jsonl'}"
+             if result.dead_letters else ""))
+    for reason, count in sorted(result.dead_reasons.items(), key=lambda kv: -kv[1]):
+        print(f"    {count:>8,}  {reason}")
+    print(f"  online store: {result.entity_writes:,} entity writes (Feast project {settings.feast_project!r})")
+    return 0
+
+
+def cmd_simulate(args: argparse.Namespace) -> int:
+    from vigil.simulate import SimulationConfig, simulate, simulate_blocks
+    from vigil.stream_out import write_file, write_stream
+
+    if bool(args.out) == bool(args.to_stream):
+        raise UserError("give either --out PATH (.parquet, .csv or .jsonl) or --to-stream redis://HOST:PORT/STREAM")
+    cfg = SimulationConfig(customers=args.customers, terminals=args.terminals, days=args.days,
+                           start_date=args.start_date, seed=args.seed, amount_shift=args.amount_shift,
+                           drift_day=args.drift_day, new_pattern_day=args.new_pattern_day)
+    if args.customers < 1 or args.terminals < 1 or args.days < 1:
+        raise UserError("--customers, --terminals and --days must be positive")
+    started = time.perf_counter()
+    if args.out:
+        try:
+            rows, frauds = write_file(simulate_blocks(cfg), Path(args.out))
+        except ValueError as error:
+            raise UserError(str(error)) from None
+        print(f"Wrote {rows:,} transactions ({frauds:,} frauds) to {args.out} in {time.perf_counter() - started:.1f} s")
+        return 0
+    settings = _settings()
+    _redis(settings)
+    try:
+        sent = write_stream(simulate(cfg), args.to_stream, rate=args.rate, label_delay_days=args.label_delay_days,
+                            with_labels=not args.no_labels, limit=args.limit)
+    except ValueError as error:
+        raise UserError(str(error)) from None
+    print(f"Sent {sent:,} events to {args.to_stream} in {time.perf_counter() - started:.1f} s")
+    return 0
+
+
+def cmd_features(args: argparse.Namespace) -> int:
+    import pandas as pd
+
+    from vigil.features.backfill import compute_features
+    from vigil.files import UnreadableFileError
+
+    settings = _settings()
+    path = Path(args.transactions)
+    try:
+        frame = pd.read_parquet(path) if path.suffix == ".parquet" else pd.read_csv(path, parse_dates=["tx_datetime"])
+    except (OSError, ValueError, UnreadableFileError) as error:
+        raise UserError(f"{path}: {error}") from None
+    if args.backfill:
+        features = compute_features(frame)
+    else:
+        import redis
+
+        from vigil.features.online import online_features
+        from vigil.online.store import OnlineHistoryStore
+
+        _redis(settings)
+        store = OnlineHistoryStore(redis.Redis.from_url(settings.redis_url), settings.feast_project)
+        features = online_features(frame, store)
+    if args.out:
+        features.to_parquet(args.out, index=False)
+        print(f"Wrote features of {len(features):,} transactions to {args.out}")
+    if args.reference:
+        from vigil.features.online import max_differences
+
+        reference = pd.read_parquet(args.reference)
+        reference = reference[reference["transaction_id"].isin(features["transaction_id"])]
+        diffs = max_differences(features, reference)
+        worst = max(diffs.values())
+        for name, value in diffs.items():
+            print(f"  {name:<40} max |diff| {value:.3g}")
+        ok = worst <= 1e-9
+        print(("MATCH" if ok else "MISMATCH") + f": {len(features):,} transactions, largest difference {worst:.3g}")
+        return 0 if ok else 1
+    return 0
+
+
+# ------------------------------------------------------------------ parser
+
+
+def build_parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(prog="vigil", description="Real-time fraud scoring on a Feast feature store.")
+    sub = parser.add_subparsers(dest="command", required=True, metavar="COMMAND")
+
+    p = sub.add_parser("ingest", help="run the feature flow on a file replay or a live stream")
+    p.add_argument("--transactions", metavar="PATH", help="replay a transactions file (.parquet, .csv, .jsonl)")
+    p.add_argument("--source", metavar="URI", help="redis://HOST:PORT/STREAM or kafka://BROKERS/TOPIC (until stopped)")
+    p.add_argument("--label-delay-days", type=float, default=7.0,
+                   help="deliver each row's tx_fraud as a label event this long after the transaction (default 7)")
+    p.add_argument("--speed", type=float, default=None,
+                   help="pace a replay at N x event time (default: as fast as possible)")
+    p.add_argument("--workers", type=int, default=1, help="worker processes (default 1)")
+    p.add_argument("--no-progress", action="store_true", help="no progress bar")
+    p.set_defaults(func=cmd_ingest)
+
+    p = sub.add_parser("simulate", help="synthetic transactions like the handbook's, to a file or a stream")
+    p.add_argument("--out", metavar="PATH", help="write a file (.parquet, .csv or .jsonl)")
+    p.add_argument("--to-stream", metavar="URI", help="send to redis://HOST:PORT/STREAM")
+    p.add_argument("--customers", type=int, default=5_000)
+    p.add_argument("--terminals", type=int, default=10_000)
+    p.add_argument("--days", type=int, default=30)
+    p.add_argument("--start-date", default="2018-04-01")
+    p.add_argument("--seed", type=int, default=0)
+    p.add_argument("--rate", type=float, default=None, help="events per second to a stream (default: no limit)")
+    p.add_argument("--limit", type=int, default=None, help="stop after this many events (stream)")
+    p.add_argument("--label-delay-days", type=float, default=7.0, help="label events this long after (stream)")
+    p.add_argument("--no-labels", action="store_true", help="send transactions only (stream)")
+    p.add_argument("--amount-shift", type=float, default=1.0, help="drift: multiply genuine amounts from --drift-day")
+    p.add_argument("--drift-day", type=int, default=None, help="first day (0-based) of the amount drift")
+    p.add_argument("--new-pattern-day", type=int, default=None,
+                   help="drift: first day of a new fraud pattern (card testing)")
+    p.set_defaults(func=cmd_simulate)
+
+    p = sub.add_parser("apply", help="register the Feast repo (entities, views, feature services)")
+    p.set_defaults(func=cmd_apply)
+
+    p = sub.add_parser("features", help="features of a file's transactions, from the online store or a backfill")
+    p.add_argument("--transactions", metavar="PATH", required=True)
+    p.add_argument("--backfill", action="store_true", help="compute from the file itself (batch backfill)")
+    p.add_argument("--reference", metavar="PATH", help="compare with a reference file (exit 1 on mismatch)")
+    p.add_argument("--out", metavar="PATH", help="write the features to Parquet")
+    p.set_defaults(func=cmd_features)
+
+    p = sub.add_parser("redis", help="check Redis at REDIS_URL; start a local one on loopback if none answers")
+    p.set_defaults(func=cmd_redis)
+    return parser
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    args = build_parser().parse_args(argv)
+    func: Callable[[argparse.Namespace], int] = args.func
+    try:
+        return func(args)
+    except UserError as error:
+        print(f"vigil: {error}", file=sys.stderr)
+        return 2
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,132 @@
+"""Runs the feature flow from the command line: one process, or several cooperating ones.
+
+Bytewax workers in one process share the GIL, so parallel ingest uses one process per
+worker, wired together on loopback (`-i/-a` in bytewax.run terms).
+"""
+
+from __future__ import annotations
+
+import multiprocessing as mp
+import socket
+import threading
+import time
+from collections.abc import Callable
+from dataclasses import dataclass, field
+from typing import Any
+
+from bytewax.inputs import Source
+from bytewax.run import cli_main
+from tqdm import tqdm
+
+from flows.features import build_flow, default_sinks
+from flows.sinks import FlowStats
+from vigil.events import RawBatch
+from vigil.settings import Settings
+
+SourceFactory = Callable[[int], Source[RawBatch]]  # argument: number of processes
+
+
+@dataclass
+class IngestResult:
+    transactions: int = 0
+    labels: int = 0
+    dead_letters: int = 0
+    entity_writes: int = 0
+    dead_reasons: dict[str, int] = field(default_factory=dict)
+    seconds: float = 0.0
+    processes: int = 1
+
+    @property
+    def transactions_per_second(self) -> float:
+        return self.transactions / self.seconds if self.seconds else 0.0
+
+    def add(self, stats: dict[str, Any]) -> None:
+        self.transactions += stats["transactions"]
+        self.labels += stats["labels"]
+        self.dead_letters += stats["dead_letters"]
+        self.entity_writes += stats["entity_writes"]
+        for reason, count in stats["dead_reasons"].items():
+            self.dead_reasons[reason] = self.dead_reasons.get(reason, 0) + count
+
+
+class _SharedCounter:
+    """A progress counter that sinks in any process can bump."""
+
+    def __init__(self, value: Any) -> None:
+        self.value = value
+
+    def update(self, n: int) -> None:
+        with self.value.get_lock():
+            self.value.value += n
+
+
+def _free_ports(n: int) -> list[int]:
+    sockets = [socket.socket() for _ in range(n)]
+    for s in sockets:
+        s.bind(("127.0.0.1", 0))
+    ports = [s.getsockname()[1] for s in sockets]
+    for s in sockets:
+        s.close()
+    return ports
+
+
+def _worker(settings: Settings, make_source: SourceFactory, processes: int, index: int,
+            addresses: list[str] | None, counter: Any, results: Any) -> None:
+    stats = FlowStats()
+    flow = build_flow(make_source(processes), default_sinks(settings, stats, _SharedCounter(counter)), settings)
+    cli_main(flow, process_id=index if addresses else None, addresses=addresses)
+    results.put(stats.as_dict())
+
+
+def run_ingest(settings: Settings, make_source: SourceFactory, processes: int = 1,
+               expected_events: int | None = None, show_progress: bool = True) -> IngestResult:
+    """Runs the flow to completion (or until interrupted) and sums what the sinks wrote."""
+    ctx = mp.get_context("fork")
+    counter = ctx.Value("q", 0)
+    results = ctx.Queue()
+    addresses = [f"127.0.0.1:{p}" for p in _free_ports(processes)] if processes > 1 else None
+    result = IngestResult(processes=processes)
+    bar = tqdm(total=expected_events, unit="ev", desc="ingest", disable=not show_progress, smoothing=0.1)
+    started = time.perf_counter()
+    if processes == 1:
+        # In-process: the same path, no fork needed.
+        stop = threading.Event()
+
+        def refresh() -> None:
+            while not stop.wait(0.2):
+                bar.n = counter.value
+                bar.refresh()
+
+        ticker = threading.Thread(target=refresh, daemon=True)
+        ticker.start()
+        try:
+            _worker(settings, make_source, 1, 0, None, counter, results)
+        finally:
+            stop.set()
+            ticker.join()
+        result.add(results.get())
+    else:
+        children = [ctx.Process(target=_worker, args=(settings, make_source, processes, i, addresses, counter,
+                                                      results), daemon=False) for i in range(processes)]
+        for child in children:
+            child.start()
+        try:
+            collected = 0
+            while collected < processes:
+                bar.n = counter.value
+                bar.refresh()
+                try:
+                    result.add(results.get(timeout=0.2))
+                    collected += 1
+                except Exception:  # queue.Empty: keep waiting, unless a child died
+                    if any(c.exitcode not in (None, 0) for c in children):
+                        raise RuntimeError("an ingest process failed; see its error above") from None
+        finally:
+            for child in children:
+                child.join(timeout=5)
+                if child.is_alive():
+                    child.terminate()
+    result.seconds = time.perf_counter() - started
+    bar.n = counter.value
+    bar.close()
+    return result
