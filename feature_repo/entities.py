@@ -3,9 +3,9 @@
 from feast import Entity, ValueType
 
 # The card holder: customer windows (counts and mean amounts) hang off it.
-customer = Entity(name="customer", join_keys=["customer_id"], value_type=ValueType.INT64,
-                  description="Card holder")
+customer = Entity(name="customer", join_keys=["customer_id"], value_type=ValueType.INT64, description="Card holder")
 
 # The merchant terminal: terminal windows (counts and fraud risk from delayed labels) hang off it.
-terminal = Entity(name="terminal", join_keys=["terminal_id"], value_type=ValueType.INT64,
-                  description="Merchant terminal")
+terminal = Entity(
+    name="terminal", join_keys=["terminal_id"], value_type=ValueType.INT64, description="Merchant terminal"
+)

@@ -55,8 +55,9 @@ def default_sinks(settings: Settings, stats: FlowStats | None = None, progress: 
     stats = stats or FlowStats()
     return FlowSinks(
         online=OnlineStoreSink(settings.redis_url, settings.feast_project, stats, progress),
-        dead_letters=DeadLetterSink(settings.redis_url, settings.deadletter_stream,
-                                    settings.data_dir / "deadletter.jsonl", stats),
+        dead_letters=DeadLetterSink(
+            settings.redis_url, settings.deadletter_stream, settings.data_dir / "deadletter.jsonl", stats
+        ),
         offline=OfflineEventSink(settings.offline_dir),
     )
 
@@ -153,7 +154,7 @@ def build_flow(
     dead = op.flat_map("dead_letters", checked, lambda batch: batch.dead)
     op.output("dead_letter_out", dead, sinks.dead_letters)
     keyed = op.flat_map("partition", checked, split_by_partition)
-    updates = op.stateful_map("histories", keyed, merge_step)  # type: ignore[arg-type]
+    updates = op.stateful_map("histories", keyed, merge_step)
     op.output("online_out", op.key_rm("unkey", updates), sinks.online)
     if sinks.offline is not None:
         op.output("offline_out", op.flat_map("offline_events", checked, offline_events), sinks.offline)

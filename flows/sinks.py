@@ -41,8 +41,13 @@ class FlowStats:
                 self.dead_reasons[reason] += 1
 
     def as_dict(self) -> dict[str, Any]:
-        return {"transactions": self.transactions, "labels": self.labels, "dead_letters": self.dead_letters,
-                "entity_writes": self.entity_writes, "dead_reasons": dict(self.dead_reasons)}
+        return {
+            "transactions": self.transactions,
+            "labels": self.labels,
+            "dead_letters": self.dead_letters,
+            "entity_writes": self.entity_writes,
+            "dead_reasons": dict(self.dead_reasons),
+        }
 
 
 def acknowledge(pipe: redis.client.Pipeline, tokens: list[Any]) -> None:
@@ -123,8 +128,14 @@ class _DeadLetterPartition(StatelessSinkPartition[DeadLetter]):
 class DeadLetterSink(DynamicSink[DeadLetter]):
     """Bad events with their reason and raw payload: a Redis stream and/or a JSON-lines file."""
 
-    def __init__(self, url: str | None, stream: str, path: Path | None = None, stats: FlowStats | None = None,
-                 max_len: int = 1_000_000) -> None:
+    def __init__(
+        self,
+        url: str | None,
+        stream: str,
+        path: Path | None = None,
+        stats: FlowStats | None = None,
+        max_len: int = 1_000_000,
+    ) -> None:
         self.url, self.stream, self.path, self.max_len = url, stream, path, max_len
         self.stats = stats or FlowStats()
 

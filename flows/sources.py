@@ -8,7 +8,7 @@ from __future__ import annotations
 
 import time
 from dataclasses import dataclass
-from datetime import datetime, timedelta, timezone
+from datetime import UTC, datetime, timedelta
 from pathlib import Path
 from typing import Any
 
@@ -17,7 +17,7 @@ import pandas as pd
 import redis
 from bytewax.inputs import DynamicSource, FixedPartitionedSource, StatefulSourcePartition, StatelessSourcePartition
 
-from vigil.events import ALL_FIELDS, LABEL, TRANSACTION, DeadLetter, RawBatch, records_to_batch
+from vigil.events import ALL_FIELDS, LABEL, TRANSACTION, DeadLetter, RawBatch, records_to_batch, validate
 from vigil.features.spec import DAY_SECONDS
 from vigil.files import read_records
 
@@ -28,29 +28,30 @@ def replay_order(frame: pd.DataFrame, label_delay_days: float) -> tuple[pd.DataF
     """Transactions plus one label event per known `tx_fraud`, in delivery order.
 
     A label is delivered `label_delay_days` after its transaction; at equal times labels
-    come first. Rows whose time does not parse keep their place at the front (they go to
-    the dead letters anyway). Returns the events and their delivery times (unix s).
+    come first. Only valid rows are split into a transaction and a label: a bad row
+    travels whole, so the flow's validation dead-letters it once and nothing of it is
+    ingested. Returns the events and their delivery times (unix seconds).
     """
-    times = pd.to_datetime(frame["tx_datetime"], errors="coerce", format="ISO8601") \
-        if not pd.api.types.is_datetime64_any_dtype(frame["tx_datetime"]) else frame["tx_datetime"]
-    if getattr(times.dt, "tz", None) is not None:
-        times = times.dt.tz_convert("UTC").dt.tz_localize(None)
-    seconds = times.astype("datetime64[s]").astype("int64", copy=False).where(times.notna(), np.iinfo(np.int64).min)
-    seconds = seconds.to_numpy(dtype=np.int64)
+    rows = frame.copy()
+    rows["kind"] = rows["kind"].fillna(TRANSACTION) if "kind" in rows else TRANSACTION
+    checked = validate(RawBatch(rows, "replay"))
+    good_tx = checked.transactions
+    seconds = np.full(len(rows), np.iinfo(np.int64).min, dtype=np.int64)  # bad rows: at the front
+    position = pd.Series(np.arange(len(rows)), index=rows.index)
+    seconds[position[good_tx.index].to_numpy()] = good_tx["ts"].to_numpy()
+    seconds[position[checked.labels.index].to_numpy()] = checked.labels["ts"].to_numpy()
 
-    txs = frame.copy()
-    txs["kind"] = txs["kind"].fillna(TRANSACTION) if "kind" in txs else TRANSACTION
-    has_label = (txs["kind"] == TRANSACTION) & txs["tx_fraud"].notna() & times.notna()
-    labels = txs.loc[has_label, ["transaction_id", "tx_datetime", "terminal_id", "tx_fraud"]].copy()
+    with_label = good_tx.index[rows.loc[good_tx.index, "tx_fraud"].notna().to_numpy()]
+    labels = rows.loc[with_label, ["transaction_id", "tx_datetime", "terminal_id", "tx_fraud"]].copy()
     labels["kind"] = LABEL
-    txs["tx_fraud"] = txs["tx_fraud"].where(txs["kind"] != TRANSACTION, None)  # the label travels separately
-    delay = int(round(label_delay_days * DAY_SECONDS))
-    events = pd.concat([labels.reindex(columns=list(ALL_FIELDS)), txs.reindex(columns=list(ALL_FIELDS))],
-                       ignore_index=True)
-    delivery = np.concatenate([seconds[has_label.to_numpy()] + delay, seconds])
-    label_first = np.concatenate([np.zeros(len(labels), np.int8), np.ones(len(txs), np.int8)])
-    position = np.arange(len(events))
-    order = np.lexsort((position, label_first, delivery))
+    rows.loc[good_tx.index, "tx_fraud"] = None  # the label travels separately
+    delay = round(label_delay_days * DAY_SECONDS)
+    events = pd.concat(
+        [labels.reindex(columns=list(ALL_FIELDS)), rows.reindex(columns=list(ALL_FIELDS))], ignore_index=True
+    )
+    delivery = np.concatenate([seconds[position[with_label].to_numpy()] + delay, seconds])
+    label_first = np.concatenate([np.zeros(len(labels), np.int8), np.ones(len(rows), np.int8)])
+    order = np.lexsort((np.arange(len(events)), label_first, delivery))
     return events.iloc[order].reset_index(drop=True), delivery[order]
 
 
@@ -89,10 +90,10 @@ class _ReplayPartition(StatefulSourcePartition[RawBatch, int]):
         if self.speed:
             # Release only what event time allows at N x speed.
             due = self._first_event + (time.monotonic() - self._started) * self.speed
-            end = self.offset + int(np.searchsorted(self.delivery[self.offset:end], due, "right"))
+            end = self.offset + int(np.searchsorted(self.delivery[self.offset : end], due, "right"))
             if end == self.offset:
                 return []
-        batch = RawBatch(self.events.iloc[self.offset:end], self.source)
+        batch = RawBatch(self.events.iloc[self.offset : end], self.source)
         self.offset = end
         return [batch]
 
@@ -100,7 +101,7 @@ class _ReplayPartition(StatefulSourcePartition[RawBatch, int]):
         if not self.speed or self.offset >= len(self.events):
             return None
         wait = (self.delivery[self.offset] - self._first_event) / self.speed - (time.monotonic() - self._started)
-        return datetime.now(timezone.utc) + timedelta(seconds=max(0.0, min(wait, 0.05)))
+        return datetime.now(UTC) + timedelta(seconds=max(0.0, min(wait, 0.05)))
 
     def snapshot(self) -> int:
         return self.offset
@@ -116,8 +117,14 @@ class FileReplaySource(FixedPartitionedSource[RawBatch, int]):
     parallel; resume state is the offset within a shard.
     """
 
-    def __init__(self, path: Path | str, label_delay_days: float = 7.0, speed: float | None = None,
-                 shards: int = 1, batch_size: int = 32_768) -> None:
+    def __init__(
+        self,
+        path: Path | str,
+        label_delay_days: float = 7.0,
+        speed: float | None = None,
+        shards: int = 1,
+        batch_size: int = 32_768,
+    ) -> None:
         self.path = Path(path)
         self.label_delay_days = label_delay_days
         self.speed = speed
@@ -134,9 +141,15 @@ class FileReplaySource(FixedPartitionedSource[RawBatch, int]):
         mine = shard_of(events, self.shards) == shard
         # Lines that were not even records go out once, as dead letters of shard 0.
         first_time = not resume_state
-        return _ReplayPartition(events[mine].reset_index(drop=True), delivery[mine], resume_state or 0,
-                                self.batch_size, self.speed, str(self.path),
-                                unparsed if shard == 0 and first_time else [])
+        return _ReplayPartition(
+            events[mine].reset_index(drop=True),
+            delivery[mine],
+            resume_state or 0,
+            self.batch_size,
+            self.speed,
+            str(self.path),
+            unparsed if shard == 0 and first_time else [],
+        )
 
 
 # ---------------------------------------------------------------- Redis Streams
@@ -150,8 +163,16 @@ def parse_stream_fields(fields: dict[bytes, bytes]) -> Any:
 
 
 class _RedisStreamPartition(StatelessSourcePartition[RawBatch]):
-    def __init__(self, url: str, stream: str, group: str, consumer: str, batch_size: int, block_ms: int,
-                 idle_timeout: float | None) -> None:
+    def __init__(
+        self,
+        url: str,
+        stream: str,
+        group: str,
+        consumer: str,
+        batch_size: int,
+        block_ms: int,
+        idle_timeout: float | None,
+    ) -> None:
         self.client = redis.Redis.from_url(url)
         self.stream, self.group, self.consumer = stream, group, consumer
         self.batch_size, self.block_ms, self.idle_timeout = batch_size, block_ms, idle_timeout
@@ -166,9 +187,14 @@ class _RedisStreamPartition(StatelessSourcePartition[RawBatch]):
     def next_batch(self) -> list[RawBatch]:
         # First re-read entries this consumer was given but never acknowledged (a crash).
         start = ">" if self._pending_done else "0"
-        reply = self.client.xreadgroup(self.group, self.consumer, {self.stream: start},
-                                       count=self.batch_size, block=None if start == "0" else self.block_ms)
-        entries = reply[0][1] if reply else []
+        reply = self.client.xreadgroup(
+            self.group,
+            self.consumer,
+            {self.stream: start},
+            count=self.batch_size,
+            block=None if start == "0" else self.block_ms,
+        )
+        entries: list[Any] = reply[0][1] if reply else []  # type: ignore[index]
         if start == "0" and not entries:
             self._pending_done = True
         if not entries:
@@ -193,14 +219,28 @@ class RedisStreamSource(DynamicSource[RawBatch]):
     `idle_timeout` (seconds) ends the source after that long without data (tests, bench).
     """
 
-    def __init__(self, url: str, stream: str, group: str = "vigil-features", batch_size: int = 2_000,
-                 block_ms: int = 5, idle_timeout: float | None = None) -> None:
+    def __init__(
+        self,
+        url: str,
+        stream: str,
+        group: str = "vigil-features",
+        batch_size: int = 2_000,
+        block_ms: int = 5,
+        idle_timeout: float | None = None,
+    ) -> None:
         self.url, self.stream, self.group = url, stream, group
         self.batch_size, self.block_ms, self.idle_timeout = batch_size, block_ms, idle_timeout
 
     def build(self, step_id: str, worker_index: int, worker_count: int) -> _RedisStreamPartition:
-        return _RedisStreamPartition(self.url, self.stream, self.group, f"{self.group}-{worker_index}",
-                                     self.batch_size, self.block_ms, self.idle_timeout)
+        return _RedisStreamPartition(
+            self.url,
+            self.stream,
+            self.group,
+            f"{self.group}-{worker_index}",
+            self.batch_size,
+            self.block_ms,
+            self.idle_timeout,
+        )
 
 
 # ---------------------------------------------------------------- Kafka
@@ -247,13 +287,20 @@ class KafkaEventSource(FixedPartitionedSource[RawBatch, Any]):
     `tail=False` stops at the end of the topic (tests, backfills).
     """
 
-    def __init__(self, brokers: list[str], topic: str, tail: bool = True, batch_size: int = 2_000,
-                 add_config: dict[str, str] | None = None) -> None:
+    def __init__(
+        self,
+        brokers: list[str],
+        topic: str,
+        tail: bool = True,
+        batch_size: int = 2_000,
+        add_config: dict[str, str] | None = None,
+    ) -> None:
         from bytewax.connectors.kafka import KafkaSource
 
         self.topic = topic
-        self.inner = KafkaSource(brokers, [topic], tail=tail, batch_size=batch_size, add_config=add_config,
-                                 raise_on_errors=False)
+        self.inner = KafkaSource(
+            brokers, [topic], tail=tail, batch_size=batch_size, add_config=add_config, raise_on_errors=False
+        )
 
     def list_parts(self) -> list[str]:
         return self.inner.list_parts()

@@ -57,7 +57,10 @@ def cmd_apply(args: argparse.Namespace) -> int:
 
 def cmd_ingest(args: argparse.Namespace) -> int:
     from flows.features import source_from_uri
+    from bytewax.inputs import Source
+
     from flows.sources import FileReplaySource
+    from vigil.events import RawBatch
     from vigil.files import UnreadableFileError, read_records
     from vigil.ingest import run_ingest
     from vigil.online.feast_store import apply_repo
@@ -79,7 +82,7 @@ def cmd_ingest(args: argparse.Namespace) -> int:
         expected = len(frame) + int(frame["tx_fraud"].notna().sum()) + len(unparsed)
         del frame
 
-        def make_source(processes: int) -> FileReplaySource:
+        def make_source(processes: int) -> Source[RawBatch]:
             return FileReplaySource(path, args.label_delay_days, speed=args.speed, shards=processes)
 
         what = str(path)
@@ -89,7 +92,7 @@ def cmd_ingest(args: argparse.Namespace) -> int:
         except ValueError as error:
             raise UserError(str(error)) from None
 
-        def make_source(processes: int):  # type: ignore[no-untyped-def]
+        def make_source(processes: int) -> Source[RawBatch]:
             return source_from_uri(args.source, settings)
 
         what = args.source
@@ -102,9 +105,14 @@ def cmd_ingest(args: argparse.Namespace) -> int:
     print(f"\nIngested {what} with {result.processes} worker(s) in {result.seconds:.1f} s")
     print(f"  transactions: {result.transactions:,} ({result.transactions_per_second:,.0f}/s)")
     print(f"  label events: {result.labels:,}")
-    print(f"  dead letters: {result.dead_letters:,}"
-          + (f" -> stream {settings.deadletter_stream} and {settings.data_dir / 'deadletter.jsonl'}"
-             if result.dead_letters else ""))
+    print(
+        f"  dead letters: {result.dead_letters:,}"
+        + (
+            f" -> stream {settings.deadletter_stream} and {settings.data_dir / 'deadletter.jsonl'}"
+            if result.dead_letters
+            else ""
+        )
+    )
     for reason, count in sorted(result.dead_reasons.items(), key=lambda kv: -kv[1]):
         print(f"    {count:>8,}  {reason}")
     print(f"  online store: {result.entity_writes:,} entity writes (Feast project {settings.feast_project!r})")
@@ -117,9 +125,16 @@ def cmd_simulate(args: argparse.Namespace) -> int:
 
     if bool(args.out) == bool(args.to_stream):
         raise UserError("give either --out PATH (.parquet, .csv or .jsonl) or --to-stream redis://HOST:PORT/STREAM")
-    cfg = SimulationConfig(customers=args.customers, terminals=args.terminals, days=args.days,
-                           start_date=args.start_date, seed=args.seed, amount_shift=args.amount_shift,
-                           drift_day=args.drift_day, new_pattern_day=args.new_pattern_day)
+    cfg = SimulationConfig(
+        customers=args.customers,
+        terminals=args.terminals,
+        days=args.days,
+        start_date=args.start_date,
+        seed=args.seed,
+        amount_shift=args.amount_shift,
+        drift_day=args.drift_day,
+        new_pattern_day=args.new_pattern_day,
+    )
     if args.customers < 1 or args.terminals < 1 or args.days < 1:
         raise UserError("--customers, --terminals and --days must be positive")
     started = time.perf_counter()
@@ -133,8 +148,14 @@ def cmd_simulate(args: argparse.Namespace) -> int:
     settings = _settings()
     _redis(settings)
     try:
-        sent = write_stream(simulate(cfg), args.to_stream, rate=args.rate, label_delay_days=args.label_delay_days,
-                            with_labels=not args.no_labels, limit=args.limit)
+        sent = write_stream(
+            simulate(cfg),
+            args.to_stream,
+            rate=args.rate,
+            label_delay_days=args.label_delay_days,
+            with_labels=not args.no_labels,
+            limit=args.limit,
+        )
     except ValueError as error:
         raise UserError(str(error)) from None
     print(f"Sent {sent:,} events to {args.to_stream} in {time.perf_counter() - started:.1f} s")
@@ -192,10 +213,15 @@ def build_parser() -> argparse.ArgumentParser:
     p = sub.add_parser("ingest", help="run the feature flow on a file replay or a live stream")
     p.add_argument("--transactions", metavar="PATH", help="replay a transactions file (.parquet, .csv, .jsonl)")
     p.add_argument("--source", metavar="URI", help="redis://HOST:PORT/STREAM or kafka://BROKERS/TOPIC (until stopped)")
-    p.add_argument("--label-delay-days", type=float, default=7.0,
-                   help="deliver each row's tx_fraud as a label event this long after the transaction (default 7)")
-    p.add_argument("--speed", type=float, default=None,
-                   help="pace a replay at N x event time (default: as fast as possible)")
+    p.add_argument(
+        "--label-delay-days",
+        type=float,
+        default=7.0,
+        help="deliver each row's tx_fraud as a label event this long after the transaction (default 7)",
+    )
+    p.add_argument(
+        "--speed", type=float, default=None, help="pace a replay at N x event time (default: as fast as possible)"
+    )
     p.add_argument("--workers", type=int, default=1, help="worker processes (default 1)")
     p.add_argument("--no-progress", action="store_true", help="no progress bar")
     p.set_defaults(func=cmd_ingest)
@@ -214,8 +240,9 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--no-labels", action="store_true", help="send transactions only (stream)")
     p.add_argument("--amount-shift", type=float, default=1.0, help="drift: multiply genuine amounts from --drift-day")
     p.add_argument("--drift-day", type=int, default=None, help="first day (0-based) of the amount drift")
-    p.add_argument("--new-pattern-day", type=int, default=None,
-                   help="drift: first day of a new fraud pattern (card testing)")
+    p.add_argument(
+        "--new-pattern-day", type=int, default=None, help="drift: first day of a new fraud pattern (card testing)"
+    )
     p.set_defaults(func=cmd_simulate)
 
     p = sub.add_parser("apply", help="register the Feast repo (entities, views, feature services)")

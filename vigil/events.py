@@ -12,7 +12,7 @@ from __future__ import annotations
 import json
 import math
 from dataclasses import dataclass, field
-from datetime import datetime, timezone
+from datetime import UTC, datetime
 from typing import Any
 
 import numpy as np
@@ -35,7 +35,7 @@ class DeadLetter:
     reason: str
     raw: str
     source: str
-    at: str = field(default_factory=lambda: datetime.now(timezone.utc).isoformat(timespec="milliseconds"))
+    at: str = field(default_factory=lambda: datetime.now(UTC).isoformat(timespec="milliseconds"))
     token: Any = None  # the source's acknowledgement handle, if any
 
     def to_fields(self) -> dict[str, str]:
@@ -112,8 +112,10 @@ def validate(raw: RawBatch) -> ValidatedBatch:
         mask = pd.Series(np.asarray(mask, dtype=bool), index=frame.index) & (reason == "")
         reason[mask] = why
 
-    kind = frame["kind"].fillna(TRANSACTION).astype(str) if "kind" in frame else pd.Series(
-        [TRANSACTION] * n, index=frame.index
+    kind = (
+        frame["kind"].fillna(TRANSACTION).astype(str)
+        if "kind" in frame
+        else pd.Series([TRANSACTION] * n, index=frame.index)
     )
     flag(~kind.isin(KINDS), "unknown event kind (expected transaction or label)")
     is_tx = kind == TRANSACTION
@@ -141,8 +143,9 @@ def validate(raw: RawBatch) -> ValidatedBatch:
     flag(present & ~np.isfinite(amount.fillna(0.0)), "tx_amount is not finite")
     flag(present & (amount < 0), "tx_amount is negative")
 
+    # A label must be 0/1; a transaction may carry one (a file row), and then it must be 0/1 too.
     fraud = pd.to_numeric(column("tx_fraud"), errors="coerce")
-    flag(is_label & column("tx_fraud").notna() & ~fraud.isin([0, 1]), "tx_fraud must be 0 or 1")
+    flag(column("tx_fraud").notna() & ~fraud.isin([0, 1]), "tx_fraud must be 0 or 1")
 
     good = reason == ""
     tokens = pd.Series(raw.tokens if raw.tokens is not None else [None] * n, index=frame.index, dtype=object)
@@ -192,8 +195,9 @@ def records_to_batch(records: list[Any], source: str, tokens: list[Any] | None =
                 unparsed.append(DeadLetter("payload is not valid JSON", text, source, token=token))
                 continue
         if not isinstance(parsed, dict):
-            unparsed.append(DeadLetter("payload is not a JSON object", json.dumps(parsed, default=str),
-                                       source, token=token))
+            unparsed.append(
+                DeadLetter("payload is not a JSON object", json.dumps(parsed, default=str), source, token=token)
+            )
             continue
         rows.append({k: parsed.get(k) for k in ALL_FIELDS})
         kept_tokens.append(token)

@@ -9,8 +9,14 @@ import pandas as pd
 
 from vigil.events import ALL_FIELDS, DeadLetter
 
-FORMATS = {".parquet": "parquet", ".pq": "parquet", ".csv": "csv", ".jsonl": "jsonl", ".ndjson": "jsonl",
-           ".json": "jsonl"}
+FORMATS = {
+    ".parquet": "parquet",
+    ".pq": "parquet",
+    ".csv": "csv",
+    ".jsonl": "jsonl",
+    ".ndjson": "jsonl",
+    ".json": "jsonl",
+}
 
 
 class UnreadableFileError(ValueError):
@@ -58,9 +64,7 @@ def read_records(path: Path) -> tuple[pd.DataFrame, list[DeadLetter]]:
         frame = pd.DataFrame(rows)
     present = [c for c in ALL_FIELDS if c in frame.columns]
     if "transaction_id" not in present and len(frame):
-        raise UnreadableFileError(
-            f"{path}: no transaction_id column; expected columns {', '.join(ALL_FIELDS[1:])}"
-        )
+        raise UnreadableFileError(f"{path}: no transaction_id column; expected columns {', '.join(ALL_FIELDS[1:])}")
     frame = frame[present].reset_index(drop=True)
     for missing in (c for c in ALL_FIELDS if c not in frame.columns):
         frame[missing] = None

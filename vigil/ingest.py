@@ -70,16 +70,28 @@ def _free_ports(n: int) -> list[int]:
     return ports
 
 
-def _worker(settings: Settings, make_source: SourceFactory, processes: int, index: int,
-            addresses: list[str] | None, counter: Any, results: Any) -> None:
+def _worker(
+    settings: Settings,
+    make_source: SourceFactory,
+    processes: int,
+    index: int,
+    addresses: list[str] | None,
+    counter: Any,
+    results: Any,
+) -> None:
     stats = FlowStats()
     flow = build_flow(make_source(processes), default_sinks(settings, stats, _SharedCounter(counter)), settings)
     cli_main(flow, process_id=index if addresses else None, addresses=addresses)
     results.put(stats.as_dict())
 
 
-def run_ingest(settings: Settings, make_source: SourceFactory, processes: int = 1,
-               expected_events: int | None = None, show_progress: bool = True) -> IngestResult:
+def run_ingest(
+    settings: Settings,
+    make_source: SourceFactory,
+    processes: int = 1,
+    expected_events: int | None = None,
+    show_progress: bool = True,
+) -> IngestResult:
     """Runs the flow to completion (or until interrupted) and sums what the sinks wrote."""
     ctx = mp.get_context("fork")
     counter = ctx.Value("q", 0)
@@ -106,8 +118,12 @@ def run_ingest(settings: Settings, make_source: SourceFactory, processes: int = 
             ticker.join()
         result.add(results.get())
     else:
-        children = [ctx.Process(target=_worker, args=(settings, make_source, processes, i, addresses, counter,
-                                                      results), daemon=False) for i in range(processes)]
+        children = [
+            ctx.Process(
+                target=_worker, args=(settings, make_source, processes, i, addresses, counter, results), daemon=False
+            )
+            for i in range(processes)
+        ]
         for child in children:
             child.start()
         try:

@@ -60,9 +60,7 @@ def ensure_redis(url: str, workdir: Path, start: bool = True, log: bool = True) 
     parts = urlsplit(url)
     host, port = parts.hostname or "127.0.0.1", parts.port or 6379
     if not start or host not in LOOPBACK:
-        raise RedisUnavailableError(
-            f"No Redis answers at {url}. Start one, or set REDIS_URL to a server that runs."
-        )
+        raise RedisUnavailableError(f"No Redis answers at {url}. Start one, or set REDIS_URL to a server that runs.")
     binary = find_server_binary()
     if binary is None:
         raise RedisUnavailableError(
@@ -72,17 +70,33 @@ def ensure_redis(url: str, workdir: Path, start: bool = True, log: bool = True) 
     workdir.mkdir(parents=True, exist_ok=True)
     bind = "127.0.0.1" if host != "::1" else "::1"
     command = [
-        binary, "--port", str(port), "--bind", bind, "--daemonize", "yes",
-        "--save", "", "--appendonly", "no", "--dir", str(workdir),
-        "--logfile", str(workdir / f"redis-{port}.log"), "--pidfile", str(workdir / f"redis-{port}.pid"),
+        binary,
+        "--port",
+        str(port),
+        "--bind",
+        bind,
+        "--daemonize",
+        "yes",
+        "--save",
+        "",
+        "--appendonly",
+        "no",
+        "--dir",
+        str(workdir),
+        "--logfile",
+        str(workdir / f"redis-{port}.log"),
+        "--pidfile",
+        str(workdir / f"redis-{port}.pid"),
     ]
     subprocess.run(command, check=True, stdout=subprocess.DEVNULL)
     deadline = time.monotonic() + 10
     while time.monotonic() < deadline:
         if ping(url):
             if log:
-                print(f"vigil: no Redis answered at {url}; started a local one ({binary}) on {bind}:{port}",
-                      file=sys.stderr)
+                print(
+                    f"vigil: no Redis answered at {url}; started a local one ({binary}) on {bind}:{port}",
+                    file=sys.stderr,
+                )
             return True
         time.sleep(0.05)
     raise RedisUnavailableError(f"Started {binary} on port {port} but it does not answer; see {workdir}.")

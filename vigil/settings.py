@@ -20,19 +20,13 @@ class Settings(BaseSettings):
 
     model_config = SettingsConfigDict(env_file=".env", extra="ignore", populate_by_name=True)
 
-    redis_url: str = Field(
-        "redis://127.0.0.1:6379/0", validation_alias=AliasChoices("REDIS_URL", "redis_url")
-    )
+    redis_url: str = Field("redis://127.0.0.1:6379/0", validation_alias=AliasChoices("REDIS_URL", "redis_url"))
     mlflow_tracking_uri: str | None = Field(
         None, validation_alias=AliasChoices("MLFLOW_TRACKING_URI", "mlflow_tracking_uri")
     )
     api_keys: str = Field("", validation_alias=AliasChoices("VIGIL_API_KEYS", "api_keys"))
-    device: Literal["cpu", "cuda", "auto"] = Field(
-        "auto", validation_alias=AliasChoices("VIGIL_DEVICE", "device")
-    )
-    data_dir: Path = Field(
-        PROJECT_ROOT / "data", validation_alias=AliasChoices("VIGIL_DATA_DIR", "data_dir")
-    )
+    device: Literal["cpu", "cuda", "auto"] = Field("auto", validation_alias=AliasChoices("VIGIL_DEVICE", "device"))
+    data_dir: Path = Field(PROJECT_ROOT / "data", validation_alias=AliasChoices("VIGIL_DATA_DIR", "data_dir"))
     feature_repo: Path = Field(
         PROJECT_ROOT / "feature_repo", validation_alias=AliasChoices("VIGIL_FEATURE_REPO", "feature_repo")
     )
@@ -40,9 +34,7 @@ class Settings(BaseSettings):
     key_prefix: str = Field("vigil", validation_alias=AliasChoices("VIGIL_KEY_PREFIX", "key_prefix"))
     # Feast project name: the online store's keys end with it.
     feast_project: str = Field("vigil", validation_alias=AliasChoices("VIGIL_FEAST_PROJECT", "feast_project"))
-    start_local_redis: bool = Field(
-        True, validation_alias=AliasChoices("VIGIL_START_LOCAL_REDIS", "start_local_redis")
-    )
+    start_local_redis: bool = Field(True, validation_alias=AliasChoices("VIGIL_START_LOCAL_REDIS", "start_local_redis"))
 
     @field_validator("redis_url")
     @classmethod

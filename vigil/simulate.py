@@ -24,8 +24,17 @@ import pandas as pd
 from scipy.spatial import cKDTree
 
 DAY = 86_400
-COLUMNS = ["transaction_id", "tx_datetime", "customer_id", "terminal_id", "tx_amount", "tx_time_seconds",
-           "tx_time_days", "tx_fraud", "tx_fraud_scenario"]
+COLUMNS = [
+    "transaction_id",
+    "tx_datetime",
+    "customer_id",
+    "terminal_id",
+    "tx_amount",
+    "tx_time_seconds",
+    "tx_time_days",
+    "tx_fraud",
+    "tx_fraud_scenario",
+]
 
 
 @dataclass(frozen=True)
@@ -63,13 +72,17 @@ def _world(cfg: SimulationConfig, rng: np.random.Generator) -> _World:
     neighbours = cKDTree(terminal_xy).query_ball_point(customer_xy, r=cfg.radius)
     counts = np.array([len(n) for n in neighbours], dtype=np.int64)
     starts = np.concatenate([[0], np.cumsum(counts)[:-1]])
-    flat = np.concatenate([np.sort(np.asarray(n, dtype=np.int64)) for n in neighbours]) if counts.sum() else \
-        np.zeros(0, np.int64)
+    flat = (
+        np.concatenate([np.sort(np.asarray(n, dtype=np.int64)) for n in neighbours])
+        if counts.sum()
+        else np.zeros(0, np.int64)
+    )
     comp_t = [rng.choice(cfg.terminals, size=min(2, cfg.terminals), replace=False) for _ in range(cfg.days)]
     comp_c = [rng.choice(cfg.customers, size=min(3, cfg.customers), replace=False) for _ in range(cfg.days)]
     testing = [
         rng.choice(cfg.customers, size=min(3, cfg.customers), replace=False)
-        if cfg.new_pattern_day is not None and day >= cfg.new_pattern_day else np.zeros(0, np.int64)
+        if cfg.new_pattern_day is not None and day >= cfg.new_pattern_day
+        else np.zeros(0, np.int64)
         for day in range(cfg.days)
     ]
     return _World(mean_amount, mean_amount / 2, tx_per_day, flat, starts, counts, comp_t, comp_c, testing)
@@ -81,8 +94,9 @@ def _active(schedule: list[np.ndarray], day: int, duration: int) -> np.ndarray:
     return np.unique(np.concatenate(chosen)) if chosen else np.zeros(0, np.int64)
 
 
-def _block(cfg: SimulationConfig, world: _World, first_day: int, last_day: int,
-           rng: np.random.Generator) -> pd.DataFrame:
+def _block(
+    cfg: SimulationConfig, world: _World, first_day: int, last_day: int, rng: np.random.Generator
+) -> pd.DataFrame:
     n_days = last_day - first_day
     counts = rng.poisson(np.tile(world.tx_per_day, n_days))  # (day, customer) flattened day-major
     counts[np.tile(world.nearby_count == 0, n_days)] = 0
@@ -102,16 +116,33 @@ def _block(cfg: SimulationConfig, world: _World, first_day: int, last_day: int,
     # Pattern 4 (drift): bursts of small night-time payments on random terminals.
     extra = []
     for d in range(first_day, last_day):
-        cards = _active(world.testing_customers, d, 7) if cfg.new_pattern_day is not None else []
+        cards: np.ndarray = (
+            _active(world.testing_customers, d, 7) if cfg.new_pattern_day is not None else np.zeros(0, np.int64)
+        )
         for c in cards:
             k = int(rng.integers(3, 8))
-            extra.append(pd.DataFrame({
-                "customer_id": np.full(k, c), "day": np.full(k, d),
-                "seconds": rng.integers(0, 5 * 3600, k), "amount": rng.uniform(1, 10, k),
-                "terminal_id": rng.integers(0, cfg.terminals, k), "scenario": np.full(k, 4),
-            }))
-    frame = pd.DataFrame({"customer_id": customer, "day": day, "seconds": seconds, "amount": amount,
-                          "terminal_id": terminal, "scenario": scenario})
+            extra.append(
+                pd.DataFrame(
+                    {
+                        "customer_id": np.full(k, c),
+                        "day": np.full(k, d),
+                        "seconds": rng.integers(0, 5 * 3600, k),
+                        "amount": rng.uniform(1, 10, k),
+                        "terminal_id": rng.integers(0, cfg.terminals, k),
+                        "scenario": np.full(k, 4),
+                    }
+                )
+            )
+    frame = pd.DataFrame(
+        {
+            "customer_id": customer,
+            "day": day,
+            "seconds": seconds,
+            "amount": amount,
+            "terminal_id": terminal,
+            "scenario": scenario,
+        }
+    )
     # Payment times fall within the day; draws outside it are dropped, as in the handbook.
     frame = frame[(frame["seconds"] > 0) & (frame["seconds"] < DAY)]
     if extra:
@@ -143,17 +174,19 @@ def simulate_blocks(cfg: SimulationConfig) -> Iterator[pd.DataFrame]:
     for first in range(0, cfg.days, cfg.block_days):
         block = _block(cfg, world, first, min(cfg.days, first + cfg.block_days), rng)
         n = len(block)
-        yield pd.DataFrame({
-            "transaction_id": np.arange(next_id, next_id + n, dtype=np.int64),
-            "tx_datetime": (start + pd.to_timedelta(block["time"], unit="s")).astype("datetime64[us]"),
-            "customer_id": block["customer_id"].astype(np.int64),
-            "terminal_id": block["terminal_id"].astype(np.int64),
-            "tx_amount": block["amount"].astype(np.float64),
-            "tx_time_seconds": block["time"].astype(np.int64),
-            "tx_time_days": block["day"].astype(np.int64),
-            "tx_fraud": (block["scenario"] > 0).astype(np.int64),
-            "tx_fraud_scenario": block["scenario"].astype(np.int64),
-        })
+        yield pd.DataFrame(
+            {
+                "transaction_id": np.arange(next_id, next_id + n, dtype=np.int64),
+                "tx_datetime": (start + pd.to_timedelta(block["time"], unit="s")).astype("datetime64[us]"),
+                "customer_id": block["customer_id"].astype(np.int64),
+                "terminal_id": block["terminal_id"].astype(np.int64),
+                "tx_amount": block["amount"].astype(np.float64),
+                "tx_time_seconds": block["time"].astype(np.int64),
+                "tx_time_days": block["day"].astype(np.int64),
+                "tx_fraud": (block["scenario"] > 0).astype(np.int64),
+                "tx_fraud_scenario": block["scenario"].astype(np.int64),
+            }
+        )
         next_id += n
 
 

@@ -33,7 +33,8 @@ def write_file(blocks: Iterable[pd.DataFrame], path: Path) -> tuple[int, int]:
                 block.to_csv(path, mode="w" if i == 0 else "a", header=i == 0, index=False)
             else:
                 text = block.assign(tx_datetime=block["tx_datetime"].dt.strftime("%Y-%m-%dT%H:%M:%S")).to_json(
-                    orient="records", lines=True)
+                    orient="records", lines=True
+                )
                 with path.open("w" if i == 0 else "a") as out:
                     out.write(text if text.endswith("\n") else text + "\n")
     finally:
@@ -56,12 +57,20 @@ def event_fields(events: pd.DataFrame) -> list[dict[str, str]]:
     frame = events.copy()
     frame["tx_datetime"] = pd.to_datetime(frame["tx_datetime"]).dt.strftime("%Y-%m-%dT%H:%M:%S")
     records = frame.to_dict("records")
-    return [{k: str(v) for k, v in r.items() if v is not None and not (isinstance(v, float) and v != v)}
-            for r in records]
+    return [
+        {k: str(v) for k, v in r.items() if v is not None and not (isinstance(v, float) and v != v)} for r in records
+    ]
 
 
-def write_stream(transactions: pd.DataFrame, uri: str, rate: float | None = None, label_delay_days: float = 7.0,
-                 with_labels: bool = True, limit: int | None = None, chunk: int = 500) -> int:
+def write_stream(
+    transactions: pd.DataFrame,
+    uri: str,
+    rate: float | None = None,
+    label_delay_days: float = 7.0,
+    with_labels: bool = True,
+    limit: int | None = None,
+    chunk: int = 500,
+) -> int:
     """Sends transactions (and their delayed label events) in event order; returns the count."""
     from flows.sources import replay_order
 

@@ -8,7 +8,7 @@ gets the same numbers as the scoring service.
 from __future__ import annotations
 
 from collections.abc import Sequence
-from datetime import datetime, timezone
+from datetime import UTC, datetime
 from typing import Any
 
 import numpy as np
@@ -22,7 +22,7 @@ def to_epoch_seconds(value: Any) -> int:
     """Event time as unix seconds; naive times are taken as they are (no zone shift)."""
     if isinstance(value, datetime):
         if value.tzinfo is not None:
-            value = value.astimezone(timezone.utc).replace(tzinfo=None)
+            value = value.astimezone(UTC).replace(tzinfo=None)
         return int((value - datetime(1970, 1, 1)).total_seconds())
     if isinstance(value, np.datetime64):
         return int(value.astype("datetime64[s]").astype(np.int64))

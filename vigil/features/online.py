@@ -33,7 +33,9 @@ def online_features(transactions: pd.DataFrame, store: OnlineHistoryStore, chunk
         for name in spec.FEATURE_NAMES:
             frame[name] = features[name]
         parts.append(frame)
-    out = pd.concat(parts, ignore_index=True) if parts else pd.DataFrame(columns=["transaction_id", *spec.FEATURE_NAMES])
+    out = (
+        pd.concat(parts, ignore_index=True) if parts else pd.DataFrame(columns=["transaction_id", *spec.FEATURE_NAMES])
+    )
     for flag in (spec.WEEKEND, spec.NIGHT):
         out[flag] = out[flag].astype(np.int64)
     return out
@@ -45,7 +47,8 @@ def max_differences(ours: pd.DataFrame, reference: pd.DataFrame) -> dict[str, fl
     if len(merged) != len(ours):
         raise ValueError(f"{len(ours) - len(merged)} transactions have no reference row")
     return {
-        name: float(np.max(np.abs(merged[name].to_numpy(np.float64) - merged[f"{name}_ref"].to_numpy(np.float64)),
-                           initial=0.0))
+        name: float(
+            np.max(np.abs(merged[name].to_numpy(np.float64) - merged[f"{name}_ref"].to_numpy(np.float64)), initial=0.0)
+        )
         for name in spec.FEATURE_NAMES
     }

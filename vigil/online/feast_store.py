@@ -8,6 +8,7 @@ import sys
 import warnings
 from pathlib import Path
 from string import Template
+from typing import Any
 from urllib.parse import parse_qs, unquote, urlsplit
 
 import yaml
@@ -73,7 +74,7 @@ def apply_repo(settings: Settings) -> FeatureStore:
     with contextlib.chdir(settings.feature_repo):
         contents = parse_repo(settings.feature_repo)
     store = open_feature_store(settings)
-    objects = [
+    objects: list[Any] = [
         *contents.entities,
         *contents.data_sources,
         *contents.feature_views,

@@ -18,9 +18,8 @@ from dataclasses import dataclass
 
 import numpy as np
 from feast.infra.online_stores.helpers import _mmh3
-from feast.protos.feast.types.Value_pb2 import DoubleList, Int64List
+from feast.protos.feast.types.Value_pb2 import DoubleList, Int64List, ValueType
 from feast.protos.feast.types.Value_pb2 import Value as ValueProto
-from feast.protos.feast.types.Value_pb2 import ValueType
 from google.protobuf.timestamp_pb2 import Timestamp
 
 from vigil.features import spec

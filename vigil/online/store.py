@@ -16,9 +16,7 @@ class OnlineHistoryStore:
     def __init__(self, client: redis.Redis, project: str) -> None:
         self.client = client
         self.layout = OnlineLayout.for_project(project)
-        self._fields = {
-            kind: [*self.layout.view(kind).field_keys] for kind in ("customer", "terminal")
-        }
+        self._fields = {kind: [*self.layout.view(kind).field_keys] for kind in ("customer", "terminal")}
 
     def view(self, kind: str) -> HistoryView:
         return self.layout.view(kind)
@@ -29,7 +27,7 @@ class OnlineHistoryStore:
         fields = self._fields[kind]
         with self.client.pipeline(transaction=False) as pipe:
             for entity in entities:
-                pipe.hmget(view.redis_key(int(entity)), fields)
+                pipe.hmget(view.redis_key(int(entity)), fields)  # type: ignore[arg-type]
             replies = pipe.execute()
         return [view.decode(reply) for reply in replies]
 
@@ -40,9 +38,9 @@ class OnlineHistoryStore:
         customer_view, terminal_view = self.layout.customer, self.layout.terminal
         with self.client.pipeline(transaction=False) as pipe:
             for c in customers:
-                pipe.hmget(customer_view.redis_key(int(c)), self._fields["customer"])
+                pipe.hmget(customer_view.redis_key(int(c)), self._fields["customer"])  # type: ignore[arg-type]
             for t in terminals:
-                pipe.hmget(terminal_view.redis_key(int(t)), self._fields["terminal"])
+                pipe.hmget(terminal_view.redis_key(int(t)), self._fields["terminal"])  # type: ignore[arg-type]
             replies = pipe.execute()
         n = len(customers)
         return (

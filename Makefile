@@ -1,0 +1,51 @@
+# Vigil: `make help` lists the targets. Everything runs from the project's .venv.
+SHELL := /bin/bash
+PYTHON ?= $(shell command -v python3.11 || command -v python3)
+VENV := .venv
+BIN := $(VENV)/bin
+STAMP := $(VENV)/.installed
+export PYTHONDONTWRITEBYTECODE := 1
+
+.DEFAULT_GOAL := help
+.PHONY: help setup redis demo test test-fast lint ci bench lab clean
+
+help: ## Show this help
+	@grep -E '^[a-z-]+:.*## ' $(MAKEFILE_LIST) | awk -F':.*## ' '{printf "  make %-10s %s\n", $$1, $$2}'
+
+$(STAMP): pyproject.toml constraints.txt
+	@test -x $(BIN)/python || $(PYTHON) -m venv $(VENV)
+	$(BIN)/python -m pip install --quiet --upgrade pip
+	$(BIN)/python -m pip install --quiet -c constraints.txt -e ".[dev]"
+	@touch $(STAMP)
+
+setup: $(STAMP) ## Create .venv with the project installed (.venv/bin/vigil)
+	@echo "vigil is installed: $(BIN)/vigil"
+
+redis: $(STAMP) ## Make sure Redis answers at REDIS_URL (starts a local one on loopback if not)
+	@$(BIN)/vigil redis
+
+demo: redis ## Run the main job end to end on a simulated world and print a summary
+	$(BIN)/python -m vigil.demo
+
+test: redis ## Run the whole test suite (unit, integration, notebooks)
+	$(BIN)/pytest
+
+test-fast: redis ## Unit tests only
+	$(BIN)/pytest -m "not integration"
+
+lint: $(STAMP) ## ruff and mypy
+	$(BIN)/ruff check vigil flows scoring feature_repo tests benchmarks
+	$(BIN)/mypy
+
+ci: lint test ## What CI runs (.ci/run calls this)
+
+bench: redis ## Benchmarks: replay throughput and freshness vs the stock Feast path (bench-results/)
+	$(BIN)/python -m benchmarks.features
+
+lab: $(STAMP) ## JupyterLab on notebooks/ with the project's environment
+	$(BIN)/jupyter lab --notebook-dir=notebooks
+
+clean: ## Remove generated data, stores and caches (keeps .venv)
+	rm -rf data feature_repo/data reports bench-results .pytest_cache .mypy_cache .ruff_cache
+	@if [ -f .redis/redis-6379.pid ]; then kill $$(cat .redis/redis-6379.pid) 2>/dev/null || true; fi
+	rm -rf .redis

@@ -1,0 +1,1 @@
+"""The scoring service (HTTP). Built in the scoring-service issue."""

@@ -1,0 +1,58 @@
+"""Shared fixtures: a private Feast project and key prefix per test on the one Redis."""
+
+from __future__ import annotations
+
+import uuid
+from collections.abc import Iterator
+from pathlib import Path
+
+import pandas as pd
+import pytest
+import redis
+
+from vigil.redis_server import ensure_redis
+from vigil.settings import PROJECT_ROOT, Settings
+from vigil.simulate import SimulationConfig, simulate
+
+HANDBOOK = PROJECT_ROOT.parent / "shared" / "data" / "handbook"
+
+
+@pytest.fixture(scope="session")
+def redis_url() -> str:
+    url = Settings().redis_url
+    ensure_redis(url, PROJECT_ROOT / ".redis")
+    return url
+
+
+@pytest.fixture
+def settings(tmp_path: Path, redis_url: str) -> Iterator[Settings]:
+    """Settings on a project and prefix of this test's own; its keys are removed afterwards."""
+    name = f"t{uuid.uuid4().hex[:10]}"
+    value = Settings(redis_url=redis_url, feast_project=name, key_prefix=name, data_dir=tmp_path / "data")
+    yield value
+    client = redis.Redis.from_url(redis_url)
+    for pattern in (f"*{name}", f"{name}:*"):
+        keys = list(client.scan_iter(match=pattern, count=1000))
+        if keys:
+            client.delete(*keys)
+    client.close()
+
+
+@pytest.fixture
+def redis_client(settings: Settings) -> Iterator[redis.Redis]:
+    client = redis.Redis.from_url(settings.redis_url)
+    yield client
+    client.close()
+
+
+@pytest.fixture(scope="session")
+def small_world() -> pd.DataFrame:
+    """Six simulated weeks of a small world: every fraud pattern, fast to replay."""
+    return simulate(SimulationConfig(customers=300, terminals=600, days=42, seed=7))
+
+
+@pytest.fixture(scope="session")
+def handbook() -> Path:
+    if not (HANDBOOK / "transactions.parquet").exists():
+        pytest.skip(f"handbook data not found at {HANDBOOK} (it ships with ../shared, not with a clone)")
+    return HANDBOOK

@@ -1,0 +1,120 @@
+"""The window arithmetic: bounds, ties, quiet entities, and rollup == backfill."""
+
+from __future__ import annotations
+
+import numpy as np
+import pandas as pd
+import pytest
+
+from vigil.features import spec
+from vigil.features.backfill import compute_features, epoch_seconds
+from vigil.features.history import EntityHistory, merge
+from vigil.features.rollup import TransactionFacts, features_as_of
+
+DAY = spec.DAY_SECONDS
+T0 = 1_525_132_800  # 2018-05-01 00:00:00, a Tuesday
+
+
+def history(ts: list[int], ids: list[int], values: list[float]) -> EntityHistory:
+    return merge(EntityHistory.empty(), np.array(ts, np.int64), np.array(ids, np.int64), np.array(values))
+
+
+def one(customer: EntityHistory, terminal: EntityHistory, tx_id: int, ts: int, amount: float) -> dict[str, float]:
+    out = features_as_of(
+        [customer], [terminal], TransactionFacts(np.array([tx_id]), np.array([ts]), np.array([amount]))
+    )
+    return {k: float(v[0]) for k, v in out.items()}
+
+
+def test_quiet_customer_sees_only_the_current_transaction() -> None:
+    customer = history([T0 - 2 * DAY - 5, T0 - 2 * DAY], [1, 2], [10.0, 30.0])
+    f = one(customer, EntityHistory.empty(), 3, T0, 50.0)
+    assert f[spec.customer_count_name(1)] == 1
+    assert f[spec.customer_avg_name(1)] == 50.0
+    assert f[spec.customer_count_name(7)] == 3
+    assert f[spec.customer_avg_name(7)] == pytest.approx(30.0)
+
+
+def test_customer_window_is_open_at_start_closed_at_end() -> None:
+    customer = history([T0 - DAY, T0 - DAY + 1], [1, 2], [10.0, 20.0])
+    f = one(customer, EntityHistory.empty(), 3, T0, 30.0)
+    assert f[spec.customer_count_name(1)] == 2  # t - 1 day exactly is outside, t - 1 day + 1 s inside
+
+
+def test_same_second_sees_lower_ids_only() -> None:
+    customer = history([T0, T0], [5, 9], [10.0, 20.0])
+    assert one(customer, EntityHistory.empty(), 7, T0, 30.0)[spec.customer_count_name(1)] == 2  # 5 and itself
+    assert one(customer, EntityHistory.empty(), 4, T0, 30.0)[spec.customer_count_name(1)] == 1
+
+
+def test_already_ingested_transaction_counts_once_with_request_values() -> None:
+    customer = history([T0 - 10, T0], [1, 2], [10.0, 20.0])
+    f = one(customer, EntityHistory.empty(), 2, T0, 20.0)
+    assert f[spec.customer_count_name(1)] == 2
+    assert f[spec.customer_avg_name(1)] == 15.0
+
+
+def test_terminal_window_uses_labels_delayed_by_a_week() -> None:
+    labels = history([T0 - 7 * DAY, T0 - 8 * DAY, T0 - 7 * DAY + 1, T0 - 37 * DAY], [1, 2, 3, 4], [1.0, 0.0, 1.0, 1.0])
+    f = one(EntityHistory.empty(), labels, 9, T0, 1.0)
+    assert f[spec.terminal_count_name(1)] == 1  # (t-8d, t-7d]: id 1 only; id 2 sits on the open bound
+    assert f[spec.terminal_risk_name(1)] == 1.0
+    assert f[spec.terminal_count_name(7)] == 2
+    assert f[spec.terminal_risk_name(7)] == 0.5
+    assert f[spec.terminal_count_name(30)] == 2  # t - 37 d is on the open bound
+
+
+def test_empty_terminal_window_has_zero_risk() -> None:
+    f = one(EntityHistory.empty(), EntityHistory.empty(), 1, T0, 1.0)
+    assert f[spec.terminal_count_name(30)] == 0 and f[spec.terminal_risk_name(30)] == 0
+
+
+def test_calendar_flags() -> None:
+    saturday_6_59 = T0 + 4 * DAY + 6 * 3600 + 59 * 60 + 59
+    f = one(EntityHistory.empty(), EntityHistory.empty(), 1, saturday_6_59, 1.0)
+    assert f[spec.WEEKEND] == 1 and f[spec.NIGHT] == 1
+    f = one(EntityHistory.empty(), EntityHistory.empty(), 1, T0 + 7 * 3600, 1.0)
+    assert f[spec.WEEKEND] == 0 and f[spec.NIGHT] == 0
+
+
+def test_rollup_equals_backfill_on_a_simulated_world(small_world: pd.DataFrame) -> None:
+    """Request-time rollup over all prior facts gives the backfill's numbers, row by row."""
+    frame = small_world.iloc[: len(small_world) // 2]
+    backfill = compute_features(frame).set_index("transaction_id")
+    sample = frame.sample(400, random_state=3)
+    ts_all = epoch_seconds(frame["tx_datetime"])
+    customers, terminals = [], []
+    for row in sample.itertuples():
+        t = int(epoch_seconds(pd.Series([row.tx_datetime]))[0])
+        mine = (frame["customer_id"].to_numpy() == row.customer_id) & (ts_all <= t)
+        customers.append(
+            history(ts_all[mine].tolist(), frame["transaction_id"][mine].tolist(), frame["tx_amount"][mine].tolist())
+        )
+        # Labels known at t: those of transactions at least 7 days old (delay = 7 days).
+        known = (frame["terminal_id"].to_numpy() == row.terminal_id) & (ts_all <= t - 7 * DAY)
+        terminals.append(
+            history(
+                ts_all[known].tolist(),
+                frame["transaction_id"][known].tolist(),
+                frame["tx_fraud"][known].astype(float).tolist(),
+            )
+        )
+    txs = TransactionFacts(
+        sample["transaction_id"].to_numpy(np.int64),
+        epoch_seconds(sample["tx_datetime"]),
+        sample["tx_amount"].to_numpy(np.float64),
+    )
+    rolled = features_as_of(customers, terminals, txs)
+    expected = backfill.loc[sample["transaction_id"]]
+    for name in spec.FEATURE_NAMES:
+        np.testing.assert_allclose(rolled[name], expected[name].to_numpy(np.float64), rtol=0, atol=1e-9, err_msg=name)
+
+
+def test_backfill_keeps_row_order_and_counts_duplicates_once(small_world: pd.DataFrame) -> None:
+    frame = small_world.iloc[:2000]
+    shuffled = frame.sample(frac=1.0, random_state=1)
+    doubled = pd.concat([shuffled, shuffled.iloc[:100]])
+    plain = compute_features(shuffled)
+    with_dupes = compute_features(doubled)
+    assert list(plain["transaction_id"]) == list(shuffled["transaction_id"])
+    pd.testing.assert_frame_equal(with_dupes.iloc[: len(plain)].reset_index(drop=True), plain)
