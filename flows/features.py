@@ -15,7 +15,6 @@ import threading
 from collections.abc import Iterator, Sequence
 from dataclasses import dataclass
 from typing import Any
-from urllib.parse import urlsplit
 
 import bytewax.operators as op
 import numpy as np
@@ -40,6 +39,7 @@ from vigil.events import DeadLetter, RawBatch, ValidatedBatch, validate
 from vigil.features.history import EntityHistory
 from vigil.online.store import OnlineHistoryStore
 from vigil.settings import Settings
+from vigil.uris import parse_source_uri
 
 
 @dataclass
@@ -64,18 +64,12 @@ def default_sinks(settings: Settings, stats: FlowStats | None = None, progress: 
 
 def source_from_uri(uri: str, settings: Settings, label_delay_days: float = 7.0) -> Source[RawBatch]:
     """`redis://HOST:PORT/STREAM`, `kafka://BROKER[,BROKER]/TOPIC`, or a file path."""
-    parts = urlsplit(uri)
-    if parts.scheme in ("redis", "rediss"):
-        stream = parts.path.lstrip("/")
-        if not stream:
-            raise ValueError(f"{uri}: name the stream, as in redis://HOST:PORT/STREAM")
-        return RedisStreamSource(f"{parts.scheme}://{parts.netloc}/0", stream)
-    if parts.scheme == "kafka":
-        topic = parts.path.lstrip("/")
-        if not topic or not parts.netloc:
-            raise ValueError(f"{uri}: use kafka://BROKER[,BROKER]/TOPIC")
-        return KafkaEventSource(parts.netloc.split(","), topic)
-    return FileReplaySource(uri.removeprefix("file://"), label_delay_days)
+    stream = parse_source_uri(uri)
+    if stream is None:
+        return FileReplaySource(uri.removeprefix("file://"), label_delay_days)
+    if stream.kind == "redis":
+        return RedisStreamSource(stream.address, stream.name)
+    return KafkaEventSource(stream.address.split(","), stream.name)
 
 
 class HistoryLoader:

@@ -56,25 +56,44 @@ def cmd_apply(args: argparse.Namespace) -> int:
 
 
 def cmd_ingest(args: argparse.Namespace) -> int:
-    from flows.features import source_from_uri
-    from bytewax.inputs import Source
+    from vigil.files import UnreadableFileError, file_format
+    from vigil.uris import parse_source_uri
 
-    from flows.sources import FileReplaySource
-    from vigil.events import RawBatch
-    from vigil.files import UnreadableFileError, read_records
-    from vigil.ingest import run_ingest
-    from vigil.online.feast_store import apply_repo
-
+    # Check what the user typed before the heavy imports (Feast, Bytewax) start.
     if bool(args.transactions) == bool(args.source):
         raise UserError("give either --transactions PATH (replay a file) or --source URI (a live stream)")
     if args.workers < 1:
         raise UserError("--workers must be at least 1")
+    if args.speed is not None and args.speed <= 0:
+        raise UserError("--speed must be positive")
+    try:
+        if args.transactions:
+            path = Path(args.transactions)
+            file_format(path)
+            if not path.exists():
+                raise UnreadableFileError(f"{path}: no such file")
+        elif parse_source_uri(args.source) is None:
+            raise UserError(
+                f"{args.source}: use redis://HOST:PORT/STREAM or kafka://BROKERS/TOPIC "
+                "(replay files with --transactions)"
+            )
+    except (UnreadableFileError, ValueError) as error:
+        raise UserError(str(error)) from None
     settings = _settings()
     _redis(settings)
+
+    from bytewax.inputs import Source
+
+    from flows.features import source_from_uri
+    from flows.sources import FileReplaySource
+    from vigil.events import RawBatch
+    from vigil.files import read_records
+    from vigil.ingest import run_ingest
+    from vigil.online.feast_store import apply_repo
+
     apply_repo(settings)
     expected = None
     if args.transactions:
-        path = Path(args.transactions)
         try:
             frame, unparsed = read_records(path)
         except UnreadableFileError as error:
@@ -87,10 +106,6 @@ def cmd_ingest(args: argparse.Namespace) -> int:
 
         what = str(path)
     else:
-        try:
-            source_from_uri(args.source, settings)  # fail fast on a malformed URI
-        except ValueError as error:
-            raise UserError(str(error)) from None
 
         def make_source(processes: int) -> Source[RawBatch]:
             return source_from_uri(args.source, settings)

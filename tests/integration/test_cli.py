@@ -1,0 +1,130 @@
+"""The `vigil` command line as a user runs it: help, clear errors, ingest in two processes, kill -9."""
+
+from __future__ import annotations
+
+import os
+import signal
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import pandas as pd
+import pytest
+import redis
+
+from vigil.features.backfill import compute_features
+from vigil.features.online import max_differences, online_features
+from vigil.online.store import OnlineHistoryStore
+from vigil.settings import Settings
+from vigil.simulate import SimulationConfig, simulate
+
+pytestmark = pytest.mark.integration
+
+
+def env_for(settings: Settings, **extra: str) -> dict[str, str]:
+    return {
+        **os.environ,
+        "REDIS_URL": settings.redis_url,
+        "VIGIL_FEAST_PROJECT": settings.feast_project,
+        "VIGIL_KEY_PREFIX": settings.key_prefix,
+        "VIGIL_DATA_DIR": str(settings.data_dir),
+        **extra,
+    }
+
+
+def vigil(*args: str, env: dict[str, str] | None = None, timeout: float = 300) -> subprocess.CompletedProcess[str]:
+    return subprocess.run(
+        [sys.executable, "-m", "vigil.cli", *args], capture_output=True, text=True, env=env, timeout=timeout
+    )
+
+
+@pytest.mark.parametrize("command", ["ingest", "simulate", "apply", "features", "redis"])
+def test_every_subcommand_has_help(command: str) -> None:
+    result = vigil(command, "--help")
+    assert result.returncode == 0 and "usage: vigil" in result.stdout
+
+
+@pytest.mark.parametrize(
+    ("args", "message"),
+    [
+        ((), "give either --transactions PATH"),
+        (("--transactions", "/nonexistent/tx.parquet"), "no such file"),
+        (("--transactions", "notes.txt"), "unknown file type"),
+        (("--source", "redis://127.0.0.1:6379/"), "name the stream"),
+        (("--source", "kafka:///topic"), "use kafka://BROKER"),
+    ],
+)
+def test_ingest_mistakes_get_a_clear_message(
+    settings: Settings, tmp_path: Path, args: tuple[str, ...], message: str
+) -> None:
+    (tmp_path / "notes.txt").write_text("x")
+    result = subprocess.run(
+        [sys.executable, "-m", "vigil.cli", "ingest", *args],
+        capture_output=True,
+        text=True,
+        env=env_for(settings),
+        cwd=tmp_path,
+        timeout=120,
+    )
+    assert result.returncode == 2
+    assert message in result.stderr and "Traceback" not in result.stderr
+
+
+def test_bad_redis_url_is_explained(settings: Settings) -> None:
+    result = vigil("redis", env=env_for(settings, REDIS_URL="http://nowhere"))
+    assert result.returncode == 2 and "REDIS_URL must look like redis://" in result.stderr
+    # Loopback only: a port where nothing listens, with the local fallback turned off.
+    result = vigil("redis", env=env_for(settings, REDIS_URL="redis://127.0.0.1:1/0", VIGIL_START_LOCAL_REDIS="false"))
+    assert result.returncode == 2 and "No Redis answers" in result.stderr
+
+
+def test_simulate_then_ingest_with_two_processes(settings: Settings, tmp_path: Path) -> None:
+    path = tmp_path / "world.jsonl"
+    made = vigil(
+        "simulate", "--out", str(path), "--customers", "200", "--terminals", "400", "--days", "20", "--seed", "3"
+    )
+    assert made.returncode == 0, made.stderr
+    result = vigil("ingest", "--transactions", str(path), "--workers", "2", "--no-progress", env=env_for(settings))
+    assert result.returncode == 0, result.stderr
+    frame = pd.read_json(path, lines=True)
+    assert f"transactions: {len(frame):,}" in result.stdout and "with 2 worker(s)" in result.stdout
+    store = OnlineHistoryStore(redis.Redis.from_url(settings.redis_url), settings.feast_project)
+    assert max(max_differences(online_features(frame, store), compute_features(frame)).values()) <= 1e-9
+
+
+def snapshot(client: redis.Redis, project: str) -> dict[bytes, dict[bytes, bytes]]:
+    return {k[: -len(project)]: client.hgetall(k) for k in client.scan_iter(match=f"*{project}", count=1000)}
+
+
+def test_kill_minus_nine_mid_replay_then_restart(settings: Settings, tmp_path: Path, redis_client: redis.Redis) -> None:
+    path = tmp_path / "world.parquet"
+    simulate(SimulationConfig(customers=1500, terminals=3000, days=28, seed=11)).to_parquet(path)
+    env = env_for(settings)
+    args = [sys.executable, "-m", "vigil.cli", "ingest", "--transactions", str(path), "--no-progress"]
+    # Paced so that the kill lands mid-replay, whatever the machine's speed.
+    victim = subprocess.Popen(
+        [*args, "--speed", str(28 * 86_400 / 20)], env=env, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL
+    )
+    deadline = time.monotonic() + 120
+    while (
+        time.monotonic() < deadline
+        and len(list(redis_client.scan_iter(match=f"*{settings.feast_project}", count=1000))) < 200
+    ):
+        time.sleep(0.2)
+    victim.send_signal(signal.SIGKILL)
+    victim.wait(timeout=30)
+    partial = snapshot(redis_client, settings.feast_project)
+    assert partial, "the replay never started writing"
+    assert vigil(*args[3:], env=env).returncode == 0
+    restarted = snapshot(redis_client, settings.feast_project)
+    other = f"{settings.feast_project}u"
+    try:
+        assert vigil(*args[3:], env={**env, "VIGIL_FEAST_PROJECT": other}).returncode == 0
+        uninterrupted = snapshot(redis_client, other)
+    finally:
+        keys = list(redis_client.scan_iter(match=f"*{other}"))
+        if keys:
+            redis_client.delete(*keys)
+    assert len(partial) < len(uninterrupted)
+    assert restarted == uninterrupted

@@ -1,0 +1,108 @@
+"""The Feast repo applies, and our fast Redis writer/reader is Feast's own layout."""
+
+from __future__ import annotations
+
+from datetime import UTC, datetime
+from pathlib import Path
+
+import numpy as np
+import pandas as pd
+import pytest
+import redis
+from bytewax.testing import run_main
+from feast.infra.key_encoding_utils import serialize_entity_key
+from feast.protos.feast.types.EntityKey_pb2 import EntityKey
+from feast.protos.feast.types.Value_pb2 import Value
+
+from flows.features import build_flow, default_sinks
+from flows.sources import FileReplaySource
+from vigil.features import spec
+from vigil.features.history import EntityHistory
+from vigil.features.online import max_differences, online_features
+from vigil.online.feast_store import apply_repo, feast_connection_string
+from vigil.online.layout import entity_key_bytes
+from vigil.online.store import OnlineHistoryStore
+from vigil.settings import Settings
+
+pytestmark = pytest.mark.integration
+
+
+def test_connection_string_conversion() -> None:
+    assert feast_connection_string("redis://127.0.0.1:6379/0") == "127.0.0.1:6379,db=0"
+    assert feast_connection_string("rediss://:s3cret@cache:6380/2") == "cache:6380,db=2,password=s3cret,ssl=true"
+    assert feast_connection_string("redis://localhost") == "localhost:6379"
+
+
+def test_entity_key_matches_feast() -> None:
+    for value in (0, 7, 4999, 2**40 + 3):
+        proto = EntityKey(join_keys=["customer_id"], entity_values=[Value(int64_val=value)])
+        assert entity_key_bytes("customer_id", value, "p") == serialize_entity_key(proto, 3) + b"p"
+
+
+def test_apply_registers_the_feature_service(settings: Settings) -> None:
+    store = apply_repo(settings)
+    service = store.get_feature_service(spec.FEATURE_SERVICE)
+    names = [f.name for projection in service.feature_view_projections for f in projection.features]
+    assert names == list(spec.FEATURE_NAMES)
+    assert {e.name for e in store.list_entities()} == {"customer", "terminal"}
+
+
+def test_our_writes_are_byte_identical_to_feasts(settings: Settings, redis_client: redis.Redis) -> None:
+    store = apply_repo(settings)
+    history = EntityHistory(np.array([1_522_540_831, 1_522_600_000]), np.array([3, 9]), np.array([10.5, 20.25]))
+    when = datetime.fromtimestamp(int(history.ts[-1]), tz=UTC)
+    store.write_to_online_store(
+        spec.CUSTOMER_VIEW,
+        pd.DataFrame(
+            {
+                "customer_id": [11],
+                "tx_ts_list": [history.ts.tolist()],
+                "tx_id_list": [history.tx_id.tolist()],
+                "tx_amount_list": [history.value.tolist()],
+                "event_timestamp": [when],
+            }
+        ),
+    )
+    ours = OnlineHistoryStore(redis_client, settings.feast_project)
+    key = ours.view("customer").redis_key(11)
+    written_by_feast = redis_client.hgetall(key)
+    redis_client.delete(key)
+    ours.write([("customer", 11, history)])
+    assert redis_client.hgetall(key) == written_by_feast
+    assert ours.read("customer", [11])[0].tx_id.tolist() == [3, 9]
+
+
+def test_feast_get_online_features_equals_our_rollup(
+    settings: Settings, small_world: pd.DataFrame, tmp_path: Path
+) -> None:
+    """A plain Feast client asking for fraud_v1 gets the scoring path's numbers."""
+    store = apply_repo(settings)
+    frame = small_world[small_world["tx_datetime"] < small_world["tx_datetime"].min() + pd.Timedelta(days=21)]
+    path = tmp_path / "tx.parquet"
+    frame.to_parquet(path)
+    run_main(build_flow(FileReplaySource(path), default_sinks(settings), settings))
+    sample = frame.sample(300, random_state=5)
+    new = sample.iloc[:20].assign(transaction_id=lambda f: f["transaction_id"] + 10_000_000)  # never ingested
+    asked = pd.concat([sample, new])
+    rows = [
+        {
+            "customer_id": int(r.customer_id),
+            "terminal_id": int(r.terminal_id),
+            "transaction_id": int(r.transaction_id),
+            "tx_datetime": r.tx_datetime.to_pydatetime(),
+            "tx_amount": float(r.tx_amount),
+        }
+        for r in asked.itertuples()
+    ]
+    got = store.get_online_features(features=store.get_feature_service(spec.FEATURE_SERVICE), entity_rows=rows)
+    feast_frame = pd.DataFrame(got.to_dict()).assign(transaction_id=asked["transaction_id"].to_numpy())
+    ours = online_features(asked, OnlineHistoryStore(redis.Redis.from_url(settings.redis_url), settings.feast_project))
+    diffs = max_differences(feast_frame[["transaction_id", *spec.FEATURE_NAMES]], ours)
+    assert max(diffs.values()) <= 1e-9, diffs
+    # A new transaction counts itself once on top of its customer's history.
+    ingested_count = ours.set_index("transaction_id").loc[sample["transaction_id"].iloc[:20]]
+    new_count = ours.set_index("transaction_id").loc[new["transaction_id"]]
+    assert (
+        new_count[spec.customer_count_name(30)].to_numpy()
+        == ingested_count[spec.customer_count_name(30)].to_numpy() + 1
+    ).all()
