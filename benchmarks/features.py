@@ -1,0 +1,249 @@
+"""`make bench` for the feature plane: replay throughput, freshness, and Feast's stock paths.
+
+Writes bench-results/features.json and prints a table. Uses the handbook file when
+../shared is present (and then also checks the whole file's features), otherwise a
+simulated world of the same size.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import signal
+import subprocess
+import sys
+import threading
+import time
+import uuid
+from datetime import datetime, timezone
+from pathlib import Path
+
+import numpy as np
+import pandas as pd
+import redis
+from feast.protos.feast.types.Value_pb2 import Value as ValueProto
+
+from flows.sources import FileReplaySource
+from flows.state import CUSTOMER, EntityEvents, PartitionState, apply_events
+from vigil.features import spec
+from vigil.features.backfill import compute_features, epoch_seconds
+from vigil.features.history import EntityHistory
+from vigil.features.online import max_differences, online_features
+from vigil.ingest import run_ingest
+from vigil.online.feast_store import apply_repo
+from vigil.online.store import OnlineHistoryStore
+from vigil.settings import PROJECT_ROOT, Settings
+from vigil.simulate import SimulationConfig, simulate
+from vigil.stream_out import event_fields
+
+HANDBOOK = PROJECT_ROOT.parent / "shared" / "data" / "handbook"
+RESULTS = PROJECT_ROOT / "bench-results"
+
+
+def bench_settings(tag: str) -> Settings:
+    name = f"bench{tag}{uuid.uuid4().hex[:6]}"
+    return Settings(feast_project=name, key_prefix=name, data_dir=PROJECT_ROOT / "data" / "bench" / name)
+
+
+def cleanup(settings: Settings) -> None:
+    client = redis.Redis.from_url(settings.redis_url)
+    for pattern in (f"*{settings.feast_project}", f"{settings.key_prefix}:*"):
+        keys = list(client.scan_iter(match=pattern, count=5000))
+        for i in range(0, len(keys), 5000):
+            client.delete(*keys[i : i + 5000])
+    client.close()
+
+
+def replay(path: Path, processes: int) -> tuple[dict[str, float], Settings]:
+    settings = bench_settings(f"r{processes}")
+    apply_repo(settings)
+    result = run_ingest(settings, lambda n: FileReplaySource(path, 7.0, shards=n), processes, show_progress=False)
+    return {
+        "workers": processes,
+        "transactions": result.transactions,
+        "label_events": result.labels,
+        "seconds": round(result.seconds, 2),
+        "transactions_per_s": round(result.transactions / result.seconds),
+        "label_events_per_s": round(result.labels / result.seconds),
+    }, settings
+
+
+def stock_feast_paths(frame: pd.DataFrame, rows: int = 1_000) -> dict[str, float]:
+    """Feast's own write paths for the same history updates: push() per event, and
+    write_to_online_store() in batches."""
+    settings = bench_settings("stock")
+    store = apply_repo(settings)
+    events = frame.iloc[:rows]
+    state = PartitionState()
+    updates: list[tuple[int, EntityHistory]] = []
+    for row in events.itertuples():
+        batch = EntityEvents(CUSTOMER, np.array([row.customer_id]), epoch_seconds(pd.Series([row.tx_datetime])),
+                             np.array([row.transaction_id]), np.array([row.tx_amount]))
+        update = apply_events(state, batch, lambda kind, ids: [EntityHistory.empty() for _ in ids]).updates[0]
+        updates.append((update.entity, update.history))
+
+    def row_frame(items: list[tuple[int, EntityHistory]]) -> pd.DataFrame:
+        return pd.DataFrame({
+            "customer_id": [e for e, _ in items],
+            "tx_ts_list": [h.ts.tolist() for _, h in items],
+            "tx_id_list": [h.tx_id.tolist() for _, h in items],
+            "tx_amount_list": [h.value.tolist() for _, h in items],
+            "event_timestamp": [datetime.fromtimestamp(int(h.ts[-1]), tz=timezone.utc) for _, h in items],
+        })
+
+    started = time.perf_counter()
+    for item in updates:
+        store.push("customer_history_push", row_frame([item]))
+    push_rate = len(updates) / (time.perf_counter() - started)
+    started = time.perf_counter()
+    for i in range(0, len(updates), 500):
+        store.write_to_online_store(spec.CUSTOMER_VIEW, row_frame(updates[i : i + 500]))
+    batch_rate = len(updates) / (time.perf_counter() - started)
+    ours = OnlineHistoryStore(redis.Redis.from_url(settings.redis_url), settings.feast_project)
+    started = time.perf_counter()
+    for i in range(0, len(updates), 500):
+        ours.write([(CUSTOMER, e, h) for e, h in updates[i : i + 500]])
+    our_rate = len(updates) / (time.perf_counter() - started)
+    cleanup(settings)
+    return {"feast_push_rows_per_s": round(push_rate), "feast_write_to_online_store_rows_per_s": round(batch_rate),
+            "vigil_pipelined_writer_rows_per_s": round(our_rate), "rows": len(updates)}
+
+
+def freshness(frame: pd.DataFrame, rate: float = 2_000, seconds: float = 10) -> dict[str, float]:
+    """Time from XADD of a transaction to its effect being readable online, at `rate` events/s."""
+    settings = bench_settings("fresh")
+    stream = f"{settings.key_prefix}:events"
+    env = {**os.environ, "VIGIL_FEAST_PROJECT": settings.feast_project, "VIGIL_KEY_PREFIX": settings.key_prefix,
+           "VIGIL_DATA_DIR": str(settings.data_dir), "REDIS_URL": settings.redis_url}
+    flow = subprocess.Popen([sys.executable, "-m", "vigil.cli", "ingest", "--source",
+                             f"{settings.redis_url.rsplit('/', 1)[0]}/{stream}", "--no-progress"],
+                            env=env, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+    client = redis.Redis.from_url(settings.redis_url)
+    store = OnlineHistoryStore(client, settings.feast_project)
+    # Wait until the flow's consumer group exists (the process is up).
+    deadline = time.monotonic() + 60
+    while time.monotonic() < deadline:
+        try:
+            if client.xinfo_groups(stream):
+                break
+        except redis.ResponseError:
+            pass
+        time.sleep(0.1)
+    n = int(rate * seconds)
+    rows = frame.iloc[:n]
+    fields = event_fields(rows[["transaction_id", "tx_datetime", "customer_id", "terminal_id", "tx_amount"]])
+    sent_at: dict[int, float] = {}
+    seen: list[float] = []
+    watch: dict[int, tuple[int, float]] = {}
+    lock = threading.Lock()
+    done = threading.Event()
+
+    def poll() -> None:
+        view = store.view("customer")
+        field = view.field_keys[1]
+        while not (done.is_set() and not watch):
+            with lock:
+                items = list(watch.items())
+            if not items:
+                time.sleep(0.0005)
+                continue
+            with client.pipeline(transaction=False) as pipe:
+                for tx_id, (customer, _) in items:
+                    pipe.hget(view.redis_key(customer), field)
+                replies = pipe.execute()
+            now = time.perf_counter()
+            for (tx_id, (_, t0)), raw in zip(items, replies, strict=True):
+                if raw is not None and tx_id in ValueProto.FromString(raw).int64_list_val.val:
+                    seen.append((now - t0) * 1000)
+                    with lock:
+                        watch.pop(tx_id, None)
+            time.sleep(0.0005)
+
+    poller = threading.Thread(target=poll, daemon=True)
+    poller.start()
+    started = time.perf_counter()
+    producer = redis.Redis.from_url(settings.redis_url)
+    for i, f in enumerate(fields):
+        due = started + i / rate
+        while (wait := due - time.perf_counter()) > 0:
+            time.sleep(min(wait, 0.001))
+        t0 = time.perf_counter()
+        producer.xadd(stream, f)  # type: ignore[arg-type]
+        if i % 10 == 0:
+            tx = int(rows.iloc[i]["transaction_id"])
+            sent_at[tx] = t0
+            with lock:
+                watch[tx] = (int(rows.iloc[i]["customer_id"]), t0)
+    achieved = n / (time.perf_counter() - started)
+    done.set()
+    poller.join(timeout=15)
+    flow.send_signal(signal.SIGINT)
+    try:
+        flow.wait(timeout=15)
+    except subprocess.TimeoutExpired:
+        flow.kill()
+    cleanup(settings)
+    return {"target_events_per_s": rate, "achieved_events_per_s": round(achieved), "samples": len(seen),
+            "unseen": len(sent_at) - len(seen), "p50_ms": round(float(np.percentile(seen, 50)), 2),
+            "p99_ms": round(float(np.percentile(seen, 99)), 2), "max_ms": round(float(np.max(seen)), 2)}
+
+
+def whole_file_check(frame: pd.DataFrame, settings: Settings, reference: pd.DataFrame | None) -> dict[str, object]:
+    """After the full replay: every entity's newest transaction, as of its own time, equals the reference
+    (older times need facts past the state horizon, which the flow drops by design)."""
+    started = time.perf_counter()
+    backfill = compute_features(frame)
+    backfill_seconds = time.perf_counter() - started
+    expected = reference if reference is not None else backfill
+    backfill_diff = max(max_differences(backfill, expected).values()) if reference is not None else 0.0
+    last_customer = frame.groupby("customer_id")["transaction_id"].max()
+    last_terminal = frame.groupby("terminal_id")["transaction_id"].max()
+    newest = frame[frame["transaction_id"].isin(last_customer) & frame["transaction_id"].isin(last_terminal)]
+    store = OnlineHistoryStore(redis.Redis.from_url(settings.redis_url), settings.feast_project)
+    served = online_features(newest, store)
+    diff = max(max_differences(served, expected[expected["transaction_id"].isin(newest["transaction_id"])]).values())
+    return {"backfill_seconds": round(backfill_seconds, 2), "backfill_rows": len(frame),
+            "backfill_max_abs_diff_vs_reference": backfill_diff, "online_checked_rows": len(newest),
+            "online_max_abs_diff": diff}
+
+
+def main() -> int:
+    RESULTS.mkdir(exist_ok=True)
+    if (HANDBOOK / "transactions.parquet").exists():
+        path, label = HANDBOOK / "transactions.parquet", "handbook (1.17 M transactions)"
+        reference: pd.DataFrame | None = pd.read_parquet(HANDBOOK / "features_reference.parquet")
+    else:
+        path = PROJECT_ROOT / "data" / "bench" / "world.parquet"
+        path.parent.mkdir(parents=True, exist_ok=True)
+        simulate(SimulationConfig(days=120, seed=1)).to_parquet(path)
+        label, reference = "simulated world (120 days)", None
+    frame = pd.read_parquet(path)
+    print(f"data: {label}")
+    results: dict[str, object] = {"data": label, "machine_cores": os.cpu_count(),
+                                  "when": datetime.now(timezone.utc).isoformat(timespec="seconds")}
+    replays = []
+    if os.environ.get("VIGIL_BENCH_ONLY") == "freshness":
+        print(freshness(frame))
+        return 0
+    for workers in (1, 2):
+        row, settings = replay(path, workers)
+        print(f"replay, {workers} worker(s): {row['transactions_per_s']:,} tx/s + {row['label_events_per_s']:,} "
+              f"label events/s ({row['seconds']} s)")
+        replays.append(row)
+        if workers == 2:
+            results["whole_file"] = whole_file_check(frame, settings, reference)
+            print(f"whole file: {results['whole_file']}")
+        cleanup(settings)
+    results["replay"] = replays
+    results["stock_feast"] = stock_feast_paths(frame)
+    print(f"stock Feast: {results['stock_feast']}")
+    results["freshness"] = freshness(frame)
+    print(f"freshness at 2,000 events/s: {results['freshness']}")
+    out = RESULTS / "features.json"
+    out.write_text(json.dumps(results, indent=2, default=float))
+    print(f"results -> {out}")
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
