@@ -15,7 +15,7 @@ import sys
 import threading
 import time
 import uuid
-from datetime import datetime, timezone
+from datetime import UTC, datetime
 from pathlib import Path
 
 import numpy as np
@@ -77,19 +77,26 @@ def stock_feast_paths(frame: pd.DataFrame, rows: int = 1_000) -> dict[str, float
     state = PartitionState()
     updates: list[tuple[int, EntityHistory]] = []
     for row in events.itertuples():
-        batch = EntityEvents(CUSTOMER, np.array([row.customer_id]), epoch_seconds(pd.Series([row.tx_datetime])),
-                             np.array([row.transaction_id]), np.array([row.tx_amount]))
+        batch = EntityEvents(
+            CUSTOMER,
+            np.array([row.customer_id]),
+            epoch_seconds(pd.Series([row.tx_datetime])),
+            np.array([row.transaction_id]),
+            np.array([row.tx_amount]),
+        )
         update = apply_events(state, batch, lambda kind, ids: [EntityHistory.empty() for _ in ids]).updates[0]
         updates.append((update.entity, update.history))
 
     def row_frame(items: list[tuple[int, EntityHistory]]) -> pd.DataFrame:
-        return pd.DataFrame({
-            "customer_id": [e for e, _ in items],
-            "tx_ts_list": [h.ts.tolist() for _, h in items],
-            "tx_id_list": [h.tx_id.tolist() for _, h in items],
-            "tx_amount_list": [h.value.tolist() for _, h in items],
-            "event_timestamp": [datetime.fromtimestamp(int(h.ts[-1]), tz=timezone.utc) for _, h in items],
-        })
+        return pd.DataFrame(
+            {
+                "customer_id": [e for e, _ in items],
+                "tx_ts_list": [h.ts.tolist() for _, h in items],
+                "tx_id_list": [h.tx_id.tolist() for _, h in items],
+                "tx_amount_list": [h.value.tolist() for _, h in items],
+                "event_timestamp": [datetime.fromtimestamp(int(h.ts[-1]), tz=UTC) for _, h in items],
+            }
+        )
 
     started = time.perf_counter()
     for item in updates:
@@ -105,19 +112,39 @@ def stock_feast_paths(frame: pd.DataFrame, rows: int = 1_000) -> dict[str, float
         ours.write([(CUSTOMER, e, h) for e, h in updates[i : i + 500]])
     our_rate = len(updates) / (time.perf_counter() - started)
     cleanup(settings)
-    return {"feast_push_rows_per_s": round(push_rate), "feast_write_to_online_store_rows_per_s": round(batch_rate),
-            "vigil_pipelined_writer_rows_per_s": round(our_rate), "rows": len(updates)}
+    return {
+        "feast_push_rows_per_s": round(push_rate),
+        "feast_write_to_online_store_rows_per_s": round(batch_rate),
+        "vigil_pipelined_writer_rows_per_s": round(our_rate),
+        "rows": len(updates),
+    }
 
 
 def freshness(frame: pd.DataFrame, rate: float = 2_000, seconds: float = 10) -> dict[str, float]:
     """Time from XADD of a transaction to its effect being readable online, at `rate` events/s."""
     settings = bench_settings("fresh")
     stream = f"{settings.key_prefix}:events"
-    env = {**os.environ, "VIGIL_FEAST_PROJECT": settings.feast_project, "VIGIL_KEY_PREFIX": settings.key_prefix,
-           "VIGIL_DATA_DIR": str(settings.data_dir), "REDIS_URL": settings.redis_url}
-    flow = subprocess.Popen([sys.executable, "-m", "vigil.cli", "ingest", "--source",
-                             f"{settings.redis_url.rsplit('/', 1)[0]}/{stream}", "--no-progress"],
-                            env=env, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+    env = {
+        **os.environ,
+        "VIGIL_FEAST_PROJECT": settings.feast_project,
+        "VIGIL_KEY_PREFIX": settings.key_prefix,
+        "VIGIL_DATA_DIR": str(settings.data_dir),
+        "REDIS_URL": settings.redis_url,
+    }
+    flow = subprocess.Popen(
+        [
+            sys.executable,
+            "-m",
+            "vigil.cli",
+            "ingest",
+            "--source",
+            f"{settings.redis_url.rsplit('/', 1)[0]}/{stream}",
+            "--no-progress",
+        ],
+        env=env,
+        stdout=subprocess.DEVNULL,
+        stderr=subprocess.DEVNULL,
+    )
     client = redis.Redis.from_url(settings.redis_url)
     store = OnlineHistoryStore(client, settings.feast_project)
     # Wait until the flow's consumer group exists (the process is up).
@@ -148,7 +175,7 @@ def freshness(frame: pd.DataFrame, rate: float = 2_000, seconds: float = 10) -> 
                 time.sleep(0.0005)
                 continue
             with client.pipeline(transaction=False) as pipe:
-                for tx_id, (customer, _) in items:
+                for _tx, (customer, _) in items:
                     pipe.hget(view.redis_key(customer), field)
                 replies = pipe.execute()
             now = time.perf_counter()
@@ -183,9 +210,15 @@ def freshness(frame: pd.DataFrame, rate: float = 2_000, seconds: float = 10) -> 
     except subprocess.TimeoutExpired:
         flow.kill()
     cleanup(settings)
-    return {"target_events_per_s": rate, "achieved_events_per_s": round(achieved), "samples": len(seen),
-            "unseen": len(sent_at) - len(seen), "p50_ms": round(float(np.percentile(seen, 50)), 2),
-            "p99_ms": round(float(np.percentile(seen, 99)), 2), "max_ms": round(float(np.max(seen)), 2)}
+    return {
+        "target_events_per_s": rate,
+        "achieved_events_per_s": round(achieved),
+        "samples": len(seen),
+        "unseen": len(sent_at) - len(seen),
+        "p50_ms": round(float(np.percentile(seen, 50)), 2),
+        "p99_ms": round(float(np.percentile(seen, 99)), 2),
+        "max_ms": round(float(np.max(seen)), 2),
+    }
 
 
 def whole_file_check(frame: pd.DataFrame, settings: Settings, reference: pd.DataFrame | None) -> dict[str, object]:
@@ -202,9 +235,13 @@ def whole_file_check(frame: pd.DataFrame, settings: Settings, reference: pd.Data
     store = OnlineHistoryStore(redis.Redis.from_url(settings.redis_url), settings.feast_project)
     served = online_features(newest, store)
     diff = max(max_differences(served, expected[expected["transaction_id"].isin(newest["transaction_id"])]).values())
-    return {"backfill_seconds": round(backfill_seconds, 2), "backfill_rows": len(frame),
-            "backfill_max_abs_diff_vs_reference": backfill_diff, "online_checked_rows": len(newest),
-            "online_max_abs_diff": diff}
+    return {
+        "backfill_seconds": round(backfill_seconds, 2),
+        "backfill_rows": len(frame),
+        "backfill_max_abs_diff_vs_reference": backfill_diff,
+        "online_checked_rows": len(newest),
+        "online_max_abs_diff": diff,
+    }
 
 
 def main() -> int:
@@ -219,16 +256,21 @@ def main() -> int:
         label, reference = "simulated world (120 days)", None
     frame = pd.read_parquet(path)
     print(f"data: {label}")
-    results: dict[str, object] = {"data": label, "machine_cores": os.cpu_count(),
-                                  "when": datetime.now(timezone.utc).isoformat(timespec="seconds")}
+    results: dict[str, object] = {
+        "data": label,
+        "machine_cores": os.cpu_count(),
+        "when": datetime.now(UTC).isoformat(timespec="seconds"),
+    }
     replays = []
     if os.environ.get("VIGIL_BENCH_ONLY") == "freshness":
         print(freshness(frame))
         return 0
     for workers in (1, 2):
         row, settings = replay(path, workers)
-        print(f"replay, {workers} worker(s): {row['transactions_per_s']:,} tx/s + {row['label_events_per_s']:,} "
-              f"label events/s ({row['seconds']} s)")
+        print(
+            f"replay, {workers} worker(s): {row['transactions_per_s']:,} tx/s + {row['label_events_per_s']:,} "
+            f"label events/s ({row['seconds']} s)"
+        )
         replays.append(row)
         if workers == 2:
             results["whole_file"] = whole_file_check(frame, settings, reference)
