@@ -27,8 +27,8 @@ redis: $(STAMP) ## Make sure Redis answers at REDIS_URL (starts a local one on l
 demo: redis ## Run the main job end to end on a simulated world and print a summary
 	$(BIN)/python -m vigil.demo
 
-test: redis ## Run the whole test suite (unit, integration, notebooks)
-	$(BIN)/pytest
+test: redis ## Run the whole test suite (unit, integration, notebooks with a per-cell time limit)
+	$(BIN)/pytest --nbmake --nbmake-timeout=300 tests notebooks
 
 test-fast: redis ## Unit tests only
 	$(BIN)/pytest -m "not integration"

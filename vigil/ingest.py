@@ -98,9 +98,9 @@ def run_ingest(
     results = ctx.Queue()
     addresses = [f"127.0.0.1:{p}" for p in _free_ports(processes)] if processes > 1 else None
     result = IngestResult(processes=processes)
-    bar = tqdm(total=expected_events, unit="ev", desc="ingest", disable=not show_progress, smoothing=0.1)
     started = time.perf_counter()
     if processes == 1:
+        bar = tqdm(total=expected_events, unit="ev", desc="ingest", disable=not show_progress, smoothing=0.1)
         # In-process: the same path, no fork needed.
         stop = threading.Event()
 
@@ -126,6 +126,8 @@ def run_ingest(
         ]
         for child in children:
             child.start()
+        # Created after the fork, so that no child holds (and prints) a copy of it.
+        bar = tqdm(total=expected_events, unit="ev", desc="ingest", disable=not show_progress, smoothing=0.1)
         try:
             collected = 0
             while collected < processes:
