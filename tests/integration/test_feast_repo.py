@@ -19,7 +19,7 @@ from flows.sources import FileReplaySource
 from vigil.features import spec
 from vigil.features.history import EntityHistory
 from vigil.features.online import max_differences, online_features
-from vigil.online.feast_store import apply_repo, feast_connection_string
+from vigil.online.feast_store import apply_repo, feast_connection_string, feast_features
 from vigil.online.layout import entity_key_bytes
 from vigil.online.store import OnlineHistoryStore
 from vigil.settings import Settings
@@ -84,20 +84,9 @@ def test_feast_get_online_features_equals_our_rollup(
     sample = frame.sample(300, random_state=5)
     new = sample.iloc[:20].assign(transaction_id=lambda f: f["transaction_id"] + 10_000_000)  # never ingested
     asked = pd.concat([sample, new])
-    rows = [
-        {
-            "customer_id": int(r.customer_id),
-            "terminal_id": int(r.terminal_id),
-            "transaction_id": int(r.transaction_id),
-            "tx_datetime": r.tx_datetime.to_pydatetime(),
-            "tx_amount": float(r.tx_amount),
-        }
-        for r in asked.itertuples()
-    ]
-    got = store.get_online_features(features=store.get_feature_service(spec.FEATURE_SERVICE), entity_rows=rows)
-    feast_frame = pd.DataFrame(got.to_dict()).assign(transaction_id=asked["transaction_id"].to_numpy())
+    feast_frame = feast_features(store, asked)
     ours = online_features(asked, OnlineHistoryStore(redis.Redis.from_url(settings.redis_url), settings.feast_project))
-    diffs = max_differences(feast_frame[["transaction_id", *spec.FEATURE_NAMES]], ours)
+    diffs = max_differences(feast_frame, ours)
     assert max(diffs.values()) <= 1e-9, diffs
     # A new transaction counts itself once on top of its customer's history.
     ingested_count = ours.set_index("transaction_id").loc[sample["transaction_id"].iloc[:20]]

@@ -14,7 +14,7 @@ from vigil.features import spec
 from vigil.features.backfill import compute_features
 from vigil.features.online import max_differences, online_features
 from vigil.ingest import run_ingest
-from vigil.online.feast_store import apply_repo
+from vigil.online.feast_store import apply_repo, feast_features
 from vigil.online.store import OnlineHistoryStore
 from vigil.settings import Settings
 
@@ -57,18 +57,6 @@ def test_three_weeks_replayed_by_two_workers_equal_the_reference(
 
     # Feast's own get_online_features on fraud_v1, for a sample of every entity kind.
     sample = weeks.sample(1000, random_state=0)
-    rows = [
-        {
-            "customer_id": int(r.customer_id),
-            "terminal_id": int(r.terminal_id),
-            "transaction_id": int(r.transaction_id),
-            "tx_datetime": r.tx_datetime.to_pydatetime(),
-            "tx_amount": float(r.tx_amount),
-        }
-        for r in sample.itertuples()
-    ]
-    got = store.get_online_features(features=store.get_feature_service(spec.FEATURE_SERVICE), entity_rows=rows)
-    feast_frame = pd.DataFrame(got.to_dict())[list(spec.FEATURE_NAMES)]
-    feast_frame.insert(0, "transaction_id", sample["transaction_id"].to_numpy())
+    feast_frame = feast_features(store, sample)
     diffs = max_differences(feast_frame, expected)
     assert max(diffs.values()) <= 1e-9, diffs

@@ -11,6 +11,7 @@ from string import Template
 from typing import Any
 from urllib.parse import parse_qs, unquote, urlsplit
 
+import pandas as pd
 import yaml
 from feast import FeatureStore
 from feast.repo_config import RepoConfig
@@ -88,3 +89,27 @@ def apply_repo(settings: Settings) -> FeatureStore:
         warnings.filterwarnings("ignore", message="On demand feature view is an experimental feature")
         store.apply(unique)
     return store
+
+
+def feast_features(store: FeatureStore, transactions: pd.DataFrame) -> pd.DataFrame:
+    """The `fraud_v1` features of each row, asked of Feast itself (`get_online_features`).
+
+    Any Feast client gets the same numbers this way; tests and the demo use it to check
+    the serving path against Feast.
+    """
+    from vigil.features import spec
+
+    rows = [
+        {
+            "customer_id": int(r.customer_id),
+            "terminal_id": int(r.terminal_id),
+            "transaction_id": int(r.transaction_id),
+            "tx_datetime": pd.Timestamp(r.tx_datetime).to_pydatetime(),
+            "tx_amount": float(r.tx_amount),
+        }
+        for r in transactions.itertuples()
+    ]
+    answer = store.get_online_features(features=store.get_feature_service(spec.FEATURE_SERVICE), entity_rows=rows)
+    frame = pd.DataFrame(answer.to_dict())[list(spec.FEATURE_NAMES)]
+    frame.insert(0, "transaction_id", transactions["transaction_id"].to_numpy())
+    return frame
