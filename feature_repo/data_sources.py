@@ -38,3 +38,11 @@ transaction_request = RequestSource(
         Field(name="tx_amount", dtype=Float64),
     ],
 )
+
+# The 14 features of every ingested transaction as of its own time, written by the batch
+# backfill (`vigil backfill`, run by `vigil train`) from the flow's offline event log.
+transaction_features_source = FileSource(
+    name="transaction_features_offline",
+    path=f"{_OFFLINE_DIR}/transaction_features.parquet",
+    timestamp_field="event_timestamp",
+)

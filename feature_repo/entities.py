@@ -9,3 +9,8 @@ customer = Entity(name="customer", join_keys=["customer_id"], value_type=ValueTy
 terminal = Entity(
     name="terminal", join_keys=["terminal_id"], value_type=ValueType.INT64, description="Merchant terminal"
 )
+
+# One card payment: the training view keys its features by it.
+transaction = Entity(
+    name="transaction", join_keys=["transaction_id"], value_type=ValueType.INT64, description="Card transaction"
+)

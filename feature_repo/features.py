@@ -3,8 +3,13 @@ computed from them as of the request's own time."""
 
 from datetime import timedelta
 
-from data_sources import customer_history_push, terminal_history_push, transaction_request
-from entities import customer, terminal
+from data_sources import (
+    customer_history_push,
+    terminal_history_push,
+    transaction_features_source,
+    transaction_request,
+)
+from entities import customer, terminal, transaction
 from feast import FeatureView, Field
 from feast.on_demand_feature_view import on_demand_feature_view
 from feast.types import Array, Float64, Int64
@@ -38,29 +43,45 @@ terminal_history = FeatureView(
 )
 
 
-# The 14 handbook features of the requested transaction, exact as of its tx_datetime.
-# The body delegates to vigil.features: the same code the flow, backfill and scoring use.
+# The 14 handbook features, in the handbook's order and types.
+FRAUD_V1_SCHEMA = [
+    Field(name="tx_during_weekend", dtype=Int64),
+    Field(name="tx_during_night", dtype=Int64),
+    Field(name="customer_id_nb_tx_1day_window", dtype=Float64),
+    Field(name="customer_id_avg_amount_1day_window", dtype=Float64),
+    Field(name="customer_id_nb_tx_7day_window", dtype=Float64),
+    Field(name="customer_id_avg_amount_7day_window", dtype=Float64),
+    Field(name="customer_id_nb_tx_30day_window", dtype=Float64),
+    Field(name="customer_id_avg_amount_30day_window", dtype=Float64),
+    Field(name="terminal_id_nb_tx_1day_window", dtype=Float64),
+    Field(name="terminal_id_risk_1day_window", dtype=Float64),
+    Field(name="terminal_id_nb_tx_7day_window", dtype=Float64),
+    Field(name="terminal_id_risk_7day_window", dtype=Float64),
+    Field(name="terminal_id_nb_tx_30day_window", dtype=Float64),
+    Field(name="terminal_id_risk_30day_window", dtype=Float64),
+]
+
+
 @on_demand_feature_view(
     sources=[customer_history, terminal_history, transaction_request],
-    schema=[
-        Field(name="tx_during_weekend", dtype=Int64),
-        Field(name="tx_during_night", dtype=Int64),
-        Field(name="customer_id_nb_tx_1day_window", dtype=Float64),
-        Field(name="customer_id_avg_amount_1day_window", dtype=Float64),
-        Field(name="customer_id_nb_tx_7day_window", dtype=Float64),
-        Field(name="customer_id_avg_amount_7day_window", dtype=Float64),
-        Field(name="customer_id_nb_tx_30day_window", dtype=Float64),
-        Field(name="customer_id_avg_amount_30day_window", dtype=Float64),
-        Field(name="terminal_id_nb_tx_1day_window", dtype=Float64),
-        Field(name="terminal_id_risk_1day_window", dtype=Float64),
-        Field(name="terminal_id_nb_tx_7day_window", dtype=Float64),
-        Field(name="terminal_id_risk_7day_window", dtype=Float64),
-        Field(name="terminal_id_nb_tx_30day_window", dtype=Float64),
-        Field(name="terminal_id_risk_30day_window", dtype=Float64),
-    ],
+    schema=FRAUD_V1_SCHEMA,
     mode="python",
 )
 def transaction_features(inputs: dict) -> dict:
+    # The features of the requested transaction, exact as of its tx_datetime. The body
+    # delegates to vigil.features: the code the flow, the backfill and scoring use.
     from vigil.features.feast_transform import handbook_features
 
     return handbook_features(inputs)
+
+
+# The same 14 features (plus the amount) for every ingested transaction, as of its own
+# time, for point-in-time training sets (get_historical_features); computed by the backfill.
+transaction_features_v1 = FeatureView(
+    name="transaction_features_v1",
+    entities=[transaction],
+    ttl=timedelta(0),
+    schema=[Field(name="tx_amount", dtype=Float64), *FRAUD_V1_SCHEMA],
+    source=transaction_features_source,
+    online=False,
+)

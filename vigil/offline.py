@@ -1,0 +1,117 @@
+"""The offline store: the flow's event log, the backfilled feature table, training sets.
+
+The flow appends validated events to `offline/transactions/` and `offline/labels/`
+(Parquet parts; replays add duplicates, removed here by transaction_id). The backfill
+turns them into `offline/transaction_features.parquet`, the source of Feast's
+`transaction_features_v1` view, and training sets come from Feast's
+`get_historical_features` on the `fraud_v1_training` service.
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import numpy as np
+import pandas as pd
+from feast import FeatureStore
+from tqdm import tqdm
+
+from vigil.features import spec
+from vigil.features.backfill import compute_features
+from vigil.settings import Settings
+
+TRAINING_SERVICE = "fraud_v1_training"
+
+
+class OfflineStoreEmptyError(RuntimeError):
+    """Nothing has been ingested yet."""
+
+
+def _read_parts(folder: Path) -> pd.DataFrame:
+    parts = sorted(folder.glob("part-*.parquet")) if folder.exists() else []
+    if not parts:
+        return pd.DataFrame()
+    return pd.concat([pd.read_parquet(p) for p in parts], ignore_index=True)
+
+
+def read_events(settings: Settings) -> tuple[pd.DataFrame, pd.DataFrame]:
+    """Ingested transactions and labels, one row per transaction id, times as datetimes."""
+    transactions = _read_parts(settings.offline_dir / "transactions")
+    if transactions.empty:
+        raise OfflineStoreEmptyError(
+            f"no ingested transactions under {settings.offline_dir}: run `vigil ingest --transactions PATH` first"
+        )
+    labels = _read_parts(settings.offline_dir / "labels")
+    transactions = transactions.drop_duplicates("transaction_id", keep="last").sort_values(["ts", "transaction_id"])
+    transactions["tx_datetime"] = pd.to_datetime(transactions["ts"], unit="s")
+    if labels.empty:
+        labels = pd.DataFrame(columns=["transaction_id", "ts", "terminal_id", "tx_fraud"])
+    labels = labels.drop_duplicates("transaction_id", keep="last")
+    labels["tx_datetime"] = pd.to_datetime(labels["ts"], unit="s")
+    return transactions.reset_index(drop=True), labels.reset_index(drop=True)
+
+
+def features_path(settings: Settings) -> Path:
+    return settings.offline_dir / "transaction_features.parquet"
+
+
+def _newest_part(settings: Settings) -> float:
+    stamps = [p.stat().st_mtime for kind in ("transactions", "labels")
+              for p in (settings.offline_dir / kind).glob("part-*.parquet")]
+    return max(stamps, default=0.0)
+
+
+def backfill(settings: Settings, force: bool = False, progress: bool = True) -> Path:
+    """(Re)computes the feature table from the event log when the log is newer."""
+    target = features_path(settings)
+    if not force and target.exists() and target.stat().st_mtime >= _newest_part(settings):
+        return target
+    steps = tqdm(total=3, desc="backfill", unit="step", disable=not progress)
+    transactions, labels = read_events(settings)
+    steps.update(1)
+    features = compute_features(transactions, labels)
+    steps.update(1)
+    table = features.assign(
+        event_timestamp=transactions["tx_datetime"].dt.tz_localize("UTC").to_numpy(),
+        tx_amount=transactions["tx_amount"].to_numpy(np.float64),
+        customer_id=transactions["customer_id"].to_numpy(np.int64),
+        terminal_id=transactions["terminal_id"].to_numpy(np.int64),
+    )
+    tmp = target.with_suffix(".tmp")
+    table.to_parquet(tmp, index=False)
+    tmp.rename(target)
+    steps.update(1)
+    steps.close()
+    return target
+
+
+def training_set(store: FeatureStore, settings: Settings, start: str | pd.Timestamp | None = None,
+                 end: str | pd.Timestamp | None = None) -> pd.DataFrame:
+    """Point-in-time training rows for transactions in [start, end] (dates inclusive).
+
+    Columns: transaction_id, tx_datetime, customer_id, terminal_id, the 15 model inputs
+    and tx_fraud (from the label events; unlabelled transactions are left out).
+    """
+    backfill(settings)
+    transactions, labels = read_events(settings)
+    chosen = transactions
+    if start is not None:
+        chosen = chosen[chosen["tx_datetime"] >= pd.Timestamp(start)]
+    if end is not None:
+        chosen = chosen[chosen["tx_datetime"] < pd.Timestamp(end) + pd.Timedelta(days=1)]
+    chosen = chosen.merge(labels[["transaction_id", "tx_fraud"]], on="transaction_id", how="inner")
+    entity_df = pd.DataFrame({
+        "transaction_id": chosen["transaction_id"].to_numpy(np.int64),
+        "event_timestamp": chosen["tx_datetime"].dt.tz_localize("UTC").to_numpy(),
+        "customer_id": chosen["customer_id"].to_numpy(np.int64),
+        "terminal_id": chosen["terminal_id"].to_numpy(np.int64),
+        "tx_fraud": chosen["tx_fraud"].to_numpy(np.int64),
+    })
+    if entity_df.empty:
+        return entity_df.assign(tx_datetime=pd.Series(dtype="datetime64[ns]"),
+                                **{name: pd.Series(dtype=float) for name in spec.MODEL_INPUTS})
+    job = store.get_historical_features(entity_df=entity_df, features=store.get_feature_service(TRAINING_SERVICE))
+    frame = job.to_df()
+    frame["tx_datetime"] = pd.to_datetime(frame["event_timestamp"]).dt.tz_convert("UTC").dt.tz_localize(None)
+    frame = frame.sort_values(["tx_datetime", "transaction_id"]).reset_index(drop=True)
+    return frame[["transaction_id", "tx_datetime", "customer_id", "terminal_id", *spec.MODEL_INPUTS, "tx_fraud"]]
