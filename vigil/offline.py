@@ -56,8 +56,11 @@ def features_path(settings: Settings) -> Path:
 
 
 def _newest_part(settings: Settings) -> float:
-    stamps = [p.stat().st_mtime for kind in ("transactions", "labels")
-              for p in (settings.offline_dir / kind).glob("part-*.parquet")]
+    stamps = [
+        p.stat().st_mtime
+        for kind in ("transactions", "labels")
+        for p in (settings.offline_dir / kind).glob("part-*.parquet")
+    ]
     return max(stamps, default=0.0)
 
 
@@ -85,8 +88,12 @@ def backfill(settings: Settings, force: bool = False, progress: bool = True) -> 
     return target
 
 
-def training_set(store: FeatureStore, settings: Settings, start: str | pd.Timestamp | None = None,
-                 end: str | pd.Timestamp | None = None) -> pd.DataFrame:
+def training_set(
+    store: FeatureStore,
+    settings: Settings,
+    start: str | pd.Timestamp | None = None,
+    end: str | pd.Timestamp | None = None,
+) -> pd.DataFrame:
     """Point-in-time training rows for transactions in [start, end] (dates inclusive).
 
     Columns: transaction_id, tx_datetime, customer_id, terminal_id, the 15 model inputs
@@ -100,16 +107,20 @@ def training_set(store: FeatureStore, settings: Settings, start: str | pd.Timest
     if end is not None:
         chosen = chosen[chosen["tx_datetime"] < pd.Timestamp(end) + pd.Timedelta(days=1)]
     chosen = chosen.merge(labels[["transaction_id", "tx_fraud"]], on="transaction_id", how="inner")
-    entity_df = pd.DataFrame({
-        "transaction_id": chosen["transaction_id"].to_numpy(np.int64),
-        "event_timestamp": chosen["tx_datetime"].dt.tz_localize("UTC").to_numpy(),
-        "customer_id": chosen["customer_id"].to_numpy(np.int64),
-        "terminal_id": chosen["terminal_id"].to_numpy(np.int64),
-        "tx_fraud": chosen["tx_fraud"].to_numpy(np.int64),
-    })
+    entity_df = pd.DataFrame(
+        {
+            "transaction_id": chosen["transaction_id"].to_numpy(np.int64),
+            "event_timestamp": chosen["tx_datetime"].dt.tz_localize("UTC").to_numpy(),
+            "customer_id": chosen["customer_id"].to_numpy(np.int64),
+            "terminal_id": chosen["terminal_id"].to_numpy(np.int64),
+            "tx_fraud": chosen["tx_fraud"].to_numpy(np.int64),
+        }
+    )
     if entity_df.empty:
-        return entity_df.assign(tx_datetime=pd.Series(dtype="datetime64[ns]"),
-                                **{name: pd.Series(dtype=float) for name in spec.MODEL_INPUTS})
+        return entity_df.assign(
+            tx_datetime=pd.Series(dtype="datetime64[ns]"),
+            **{name: pd.Series(dtype=float) for name in spec.MODEL_INPUTS},
+        )
     job = store.get_historical_features(entity_df=entity_df, features=store.get_feature_service(TRAINING_SERVICE))
     frame = job.to_df()
     frame["tx_datetime"] = pd.to_datetime(frame["event_timestamp"]).dt.tz_convert("UTC").dt.tz_localize(None)
