@@ -7,10 +7,14 @@ import sys
 import time
 from collections.abc import Callable, Sequence
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 from pydantic import ValidationError
 
 from vigil.settings import PROJECT_ROOT, Settings
+
+if TYPE_CHECKING:
+    import pandas as pd
 
 
 class UserError(Exception):
@@ -218,6 +222,64 @@ def cmd_features(args: argparse.Namespace) -> int:
     return 0
 
 
+def _training_data(settings: Settings) -> pd.DataFrame:
+    from vigil.offline import OfflineStoreEmptyError, training_set
+    from vigil.online.feast_store import apply_repo
+
+    _redis(settings)
+    store = apply_repo(settings)
+    try:
+        return training_set(store, settings)
+    except OfflineStoreEmptyError as error:
+        raise UserError(str(error)) from None
+
+
+def cmd_train(args: argparse.Namespace) -> int:
+    import json
+
+    from vigil.training import train_and_register
+
+    try:
+        params = json.loads(args.params) if args.params else None
+    except ValueError:
+        raise UserError("--params must be a JSON object, e.g. '{\"max_depth\": 4}'") from None
+    settings = _settings()
+    data = _training_data(settings)
+    try:
+        report = train_and_register(settings, data, args.model, args.train_start, args.train_end, params)
+    except ValueError as error:
+        raise UserError(str(error)) from None
+    split = report.split
+    print(
+        f"\nTrained {report.model_kind} on {split.train_start.date()}..{split.train_end.date()} "
+        f"({report.train_rows:,} transactions) in {report.seconds:.0f} s"
+    )
+    if report.metrics is not None:
+        m = report.metrics
+        print(
+            f"  test {split.test_start.date()}..{split.test_end.date()} (after a 7-day delay): AUC {m.auc:.4f}, "
+            f"AP {m.ap:.4f}, CP@100 {m.cp_at_100:.4f} ({m.transactions:,} transactions, {m.frauds} frauds)"
+        )
+    print(f"  registered fraud-detector version {report.version} as {', '.join(report.aliases)}; run {report.run_id}")
+    return 0
+
+
+def cmd_promote(args: argparse.Namespace) -> int:
+    from vigil.promotion import promote, rollback
+
+    settings = _settings()
+    if args.rollback:
+        decision = rollback(settings, args.to)
+    else:
+        decision = promote(settings, _training_data(settings), args.to, args.force)
+    for name, figures in decision.figures.items():
+        shown = ", ".join(f"{k} {v:.4f}" if isinstance(v, float) else f"{k} {v}" for k, v in figures.items())
+        print(f"  {name}: {shown}")
+    verdict = "PROMOTED" if decision.promoted else "NOT PROMOTED"
+    print(f"{verdict}: {decision.reason}; {args.to} is version {decision.champion}")
+    return 0
+
+
 # ------------------------------------------------------------------ parser
 
 
@@ -259,6 +321,21 @@ def build_parser() -> argparse.ArgumentParser:
         "--new-pattern-day", type=int, default=None, help="drift: first day of a new fraud pattern (card testing)"
     )
     p.set_defaults(func=cmd_simulate)
+
+    p = sub.add_parser("train", help="train, evaluate, log to MLflow and register a challenger")
+    p.add_argument("--train-start", metavar="DATE", help="first training day (default: the first ingested day)")
+    p.add_argument(
+        "--train-end", metavar="DATE", help="last training day (default: two weeks before the last labelled day)"
+    )
+    p.add_argument("--model", choices=["xgboost", "mlp", "baseline"], default="xgboost")
+    p.add_argument("--params", metavar="JSON", help="hyperparameters overriding the defaults")
+    p.set_defaults(func=cmd_train)
+
+    p = sub.add_parser("promote", help="the promotion gate: move champion to the challenger if it is as good")
+    p.add_argument("--to", default="champion", help="the alias to move (default champion)")
+    p.add_argument("--force", action="store_true", help="promote even if the gate says no (recorded)")
+    p.add_argument("--rollback", action="store_true", help="return the alias to its previous version")
+    p.set_defaults(func=cmd_promote)
 
     p = sub.add_parser("apply", help="register the Feast repo (entities, views, feature services)")
     p.set_defaults(func=cmd_apply)

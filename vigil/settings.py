@@ -24,6 +24,9 @@ class Settings(BaseSettings):
     mlflow_tracking_uri: str | None = Field(
         None, validation_alias=AliasChoices("MLFLOW_TRACKING_URI", "mlflow_tracking_uri")
     )
+    mlflow_artifacts_dir: Path | None = Field(
+        None, validation_alias=AliasChoices("VIGIL_MLFLOW_ARTIFACTS", "mlflow_artifacts_dir")
+    )
     api_keys: str = Field("", validation_alias=AliasChoices("VIGIL_API_KEYS", "api_keys"))
     device: Literal["cpu", "cuda", "auto"] = Field("auto", validation_alias=AliasChoices("VIGIL_DEVICE", "device"))
     data_dir: Path = Field(PROJECT_ROOT / "data", validation_alias=AliasChoices("VIGIL_DATA_DIR", "data_dir"))

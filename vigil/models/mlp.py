@@ -28,6 +28,9 @@ class FraudNet(nn.Module):
         layers.append(nn.Linear(width, 1))
         self.body = nn.Sequential(*layers)
 
+    mean: torch.Tensor
+    std: torch.Tensor
+
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         return self.body((x - self.mean) / self.std).squeeze(-1)
 
@@ -92,8 +95,16 @@ class MLPModel(FraudModel):
         import mlflow.pytorch
 
         assert self.net is not None
+        from mlflow.models import infer_signature
+
+        example = input_example.to_numpy(np.float32)
+        # A tensor signature (the network takes a float32 matrix); pickle keeps the module's class.
         return mlflow.pytorch.log_model(
-            self.net.cpu(), name=name, input_example=input_example.to_numpy(np.float32), signature=signature
+            self.net.cpu(),
+            name=name,
+            input_example=example,
+            signature=infer_signature(example, self.predict_proba(example)),
+            serialization_format="pickle",
         )
 
     @classmethod

@@ -78,7 +78,7 @@ class XGBoostModel(FraudModel):
         if self.booster is None:
             return None
         gain = self.booster.get_score(importance_type="gain")
-        return {name: float(gain.get(name, 0.0)) for name in spec.MODEL_INPUTS}
+        return {name: float(gain.get(name, 0.0)) for name in spec.MODEL_INPUTS}  # type: ignore[arg-type]
 
     def contributions(self, frame: pd.DataFrame | np.ndarray) -> np.ndarray:
         """Per-feature SHAP contributions (last column: bias), cheap for trees."""

@@ -1,0 +1,130 @@
+"""The promotion gate: move `champion` to the challenger only when it is at least as good.
+
+Rule: both versions score the same recent evaluation window (the last 7 labelled days,
+known-compromised customers removed as in the handbook). The challenger is promoted
+when its average precision is at least the champion's, and neither its ROC AUC nor its
+card precision@100 is lower by more than 0.01. `force` promotes regardless; `rollback`
+returns `champion` to the version it held before. Every decision is recorded as tags
+on the versions involved (decision, reason, figures, time).
+"""
+
+from __future__ import annotations
+
+import json
+from dataclasses import dataclass
+from datetime import UTC, datetime
+from typing import Any
+
+import pandas as pd
+
+from vigil.evaluation import Metrics, Split, evaluate, test_set
+from vigil.models.registry import load_native
+from vigil.settings import Settings
+from vigil.tracking import CHALLENGER, CHAMPION, REGISTERED_MODEL, configure
+
+TOLERANCE = 0.01
+PREVIOUS_CHAMPION_TAG = "previous_champion"
+
+
+@dataclass(frozen=True)
+class Decision:
+    promoted: bool
+    reason: str
+    champion: str | None  # the champion version after the decision
+    challenger: str | None
+    figures: dict[str, dict[str, float]]
+
+
+def gate(challenger: Metrics, champion: Metrics) -> tuple[bool, str]:
+    """The rule, as a pure function of two sets of metrics."""
+    if challenger.ap < champion.ap:
+        return False, f"average precision {challenger.ap:.4f} < champion's {champion.ap:.4f}"
+    if challenger.auc < champion.auc - TOLERANCE:
+        return False, f"ROC AUC {challenger.auc:.4f} is more than {TOLERANCE} below champion's {champion.auc:.4f}"
+    if challenger.cp_at_100 < champion.cp_at_100 - TOLERANCE:
+        return False, (
+            f"CP@100 {challenger.cp_at_100:.4f} is more than {TOLERANCE} below champion's {champion.cp_at_100:.4f}"
+        )
+    return True, (
+        f"AP {challenger.ap:.4f} >= {champion.ap:.4f}, AUC {challenger.auc:.4f} vs {champion.auc:.4f}, "
+        f"CP@100 {challenger.cp_at_100:.4f} vs {champion.cp_at_100:.4f}"
+    )
+
+
+def evaluation_window(data: pd.DataFrame) -> pd.DataFrame:
+    """The last 7 labelled days of `data`, known-compromised customers removed."""
+    last = pd.to_datetime(data["tx_datetime"]).dt.normalize().max()
+    split = Split.book(last - pd.Timedelta(days=6))
+    return test_set(data, split.with_train_start(split.test_start - pd.Timedelta(days=14)))
+
+
+def _version(client: Any, alias: str) -> str | None:
+    from mlflow.exceptions import MlflowException
+
+    try:
+        return str(client.get_model_version_by_alias(REGISTERED_MODEL, alias).version)
+    except MlflowException:
+        return None
+
+
+def _record(client: Any, version: str, decision: str, reason: str, figures: dict[str, Any]) -> None:
+    at = datetime.now(UTC).isoformat(timespec="seconds")
+    for key, value in {
+        "gate.decision": decision,
+        "gate.reason": reason,
+        "gate.figures": json.dumps(figures),
+        "gate.at": at,
+    }.items():
+        client.set_model_version_tag(REGISTERED_MODEL, version, key, value)
+
+
+def promote(settings: Settings, data: pd.DataFrame, alias: str = CHAMPION, force: bool = False) -> Decision:
+    """Runs the gate for the challenger against the holder of `alias` on `data`'s last week."""
+    from mlflow.tracking import MlflowClient
+
+    configure(settings)
+    client = MlflowClient()
+    challenger = _version(client, CHALLENGER)
+    current = _version(client, alias)
+    if challenger is None:
+        return Decision(False, "no challenger version: run `vigil train` first", current, None, {})
+    if challenger == current:
+        return Decision(False, f"version {challenger} already holds {alias}", current, challenger, {})
+    figures: dict[str, dict[str, float]] = {}
+    window = evaluation_window(data)
+    challenger_metrics = evaluate(window, load_native(f"models:/{REGISTERED_MODEL}/{challenger}").predict_proba(window))
+    figures[f"challenger v{challenger}"] = challenger_metrics.as_dict()
+    if current is None:
+        promoted, reason = True, f"no {alias} yet"
+    else:
+        current_metrics = evaluate(window, load_native(f"models:/{REGISTERED_MODEL}/{current}").predict_proba(window))
+        figures[f"{alias} v{current}"] = current_metrics.as_dict()
+        promoted, reason = gate(challenger_metrics, current_metrics)
+    days = pd.to_datetime(window["tx_datetime"]).dt.date
+    figures["window"] = {"first_day": str(days.min()), "last_day": str(days.max()), "rows": float(len(window))}  # type: ignore[dict-item]
+    if force and not promoted:
+        promoted, reason = True, f"forced (the gate said: {reason})"
+    if promoted:
+        if current is not None:
+            client.set_registered_model_tag(REGISTERED_MODEL, PREVIOUS_CHAMPION_TAG, current)
+        client.set_registered_model_alias(REGISTERED_MODEL, alias, challenger)
+    _record(client, challenger, "promoted" if promoted else "rejected", reason, figures)
+    return Decision(promoted, reason, challenger if promoted else current, challenger, figures)
+
+
+def rollback(settings: Settings, alias: str = CHAMPION) -> Decision:
+    """Moves `alias` back to the version that held it before the last promotion."""
+    from mlflow.tracking import MlflowClient
+
+    configure(settings)
+    client = MlflowClient()
+    previous = client.get_registered_model(REGISTERED_MODEL).tags.get(PREVIOUS_CHAMPION_TAG)
+    current = _version(client, alias)
+    if previous is None or previous == current:
+        return Decision(False, "no earlier champion to roll back to", current, None, {})
+    client.set_registered_model_alias(REGISTERED_MODEL, alias, previous)
+    if current is not None:
+        client.set_registered_model_tag(REGISTERED_MODEL, PREVIOUS_CHAMPION_TAG, current)
+        _record(client, current, "rolled back", f"{alias} returned to version {previous}", {})
+    _record(client, previous, "restored", f"{alias} rolled back from version {current}", {})
+    return Decision(True, f"{alias} rolled back from version {current} to {previous}", previous, None, {})

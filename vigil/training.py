@@ -1,0 +1,163 @@
+"""Train, evaluate, log and register a fraud model (what `vigil train` runs)."""
+
+from __future__ import annotations
+
+import json
+import time
+from dataclasses import dataclass, field
+from typing import Any
+
+import numpy as np
+import pandas as pd
+from tqdm import tqdm
+
+from vigil.evaluation import Metrics, Split, evaluate, in_days, test_set
+from vigil.features import spec
+from vigil.models.base import FraudModel, resolve_device
+from vigil.models.registry import MODEL_KINDS
+from vigil.settings import Settings
+from vigil.tracking import CHALLENGER, CHAMPION, REGISTERED_MODEL, configure
+
+
+@dataclass
+class TrainReport:
+    model_kind: str
+    run_id: str
+    version: str
+    aliases: list[str]
+    split: Split
+    metrics: Metrics | None
+    train_rows: int
+    seconds: float
+    params: dict[str, Any] = field(default_factory=dict)
+
+
+def default_split(data: pd.DataFrame, train_start: str | None, train_end: str | None) -> Split:
+    """Train on [train_start, train_end]; evaluate on the 7 days after a 7-day delay.
+
+    Without dates: evaluate on the last 7 labelled days, train on everything before the
+    delay that precedes them.
+    """
+    days = pd.to_datetime(data["tx_datetime"]).dt.normalize()
+    first, last = days.min(), days.max()
+    if train_end is None:
+        split = Split.book(last - pd.Timedelta(days=6))
+        return split.with_train_start(train_start or first)
+    end = pd.Timestamp(train_end).normalize()
+    split = Split.book(end + pd.Timedelta(days=8))
+    return split.with_train_start(train_start or first)
+
+
+def fit_with_progress(model: FraudModel, frame: pd.DataFrame, labels: np.ndarray, show: bool = True) -> FraudModel:
+    with tqdm(total=model.progress_units, desc=f"train {model.kind}", unit="step", disable=not show) as bar:
+
+        def step(n: int) -> None:
+            bar.update(n)
+
+        return model.fit(frame, labels, progress=step)
+
+
+def train_and_register(
+    settings: Settings,
+    data: pd.DataFrame,
+    kind: str = "xgboost",
+    train_start: str | None = None,
+    train_end: str | None = None,
+    params: dict[str, Any] | None = None,
+    show_progress: bool = True,
+) -> TrainReport:
+    """Trains `kind` on `data` (a training set: model inputs, tx_fraud, ids, times), logs
+    everything to MLflow and registers a new version of `fraud-detector` as challenger
+    (the first version becomes champion too)."""
+    from mlflow.models import infer_signature
+    from mlflow.tracking import MlflowClient
+
+    import mlflow
+    from vigil import plots
+
+    if kind not in MODEL_KINDS:
+        raise ValueError(f"unknown model {kind!r}; choose from {', '.join(MODEL_KINDS)}")
+    started = time.perf_counter()
+    split = default_split(data, train_start, train_end)
+    train = in_days(data, split.train_start, split.train_end)
+    if train.empty or train["tx_fraud"].nunique() < 2:
+        raise ValueError(f"no usable training data between {split.train_start.date()} and {split.train_end.date()}")
+    test = test_set(data, split)
+    device = resolve_device(settings.device)
+    model = MODEL_KINDS[kind](params, device=device)
+    fit_with_progress(model, train, train["tx_fraud"].to_numpy(), show_progress)
+    metrics = evaluate(test, model.predict_proba(test)) if not test.empty else None
+
+    experiment_id = configure(settings)
+    client = MlflowClient()
+    example = train[list(spec.MODEL_INPUTS)].head(5).astype(np.float32)
+    with mlflow.start_run(experiment_id=experiment_id, run_name=f"{kind}-{split.train_end.date()}") as run:
+        mlflow.log_params({**{f"model.{k}": v for k, v in model.params.items()}, "model.kind": kind, "device": device})
+        mlflow.set_tags(
+            {
+                "feature_service": spec.FEATURE_SERVICE,
+                "feature_service.version": str(spec.FEATURE_SERVICE_VERSION),
+                "training_service": "fraud_v1_training",
+                "data.train_start": str(split.train_start.date()),
+                "data.train_end": str(split.train_end.date()),
+                "data.test_start": str(split.test_start.date()),
+                "data.test_end": str(split.test_end.date()),
+                "data.train_rows": str(len(train)),
+                "data.train_frauds": str(int(train["tx_fraud"].sum())),
+            }
+        )
+        if metrics is not None:
+            mlflow.log_metrics({f"test.{k}": v for k, v in metrics.as_dict().items()})
+            figure = plots.curves(test["tx_fraud"].to_numpy(), model.predict_proba(test), f"{kind}, test week")
+            mlflow.log_figure(figure, "plots/roc_pr.png")
+        importance = model.feature_importance()
+        if importance:
+            mlflow.log_dict(importance, "feature_importance.json")
+            mlflow.log_figure(plots.importance(importance, f"{kind}: feature importance"), "plots/importance.png")
+        signature = infer_signature(example, model.predict_proba(example))
+        info = model.log_model("model", example, signature)
+    version = (
+        client.create_model_version(REGISTERED_MODEL, info.model_uri, run.info.run_id) if _registered(client) else None
+    )
+    if version is None:
+        client.create_registered_model(REGISTERED_MODEL, description="Card-fraud scorer (Vigil)")
+        version = client.create_model_version(REGISTERED_MODEL, info.model_uri, run.info.run_id)
+    number = str(version.version)
+    tags = {
+        "model_kind": kind,
+        "feature_service": spec.FEATURE_SERVICE,
+        "window": f"{split.train_start.date()}..{split.train_end.date()}",
+    }
+    if metrics is not None:
+        tags["test_metrics"] = json.dumps({k: round(v, 4) for k, v in metrics.as_dict().items()})
+    for key, value in tags.items():
+        client.set_model_version_tag(REGISTERED_MODEL, number, key, value)
+    aliases = [CHALLENGER]
+    client.set_registered_model_alias(REGISTERED_MODEL, CHALLENGER, number)
+    if not _has_alias(client, CHAMPION):
+        client.set_registered_model_alias(REGISTERED_MODEL, CHAMPION, number)
+        client.set_model_version_tag(REGISTERED_MODEL, number, "gate.decision", "promoted: first version")
+        aliases.append(CHAMPION)
+    return TrainReport(
+        kind, run.info.run_id, number, aliases, split, metrics, len(train), time.perf_counter() - started, model.params
+    )
+
+
+def _registered(client: Any) -> bool:
+    from mlflow.exceptions import MlflowException
+
+    try:
+        client.get_registered_model(REGISTERED_MODEL)
+        return True
+    except MlflowException:
+        return False
+
+
+def _has_alias(client: Any, alias: str) -> bool:
+    from mlflow.exceptions import MlflowException
+
+    try:
+        client.get_model_version_by_alias(REGISTERED_MODEL, alias)
+        return True
+    except MlflowException:
+        return False
