@@ -15,6 +15,7 @@ from typing import Any
 
 import numpy as np
 
+from vigil.features import spec
 from vigil.features.history import EntityHistory, merge
 from vigil.features.windows import FloatArray, IntArray
 
@@ -87,9 +88,10 @@ def apply_events(state: PartitionState, events: EntityEvents, load: Loader) -> U
     if missing:
         for e, history in zip(missing, load(events.kind, missing), strict=True):
             state.histories[e] = history
+    horizon = spec.CUSTOMER_HORIZON_SECONDS if events.kind == CUSTOMER else spec.TERMINAL_HORIZON_SECONDS
     updates = []
     for e, lo, hi in zip(entities, starts.tolist(), ends.tolist(), strict=True):
-        history = merge(state.histories[e], ts[lo:hi], tx_id[lo:hi], value[lo:hi])
+        history = merge(state.histories[e], ts[lo:hi], tx_id[lo:hi], value[lo:hi], horizon)
         state.histories[e] = history
         updates.append(HistoryUpdate(events.kind, e, history))
     return UpdateBatch(events.kind, updates, list(events.tokens), len(events))

@@ -44,8 +44,10 @@ def test_repeated_id_keeps_the_newest_fact() -> None:
 
 
 def test_state_is_bounded_by_the_horizon() -> None:
-    h = EntityHistory.empty()
-    for day in range(200):
-        h = merge(h, *arrays([day * DAY], [day], [1.0]))
-    assert len(h) == spec.HORIZON_SECONDS // DAY
-    assert int(h.ts[0]) > int(h.ts[-1]) - spec.HORIZON_SECONDS
+    for horizon in (spec.CUSTOMER_HORIZON_SECONDS, spec.TERMINAL_HORIZON_SECONDS):
+        h = EntityHistory.empty()
+        for day in range(200):
+            h = merge(h, *arrays([day * DAY], [day], [1.0]), horizon=horizon)
+        assert len(h) == horizon // DAY
+        assert int(h.ts[0]) > int(h.ts[-1]) - horizon
+    assert spec.CUSTOMER_HORIZON_SECONDS == 37 * DAY and spec.TERMINAL_HORIZON_SECONDS == 44 * DAY

@@ -39,11 +39,17 @@ class EntityHistory:
         return int(self.ts[-1]) if len(self) else None
 
 
-def merge(history: EntityHistory, ts: IntArray, tx_id: IntArray, value: FloatArray) -> EntityHistory:
+def merge(
+    history: EntityHistory,
+    ts: IntArray,
+    tx_id: IntArray,
+    value: FloatArray,
+    horizon: int = spec.HORIZON_SECONDS,
+) -> EntityHistory:
     """Union of `history` and new facts; a repeated transaction id keeps the newest fact.
 
-    Facts older than the feature horizon (relative to the newest fact) are dropped, so
-    the state per entity stays bounded.
+    Facts older than `horizon` seconds before the newest fact are dropped, so the state
+    per entity stays bounded (spec.CUSTOMER_/TERMINAL_HORIZON_SECONDS per kind).
     """
     if _appends_in_order(history, ts, tx_id):
         return evict(
@@ -51,7 +57,8 @@ def merge(history: EntityHistory, ts: IntArray, tx_id: IntArray, value: FloatArr
                 np.concatenate([history.ts, ts]),
                 np.concatenate([history.tx_id, tx_id]),
                 np.concatenate([history.value, value]),
-            )
+            ),
+            horizon,
         )
     all_ts = np.concatenate([history.ts, ts])
     all_id = np.concatenate([history.tx_id, tx_id])
@@ -62,7 +69,7 @@ def merge(history: EntityHistory, ts: IntArray, tx_id: IntArray, value: FloatArr
     all_ts, all_id, all_val = all_ts[keep], all_id[keep], all_val[keep]
     order = np.lexsort((all_id, all_ts))
     merged = EntityHistory(all_ts[order], all_id[order], all_val[order])
-    return evict(merged)
+    return evict(merged, horizon)
 
 
 def _appends_in_order(history: EntityHistory, ts: IntArray, tx_id: IntArray) -> bool:
@@ -79,11 +86,11 @@ def _appends_in_order(history: EntityHistory, ts: IntArray, tx_id: IntArray) -> 
     return bool(np.all((dts > 0) | ((dts == 0) & (np.diff(tx_id) > 0))))
 
 
-def evict(history: EntityHistory) -> EntityHistory:
+def evict(history: EntityHistory, horizon: int = spec.HORIZON_SECONDS) -> EntityHistory:
     """Drops facts no feature can need: older than the horizon before the newest fact."""
     if not len(history):
         return history
-    cutoff = history.ts[-1] - spec.HORIZON_SECONDS
+    cutoff = history.ts[-1] - horizon
     start = int(np.searchsorted(history.ts, cutoff, "right"))
     if start == 0:
         return history

@@ -10,8 +10,14 @@ DAY_SECONDS = 86_400
 WINDOW_DAYS: tuple[int, ...] = (1, 7, 30)
 # Labels reach the terminal features one week late (handbook definition).
 TERMINAL_DELAY_DAYS = 7
-# Nothing older than the longest window plus the delay is ever needed.
-HORIZON_SECONDS = (max(WINDOW_DAYS) + TERMINAL_DELAY_DAYS) * DAY_SECONDS
+# How far back each entity's state reaches, relative to its newest fact: the longest
+# window the features read, plus the one-week label delay. Customers: 30-day windows
+# + 7 days. Terminals: windows reach back 30 + 7 days from t, + 7 days, because the
+# newest label can be a week newer than the transaction being scored (labels that
+# arrive late, or that a replay delivers at the end of its file).
+CUSTOMER_HORIZON_SECONDS = (max(WINDOW_DAYS) + TERMINAL_DELAY_DAYS) * DAY_SECONDS
+TERMINAL_HORIZON_SECONDS = (max(WINDOW_DAYS) + 2 * TERMINAL_DELAY_DAYS) * DAY_SECONDS
+HORIZON_SECONDS = max(CUSTOMER_HORIZON_SECONDS, TERMINAL_HORIZON_SECONDS)
 
 # Calendar features.
 WEEKEND = "tx_during_weekend"

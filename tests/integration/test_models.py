@@ -1,0 +1,113 @@
+"""One contract suite over every model kind: behaviour, not just shapes, and MLflow round trips."""
+
+from __future__ import annotations
+
+import numpy as np
+import pandas as pd
+import pytest
+
+from vigil.features import spec
+from vigil.features.backfill import compute_features
+from vigil.models.base import FraudModel, resolve_device
+from vigil.models.registry import MODEL_KINDS, load_native
+from vigil.settings import Settings
+from vigil.tracking import configure
+
+pytestmark = pytest.mark.integration
+
+FAST = {"xgboost": {"n_estimators": 60}, "mlp": {"epochs": 4}, "baseline": {}}
+
+
+@pytest.fixture(scope="module")
+def training_frame(small_world: pd.DataFrame) -> pd.DataFrame:
+    features = compute_features(small_world)
+    frame = small_world[["transaction_id", "tx_datetime", "customer_id", "terminal_id", "tx_amount", "tx_fraud"]]
+    return frame.merge(features, on="transaction_id")
+
+
+@pytest.fixture(scope="module", params=sorted(MODEL_KINDS))
+def trained(request: pytest.FixtureRequest, training_frame: pd.DataFrame) -> FraudModel:
+    model = MODEL_KINDS[request.param](FAST[request.param])
+    return model.fit(training_frame, training_frame["tx_fraud"].to_numpy())
+
+
+def test_scores_are_probabilities(trained: FraudModel, training_frame: pd.DataFrame) -> None:
+    scores = trained.predict_proba(training_frame.head(500))
+    assert scores.shape == (500,) and np.all((scores >= 0) & (scores <= 1))
+
+
+def test_batch_order_does_not_change_scores(trained: FraudModel, training_frame: pd.DataFrame) -> None:
+    rows = training_frame.sample(300, random_state=1)
+    shuffled = rows.sample(frac=1.0, random_state=2)
+    by_id = dict(zip(rows["transaction_id"], trained.predict_proba(rows), strict=True))
+    again = dict(zip(shuffled["transaction_id"], trained.predict_proba(shuffled), strict=True))
+    assert all(abs(by_id[k] - again[k]) < 1e-6 for k in by_id)
+    single = [float(trained.predict_proba(rows.iloc[i : i + 1])[0]) for i in range(5)]
+    np.testing.assert_allclose(single, trained.predict_proba(rows.iloc[:5]), atol=1e-6)
+
+
+def test_fraud_pattern_scores_higher_than_its_genuine_twin(trained: FraudModel, training_frame: pd.DataFrame) -> None:
+    genuine = training_frame[(training_frame["tx_fraud"] == 0)].iloc[[len(training_frame) // 2]].copy()
+    fraud = genuine.copy()
+    # An amount far above the customer's habit, on a terminal that keeps seeing fraud.
+    fraud["tx_amount"] = genuine["customer_id_avg_amount_30day_window"] * 6 + 250
+    for days in spec.WINDOW_DAYS:
+        fraud[spec.terminal_risk_name(days)] = 0.8
+    assert trained.predict_proba(fraud)[0] > trained.predict_proba(genuine)[0]
+
+
+def test_a_tiny_batch_can_be_overfit(training_frame: pd.DataFrame) -> None:
+    tiny = pd.concat(
+        [
+            training_frame[training_frame["tx_fraud"] == 1].head(16),
+            training_frame[training_frame["tx_fraud"] == 0].head(16),
+        ]
+    )
+    labels = tiny["tx_fraud"].to_numpy()
+    params = {
+        "xgboost": {
+            "n_estimators": 50,
+            "max_depth": 4,
+            "learning_rate": 0.5,
+            "subsample": 1.0,
+            "colsample_bytree": 1.0,
+            "min_child_weight": 0.0,
+        },
+        "mlp": {"epochs": 300, "batch_size": 32, "learning_rate": 1e-2, "dropout": 0.0},
+        "baseline": {"C": 1e4, "max_iter": 5000},
+    }
+    for kind, cls in MODEL_KINDS.items():
+        scores = cls(params[kind]).fit(tiny, labels).predict_proba(tiny)
+        accuracy = float(np.mean((scores > 0.5) == labels))
+        assert accuracy >= 0.9, (kind, accuracy)
+
+
+def test_mlflow_round_trip_loads_natively_with_the_same_scores(
+    trained: FraudModel, training_frame: pd.DataFrame, settings: Settings
+) -> None:
+    from mlflow.models import infer_signature
+
+    import mlflow
+
+    local = Settings(
+        **{
+            **settings.model_dump(),
+            "mlflow_tracking_uri": f"sqlite:///{settings.data_dir}/m.db",
+            "mlflow_artifacts_dir": settings.data_dir / "artifacts",
+        }
+    )
+    settings.data_dir.mkdir(parents=True, exist_ok=True)
+    experiment = configure(local)
+    rows = training_frame.head(200)
+    example = rows[list(spec.MODEL_INPUTS)].head(3).astype(np.float32)
+    with mlflow.start_run(experiment_id=experiment):
+        info = trained.log_model("model", example, infer_signature(example, trained.predict_proba(example)))
+    loaded = load_native(info.model_uri)
+    assert type(loaded) is type(trained)
+    loaded.setup(resolve_device("cpu"))
+    np.testing.assert_allclose(loaded.predict_proba(rows), trained.predict_proba(rows), atol=1e-6)
+
+
+def test_device_choice() -> None:
+    assert resolve_device("cpu") == "cpu"
+    assert resolve_device("auto") in ("cpu", "cuda")

@@ -1,0 +1,145 @@
+"""Training sets from Feast, MLflow registration, the promotion gate, loading by alias."""
+
+from __future__ import annotations
+
+import json
+import subprocess
+import sys
+import uuid
+from pathlib import Path
+
+import numpy as np
+import pandas as pd
+import pytest
+import redis
+from bytewax.testing import run_main
+
+from flows.features import build_flow, default_sinks
+from flows.sources import FileReplaySource
+from vigil.features import spec
+from vigil.features.online import online_features
+from vigil.offline import training_set
+from vigil.online.feast_store import apply_repo
+from vigil.online.store import OnlineHistoryStore
+from vigil.promotion import Decision, promote, rollback
+from vigil.settings import Settings
+from vigil.tracking import CHALLENGER, CHAMPION, REGISTERED_MODEL, configure
+from vigil.training import train_and_register
+
+pytestmark = pytest.mark.integration
+
+
+@pytest.fixture
+def ingested(settings: Settings, small_world: pd.DataFrame, tmp_path: Path) -> Settings:
+    path = tmp_path / "world.parquet"
+    small_world.to_parquet(path)
+    run_main(build_flow(FileReplaySource(path), default_sinks(settings), settings))
+    return Settings(
+        **{
+            **settings.model_dump(),
+            "mlflow_tracking_uri": f"sqlite:///{tmp_path}/mlflow.db",
+            "mlflow_artifacts_dir": tmp_path / "artifacts",
+        }
+    )
+
+
+def test_training_set_is_point_in_time_and_equals_serving(ingested: Settings, small_world: pd.DataFrame) -> None:
+    store = apply_repo(ingested)
+    data = training_set(store, ingested, "2018-04-10", "2018-04-20")
+    days = data["tx_datetime"].dt.normalize()
+    assert days.min() == pd.Timestamp("2018-04-10") and days.max() == pd.Timestamp("2018-04-20")
+    assert "tx_fraud_scenario" not in data.columns
+    expected_labels = small_world.set_index("transaction_id").loc[data["transaction_id"], "tx_fraud"].to_numpy()
+    assert np.array_equal(data["tx_fraud"].to_numpy(), expected_labels)
+    # The matrix a model trains on equals what serving computes for the same transactions
+    # (checked on the newest transactions, which the online state still covers entirely).
+    newest = small_world[small_world["tx_datetime"] >= small_world["tx_datetime"].max() - pd.Timedelta(hours=6)]
+    train_rows = training_set(store, ingested).set_index("transaction_id").loc[newest["transaction_id"]]
+    served = online_features(
+        newest, OnlineHistoryStore(redis.Redis.from_url(ingested.redis_url), ingested.feast_project)
+    ).set_index("transaction_id")
+    for name in spec.FEATURE_NAMES:
+        np.testing.assert_allclose(
+            train_rows[name].to_numpy(np.float64), served[name].to_numpy(np.float64), atol=1e-9, err_msg=name
+        )
+    np.testing.assert_allclose(train_rows["tx_amount"], newest["tx_amount"])
+
+
+def tags(version: str) -> dict[str, str]:
+    from mlflow.tracking import MlflowClient
+
+    return MlflowClient().get_model_version(REGISTERED_MODEL, version).tags
+
+
+def test_register_promote_and_roll_back(ingested: Settings) -> None:
+    from mlflow.tracking import MlflowClient
+
+    data = training_set(apply_repo(ingested), ingested)
+    first = train_and_register(ingested, data, "baseline", show_progress=False)
+    assert first.version == "1" and set(first.aliases) == {CHALLENGER, CHAMPION}
+    assert first.metrics is not None and 0.5 < first.metrics.auc <= 1
+    client = MlflowClient()
+    run = client.get_run(first.run_id)
+    assert run.data.tags["feature_service"] == "fraud_v1" and run.data.tags["feature_service.version"] == "1"
+    assert {"test.auc", "test.ap", "test.cp_at_100"} <= set(run.data.metrics)
+    artifacts = {a.path for a in client.list_artifacts(first.run_id, "plots")}
+    assert {"plots/roc_pr.png", "plots/importance.png"} <= artifacts
+
+    second = train_and_register(ingested, data, "xgboost", params={"n_estimators": 80}, show_progress=False)
+    assert second.version == "2" and second.aliases == [CHALLENGER]
+    decision = promote(ingested, data)
+    assert isinstance(decision, Decision) and decision.challenger == "2"
+    recorded = tags("2")
+    assert recorded["gate.decision"] == ("promoted" if decision.promoted else "rejected")
+    assert recorded["gate.reason"] == decision.reason
+    assert set(json.loads(recorded["gate.figures"])) == {"challenger v2", "champion v1", "window"}
+    if not decision.promoted:
+        decision = promote(ingested, data, force=True)
+        assert decision.promoted and decision.reason.startswith("forced")
+    assert str(client.get_model_version_by_alias(REGISTERED_MODEL, CHAMPION).version) == "2"
+    back = rollback(ingested)
+    assert back.promoted and back.champion == "1"
+    assert str(client.get_model_version_by_alias(REGISTERED_MODEL, CHAMPION).version) == "1"
+    assert tags("1")["gate.decision"] == "restored"
+
+    # A fresh process loads the champion by alias, natively.
+    code = (
+        "from vigil.models.registry import load_native; from vigil.settings import Settings; "
+        "from vigil.tracking import configure; import sys; configure(Settings(mlflow_tracking_uri=sys.argv[1])); "
+        "m = load_native('models:/fraud-detector@champion'); print(type(m).__name__)"
+    )
+    out = subprocess.run(
+        [sys.executable, "-c", code, ingested.tracking_uri], capture_output=True, text=True, timeout=120
+    )
+    assert out.returncode == 0, out.stderr
+    assert out.stdout.strip() == "BaselineModel"
+
+
+def test_postgresql_tracking_store(ingested: Settings) -> None:
+    """The same registry calls against MLflow on the machine's PostgreSQL (skipped without one)."""
+    import psycopg2
+
+    try:
+        admin = psycopg2.connect(host="127.0.0.1", user="postgres", dbname="postgres", connect_timeout=2)
+    except psycopg2.OperationalError as error:
+        pytest.skip(f"no PostgreSQL on 127.0.0.1:5432: {error}")
+    database = f"vigil_{uuid.uuid4().hex[:8]}"
+    admin.autocommit = True
+    admin.cursor().execute(f"CREATE DATABASE {database}")
+    try:
+        remote = Settings(
+            **{
+                **ingested.model_dump(),
+                "mlflow_tracking_uri": f"postgresql+psycopg2://postgres@127.0.0.1:5432/{database}",
+            }
+        )
+        configure(remote)
+        data = training_set(apply_repo(remote), remote)
+        report = train_and_register(remote, data, "baseline", show_progress=False)
+        assert report.version == "1" and CHAMPION in report.aliases
+    finally:
+        import mlflow
+
+        mlflow.set_tracking_uri(None)
+        admin.cursor().execute(f"DROP DATABASE IF EXISTS {database} WITH (FORCE)")
+        admin.close()
