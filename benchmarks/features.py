@@ -222,24 +222,26 @@ def freshness(frame: pd.DataFrame, rate: float = 2_000, seconds: float = 10) -> 
 
 
 def whole_file_check(frame: pd.DataFrame, settings: Settings, reference: pd.DataFrame | None) -> dict[str, object]:
-    """After the full replay: every entity's newest transaction, as of its own time, equals the reference
-    (older times need facts past the state horizon, which the flow drops by design)."""
+    """After the full replay: every transaction of the last week, as of its own time, equals the
+    reference (earlier times need facts past the state horizon, which the flow drops by design)."""
     started = time.perf_counter()
     backfill = compute_features(frame)
     backfill_seconds = time.perf_counter() - started
     expected = reference if reference is not None else backfill
     backfill_diff = max(max_differences(backfill, expected).values()) if reference is not None else 0.0
-    last_customer = frame.groupby("customer_id")["transaction_id"].max()
-    last_terminal = frame.groupby("terminal_id")["transaction_id"].max()
-    newest = frame[frame["transaction_id"].isin(last_customer) & frame["transaction_id"].isin(last_terminal)]
+    last_week = frame[frame["tx_datetime"] > frame["tx_datetime"].max() - pd.Timedelta(days=7)]
     store = OnlineHistoryStore(redis.Redis.from_url(settings.redis_url), settings.feast_project)
-    served = online_features(newest, store)
-    diff = max(max_differences(served, expected[expected["transaction_id"].isin(newest["transaction_id"])]).values())
+    started = time.perf_counter()
+    served = online_features(last_week, store)
+    rollup_seconds = time.perf_counter() - started
+    checked = expected[expected["transaction_id"].isin(last_week["transaction_id"])]
+    diff = max(max_differences(served, checked).values())
     return {
         "backfill_seconds": round(backfill_seconds, 2),
         "backfill_rows": len(frame),
         "backfill_max_abs_diff_vs_reference": backfill_diff,
-        "online_checked_rows": len(newest),
+        "online_checked_rows": len(last_week),
+        "online_rollup_rows_per_s": round(len(last_week) / rollup_seconds),
         "online_max_abs_diff": diff,
     }
 

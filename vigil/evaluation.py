@@ -62,7 +62,7 @@ def in_days(frame: pd.DataFrame, first: pd.Timestamp, last: pd.Timestamp) -> pd.
     return frame[(day >= first) & (day <= last)]
 
 
-def test_set(history: pd.DataFrame, split: Split) -> pd.DataFrame:
+def book_test_set(history: pd.DataFrame, split: Split) -> pd.DataFrame:
     """Test-window rows minus customers known to be compromised by each test day.
 
     `history` holds at least every labelled transaction from the split's training start

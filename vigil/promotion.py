@@ -17,7 +17,7 @@ from typing import Any
 
 import pandas as pd
 
-from vigil.evaluation import Metrics, Split, evaluate, test_set
+from vigil.evaluation import Metrics, Split, book_test_set, evaluate
 from vigil.models.registry import load_native
 from vigil.settings import Settings
 from vigil.tracking import CHALLENGER, CHAMPION, REGISTERED_MODEL, configure
@@ -55,7 +55,7 @@ def evaluation_window(data: pd.DataFrame) -> pd.DataFrame:
     """The last 7 labelled days of `data`, known-compromised customers removed."""
     last = pd.to_datetime(data["tx_datetime"]).dt.normalize().max()
     split = Split.book(last - pd.Timedelta(days=6))
-    return test_set(data, split.with_train_start(split.test_start - pd.Timedelta(days=14)))
+    return book_test_set(data, split.with_train_start(split.test_start - pd.Timedelta(days=14)))
 
 
 def _version(client: Any, alias: str) -> str | None:

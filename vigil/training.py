@@ -11,7 +11,7 @@ import numpy as np
 import pandas as pd
 from tqdm import tqdm
 
-from vigil.evaluation import Metrics, Split, evaluate, in_days, test_set
+from vigil.evaluation import Metrics, Split, book_test_set, evaluate, in_days
 from vigil.features import spec
 from vigil.models.base import FraudModel, resolve_device
 from vigil.models.registry import MODEL_KINDS
@@ -82,7 +82,7 @@ def train_and_register(
     train = in_days(data, split.train_start, split.train_end)
     if train.empty or train["tx_fraud"].nunique() < 2:
         raise ValueError(f"no usable training data between {split.train_start.date()} and {split.train_end.date()}")
-    test = test_set(data, split)
+    test = book_test_set(data, split)
     device = resolve_device(settings.device)
     model = MODEL_KINDS[kind](params, device=device)
     fit_with_progress(model, train, train["tx_fraud"].to_numpy(), show_progress)

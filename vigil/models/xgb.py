@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import json
 from typing import Any, ClassVar
 
 import numpy as np
@@ -28,6 +29,9 @@ class XGBoostModel(FraudModel):
     def __init__(self, params: dict[str, Any] | None = None, device: str = "cpu") -> None:
         super().__init__(params, device)
         self.booster: xgb.Booster | None = None
+        # Optional standardisation (the book's protocol); kept inside the booster's attributes
+        # so that the native MLflow model carries it.
+        self.scale: tuple[np.ndarray, np.ndarray] | None = None
 
     @classmethod
     def default_params(cls) -> dict[str, Any]:
@@ -42,6 +46,7 @@ class XGBoostModel(FraudModel):
             "tree_method": "hist",
             "base_score": 0.5,
             "seed": 0,
+            "standardise": False,
         }
 
     @property
@@ -49,22 +54,35 @@ class XGBoostModel(FraudModel):
         return int(self.params["n_estimators"])
 
     def _train_params(self) -> dict[str, Any]:
-        params = {k: v for k, v in self.params.items() if k != "n_estimators"}
+        params = {k: v for k, v in self.params.items() if k not in ("n_estimators", "standardise")}
         params.update(objective="binary:logistic", eval_metric="aucpr", device=self.device, nthread=2)
         return params
 
+    def _inputs(self, frame: pd.DataFrame | np.ndarray) -> np.ndarray:
+        if self.scale is None:
+            return self.matrix(frame)
+        raw = frame if isinstance(frame, np.ndarray) else frame[list(spec.MODEL_INPUTS)].to_numpy(np.float64)
+        mean, std = self.scale
+        return ((np.asarray(raw, np.float64) - mean) / std).astype(np.float32)
+
     def fit(self, frame: pd.DataFrame, labels: np.ndarray, progress: Progress | None = None) -> XGBoostModel:
-        data = xgb.DMatrix(self.matrix(frame), label=np.asarray(labels), feature_names=list(spec.MODEL_INPUTS))
+        if self.params.get("standardise"):
+            raw = frame[list(spec.MODEL_INPUTS)].to_numpy(np.float64)
+            std = raw.std(axis=0)
+            self.scale = (raw.mean(axis=0), np.where(std == 0, 1.0, std))
+        data = xgb.DMatrix(self._inputs(frame), label=np.asarray(labels), feature_names=list(spec.MODEL_INPUTS))
         callbacks = [_ProgressCallback(progress)] if progress else []
         self.booster = xgb.train(
             self._train_params(), data, num_boost_round=int(self.params["n_estimators"]), callbacks=callbacks
         )
+        if self.scale is not None:
+            self.booster.set_attr(vigil_scale=json.dumps([self.scale[0].tolist(), self.scale[1].tolist()]))
         return self
 
     def predict_proba(self, frame: pd.DataFrame | np.ndarray) -> np.ndarray:
         if self.booster is None:
             raise RuntimeError("model is not trained or loaded")
-        data = xgb.DMatrix(self.matrix(frame), feature_names=list(spec.MODEL_INPUTS))
+        data = xgb.DMatrix(self._inputs(frame), feature_names=list(spec.MODEL_INPUTS))
         return np.asarray(self.booster.predict(data), dtype=np.float64)
 
     def setup(self, device: str = "cpu", threads: int = 1) -> None:
@@ -84,7 +102,7 @@ class XGBoostModel(FraudModel):
         """Per-feature SHAP contributions (last column: bias), cheap for trees."""
         if self.booster is None:
             raise RuntimeError("model is not trained or loaded")
-        data = xgb.DMatrix(self.matrix(frame), feature_names=list(spec.MODEL_INPUTS))
+        data = xgb.DMatrix(self._inputs(frame), feature_names=list(spec.MODEL_INPUTS))
         return np.asarray(self.booster.predict(data, pred_contribs=True))
 
     def log_model(self, name: str, input_example: pd.DataFrame, signature: Any) -> Any:
@@ -100,4 +118,8 @@ class XGBoostModel(FraudModel):
 
         model = cls()
         model.booster = mlflow.xgboost.load_model(uri)
+        scale = model.booster.attr("vigil_scale")
+        if scale:
+            mean, std = json.loads(scale)
+            model.scale = (np.asarray(mean), np.asarray(std))
         return model
