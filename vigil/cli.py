@@ -280,6 +280,30 @@ def cmd_promote(args: argparse.Namespace) -> int:
     return 0
 
 
+def cmd_evaluate(args: argparse.Namespace) -> int:
+    import pandas as pd
+
+    from vigil.selection import book_settings, choose, product_default, run_windows, tuning_candidates
+
+    settings = _settings()
+    data = _training_data(settings)
+    if args.windows:
+        starts = [w.strip() for w in args.windows.split(",") if w.strip()]
+    else:
+        last = pd.to_datetime(data["tx_datetime"]).dt.normalize().max()
+        starts = [str((last - pd.Timedelta(days=6 + 7 * i)).date()) for i in reversed(range(args.weeks))]
+    candidates = tuning_candidates() if args.tune else [product_default(), *book_settings()]
+    results = run_windows(data, starts, candidates)
+    out = settings.data_dir.parent / "reports" / ("model_selection.csv" if args.tune else "evaluation.csv")
+    out.parent.mkdir(parents=True, exist_ok=True)
+    results.to_csv(out, index=False)
+    print(results.groupby("model")[["auc", "ap", "cp_at_100"]].mean().round(4).to_string())
+    if args.tune:
+        print(f"best on these windows: {choose(results)}")
+    print(f"details -> {out}")
+    return 0
+
+
 # ------------------------------------------------------------------ parser
 
 
@@ -336,6 +360,12 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--force", action="store_true", help="promote even if the gate says no (recorded)")
     p.add_argument("--rollback", action="store_true", help="return the alias to its previous version")
     p.set_defaults(func=cmd_promote)
+
+    p = sub.add_parser("evaluate", help="the product default vs the handbook's settings over weekly test windows")
+    p.add_argument("--windows", metavar="DATES", help="comma-separated first days of 7-day test windows")
+    p.add_argument("--weeks", type=int, default=4, help="without --windows: the last N weeks (default 4)")
+    p.add_argument("--tune", action="store_true", help="compare the tuning candidates instead (model selection)")
+    p.set_defaults(func=cmd_evaluate)
 
     p = sub.add_parser("apply", help="register the Feast repo (entities, views, feature services)")
     p.set_defaults(func=cmd_apply)

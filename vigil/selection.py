@@ -43,8 +43,12 @@ def xgboost_candidate(name: str, params: dict[str, Any], train_days: int | None)
 
 def random_forest_candidate(name: str, train_days: int = 7) -> Candidate:
     def run(train: pd.DataFrame, test: pd.DataFrame) -> np.ndarray:
-        model = Pipeline([("scale", StandardScaler()),
-                          ("rf", RandomForestClassifier(n_estimators=100, max_depth=20, n_jobs=2, random_state=0))])
+        model = Pipeline(
+            [
+                ("scale", StandardScaler()),
+                ("rf", RandomForestClassifier(n_estimators=100, max_depth=20, n_jobs=2, random_state=0)),
+            ]
+        )
         model.fit(as_matrix(train), train["tx_fraud"].to_numpy())
         return np.asarray(model.predict_proba(as_matrix(test))[:, 1])
 
@@ -54,9 +58,19 @@ def random_forest_candidate(name: str, train_days: int = 7) -> Candidate:
 def book_settings() -> list[Candidate]:
     """The handbook's best settings, run the book's way (7 training days, standardised)."""
     return [
-        xgboost_candidate("book xgboost (50 trees, depth 3, lr 0.3)",
-                          {"n_estimators": 50, "max_depth": 3, "learning_rate": 0.3, "subsample": 1.0,
-                           "colsample_bytree": 1.0, "tree_method": "exact", "standardise": True}, 7),
+        xgboost_candidate(
+            "book xgboost (50 trees, depth 3, lr 0.3)",
+            {
+                "n_estimators": 50,
+                "max_depth": 3,
+                "learning_rate": 0.3,
+                "subsample": 1.0,
+                "colsample_bytree": 1.0,
+                "tree_method": "exact",
+                "standardise": True,
+            },
+            7,
+        ),
         random_forest_candidate("book random forest (100 trees, depth 20)"),
     ]
 
@@ -68,16 +82,19 @@ def product_default() -> Candidate:
 def tuning_candidates() -> list[Candidate]:
     return [
         product_default(),
-        xgboost_candidate("xgboost 500 trees, depth 5, lr 0.03", {"n_estimators": 500, "max_depth": 5,
-                                                                  "learning_rate": 0.03}, None),
-        xgboost_candidate("xgboost 200 trees, depth 4, lr 0.1", {"n_estimators": 200, "max_depth": 4,
-                                                                 "learning_rate": 0.1}, None),
+        xgboost_candidate(
+            "xgboost 500 trees, depth 5, lr 0.03", {"n_estimators": 500, "max_depth": 5, "learning_rate": 0.03}, None
+        ),
+        xgboost_candidate(
+            "xgboost 200 trees, depth 4, lr 0.1", {"n_estimators": 200, "max_depth": 4, "learning_rate": 0.1}, None
+        ),
         xgboost_candidate("xgboost default, last 8 weeks", {}, 56),
     ]
 
 
-def run_windows(data: pd.DataFrame, test_starts: Sequence[str], candidates: Sequence[Candidate],
-                log: Callable[[str], None] = print) -> pd.DataFrame:
+def run_windows(
+    data: pd.DataFrame, test_starts: Sequence[str], candidates: Sequence[Candidate], log: Callable[[str], None] = print
+) -> pd.DataFrame:
     """Metrics of every candidate on every 7-day test window (after a 7-day delay)."""
     first_day = pd.to_datetime(data["tx_datetime"]).dt.normalize().min()
     rows = []
@@ -85,17 +102,26 @@ def run_windows(data: pd.DataFrame, test_starts: Sequence[str], candidates: Sequ
         split = Split.book(start)
         test = book_test_set(data, split)
         for candidate in candidates:
-            train_start = (split.train_end - pd.Timedelta(days=candidate.train_days - 1)
-                           if candidate.train_days else first_day)
+            train_start = (
+                split.train_end - pd.Timedelta(days=candidate.train_days - 1) if candidate.train_days else first_day
+            )
             train = in_days(data, train_start, split.train_end)
             began = time.perf_counter()
             metrics: Metrics = evaluate(test, candidate.fit_score(train, test))
-            rows.append({"test_start": str(split.test_start.date()), "model": candidate.name,
-                         "train_start": str(pd.Timestamp(train_start).date()),
-                         "train_end": str(split.train_end.date()), **metrics.as_dict(),
-                         "seconds": round(time.perf_counter() - began, 1)})
-            log(f"{split.test_start.date()}  {candidate.name:<45} AUC {metrics.auc:.4f}  AP {metrics.ap:.4f}  "
-                f"CP@100 {metrics.cp_at_100:.4f}")
+            rows.append(
+                {
+                    "test_start": str(split.test_start.date()),
+                    "model": candidate.name,
+                    "train_start": str(pd.Timestamp(train_start).date()),
+                    "train_end": str(split.train_end.date()),
+                    **metrics.as_dict(),
+                    "seconds": round(time.perf_counter() - began, 1),
+                }
+            )
+            log(
+                f"{split.test_start.date()}  {candidate.name:<45} AUC {metrics.auc:.4f}  AP {metrics.ap:.4f}  "
+                f"CP@100 {metrics.cp_at_100:.4f}"
+            )
     return pd.DataFrame(rows)
 
 

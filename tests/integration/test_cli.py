@@ -39,7 +39,9 @@ def vigil(*args: str, env: dict[str, str] | None = None, timeout: float = 300) -
     )
 
 
-@pytest.mark.parametrize("command", ["ingest", "simulate", "apply", "features", "redis"])
+@pytest.mark.parametrize(
+    "command", ["ingest", "simulate", "apply", "features", "redis", "train", "promote", "evaluate"]
+)
 def test_every_subcommand_has_help(command: str) -> None:
     result = vigil(command, "--help")
     assert result.returncode == 0 and "usage: vigil" in result.stdout

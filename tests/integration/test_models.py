@@ -111,3 +111,13 @@ def test_mlflow_round_trip_loads_natively_with_the_same_scores(
 def test_device_choice() -> None:
     assert resolve_device("cpu") == "cpu"
     assert resolve_device("auto") in ("cpu", "cuda")
+
+
+def test_weekly_windows_compare_candidates(training_frame: pd.DataFrame) -> None:
+    from vigil.selection import book_settings, choose, run_windows, xgboost_candidate
+
+    ours = xgboost_candidate("ours", {"n_estimators": 30}, None)
+    results = run_windows(training_frame, ["2018-05-01", "2018-05-08"], [ours, *book_settings()], log=lambda _: None)
+    assert len(results) == 6 and set(results["model"]) == {"ours", *(c.name for c in book_settings())}
+    assert results[["auc", "ap", "cp_at_100"]].notna().all().all()
+    assert choose(results) in set(results["model"])
