@@ -304,6 +304,32 @@ def cmd_evaluate(args: argparse.Namespace) -> int:
     return 0
 
 
+def cmd_serve(args: argparse.Namespace) -> int:
+    import uvicorn
+
+    settings = _settings()
+    _redis(settings)
+    from scoring.app import configure_logging
+
+    configure_logging()
+    if args.workers > 1:
+        # Each worker process builds its own app (and Settings) from the environment.
+        uvicorn.run(
+            "scoring.app:create_app",
+            factory=True,
+            host=args.host,
+            port=args.port,
+            workers=args.workers,
+            log_level="warning",
+            access_log=False,
+        )
+    else:
+        from scoring.app import create_app
+
+        uvicorn.run(create_app(settings), host=args.host, port=args.port, log_level="warning", access_log=False)
+    return 0
+
+
 # ------------------------------------------------------------------ parser
 
 
@@ -366,6 +392,12 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--weeks", type=int, default=4, help="without --windows: the last N weeks (default 4)")
     p.add_argument("--tune", action="store_true", help="compare the tuning candidates instead (model selection)")
     p.set_defaults(func=cmd_evaluate)
+
+    p = sub.add_parser("serve", help="the scoring service (HTTP)")
+    p.add_argument("--host", default="127.0.0.1")
+    p.add_argument("--port", type=int, default=8000)
+    p.add_argument("--workers", type=int, default=1)
+    p.set_defaults(func=cmd_serve)
 
     p = sub.add_parser("apply", help="register the Feast repo (entities, views, feature services)")
     p.set_defaults(func=cmd_apply)

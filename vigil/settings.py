@@ -37,6 +37,17 @@ class Settings(BaseSettings):
     key_prefix: str = Field("vigil", validation_alias=AliasChoices("VIGIL_KEY_PREFIX", "key_prefix"))
     # Feast project name: the online store's keys end with it.
     feast_project: str = Field("vigil", validation_alias=AliasChoices("VIGIL_FEAST_PROJECT", "feast_project"))
+    # Scoring service.
+    score_budget_ms: float = Field(
+        25.0, gt=0, validation_alias=AliasChoices("VIGIL_SCORE_BUDGET_MS", "score_budget_ms")
+    )
+    max_batch: int = Field(10_000, gt=0, validation_alias=AliasChoices("VIGIL_MAX_BATCH", "max_batch"))
+    max_body_bytes: int = Field(
+        8 * 1024 * 1024, gt=0, validation_alias=AliasChoices("VIGIL_MAX_BODY_BYTES", "max_body_bytes")
+    )
+    alias_poll_seconds: float = Field(
+        5.0, gt=0, validation_alias=AliasChoices("VIGIL_ALIAS_POLL_SECONDS", "alias_poll_seconds")
+    )
     start_local_redis: bool = Field(True, validation_alias=AliasChoices("VIGIL_START_LOCAL_REDIS", "start_local_redis"))
 
     @field_validator("redis_url")
@@ -52,6 +63,14 @@ class Settings(BaseSettings):
         if self.mlflow_tracking_uri:
             return self.mlflow_tracking_uri
         return f"sqlite:///{PROJECT_ROOT / 'mlflow' / 'mlflow.db'}"
+
+    @property
+    def api_key_set(self) -> frozenset[str]:
+        return frozenset(k.strip() for k in self.api_keys.split(",") if k.strip())
+
+    @property
+    def prediction_stream(self) -> str:
+        return f"{self.key_prefix}:predictions"
 
     @property
     def deadletter_stream(self) -> str:

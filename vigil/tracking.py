@@ -11,6 +11,8 @@ REGISTERED_MODEL = "fraud-detector"
 EXPERIMENT = "fraud-detector"
 CHAMPION = "champion"
 CHALLENGER = "challenger"
+# The baseline logged in every training run, next to the model (the scoring fallback).
+FALLBACK_ARTIFACT = "fallback"
 
 
 def configure(settings: Settings) -> str:

@@ -14,9 +14,10 @@ from tqdm import tqdm
 from vigil.evaluation import Metrics, Split, book_test_set, evaluate, in_days
 from vigil.features import spec
 from vigil.models.base import FraudModel, resolve_device
+from vigil.models.baseline import BaselineModel
 from vigil.models.registry import MODEL_KINDS
 from vigil.settings import Settings
-from vigil.tracking import CHALLENGER, CHAMPION, REGISTERED_MODEL, configure
+from vigil.tracking import CHALLENGER, CHAMPION, FALLBACK_ARTIFACT, REGISTERED_MODEL, configure
 
 
 @dataclass
@@ -116,6 +117,10 @@ def train_and_register(
             mlflow.log_figure(plots.importance(importance, f"{kind}: feature importance"), "plots/importance.png")
         signature = infer_signature(example, model.predict_proba(example))
         info = model.log_model("model", example, signature)
+        # Every version carries the baseline the scoring service falls back to, trained on
+        # the same rows (for a baseline version, itself).
+        fallback = model if kind == BaselineModel.kind else BaselineModel().fit(train, train["tx_fraud"].to_numpy())
+        fallback.log_model(FALLBACK_ARTIFACT, example, infer_signature(example, fallback.predict_proba(example)))
     version = (
         client.create_model_version(REGISTERED_MODEL, info.model_uri, run.info.run_id) if _registered(client) else None
     )

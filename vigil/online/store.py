@@ -5,6 +5,7 @@ from __future__ import annotations
 from collections.abc import Iterable, Sequence
 
 import redis
+import redis.asyncio
 
 from vigil.features.history import EntityHistory
 from vigil.online.layout import HistoryView, OnlineLayout
@@ -62,3 +63,32 @@ class OnlineHistoryStore:
             count = self.queue_writes(pipe, updates)
             pipe.execute()
         return count
+
+
+class AsyncOnlineHistoryStore:
+    """The same reads for asyncio services (the scoring service): one round trip per batch."""
+
+    def __init__(self, client: redis.asyncio.Redis, project: str) -> None:
+        self.client = client
+        self.layout = OnlineLayout.for_project(project)
+        self._customer_fields = self.layout.customer.field_keys
+        self._terminal_fields = self.layout.terminal.field_keys
+
+    async def read_pairs(
+        self, customers: Sequence[int], terminals: Sequence[int]
+    ) -> tuple[list[EntityHistory], list[EntityHistory]]:
+        customer_view, terminal_view = self.layout.customer, self.layout.terminal
+        async with self.client.pipeline(transaction=False) as pipe:
+            for c in customers:
+                pipe.hmget(customer_view.redis_key(int(c)), self._customer_fields)  # type: ignore[arg-type]
+            for t in terminals:
+                pipe.hmget(terminal_view.redis_key(int(t)), self._terminal_fields)  # type: ignore[arg-type]
+            replies = await pipe.execute()
+        n = len(customers)
+        return (
+            [customer_view.decode(r) for r in replies[:n]],
+            [terminal_view.decode(r) for r in replies[n:]],
+        )
+
+    async def ping(self) -> bool:
+        return bool(await self.client.ping())  # type: ignore[misc]

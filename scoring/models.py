@@ -1,0 +1,120 @@
+"""The models the service serves: the champion (native flavor) and its fallback baseline,
+loaded by alias, warmed up, and swapped atomically when the alias moves."""
+
+from __future__ import annotations
+
+import logging
+import threading
+import time
+from dataclasses import dataclass
+from typing import Any
+
+from vigil.models.base import FraudModel, resolve_device
+from vigil.models.registry import load_native
+from vigil.settings import Settings
+from vigil.tracking import CHALLENGER, CHAMPION, FALLBACK_ARTIFACT, REGISTERED_MODEL, configure
+
+log = logging.getLogger("vigil.scoring.models")
+
+
+@dataclass(frozen=True)
+class LoadedModel:
+    """One registered version, ready to predict; replaced whole, never mutated."""
+
+    primary: FraudModel
+    fallback: FraudModel
+    version: str
+    alias: str
+    run_id: str
+    loaded_at: float
+
+    def describe(self) -> dict[str, Any]:
+        return {
+            "name": REGISTERED_MODEL,
+            "version": self.version,
+            "alias": self.alias,
+            "kind": self.primary.kind,
+            "fallback": self.fallback.kind,
+            "run_id": self.run_id,
+        }
+
+
+class ModelUnavailableError(RuntimeError):
+    """No version holds the alias, or it could not be loaded."""
+
+
+class ModelManager:
+    """Holds the version behind an alias and follows the alias as it moves."""
+
+    def __init__(self, settings: Settings, alias: str = CHAMPION, on_reload_failure: Any = None) -> None:
+        self.settings = settings
+        self.alias = alias
+        self.device = resolve_device(settings.device)
+        self.current: LoadedModel | None = None
+        self._lock = threading.Lock()
+        self._on_reload_failure = on_reload_failure
+
+    def _client(self) -> Any:
+        from mlflow.tracking import MlflowClient
+
+        configure(self.settings)
+        return MlflowClient()
+
+    def alias_version(self, alias: str | None = None) -> tuple[str, str] | None:
+        from mlflow.exceptions import MlflowException
+
+        try:
+            version = self._client().get_model_version_by_alias(REGISTERED_MODEL, alias or self.alias)
+        except MlflowException:
+            return None
+        return str(version.version), str(version.run_id)
+
+    def load_version(self, version: str, run_id: str) -> LoadedModel:
+        primary = load_native(f"models:/{REGISTERED_MODEL}/{version}")
+        fallback = load_native(f"runs:/{run_id}/{FALLBACK_ARTIFACT}")
+        # Warm-up (and a check that the model answers) before it is ever served.
+        primary.setup(self.device, threads=1)
+        fallback.setup("cpu", threads=1)
+        return LoadedModel(primary, fallback, version, self.alias, run_id, time.time())
+
+    def load(self) -> LoadedModel:
+        found = self.alias_version()
+        if found is None:
+            raise ModelUnavailableError(
+                f"no version of {REGISTERED_MODEL!r} holds alias {self.alias!r}: run `vigil train` first"
+            )
+        self.current = self.load_version(*found)
+        return self.current
+
+    def refresh(self) -> bool:
+        """Loads the alias's version if it moved; returns True when it swapped models.
+
+        A version that fails to load or warm up is not served: the old one stays, the
+        failure is logged and reported.
+        """
+        found = self.alias_version()
+        if found is None or (self.current is not None and found[0] == self.current.version):
+            return False
+        with self._lock:
+            try:
+                loaded = self.load_version(*found)
+            except Exception:
+                log.exception(
+                    "could not load %s version %s; keeping version %s",
+                    REGISTERED_MODEL,
+                    found[0],
+                    self.current.version if self.current else None,
+                )
+                if self._on_reload_failure is not None:
+                    self._on_reload_failure(found[0])
+                return False
+            self.current = loaded  # one reference assignment: requests see the old or the new model
+        log.info("now serving %s version %s (%s)", REGISTERED_MODEL, loaded.version, self.alias)
+        return True
+
+    def registry_view(self) -> dict[str, Any]:
+        view: dict[str, Any] = {}
+        for alias in (CHAMPION, CHALLENGER):
+            found = self.alias_version(alias)
+            view[alias] = {"version": found[0], "run_id": found[1]} if found else None
+        return view

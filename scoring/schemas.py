@@ -1,0 +1,50 @@
+"""Request and response bodies of the scoring API (also the OpenAPI document)."""
+
+from __future__ import annotations
+
+import math
+from datetime import datetime
+
+from pydantic import BaseModel, ConfigDict, Field, field_validator
+
+
+class Transaction(BaseModel):
+    model_config = ConfigDict(extra="ignore")
+
+    transaction_id: int = Field(..., ge=0, examples=[123])
+    customer_id: int = Field(..., ge=0, examples=[42])
+    terminal_id: int = Field(..., ge=0, examples=[7])
+    tx_amount: float = Field(..., ge=0, examples=[57.1])
+    tx_datetime: datetime = Field(..., examples=["2018-08-08T10:31:00"])
+
+    @field_validator("tx_amount")
+    @classmethod
+    def _finite(cls, value: float) -> float:
+        if not math.isfinite(value):
+            raise ValueError("must be a finite number")
+        return value
+
+
+class TransactionBatch(BaseModel):
+    transactions: list[Transaction]
+
+
+class ModelRef(BaseModel):
+    name: str
+    version: str | None
+    alias: str
+
+
+class Score(BaseModel):
+    transaction_id: int
+    score: float = Field(..., ge=0, le=1, description="probability of fraud")
+    model: ModelRef
+    fallback: bool
+    fallback_reason: str | None = Field(None, description="timeout, model_error, features_unavailable, ...")
+    latency_ms: float
+    features: dict[str, float] | None = Field(None, description="with ?explain=true: the 15 model inputs")
+    contributions: dict[str, float] | None = Field(None, description="with ?explain=true: top contributions")
+
+
+class ScoreBatch(BaseModel):
+    results: list[Score]

@@ -1,0 +1,166 @@
+"""Scores transactions: online features as of their time, the champion within a deadline,
+and the fallback baseline when anything on that path fails. Shared by the HTTP service
+and the in-stream scoring flow."""
+
+from __future__ import annotations
+
+import asyncio
+import json
+import logging
+import time
+from collections.abc import Sequence
+from concurrent.futures import ThreadPoolExecutor
+from typing import Any
+
+import numpy as np
+import redis
+
+from scoring.metrics import ServiceMetrics
+from scoring.models import LoadedModel, ModelManager
+from scoring.schemas import Transaction
+from vigil.features import spec
+from vigil.features.feast_transform import to_epoch_seconds
+from vigil.features.history import EntityHistory
+from vigil.features.rollup import TransactionFacts, features_as_of
+from vigil.online.store import AsyncOnlineHistoryStore
+
+log = logging.getLogger("vigil.scoring")
+
+TIMEOUT, MODEL_ERROR, FEATURES_UNAVAILABLE = "timeout", "model_error", "features_unavailable"
+
+
+class Scorer:
+    def __init__(
+        self,
+        store: AsyncOnlineHistoryStore,
+        models: ModelManager,
+        metrics: ServiceMetrics,
+        budget_seconds: float,
+        executor: ThreadPoolExecutor,
+        prediction_stream: str | None = None,
+        prediction_log_len: int = 100_000,
+    ) -> None:
+        self.store, self.models, self.metrics = store, models, metrics
+        self.budget = budget_seconds
+        self.executor = executor
+        self.prediction_stream, self.prediction_log_len = prediction_stream, prediction_log_len
+
+    async def _histories(
+        self, txs: Sequence[Transaction], deadline: float
+    ) -> tuple[list[EntityHistory], list[EntityHistory]] | None:
+        started = time.perf_counter()
+        try:
+            return await asyncio.wait_for(
+                self.store.read_pairs([t.customer_id for t in txs], [t.terminal_id for t in txs]),
+                timeout=max(deadline - time.perf_counter(), 0.001),
+            )
+        except (redis.RedisError, OSError, TimeoutError, ValueError) as error:
+            log.warning("online features unavailable: %s", error)
+            return None
+        finally:
+            self.metrics.stage_seconds.labels("features").observe(time.perf_counter() - started)
+
+    async def _primary(self, model: LoadedModel, matrix: np.ndarray, deadline: float) -> np.ndarray | str:
+        started = time.perf_counter()
+        loop = asyncio.get_running_loop()
+        try:
+            return await asyncio.wait_for(
+                loop.run_in_executor(self.executor, model.primary.predict_proba, matrix),
+                timeout=max(deadline - time.perf_counter(), 0.001),
+            )
+        except TimeoutError:
+            return TIMEOUT
+        except Exception:
+            log.exception("model %s version %s failed", model.primary.kind, model.version)
+            return MODEL_ERROR
+        finally:
+            self.metrics.stage_seconds.labels("model").observe(time.perf_counter() - started)
+            self.metrics.batch_size.observe(matrix.shape[0])
+
+    async def score(self, txs: Sequence[Transaction], explain: bool = False) -> list[dict[str, Any]]:
+        started = time.perf_counter()
+        deadline = started + self.budget
+        model = self.models.current
+        if model is None:
+            raise RuntimeError("no model loaded")
+        facts = TransactionFacts(
+            tx_id=np.fromiter((t.transaction_id for t in txs), np.int64, len(txs)),
+            ts=np.fromiter((to_epoch_seconds(t.tx_datetime) for t in txs), np.int64, len(txs)),
+            amount=np.fromiter((t.tx_amount for t in txs), np.float64, len(txs)),
+        )
+        histories = await self._histories(txs, deadline)
+        reason: str | None = None
+        if histories is None:
+            # The request's own fields still give the calendar and the transaction itself.
+            reason = FEATURES_UNAVAILABLE
+            empty = [EntityHistory.empty()] * len(txs)
+            histories = (empty, empty)
+        features = features_as_of(histories[0], histories[1], facts)
+        matrix = np.column_stack([facts.amount, *(features[n] for n in spec.FEATURE_NAMES)]).astype(np.float32)
+        scores: np.ndarray | str = reason or await self._primary(model, matrix, deadline)
+        if isinstance(scores, str):
+            reason = scores
+            fallback_started = time.perf_counter()
+            scores = model.fallback.predict_proba(matrix)
+            self.metrics.stage_seconds.labels("fallback").observe(time.perf_counter() - fallback_started)
+            self.metrics.fallbacks.labels(reason).inc(len(txs))
+        latency_ms = (time.perf_counter() - started) * 1000
+        self.metrics.stage_seconds.labels("total").observe(latency_ms / 1000)
+        self.metrics.scored.inc(len(txs))
+        contributions = self._contributions(model, matrix) if explain and reason is None else None
+        ref = {"name": "fraud-detector", "version": model.version, "alias": model.alias}
+        results = []
+        for i, tx in enumerate(txs):
+            result: dict[str, Any] = {
+                "transaction_id": tx.transaction_id,
+                "score": float(scores[i]),
+                "model": ref,
+                "fallback": reason is not None,
+                "fallback_reason": reason,
+                "latency_ms": round(latency_ms, 3),
+            }
+            if explain:
+                result["features"] = dict(zip(spec.MODEL_INPUTS, map(float, matrix[i]), strict=True))
+                if contributions is not None:
+                    result["contributions"] = contributions[i]
+            results.append(result)
+        await self._log(results, matrix)
+        return results
+
+    @staticmethod
+    def _contributions(model: LoadedModel, matrix: np.ndarray, top: int = 5) -> list[dict[str, float]] | None:
+        contribs = getattr(model.primary, "contributions", None)
+        if contribs is None:
+            return None
+        values = contribs(matrix)[:, :-1]  # last column: the bias
+        out = []
+        for row in values:
+            order = np.argsort(-np.abs(row))[:top]
+            out.append({spec.MODEL_INPUTS[j]: round(float(row[j]), 6) for j in order})
+        return out
+
+    async def _log(self, results: list[dict[str, Any]], matrix: np.ndarray) -> None:
+        """Appends every answer to the bounded prediction stream; a failure never breaks a request."""
+        if not self.prediction_stream:
+            return
+        try:
+            async with self.store.client.pipeline(transaction=False) as pipe:
+                for result, row in zip(results, matrix, strict=True):
+                    pipe.xadd(
+                        self.prediction_stream,
+                        {
+                            "transaction_id": result["transaction_id"],
+                            "score": result["score"],
+                            "version": result["model"]["version"] or "",
+                            "fallback": int(result["fallback"]),
+                            "reason": result["fallback_reason"] or "",
+                            "latency_ms": result["latency_ms"],
+                            "features": json.dumps(row.tolist()),
+                        },
+                        maxlen=self.prediction_log_len,
+                        approximate=True,
+                    )
+                await pipe.execute()
+        except (redis.RedisError, OSError) as error:
+            self.metrics.prediction_log_failures.inc(len(results))
+            log.warning("prediction log unavailable: %s", error)
