@@ -1,0 +1,205 @@
+"""Fault tests: alias moves (good and broken versions), a model slower than the budget, Redis killed."""
+
+from __future__ import annotations
+
+import subprocess
+import time
+import uuid
+from collections.abc import Iterator
+from pathlib import Path
+
+import httpx
+import pandas as pd
+import pytest
+import redis
+from bytewax.testing import run_main
+
+from flows.features import build_flow, default_sinks
+from flows.sources import FileReplaySource
+from tests.integration.serving_helpers import (
+    SlowNet,
+    free_port,
+    request_body,
+    running_server,
+    server_env,
+    write_broken_model,
+)
+from vigil.offline import training_set
+from vigil.online.feast_store import apply_repo
+from vigil.redis_server import find_server_binary
+from vigil.settings import Settings
+from vigil.tracking import CHAMPION, FALLBACK_ARTIFACT, REGISTERED_MODEL, configure
+from vigil.training import train_and_register
+
+pytestmark = pytest.mark.integration
+
+
+def wait_for(check, timeout: float = 20.0) -> bool:  # type: ignore[no-untyped-def]
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        if check():
+            return True
+        time.sleep(0.2)
+    return False
+
+
+@pytest.fixture
+def world(settings: Settings, small_world: pd.DataFrame, tmp_path: Path) -> tuple[Settings, pd.DataFrame]:
+    local = Settings(
+        **{
+            **settings.model_dump(),
+            "mlflow_tracking_uri": f"sqlite:///{tmp_path}/mlflow.db",
+            "mlflow_artifacts_dir": tmp_path / "artifacts",
+        }
+    )
+    frame = small_world[small_world["tx_datetime"] < small_world["tx_datetime"].min() + pd.Timedelta(days=28)]
+    path = tmp_path / "world.parquet"
+    frame.to_parquet(path)
+    run_main(build_flow(FileReplaySource(path), default_sinks(local), local))
+    train_and_register(local, training_set(apply_repo(local), local), "baseline", show_progress=False)
+    return local, frame
+
+
+def register_raw(settings: Settings, model_dir: Path, fallback_from_version: str = "1") -> str:
+    """Registers an arbitrary model directory as a new version and moves champion to it."""
+    from mlflow.tracking import MlflowClient
+
+    import mlflow
+
+    experiment = configure(settings)
+    client = MlflowClient()
+    fallback_run = client.get_model_version(REGISTERED_MODEL, fallback_from_version).run_id
+    with mlflow.start_run(experiment_id=experiment) as run:
+        mlflow.log_artifacts(str(model_dir), "model")
+        fallback = mlflow.artifacts.download_artifacts(f"runs:/{fallback_run}/{FALLBACK_ARTIFACT}")
+        mlflow.log_artifacts(fallback, FALLBACK_ARTIFACT)
+    version = client.create_model_version(REGISTERED_MODEL, f"runs:/{run.info.run_id}/model", run.info.run_id)
+    client.set_registered_model_alias(REGISTERED_MODEL, CHAMPION, str(version.version))
+    return str(version.version)
+
+
+def test_alias_moves_are_picked_up_and_broken_versions_are_not(
+    world: tuple[Settings, pd.DataFrame], tmp_path: Path
+) -> None:
+    from mlflow.tracking import MlflowClient
+
+    settings, frame = world
+    body = request_body(frame.iloc[-1])
+    with running_server(server_env(settings)) as base:
+        assert httpx.post(f"{base}/v1/score", json=body).json()["model"]["version"] == "1"
+        # A good new version becomes champion: served without a restart, no failed request meanwhile.
+        train_and_register(
+            settings,
+            training_set(apply_repo(settings), settings),
+            "xgboost",
+            params={"n_estimators": 30},
+            show_progress=False,
+        )
+        configure(settings)
+        MlflowClient().set_registered_model_alias(REGISTERED_MODEL, CHAMPION, "2")
+        statuses = []
+
+        def swapped() -> bool:
+            answer = httpx.post(f"{base}/v1/score", json=body)
+            statuses.append(answer.status_code)
+            return answer.json()["model"]["version"] == "2"
+
+        assert wait_for(swapped)
+        assert set(statuses) == {200}
+        # A broken version is promoted: the old one keeps serving, the failure is counted.
+        broken = register_raw(settings, write_broken_model(tmp_path / "broken"), fallback_from_version="1")
+        assert wait_for(
+            lambda: (
+                "vigil_model_reload_failures_total 1.0" in httpx.get(f"{base}/metrics").text
+                or "vigil_model_reload_failures_total 2.0" in httpx.get(f"{base}/metrics").text
+            )
+        )
+        answer = httpx.post(f"{base}/v1/score", json=body)
+        assert answer.status_code == 200 and answer.json()["model"]["version"] == "2" and broken == "3"
+
+
+def test_a_model_slower_than_the_budget_answers_from_the_fallback(
+    world: tuple[Settings, pd.DataFrame], tmp_path: Path
+) -> None:
+    import mlflow.pytorch
+
+    settings, frame = world
+    model_dir = tmp_path / "slow"
+    mlflow.pytorch.save_model(SlowNet(0.5), str(model_dir), serialization_format="pickle")
+    register_raw(settings, model_dir)
+    with running_server(server_env(settings, VIGIL_SCORE_BUDGET_MS="40")) as base:
+        started = time.perf_counter()
+        answer = httpx.post(f"{base}/v1/score", json=request_body(frame.iloc[-1]))
+        elapsed = time.perf_counter() - started
+        body = answer.json()
+        assert answer.status_code == 200 and body["fallback"] is True and body["fallback_reason"] == "timeout"
+        assert body["latency_ms"] < 100 and elapsed < 0.45  # answered before the slow model would have
+        assert 'vigil_fallbacks_total{reason="timeout"}' in httpx.get(f"{base}/metrics").text
+
+
+class PrivateRedis:
+    """A Redis of one test's own on loopback, so that killing it harms no one else."""
+
+    def __init__(self, binary: str, folder: Path) -> None:
+        self.port = free_port()
+        self.url = f"redis://127.0.0.1:{self.port}/0"
+        self.command = [
+            binary,
+            "--port",
+            str(self.port),
+            "--bind",
+            "127.0.0.1",
+            "--save",
+            "",
+            "--appendonly",
+            "no",
+            "--dir",
+            str(folder),
+        ]
+        self.process: subprocess.Popen[bytes] | None = None
+
+    def start(self) -> None:
+        self.process = subprocess.Popen(self.command, stdout=subprocess.DEVNULL)
+        assert wait_for(lambda: _pings(self.url), 10)
+
+    def kill(self) -> None:
+        if self.process is not None:
+            self.process.kill()
+            self.process.wait(timeout=10)
+
+
+@pytest.fixture
+def private_redis(tmp_path: Path) -> Iterator[PrivateRedis]:
+    binary = find_server_binary()
+    if binary is None:
+        pytest.skip("no redis-server binary")
+    server = PrivateRedis(binary, tmp_path)
+    server.start()
+    yield server
+    server.kill()
+
+
+def _pings(url: str) -> bool:
+    try:
+        return bool(redis.Redis.from_url(url, socket_timeout=0.3).ping())
+    except redis.RedisError:
+        return False
+
+
+def test_redis_killed_under_load_then_back(world: tuple[Settings, pd.DataFrame], private_redis: PrivateRedis) -> None:
+    settings, frame = world
+    local = Settings(
+        **{**settings.model_dump(), "redis_url": private_redis.url, "key_prefix": f"k{uuid.uuid4().hex[:6]}"}
+    )
+    rows = [request_body(r) for _, r in frame.tail(30).iterrows()]
+    with running_server(server_env(local)) as base:
+        assert httpx.get(f"{base}/readyz").status_code == 200
+        assert httpx.post(f"{base}/v1/score", json=rows[0]).json()["fallback"] is False
+        private_redis.kill()
+        answers = [httpx.post(f"{base}/v1/score", json=row, timeout=5) for row in rows]
+        assert all(a.status_code == 200 for a in answers)
+        assert {a.json()["fallback_reason"] for a in answers} == {"features_unavailable"}
+        assert httpx.get(f"{base}/readyz").status_code == 503
+        private_redis.start()
+        assert wait_for(lambda: httpx.get(f"{base}/readyz").status_code == 200)
+        assert httpx.post(f"{base}/v1/score", json=rows[0]).json()["fallback"] is False
