@@ -23,12 +23,14 @@ from fastapi import Depends, FastAPI, HTTPException, Request, Response
 from fastapi.responses import JSONResponse
 from prometheus_client import CONTENT_TYPE_LATEST, generate_latest
 
+from scoring.batching import MicroBatcher
 from scoring.metrics import ServiceMetrics
 from scoring.models import ModelManager
 from scoring.schemas import Score, ScoreBatch, Transaction, TransactionBatch
 from scoring.scorer import Scorer
 from vigil.online.store import AsyncOnlineHistoryStore
 from vigil.settings import Settings
+from vigil.tracking import CHALLENGER
 
 log = logging.getLogger("vigil.scoring")
 
@@ -71,9 +73,23 @@ def create_app(settings: Settings | None = None) -> FastAPI:
         client = redis.asyncio.Redis.from_url(settings.redis_url, socket_timeout=1.0, socket_connect_timeout=0.5)
         executor = ThreadPoolExecutor(max_workers=2, thread_name_prefix="vigil-model")
         store = AsyncOnlineHistoryStore(client, settings.feast_project)
+        batcher = None
+        if settings.batch_max_wait_ms > 0:
+            batcher = MicroBatcher(executor, metrics, settings.batch_max_rows, settings.batch_max_wait_ms / 1000)
+            batcher.start()
+        shadow = ModelManager(settings, alias=CHALLENGER, on_reload_failure=lambda v: metrics.reload_failures.inc())
+        await loop.run_in_executor(None, shadow.load_if_present)
         app.state.settings, app.state.metrics, app.state.models = settings, metrics, models
         app.state.scorer = Scorer(
-            store, models, metrics, settings.score_budget_ms / 1000, executor, settings.prediction_stream
+            store,
+            models,
+            metrics,
+            settings.score_budget_ms / 1000,
+            executor,
+            settings.prediction_stream,
+            batcher=batcher,
+            shadow=shadow,
+            shadow_stream=settings.shadow_stream,
         )
         if not settings.api_key_set:
             log.warning("VIGIL_API_KEYS is not set: the scoring API accepts requests without a key")
@@ -84,6 +100,7 @@ def create_app(settings: Settings | None = None) -> FastAPI:
                 try:
                     if await loop.run_in_executor(None, models.refresh) and models.current:
                         metrics.model.info({k: str(v) for k, v in models.current.describe().items()})
+                    await loop.run_in_executor(None, shadow.refresh)
                 except Exception:  # the registry being away must not stop the watcher
                     log.exception("registry poll failed")
 
@@ -92,6 +109,8 @@ def create_app(settings: Settings | None = None) -> FastAPI:
             yield
         finally:
             watcher.cancel()
+            if batcher is not None:
+                await batcher.stop()
             executor.shutdown(wait=False)
             await client.aclose()
 

@@ -77,6 +77,13 @@ class ModelManager:
         fallback.setup("cpu", threads=1)
         return LoadedModel(primary, fallback, version, self.alias, run_id, time.time())
 
+    def load_if_present(self) -> LoadedModel | None:
+        """Like `load`, but None when no version holds the alias (a challenger is optional)."""
+        try:
+            return self.load()
+        except ModelUnavailableError:
+            return None
+
     def load(self) -> LoadedModel:
         found = self.alias_version()
         if found is None:

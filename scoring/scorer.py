@@ -15,6 +15,7 @@ from typing import Any
 import numpy as np
 import redis
 
+from scoring.batching import MicroBatcher
 from scoring.metrics import ServiceMetrics
 from scoring.models import LoadedModel, ModelManager
 from scoring.schemas import Transaction
@@ -39,11 +40,17 @@ class Scorer:
         executor: ThreadPoolExecutor,
         prediction_stream: str | None = None,
         prediction_log_len: int = 100_000,
+        batcher: MicroBatcher | None = None,
+        shadow: ModelManager | None = None,
+        shadow_stream: str | None = None,
     ) -> None:
         self.store, self.models, self.metrics = store, models, metrics
         self.budget = budget_seconds
         self.executor = executor
         self.prediction_stream, self.prediction_log_len = prediction_stream, prediction_log_len
+        self.batcher = batcher
+        self.shadow, self.shadow_stream = shadow, shadow_stream
+        self._background: set[asyncio.Task[None]] = set()
 
     async def _histories(
         self, txs: Sequence[Transaction], deadline: float
@@ -63,11 +70,13 @@ class Scorer:
     async def _primary(self, model: LoadedModel, matrix: np.ndarray, deadline: float) -> np.ndarray | str:
         started = time.perf_counter()
         loop = asyncio.get_running_loop()
+        if self.batcher is not None and matrix.shape[0] <= self.batcher.max_rows:
+            call: Any = self.batcher.predict(model.primary, matrix)
+        else:
+            call = loop.run_in_executor(self.executor, model.primary.predict_proba, matrix)
+            self.metrics.batch_size.observe(matrix.shape[0])
         try:
-            return await asyncio.wait_for(
-                loop.run_in_executor(self.executor, model.primary.predict_proba, matrix),
-                timeout=max(deadline - time.perf_counter(), 0.001),
-            )
+            return await asyncio.wait_for(call, timeout=max(deadline - time.perf_counter(), 0.001))
         except TimeoutError:
             return TIMEOUT
         except Exception:
@@ -75,7 +84,6 @@ class Scorer:
             return MODEL_ERROR
         finally:
             self.metrics.stage_seconds.labels("model").observe(time.perf_counter() - started)
-            self.metrics.batch_size.observe(matrix.shape[0])
 
     async def score(self, txs: Sequence[Transaction], explain: bool = False) -> list[dict[str, Any]]:
         started = time.perf_counter()
@@ -125,7 +133,42 @@ class Scorer:
                     result["contributions"] = contributions[i]
             results.append(result)
         await self._log(results, matrix)
+        if reason is None and self.shadow is not None:
+            self._score_in_shadow(results, matrix, model)
         return results
+
+    def _score_in_shadow(self, results: list[dict[str, Any]], matrix: np.ndarray, champion: LoadedModel) -> None:
+        """Scores the challenger off the response path and logs both scores."""
+        challenger = self.shadow.current if self.shadow is not None else None
+        if challenger is None or challenger.version == champion.version or not self.shadow_stream:
+            return
+        stream = self.shadow_stream
+
+        async def run() -> None:
+            loop = asyncio.get_running_loop()
+            try:
+                scores = await loop.run_in_executor(self.executor, challenger.primary.predict_proba, matrix)
+                async with self.store.client.pipeline(transaction=False) as pipe:
+                    for result, shadow_score in zip(results, scores, strict=True):
+                        pipe.xadd(
+                            stream,
+                            {
+                                "transaction_id": result["transaction_id"],
+                                "champion_version": champion.version,
+                                "champion_score": result["score"],
+                                "challenger_version": challenger.version,
+                                "challenger_score": float(shadow_score),
+                            },
+                            maxlen=self.prediction_log_len,
+                            approximate=True,
+                        )
+                    await pipe.execute()
+            except Exception as error:  # observing only: never affects an answer
+                log.warning("shadow scoring failed: %s", error)
+
+        task = asyncio.get_running_loop().create_task(run())
+        self._background.add(task)
+        task.add_done_callback(self._background.discard)
 
     @staticmethod
     def _contributions(model: LoadedModel, matrix: np.ndarray, top: int = 5) -> list[dict[str, float]] | None:

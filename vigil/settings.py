@@ -45,6 +45,11 @@ class Settings(BaseSettings):
     max_body_bytes: int = Field(
         8 * 1024 * 1024, gt=0, validation_alias=AliasChoices("VIGIL_MAX_BODY_BYTES", "max_body_bytes")
     )
+    batch_max_rows: int = Field(64, gt=0, validation_alias=AliasChoices("VIGIL_BATCH_MAX_ROWS", "batch_max_rows"))
+    # How long a request may wait for others to share its model call (0 turns micro-batching off).
+    batch_max_wait_ms: float = Field(
+        0.5, ge=0, validation_alias=AliasChoices("VIGIL_BATCH_MAX_WAIT_MS", "batch_max_wait_ms")
+    )
     alias_poll_seconds: float = Field(
         5.0, gt=0, validation_alias=AliasChoices("VIGIL_ALIAS_POLL_SECONDS", "alias_poll_seconds")
     )
@@ -71,6 +76,10 @@ class Settings(BaseSettings):
     @property
     def prediction_stream(self) -> str:
         return f"{self.key_prefix}:predictions"
+
+    @property
+    def shadow_stream(self) -> str:
+        return f"{self.key_prefix}:shadow"
 
     @property
     def deadletter_stream(self) -> str:

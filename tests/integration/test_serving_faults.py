@@ -95,6 +95,15 @@ def test_alias_moves_are_picked_up_and_broken_versions_are_not(
             params={"n_estimators": 30},
             show_progress=False,
         )
+        # Version 2 is the challenger now: scored in shadow, off the response path, both scores logged.
+        shadow = redis.Redis.from_url(settings.redis_url)
+
+        def shadowed() -> bool:
+            httpx.post(f"{base}/v1/score", json=body)
+            entries = shadow.xrevrange(settings.shadow_stream, count=1)
+            return bool(entries) and entries[0][1][b"challenger_version"] == b"2"
+
+        assert wait_for(shadowed)
         configure(settings)
         MlflowClient().set_registered_model_alias(REGISTERED_MODEL, CHAMPION, "2")
         statuses = []
