@@ -212,3 +212,26 @@ def test_redis_killed_under_load_then_back(world: tuple[Settings, pd.DataFrame],
         private_redis.start()
         assert wait_for(lambda: httpx.get(f"{base}/readyz").status_code == 200)
         assert httpx.post(f"{base}/v1/score", json=rows[0]).json()["fallback"] is False
+
+
+def test_in_stream_scoring_flow(world: tuple[Settings, pd.DataFrame]) -> None:
+    """The Bytewax scoring flow: same Scorer, decisions to a stream, entries acknowledged after."""
+    import json
+
+    from flows.scoring import build_flow as build_scoring_flow
+    from flows.sources import RedisStreamSource
+    from vigil.stream_out import write_stream
+
+    settings, frame = world
+    rows = frame.tail(300)
+    stream = f"{settings.key_prefix}:events"
+    write_stream(rows, f"{settings.redis_url.rsplit('/', 1)[0]}/{stream}", with_labels=False)
+    client = redis.Redis.from_url(settings.redis_url)
+    client.xadd(stream, {"transaction_id": "x"})
+    source = RedisStreamSource(settings.redis_url, stream, group="scoring", idle_timeout=1.0)
+    run_main(build_scoring_flow(source, None, settings))
+    decisions = [json.loads(fields[b"json"]) for _, fields in client.xrange(f"{settings.key_prefix}:decisions")]
+    assert [d["transaction_id"] for d in decisions] == rows["transaction_id"].tolist()
+    assert all(0 <= d["score"] <= 1 and d["fallback"] is False and d["model"]["version"] == "1" for d in decisions)
+    assert client.xpending(stream, "scoring")["pending"] == 0
+    assert client.xlen(settings.deadletter_stream) == 1

@@ -1,0 +1,130 @@
+"""In-stream scoring: transactions from a stream, scored by the same Scorer as the HTTP
+service, decisions written to an output stream (no HTTP hop).
+
+    events -> validate -> dead letters .......................> dead-letter sink
+                      \\-> transactions -> Scorer (features + champion + fallback) -> decisions stream
+
+Run: `python -m bytewax.run "flows.scoring:build_flow()"` (source from VIGIL_SOURCE,
+default the Redis stream `<prefix>:events`; decisions to `<prefix>:decisions`).
+"""
+
+from __future__ import annotations
+
+import asyncio
+import json
+import os
+import threading
+from concurrent.futures import ThreadPoolExecutor
+from typing import Any
+
+import bytewax.operators as op
+import redis
+import redis.asyncio
+from bytewax.dataflow import Dataflow
+from bytewax.inputs import Source
+from bytewax.outputs import DynamicSink, Sink, StatelessSinkPartition
+
+from flows.features import source_from_uri
+from flows.sinks import DeadLetterSink, acknowledge
+from scoring.metrics import ServiceMetrics
+from scoring.models import ModelManager
+from scoring.schemas import Transaction
+from scoring.scorer import Scorer
+from vigil.events import RawBatch, ValidatedBatch, validate
+from vigil.online.store import AsyncOnlineHistoryStore
+from vigil.settings import Settings
+
+
+class StreamScorer:
+    """One Scorer per process, with its own event loop, built on first use."""
+
+    def __init__(self, settings: Settings) -> None:
+        self.settings = settings
+        self._lock = threading.Lock()
+        self._loop: asyncio.AbstractEventLoop | None = None
+        self._scorer: Scorer | None = None
+
+    def _build(self) -> Scorer:
+        self._loop = asyncio.new_event_loop()
+        models = ModelManager(self.settings)
+        models.load()
+        client = redis.asyncio.Redis.from_url(self.settings.redis_url, socket_timeout=1.0)
+        store = AsyncOnlineHistoryStore(client, self.settings.feast_project)
+        return Scorer(
+            store,
+            models,
+            ServiceMetrics(),
+            self.settings.score_budget_ms / 1000,
+            ThreadPoolExecutor(max_workers=1),
+            self.settings.prediction_stream,
+        )
+
+    def __call__(self, batch: ValidatedBatch) -> list[tuple[dict[str, Any], Any]]:
+        """(decision, acknowledgement token) for every valid transaction of the batch."""
+        frame = batch.transactions
+        if frame.empty:
+            return []
+        with self._lock:
+            if self._scorer is None:
+                self._scorer = self._build()
+            assert self._loop is not None
+            txs = [
+                Transaction(
+                    transaction_id=int(r.transaction_id),
+                    customer_id=int(r.customer_id),
+                    terminal_id=int(r.terminal_id),
+                    tx_amount=float(r.tx_amount),
+                    tx_datetime=r.ts,
+                )
+                for r in frame.itertuples()
+            ]
+            results = self._loop.run_until_complete(self._scorer.score(txs))
+        return list(zip(results, frame["token"].tolist(), strict=True))
+
+
+class _DecisionPartition(StatelessSinkPartition[tuple[dict[str, Any], Any]]):
+    def __init__(self, url: str, stream: str, max_len: int) -> None:
+        self.client = redis.Redis.from_url(url)
+        self.stream, self.max_len = stream, max_len
+
+    def write_batch(self, items: list[tuple[dict[str, Any], Any]]) -> None:
+        with self.client.pipeline(transaction=False) as pipe:
+            for decision, _ in items:
+                pipe.xadd(self.stream, {"json": json.dumps(decision)}, maxlen=self.max_len, approximate=True)
+            acknowledge(pipe, [token for _, token in items])  # only after the decision is written
+            pipe.execute()
+
+    def close(self) -> None:
+        self.client.close()
+
+
+class DecisionSink(DynamicSink[tuple[dict[str, Any], Any]]):
+    """Decisions as JSON entries of a bounded Redis stream."""
+
+    def __init__(self, url: str, stream: str, max_len: int = 1_000_000) -> None:
+        self.url, self.stream, self.max_len = url, stream, max_len
+
+    def build(self, step_id: str, worker_index: int, worker_count: int) -> _DecisionPartition:
+        return _DecisionPartition(self.url, self.stream, self.max_len)
+
+
+def build_flow(
+    source: Source[RawBatch] | None = None,
+    sink: Sink[tuple[dict[str, Any], Any]] | None = None,
+    settings: Settings | None = None,
+) -> Dataflow:
+    settings = settings or Settings()
+    if source is None:
+        default = f"{settings.redis_url.rsplit('/', 1)[0]}/{settings.key_prefix}:events"
+        source = source_from_uri(os.environ.get("VIGIL_SOURCE", default), settings)
+    sink = sink or DecisionSink(settings.redis_url, f"{settings.key_prefix}:decisions")
+    score = StreamScorer(settings)
+    flow = Dataflow("vigil_scoring")
+    checked = op.map("validate", op.input("events", flow, source), validate)
+    op.output(
+        "dead_letter_out",
+        op.flat_map("dead_letters", checked, lambda b: b.dead),
+        DeadLetterSink(settings.redis_url, settings.deadletter_stream),
+    )
+    op.output("decisions_out", op.flat_map("score", checked, score), sink)
+    return flow
