@@ -44,7 +44,10 @@ def test_apply_registers_the_feature_service(settings: Settings) -> None:
     service = store.get_feature_service(spec.FEATURE_SERVICE)
     names = [f.name for projection in service.feature_view_projections for f in projection.features]
     assert names == list(spec.FEATURE_NAMES)
-    assert {e.name for e in store.list_entities()} == {"customer", "terminal"}
+    assert {e.name for e in store.list_entities()} == {"customer", "terminal", "transaction"}
+    training = store.get_feature_service("fraud_v1_training")
+    source = store.get_feature_view("transaction_features_v1").batch_source
+    assert training.name == "fraud_v1_training" and str(settings.offline_dir) in source.path  # type: ignore[attr-defined]
 
 
 def test_our_writes_are_byte_identical_to_feasts(settings: Settings, redis_client: redis.Redis) -> None:

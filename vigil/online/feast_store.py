@@ -72,6 +72,12 @@ def apply_repo(settings: Settings) -> FeatureStore:
         sys.path.insert(0, repo)
     # parse_repo names modules relative to the working directory (`feast apply` runs in
     # the repo), so the repo's own `from entities import ...` lines resolve the same way.
+    # The repo's modules read VIGIL_OFFLINE_DIR when imported: drop any cached import so
+    # that this project's paths are the ones registered.
+    for name, module in list(sys.modules.items()):
+        location = getattr(module, "__file__", None)
+        if location and Path(location).resolve().parent == settings.feature_repo.resolve():
+            del sys.modules[name]
     with contextlib.chdir(settings.feature_repo):
         contents = parse_repo(settings.feature_repo)
     store = open_feature_store(settings)
