@@ -24,16 +24,18 @@ async def _call(session: aiohttp.ClientSession, chain: list[dict[str, Any]], tra
     for step in chain:
         body = step["body"]
         if transform == "feast_to_mlflow" and previous is not None:
-            body = feast_to_mlflow(previous, step["columns"])
+            body = feast_to_mlflow(previous, step["columns"], step.get("extra", {}))
         async with session.post(step["url"], json=body) as response:
             previous = await response.json(content_type=None)
             if response.status != 200:
                 raise RuntimeError(f"{step['url']}: {response.status} {str(previous)[:200]}")
 
 
-def feast_to_mlflow(answer: dict[str, Any], columns: list[str]) -> dict[str, Any]:
+def feast_to_mlflow(answer: dict[str, Any], columns: list[str], extra: dict[str, list[Any]]) -> dict[str, Any]:
+    """Feast's answer (plus request fields it does not echo, e.g. tx_amount) as MLflow's input."""
     names = answer["metadata"]["feature_names"]
     values = {name: result["values"] for name, result in zip(names, answer["results"], strict=True)}
+    values.update(extra)
     rows = len(next(iter(values.values())))
     return {"dataframe_split": {"columns": columns, "data": [[values[c][i] for c in columns] for i in range(rows)]}}
 

@@ -195,6 +195,7 @@ def bench_stock(settings: Settings, requests: list[dict[str, Any]]) -> dict[str,
                         "url": f"http://127.0.0.1:{mlflow_port}/invocations",
                         "body": None,
                         "columns": list(spec.MODEL_INPUTS),
+                        "extra": {"tx_amount": [b["tx_amount"]]},
                     },
                 ]
             )
