@@ -39,8 +39,9 @@ lint: $(STAMP) ## ruff and mypy
 
 ci: lint test ## What CI runs (.ci/run calls this)
 
-bench: redis ## Benchmarks: replay throughput and freshness vs the stock Feast path (bench-results/)
+bench: redis ## Benchmarks vs the stock paths, same run (bench-results/features.json, serving.json)
 	$(BIN)/python -m benchmarks.features
+	$(BIN)/python -m benchmarks.serving
 
 lab: $(STAMP) ## JupyterLab on notebooks/ with the project's environment
 	$(BIN)/jupyter lab --notebook-dir=notebooks
