@@ -28,6 +28,7 @@ from flows.features import source_from_uri
 from flows.sinks import DeadLetterSink, acknowledge
 from scoring.metrics import ServiceMetrics
 from scoring.models import ModelManager
+from scoring.prediction_log import PredictionLog
 from scoring.schemas import Transaction
 from scoring.scorer import Scorer
 from vigil.events import RawBatch, ValidatedBatch, validate
@@ -43,6 +44,7 @@ class StreamScorer:
         self._lock = threading.Lock()
         self._loop: asyncio.AbstractEventLoop | None = None
         self._scorer: Scorer | None = None
+        self._log: PredictionLog | None = None
 
     def _build(self) -> Scorer:
         self._loop = asyncio.new_event_loop()
@@ -50,13 +52,16 @@ class StreamScorer:
         models.load()
         client = redis.asyncio.Redis.from_url(self.settings.redis_url, socket_timeout=1.0)
         store = AsyncOnlineHistoryStore(client, self.settings.feast_project)
+        metrics = ServiceMetrics()
+        # Flushed after every batch (no background task: the loop runs only while scoring).
+        self._log = PredictionLog(client, self.settings.prediction_stream, metrics)
         return Scorer(
             store,
             models,
-            ServiceMetrics(),
+            metrics,
             self.settings.score_budget_ms / 1000,
             ThreadPoolExecutor(max_workers=1),
-            self.settings.prediction_stream,
+            self._log,
         )
 
     def __call__(self, batch: ValidatedBatch) -> list[tuple[dict[str, Any], Any]]:
@@ -79,6 +84,8 @@ class StreamScorer:
                 for r in frame.itertuples()
             ]
             results = self._loop.run_until_complete(self._scorer.score(txs))
+            if self._log is not None:
+                self._loop.run_until_complete(self._log.flush())
         return list(zip(results, frame["token"].tolist(), strict=True))
 
 

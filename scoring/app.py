@@ -11,9 +11,7 @@ import contextlib
 import hmac
 import json
 import logging
-import time
-import uuid
-from collections.abc import AsyncIterator, Awaitable, Callable
+from collections.abc import AsyncIterator
 from concurrent.futures import ThreadPoolExecutor
 from typing import Any
 
@@ -25,7 +23,9 @@ from prometheus_client import CONTENT_TYPE_LATEST, generate_latest
 
 from scoring.batching import MicroBatcher
 from scoring.metrics import ServiceMetrics
+from scoring.middleware import RequestLimits
 from scoring.models import ModelManager
+from scoring.prediction_log import PredictionLog
 from scoring.schemas import Score, ScoreBatch, Transaction, TransactionBatch
 from scoring.scorer import Scorer
 from vigil.online.store import AsyncOnlineHistoryStore
@@ -73,6 +73,8 @@ def create_app(settings: Settings | None = None) -> FastAPI:
         client = redis.asyncio.Redis.from_url(settings.redis_url, socket_timeout=1.0, socket_connect_timeout=0.5)
         executor = ThreadPoolExecutor(max_workers=2, thread_name_prefix="vigil-model")
         store = AsyncOnlineHistoryStore(client, settings.feast_project)
+        prediction_log = PredictionLog(client, settings.prediction_stream, metrics)
+        prediction_log.start()
         batcher = None
         if settings.batch_max_wait_ms > 0:
             batcher = MicroBatcher(executor, metrics, settings.batch_max_rows, settings.batch_max_wait_ms / 1000)
@@ -86,7 +88,7 @@ def create_app(settings: Settings | None = None) -> FastAPI:
             metrics,
             settings.score_budget_ms / 1000,
             executor,
-            settings.prediction_stream,
+            prediction_log,
             batcher=batcher,
             shadow=shadow,
             shadow_stream=settings.shadow_stream,
@@ -111,6 +113,7 @@ def create_app(settings: Settings | None = None) -> FastAPI:
             watcher.cancel()
             if batcher is not None:
                 await batcher.stop()
+            await prediction_log.stop()
             executor.shutdown(wait=False)
             await client.aclose()
 
@@ -121,30 +124,7 @@ def create_app(settings: Settings | None = None) -> FastAPI:
         description="Real-time fraud scores from online features and the champion model.",
     )
 
-    @app.middleware("http")
-    async def limits_and_logging(request: Request, call_next: Callable[[Request], Awaitable[Response]]) -> Response:
-        request_id = request.headers.get("x-request-id") or uuid.uuid4().hex[:16]
-        length = request.headers.get("content-length")
-        if length is not None and length.isdigit() and int(length) > settings.max_body_bytes:
-            return JSONResponse({"detail": f"body larger than {settings.max_body_bytes} bytes"}, status_code=413)
-        started = time.perf_counter()
-        try:
-            response = await call_next(request)
-        except Exception:
-            log.exception("unhandled error", extra={"request_id": request_id, "path": request.url.path})
-            response = JSONResponse({"detail": "internal error", "request_id": request_id}, status_code=500)
-        response.headers["x-request-id"] = request_id
-        if response.status_code >= 400:
-            log.info(
-                "request",
-                extra={
-                    "request_id": request_id,
-                    "path": request.url.path,
-                    "status": response.status_code,
-                    "ms": round((time.perf_counter() - started) * 1000, 3),
-                },
-            )
-        return response
+    app.add_middleware(RequestLimits, max_body_bytes=settings.max_body_bytes)
 
     def require_key(request: Request) -> None:
         keys = settings.api_key_set

@@ -18,6 +18,7 @@ import redis
 from scoring.batching import MicroBatcher
 from scoring.metrics import ServiceMetrics
 from scoring.models import LoadedModel, ModelManager
+from scoring.prediction_log import PredictionLog
 from scoring.schemas import Transaction
 from vigil.features import spec
 from vigil.features.feast_transform import to_epoch_seconds
@@ -28,6 +29,7 @@ from vigil.online.store import AsyncOnlineHistoryStore
 log = logging.getLogger("vigil.scoring")
 
 TIMEOUT, MODEL_ERROR, FEATURES_UNAVAILABLE = "timeout", "model_error", "features_unavailable"
+INLINE_ROWS = 8  # small requests to a model measured fast run on the event loop
 
 
 class Scorer:
@@ -38,8 +40,7 @@ class Scorer:
         metrics: ServiceMetrics,
         budget_seconds: float,
         executor: ThreadPoolExecutor,
-        prediction_stream: str | None = None,
-        prediction_log_len: int = 100_000,
+        prediction_log: PredictionLog | None = None,
         batcher: MicroBatcher | None = None,
         shadow: ModelManager | None = None,
         shadow_stream: str | None = None,
@@ -47,7 +48,7 @@ class Scorer:
         self.store, self.models, self.metrics = store, models, metrics
         self.budget = budget_seconds
         self.executor = executor
-        self.prediction_stream, self.prediction_log_len = prediction_stream, prediction_log_len
+        self.prediction_log = prediction_log
         self.batcher = batcher
         self.shadow, self.shadow_stream = shadow, shadow_stream
         self._background: set[asyncio.Task[None]] = set()
@@ -70,6 +71,16 @@ class Scorer:
     async def _primary(self, model: LoadedModel, matrix: np.ndarray, deadline: float) -> np.ndarray | str:
         started = time.perf_counter()
         loop = asyncio.get_running_loop()
+        if model.inline and matrix.shape[0] <= INLINE_ROWS:
+            # Measured fast at load time: a thread hop would cost more than the prediction.
+            try:
+                return model.primary.predict_proba(matrix)
+            except Exception:
+                log.exception("model %s version %s failed", model.primary.kind, model.version)
+                return MODEL_ERROR
+            finally:
+                self.metrics.stage_seconds.labels("model").observe(time.perf_counter() - started)
+                self.metrics.batch_size.observe(matrix.shape[0])
         if self.batcher is not None and matrix.shape[0] <= self.batcher.max_rows:
             call: Any = self.batcher.predict(model.primary, matrix)
         else:
@@ -132,7 +143,7 @@ class Scorer:
                 if contributions is not None:
                     result["contributions"] = contributions[i]
             results.append(result)
-        await self._log(results, matrix)
+        self._log(results, matrix)
         if reason is None and self.shadow is not None:
             self._score_in_shadow(results, matrix, model)
         return results
@@ -159,7 +170,7 @@ class Scorer:
                                 "challenger_version": challenger.version,
                                 "challenger_score": float(shadow_score),
                             },
-                            maxlen=self.prediction_log_len,
+                            maxlen=100_000,
                             approximate=True,
                         )
                     await pipe.execute()
@@ -182,28 +193,21 @@ class Scorer:
             out.append({spec.MODEL_INPUTS[j]: round(float(row[j]), 6) for j in order})
         return out
 
-    async def _log(self, results: list[dict[str, Any]], matrix: np.ndarray) -> None:
-        """Appends every answer to the bounded prediction stream; a failure never breaks a request."""
-        if not self.prediction_stream:
+    def _log(self, results: list[dict[str, Any]], matrix: np.ndarray) -> None:
+        """Hands every answer to the prediction log (written in the background)."""
+        if self.prediction_log is None:
             return
-        try:
-            async with self.store.client.pipeline(transaction=False) as pipe:
-                for result, row in zip(results, matrix, strict=True):
-                    pipe.xadd(
-                        self.prediction_stream,
-                        {
-                            "transaction_id": result["transaction_id"],
-                            "score": result["score"],
-                            "version": result["model"]["version"] or "",
-                            "fallback": int(result["fallback"]),
-                            "reason": result["fallback_reason"] or "",
-                            "latency_ms": result["latency_ms"],
-                            "features": json.dumps(row.tolist()),
-                        },
-                        maxlen=self.prediction_log_len,
-                        approximate=True,
-                    )
-                await pipe.execute()
-        except (redis.RedisError, OSError) as error:
-            self.metrics.prediction_log_failures.inc(len(results))
-            log.warning("prediction log unavailable: %s", error)
+        self.prediction_log.append(
+            [
+                {
+                    "transaction_id": r["transaction_id"],
+                    "score": r["score"],
+                    "version": r["model"]["version"] or "",
+                    "fallback": int(r["fallback"]),
+                    "reason": r["fallback_reason"] or "",
+                    "latency_ms": r["latency_ms"],
+                    "features": json.dumps(row.tolist()),
+                }
+                for r, row in zip(results, matrix, strict=True)
+            ]
+        )

@@ -1,75 +1,152 @@
 """`make demo`: the main job end to end on a simulated world, with a closing summary.
 
-Today it covers the feature plane: simulate transactions, replay them through the
-streaming flow into Feast's online store, and check the served features against the
-batch backfill and Feast's own `get_online_features` on `fraud_v1`.
+Simulate six weeks of card transactions; replay five through the streaming feature flow
+into Feast's online store; check the served features against the batch backfill and
+Feast's own `get_online_features`; train and register a model in MLflow and run the
+promotion gate; start the scoring service; score the sixth week's transactions over
+HTTP; print counts, latency percentiles, model metrics and where everything is.
 """
 
 from __future__ import annotations
 
+import os
+import subprocess
 import sys
 import time
 
+import httpx
 import numpy as np
 import pandas as pd
 import redis
+from sklearn.metrics import average_precision_score, roc_auc_score
+from tqdm import tqdm
 
+from flows.sources import FileReplaySource
 from vigil.features.backfill import compute_features
 from vigil.features.online import max_differences, online_features
 from vigil.ingest import run_ingest
+from vigil.offline import training_set
 from vigil.online.feast_store import apply_repo, feast_features
 from vigil.online.store import OnlineHistoryStore
-from vigil.settings import Settings
+from vigil.promotion import promote
+from vigil.settings import PROJECT_ROOT, Settings
 from vigil.simulate import SimulationConfig, simulate
 from vigil.stream_out import write_file
+from vigil.training import train_and_register
+
+
+def _serve(port: int) -> subprocess.Popen[bytes]:
+    process = subprocess.Popen(
+        [sys.executable, "-m", "vigil.cli", "serve", "--port", str(port)],
+        cwd=PROJECT_ROOT,
+        env=os.environ.copy(),
+        stdout=subprocess.DEVNULL,
+        stderr=subprocess.DEVNULL,
+    )
+    deadline = time.monotonic() + 120
+    while time.monotonic() < deadline:
+        try:
+            if httpx.get(f"http://127.0.0.1:{port}/readyz", timeout=1).status_code == 200:
+                return process
+        except httpx.HTTPError:
+            pass
+        time.sleep(0.3)
+    process.kill()
+    raise RuntimeError("the scoring service did not become ready")
 
 
 def main() -> int:
     settings = Settings()
     started = time.perf_counter()
     world_path = settings.data_dir / "demo" / "transactions.parquet"
-    print("1/4 simulating 28 days of card transactions (2,000 customers, 4,000 terminals)")
-    world = simulate(SimulationConfig(customers=2_000, terminals=4_000, days=28, seed=42))
-    write_file([world], world_path)
-    print(f"    {len(world):,} transactions, {int(world['tx_fraud'].sum()):,} frauds -> {world_path}")
+    print("1/6 simulating 42 days of card transactions (2,000 customers, 4,000 terminals)")
+    world = simulate(SimulationConfig(customers=2_000, terminals=4_000, days=42, seed=42))
+    cut = world["tx_datetime"].min() + pd.Timedelta(days=35)
+    history, new = world[world["tx_datetime"] < cut], world[world["tx_datetime"] >= cut]
+    write_file([history], world_path)
+    print(f"    {len(world):,} transactions, {int(world['tx_fraud'].sum()):,} frauds; the last week is new traffic")
 
-    print("2/4 registering the Feast repo and replaying through the feature flow (2 workers)")
+    print("2/6 registering the Feast repo and replaying 35 days through the feature flow (2 workers)")
     store = apply_repo(settings)
-    from flows.sources import FileReplaySource
-
     result = run_ingest(
-        settings, lambda n: FileReplaySource(world_path, 7.0, shards=n), processes=2, expected_events=2 * len(world)
+        settings, lambda n: FileReplaySource(world_path, 7.0, shards=n), processes=2, expected_events=2 * len(history)
     )
 
-    print("3/4 checking served features against the batch backfill")
+    print("3/6 checking served features against the batch backfill and Feast's get_online_features")
     online = OnlineHistoryStore(redis.Redis.from_url(settings.redis_url), settings.feast_project)
-    ours = online_features(world, online)
-    worst = max(max_differences(ours, compute_features(world)).values())
-
-    print("4/4 asking Feast itself for fraud_v1 (get_online_features)")
-    sample = world.sample(200, random_state=0)
-    latencies = []
-    feast_parts = []
-    for i in range(len(sample)):
-        t0 = time.perf_counter()
-        feast_parts.append(feast_features(store, sample.iloc[i : i + 1]))
-        latencies.append((time.perf_counter() - t0) * 1000)
-    feast_frame = pd.concat(feast_parts, ignore_index=True)
+    recent = history[history["tx_datetime"] >= cut - pd.Timedelta(days=7)]
+    ours = online_features(recent, online)
+    worst = max(
+        max_differences(
+            ours, compute_features(history)[lambda f: f.transaction_id.isin(recent.transaction_id)]
+        ).values()
+    )
+    sample = recent.sample(200, random_state=0)
     feast_worst = max(
-        max_differences(feast_frame, ours[ours["transaction_id"].isin(sample["transaction_id"])]).values()
+        max_differences(
+            feast_features(store, sample), ours[ours["transaction_id"].isin(sample["transaction_id"])]
+        ).values()
     )
 
+    print("4/6 training an XGBoost model on a point-in-time training set; MLflow registry and promotion gate")
+    data = training_set(store, settings)
+    report = train_and_register(settings, data, "xgboost", params={"n_estimators": 200})
+    decision = promote(settings, data)
+
+    print("5/6 starting the scoring service and scoring the new week over HTTP")
+    port = 18_765
+    server = _serve(port)
+    scored = new.head(3_000)
+    latencies, scores, fallbacks = [], [], 0
+    try:
+        with httpx.Client(base_url=f"http://127.0.0.1:{port}", timeout=5) as client:
+            for row in tqdm(scored.itertuples(), total=len(scored), desc="score", unit="tx"):
+                body = {
+                    "transaction_id": int(row.transaction_id),
+                    "customer_id": int(row.customer_id),
+                    "terminal_id": int(row.terminal_id),
+                    "tx_amount": float(row.tx_amount),
+                    "tx_datetime": row.tx_datetime.isoformat(),
+                }
+                t0 = time.perf_counter()
+                answer = client.post("/v1/score", json=body).json()
+                latencies.append((time.perf_counter() - t0) * 1000)
+                scores.append(answer["score"])
+                fallbacks += bool(answer["fallback"])
+    finally:
+        server.terminate()
+        server.wait(timeout=20)
+
+    print("6/6 summary")
+    labels = scored["tx_fraud"].to_numpy()
+    m = report.metrics
     print("\n=== Vigil demo summary ===")
     print(
-        f"  ingest: {result.transactions:,} transactions + {result.labels:,} label events in "
-        f"{result.seconds:.1f} s ({result.transactions_per_second:,.0f} tx/s), {result.dead_letters} dead letters"
+        f"  ingest: {result.transactions:,} transactions + {result.labels:,} label events in {result.seconds:.1f} s "
+        f"({result.transactions_per_second:,.0f} tx/s), {result.dead_letters} dead letters"
     )
-    print(f"  features: served == backfill for all {len(world):,} transactions (max |diff| {worst:.2g})")
     print(
-        f"  Feast fraud_v1: == served for {len(sample)} transactions (max |diff| {feast_worst:.2g}); "
-        f"get_online_features p50 {np.percentile(latencies, 50):.2f} ms, p99 {np.percentile(latencies, 99):.2f} ms"
+        f"  features: served == backfill (max |diff| {worst:.2g}); Feast fraud_v1 == served (max |diff| "
+        f"{feast_worst:.2g})"
     )
-    print(f"  data: {settings.data_dir}; dead letters: stream {settings.deadletter_stream}")
+    if m is not None:
+        print(
+            f"  model: fraud-detector v{report.version} ({report.model_kind}), test week AUC {m.auc:.3f}, "
+            f"AP {m.ap:.3f}, CP@100 {m.cp_at_100:.3f}; gate: {decision.reason}"
+        )
+    print(
+        f"  scoring: {len(scored):,} new transactions over HTTP, p50 {np.percentile(latencies, 50):.2f} ms, "
+        f"p99 {np.percentile(latencies, 99):.2f} ms (client side, one at a time), {fallbacks} fallbacks"
+    )
+    if labels.sum() and labels.sum() < len(labels):
+        print(
+            f"  live quality on the new week: AUC {roc_auc_score(labels, scores):.3f}, "
+            f"AP {average_precision_score(labels, scores):.3f} ({int(labels.sum())} frauds)"
+        )
+    print(
+        f"  where: data {settings.data_dir}; MLflow {settings.tracking_uri}; predictions stream "
+        f"{settings.prediction_stream}; dead letters {settings.deadletter_stream}"
+    )
     print(f"  total {time.perf_counter() - started:.0f} s")
     return 0 if worst <= 1e-9 and feast_worst <= 1e-9 else 1
 

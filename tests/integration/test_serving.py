@@ -2,10 +2,10 @@
 
 from __future__ import annotations
 
+import json
 from collections.abc import Iterator
 
 import httpx
-import numpy as np
 import pandas as pd
 import pytest
 import redis
@@ -166,12 +166,17 @@ def test_api_keys(served_world: tuple[Settings, pd.DataFrame]) -> None:
 
 
 def test_prediction_log(server: str, served_world: tuple[Settings, pd.DataFrame]) -> None:
+    import time
+
     settings, world = served_world
     client = redis.Redis.from_url(settings.redis_url)
     before = client.xlen(settings.prediction_stream)
     httpx.post(f"{server}/v1/score", json=request_body(world.iloc[7]))
+    deadline = time.monotonic() + 5  # written in the background, off the response path
+    while client.xlen(settings.prediction_stream) < before + 1 and time.monotonic() < deadline:
+        time.sleep(0.02)
     entries = client.xrevrange(settings.prediction_stream, count=1)
     assert client.xlen(settings.prediction_stream) == before + 1
     fields = entries[0][1]
     assert int(fields[b"transaction_id"]) == int(world.iloc[7]["transaction_id"])
-    assert len(np.asarray(eval(fields[b"features"]))) == len(spec.MODEL_INPUTS)
+    assert len(json.loads(fields[b"features"])) == len(spec.MODEL_INPUTS)

@@ -1,0 +1,69 @@
+"""The prediction log: every answer appended to a bounded Redis stream, off the response path.
+
+Answers are buffered in memory and written in pipelined batches by a background task; a
+failing or slow store only costs log entries (counted), never a request.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import logging
+from typing import Any
+
+import redis
+import redis.asyncio
+
+from scoring.metrics import ServiceMetrics
+
+log = logging.getLogger("vigil.scoring")
+
+
+class PredictionLog:
+    def __init__(
+        self,
+        client: redis.asyncio.Redis,
+        stream: str,
+        metrics: ServiceMetrics,
+        max_len: int = 100_000,
+        flush_seconds: float = 0.02,
+        max_buffer: int = 50_000,
+    ) -> None:
+        self.client, self.stream, self.metrics = client, stream, metrics
+        self.max_len, self.flush_seconds, self.max_buffer = max_len, flush_seconds, max_buffer
+        self._buffer: list[dict[str, Any]] = []
+        self._task: asyncio.Task[None] | None = None
+
+    def append(self, entries: list[dict[str, Any]]) -> None:
+        if len(self._buffer) + len(entries) > self.max_buffer:  # the store is away: drop, and count it
+            self.metrics.prediction_log_failures.inc(len(entries))
+            return
+        self._buffer.extend(entries)
+
+    def start(self) -> None:
+        self._task = asyncio.get_running_loop().create_task(self._run())
+
+    async def stop(self) -> None:
+        if self._task is not None:
+            self._task.cancel()
+            with contextlib.suppress(asyncio.CancelledError):
+                await self._task
+        await self.flush()
+
+    async def flush(self) -> None:
+        entries, self._buffer = self._buffer, []
+        if not entries:
+            return
+        try:
+            async with self.client.pipeline(transaction=False) as pipe:
+                for entry in entries:
+                    pipe.xadd(self.stream, entry, maxlen=self.max_len, approximate=True)  # type: ignore[arg-type]
+                await pipe.execute()
+        except (redis.RedisError, OSError) as error:
+            self.metrics.prediction_log_failures.inc(len(entries))
+            log.warning("prediction log unavailable: %s", error)
+
+    async def _run(self) -> None:
+        while True:
+            await asyncio.sleep(self.flush_seconds)
+            await self.flush()
