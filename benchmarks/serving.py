@@ -232,7 +232,7 @@ def main() -> int:
         print("preparing: ingest, train, register ...")
         requests = bodies(prepare(settings))
         results = {} if os.environ.get("VIGIL_BENCH_ONLY") == "stock" else {"vigil": bench_vigil(settings, requests)}
-        print(json.dumps(results["vigil"], indent=1))
+        print(json.dumps(results.get("vigil"), indent=1))
         results["stock_feast_then_mlflow"] = bench_stock(settings, requests)
         print(json.dumps(results["stock_feast_then_mlflow"], indent=1))
     finally:

@@ -23,7 +23,8 @@ from scoring.schemas import Transaction
 from vigil.features import spec
 from vigil.features.feast_transform import to_epoch_seconds
 from vigil.features.history import EntityHistory
-from vigil.features.rollup import TransactionFacts, features_as_of
+from vigil.features.rollup import TransactionFacts, features_for_stacked, stack
+from vigil.features.windows import SortedFacts
 from vigil.online.store import AsyncOnlineHistoryStore
 
 log = logging.getLogger("vigil.scoring")
@@ -53,13 +54,11 @@ class Scorer:
         self.shadow, self.shadow_stream = shadow, shadow_stream
         self._background: set[asyncio.Task[None]] = set()
 
-    async def _histories(
-        self, txs: Sequence[Transaction], deadline: float
-    ) -> tuple[list[EntityHistory], list[EntityHistory]] | None:
+    async def _histories(self, txs: Sequence[Transaction], deadline: float) -> tuple[SortedFacts, SortedFacts] | None:
         started = time.perf_counter()
         try:
             return await asyncio.wait_for(
-                self.store.read_pairs([t.customer_id for t in txs], [t.terminal_id for t in txs]),
+                self.store.read_stacked([t.customer_id for t in txs], [t.terminal_id for t in txs]),
                 timeout=max(deadline - time.perf_counter(), 0.001),
             )
         except (redis.RedisError, OSError, TimeoutError, ValueError) as error:
@@ -112,9 +111,9 @@ class Scorer:
         if histories is None:
             # The request's own fields still give the calendar and the transaction itself.
             reason = FEATURES_UNAVAILABLE
-            empty = [EntityHistory.empty()] * len(txs)
+            empty = stack([EntityHistory.empty()] * len(txs))
             histories = (empty, empty)
-        features = features_as_of(histories[0], histories[1], facts)
+        features = features_for_stacked(histories[0], histories[1], facts)
         matrix = np.column_stack([facts.amount, *(features[n] for n in spec.FEATURE_NAMES)]).astype(np.float32)
         scores: np.ndarray | str = reason or await self._primary(model, matrix, deadline)
         if isinstance(scores, str):

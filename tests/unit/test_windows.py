@@ -118,3 +118,28 @@ def test_backfill_keeps_row_order_and_counts_duplicates_once(small_world: pd.Dat
     with_dupes = compute_features(doubled)
     assert list(plain["transaction_id"]) == list(shuffled["transaction_id"])
     pd.testing.assert_frame_equal(with_dupes.iloc[: len(plain)].reset_index(drop=True), plain)
+
+
+def test_batch_decode_equals_the_reference_decoder() -> None:
+    """The columnar decoder (serving's batch path) reads what HistoryView.decode reads."""
+    from vigil.online.columns import stacked_facts
+    from vigil.online.layout import OnlineLayout
+
+    rng = np.random.default_rng(3)
+    layout = OnlineLayout.for_project("p")
+    for view in (layout.customer, layout.terminal):
+        histories = [
+            history(
+                sorted(rng.integers(T0 - 30 * DAY, T0, size=k).tolist()),
+                list(range(k)),
+                rng.integers(0, 2, size=k).astype(float).tolist(),
+            )
+            for k in (0, 1, 5, 40)
+        ]
+        replies = [[view.encode(h)[f] for f in view.field_keys] if len(h) else [None, None, None] for h in histories]
+        facts = stacked_facts(replies, view.value_is_float)
+        reference = [view.decode(r) for r in replies]
+        assert facts.entity.tolist() == [i for i, h in enumerate(reference) for _ in range(len(h))]
+        assert facts.ts.tolist() == [t for h in reference for t in h.ts.tolist()]
+        assert facts.tx_id.tolist() == [t for h in reference for t in h.tx_id.tolist()]
+        assert facts.value.tolist() == [v for h in reference for v in h.value.tolist()]

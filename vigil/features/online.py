@@ -7,7 +7,7 @@ import pandas as pd
 
 from vigil.features import spec
 from vigil.features.backfill import epoch_seconds
-from vigil.features.rollup import TransactionFacts, features_as_of
+from vigil.features.rollup import TransactionFacts, features_for_stacked
 from vigil.online.store import OnlineHistoryStore
 
 
@@ -20,7 +20,7 @@ def online_features(transactions: pd.DataFrame, store: OnlineHistoryStore, chunk
     parts = []
     for start in range(0, len(transactions), chunk):
         rows = transactions.iloc[start : start + chunk]
-        customers, terminals = store.read_pairs(
+        customers, terminals = store.read_stacked(
             rows["customer_id"].to_numpy(np.int64).tolist(), rows["terminal_id"].to_numpy(np.int64).tolist()
         )
         txs = TransactionFacts(
@@ -28,7 +28,7 @@ def online_features(transactions: pd.DataFrame, store: OnlineHistoryStore, chunk
             ts=epoch_seconds(rows["tx_datetime"]),
             amount=rows["tx_amount"].to_numpy(np.float64),
         )
-        features = features_as_of(customers, terminals, txs)
+        features = features_for_stacked(customers, terminals, txs)
         frame = pd.DataFrame({"transaction_id": txs.tx_id})
         for name in spec.FEATURE_NAMES:
             frame[name] = features[name]

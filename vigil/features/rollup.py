@@ -29,39 +29,45 @@ class TransactionFacts:
         return int(self.tx_id.shape[0])
 
 
-def _customer_facts(histories: Sequence[EntityHistory], txs: TransactionFacts) -> tuple[SortedFacts, IntArray]:
-    """Stacks each request's customer history plus the request itself, as entity i."""
-    parts_ts, parts_id, parts_val, parts_ent = [], [], [], []
-    for i, history in enumerate(histories):
-        own = history.tx_id != txs.tx_id[i]  # an ingested copy of this transaction
-        parts_ts.append(history.ts[own])
-        parts_id.append(history.tx_id[own])
-        parts_val.append(history.value[own])
-        parts_ent.append(np.full(int(own.sum()), i, dtype=np.int64))
-    n = len(txs)
-    entity = np.concatenate([*parts_ent, np.arange(n, dtype=np.int64)])
-    facts = SortedFacts.build(
-        entity,
-        np.concatenate([*parts_ts, txs.ts]),
-        np.concatenate([*parts_id, txs.tx_id]),
-        np.concatenate([*parts_val, txs.amount]),
+def stack(histories: Sequence[EntityHistory]) -> SortedFacts:
+    """History i becomes entity i. Each history is sorted by (ts, tx_id), so the stack is
+    sorted by (entity, ts, tx_id) without a re-sort."""
+    every = [EntityHistory.empty(), *histories]  # never an empty concatenate
+    return SortedFacts(
+        np.repeat(np.arange(-1, len(histories), dtype=np.int64), [len(h) for h in every]),
+        np.concatenate([h.ts for h in every]),
+        np.concatenate([h.tx_id for h in every]),
+        np.concatenate([h.value for h in every]),
     )
-    # Each entity i holds exactly one row with the request's id (its copy was dropped
-    # above); entities are sorted, so the matches come out in request order.
+
+
+def _customer_facts(customers: SortedFacts, txs: TransactionFacts) -> tuple[SortedFacts, IntArray]:
+    """Each request's customer history plus the request itself (an ingested copy of the
+    request is dropped first, so it counts once with the request's own values)."""
+    keep = customers.tx_id != txs.tx_id[customers.entity]
+    n = len(txs)
+    facts = SortedFacts.build(
+        np.concatenate([customers.entity[keep], np.arange(n, dtype=np.int64)]),
+        np.concatenate([customers.ts[keep], txs.ts]),
+        np.concatenate([customers.tx_id[keep], txs.tx_id]),
+        np.concatenate([customers.value[keep], txs.amount]),
+    )
+    # Entity i holds exactly one row with the request's id; entities are sorted, so the
+    # matches come out in request order.
     position = np.flatnonzero(facts.tx_id == txs.tx_id[facts.entity])
     return facts, position
 
 
-def _terminal_facts(histories: Sequence[EntityHistory]) -> SortedFacts:
-    # Histories are already sorted by (ts, tx_id); stacking them in entity order keeps
-    # the (entity, ts, tx_id) order, so no re-sort is needed.
-    stacked = [EntityHistory.empty(), *histories]
-    return SortedFacts(
-        np.concatenate([np.full(len(h), i - 1, dtype=np.int64) for i, h in enumerate(stacked)]),
-        np.concatenate([h.ts for h in stacked]),
-        np.concatenate([h.tx_id for h in stacked]),
-        np.concatenate([h.value for h in stacked]),
-    )
+def features_for_stacked(
+    customers: SortedFacts, terminals: SortedFacts, txs: TransactionFacts
+) -> dict[str, FloatArray]:
+    """Features of transaction i from the facts of entity i in each stack, as of txs.ts[i]."""
+    n = len(txs)
+    out: dict[str, FloatArray] = dict(windows.calendar(txs.ts))
+    facts, position = _customer_facts(customers, txs)
+    out.update(windows.customer_windows(facts, position))
+    out.update(windows.terminal_windows(terminals, np.arange(n, dtype=np.int64), txs.ts))
+    return out
 
 
 def features_as_of(
@@ -70,11 +76,6 @@ def features_as_of(
     txs: TransactionFacts,
 ) -> dict[str, FloatArray]:
     """Features of each transaction i from customers[i] and terminals[i], as of txs.ts[i]."""
-    n = len(txs)
-    if not (len(customers) == len(terminals) == n):
+    if not (len(customers) == len(terminals) == len(txs)):
         raise ValueError("one customer and one terminal history per transaction")
-    out: dict[str, FloatArray] = dict(windows.calendar(txs.ts))
-    facts, position = _customer_facts(customers, txs)
-    out.update(windows.customer_windows(facts, position))
-    out.update(windows.terminal_windows(_terminal_facts(terminals), np.arange(n, dtype=np.int64), txs.ts))
-    return out
+    return features_for_stacked(stack(customers), stack(terminals), txs)
