@@ -35,11 +35,19 @@ from vigil.stream_out import write_file
 from vigil.training import train_and_register
 
 
-def _serve(port: int) -> subprocess.Popen[bytes]:
+def _serve(port: int, settings: Settings) -> subprocess.Popen[bytes]:
+    env = {
+        **os.environ,
+        "VIGIL_FEAST_PROJECT": settings.feast_project,
+        "VIGIL_KEY_PREFIX": settings.key_prefix,
+        "VIGIL_DATA_DIR": str(settings.data_dir),
+        "REDIS_URL": settings.redis_url,
+        "MLFLOW_TRACKING_URI": settings.tracking_uri,
+    }
     process = subprocess.Popen(
         [sys.executable, "-m", "vigil.cli", "serve", "--port", str(port)],
         cwd=PROJECT_ROOT,
-        env=os.environ.copy(),
+        env=env,
         stdout=subprocess.DEVNULL,
         stderr=subprocess.DEVNULL,
     )
@@ -55,10 +63,33 @@ def _serve(port: int) -> subprocess.Popen[bytes]:
     raise RuntimeError("the scoring service did not become ready")
 
 
+def _fresh(settings: Settings) -> None:
+    """The demo's own namespace in Redis starts empty (a rerun replays a new world)."""
+    client = redis.Redis.from_url(settings.redis_url)
+    for pattern in (f"*{settings.feast_project}", f"{settings.key_prefix}:*"):
+        keys = list(client.scan_iter(match=pattern, count=5_000))
+        for i in range(0, len(keys), 5_000):
+            client.delete(*keys[i : i + 5_000])
+    client.close()
+
+
 def main() -> int:
-    settings = Settings()
+    base = Settings()
+    # Its own Feast project, key prefix and data folder, so the demo never mixes with real data.
+    settings = base.model_copy(
+        update={"feast_project": "demo", "key_prefix": "demo", "data_dir": base.data_dir / "demo"}
+    )
+    _fresh(settings)
+    for old in ("offline", "deadletter.jsonl"):
+        target = settings.data_dir / old
+        if target.is_dir():
+            import shutil
+
+            shutil.rmtree(target)
+        elif target.exists():
+            target.unlink()
     started = time.perf_counter()
-    world_path = settings.data_dir / "demo" / "transactions.parquet"
+    world_path = settings.data_dir / "transactions.parquet"
     print("1/6 simulating 42 days of card transactions (2,000 customers, 4,000 terminals)")
     world = simulate(SimulationConfig(customers=2_000, terminals=4_000, days=42, seed=42))
     cut = world["tx_datetime"].min() + pd.Timedelta(days=35)
@@ -95,7 +126,7 @@ def main() -> int:
 
     print("5/6 starting the scoring service and scoring the new week over HTTP")
     port = 18_765
-    server = _serve(port)
+    server = _serve(port, settings)
     scored = new.head(3_000)
     latencies, scores, fallbacks = [], [], 0
     try:
