@@ -31,7 +31,7 @@ from vigil.features.history import EntityHistory
 from vigil.features.online import max_differences, online_features
 from vigil.ingest import run_ingest
 from vigil.online.feast_store import apply_repo
-from vigil.online.store import OnlineHistoryStore
+from vigil.online.store import OnlineHistoryStore, delete_namespace
 from vigil.settings import PROJECT_ROOT, Settings
 from vigil.simulate import SimulationConfig, simulate
 from vigil.stream_out import event_fields
@@ -46,12 +46,7 @@ def bench_settings(tag: str) -> Settings:
 
 
 def cleanup(settings: Settings) -> None:
-    client = redis.Redis.from_url(settings.redis_url)
-    for pattern in (f"*{settings.feast_project}", f"{settings.key_prefix}:*"):
-        keys = list(client.scan_iter(match=pattern, count=5000))
-        for i in range(0, len(keys), 5000):
-            client.delete(*keys[i : i + 5000])
-    client.close()
+    delete_namespace(settings.redis_url, settings.feast_project, settings.key_prefix)
 
 
 def replay(path: Path, processes: int) -> tuple[dict[str, float], Settings]:

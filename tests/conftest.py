@@ -10,6 +10,7 @@ import pandas as pd
 import pytest
 import redis
 
+from vigil.online.store import delete_namespace
 from vigil.redis_server import ensure_redis
 from vigil.settings import PROJECT_ROOT, Settings
 from vigil.simulate import SimulationConfig, simulate
@@ -30,12 +31,7 @@ def settings(tmp_path: Path, redis_url: str) -> Iterator[Settings]:
     name = f"t{uuid.uuid4().hex[:10]}"
     value = Settings(redis_url=redis_url, feast_project=name, key_prefix=name, data_dir=tmp_path / "data")
     yield value
-    client = redis.Redis.from_url(redis_url)
-    for pattern in (f"*{name}", f"{name}:*"):
-        keys = list(client.scan_iter(match=pattern, count=1000))
-        if keys:
-            client.delete(*keys)
-    client.close()
+    delete_namespace(redis_url, name, name)
 
 
 @pytest.fixture

@@ -27,7 +27,7 @@ from vigil.features.online import max_differences, online_features
 from vigil.ingest import run_ingest
 from vigil.offline import training_set
 from vigil.online.feast_store import apply_repo, feast_features
-from vigil.online.store import OnlineHistoryStore
+from vigil.online.store import OnlineHistoryStore, delete_namespace
 from vigil.promotion import promote
 from vigil.settings import PROJECT_ROOT, Settings
 from vigil.simulate import SimulationConfig, simulate
@@ -63,23 +63,13 @@ def _serve(port: int, settings: Settings) -> subprocess.Popen[bytes]:
     raise RuntimeError("the scoring service did not become ready")
 
 
-def _fresh(settings: Settings) -> None:
-    """The demo's own namespace in Redis starts empty (a rerun replays a new world)."""
-    client = redis.Redis.from_url(settings.redis_url)
-    for pattern in (f"*{settings.feast_project}", f"{settings.key_prefix}:*"):
-        keys = list(client.scan_iter(match=pattern, count=5_000))
-        for i in range(0, len(keys), 5_000):
-            client.delete(*keys[i : i + 5_000])
-    client.close()
-
-
 def main() -> int:
     base = Settings()
     # Its own Feast project, key prefix and data folder, so the demo never mixes with real data.
     settings = base.model_copy(
         update={"feast_project": "demo", "key_prefix": "demo", "data_dir": base.data_dir / "demo"}
     )
-    _fresh(settings)
+    delete_namespace(settings.redis_url, settings.feast_project, settings.key_prefix)  # a rerun starts clean
     for old in ("offline", "deadletter.jsonl"):
         target = settings.data_dir / old
         if target.is_dir():

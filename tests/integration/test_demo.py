@@ -8,9 +8,9 @@ import sys
 from pathlib import Path
 
 import pytest
-import redis
 
-from vigil.settings import PROJECT_ROOT, Settings
+from vigil.online.store import delete_namespace
+from vigil.settings import PROJECT_ROOT
 
 pytestmark = [pytest.mark.integration, pytest.mark.slow]
 
@@ -39,8 +39,4 @@ def test_demo_runs_end_to_end(tmp_path: Path, redis_url: str) -> None:
         ):
             assert line in summary, summary
     finally:
-        client = redis.Redis.from_url(Settings(redis_url=redis_url).redis_url)
-        for pattern in ("*demo", "demo:*"):
-            keys = list(client.scan_iter(match=pattern, count=5000))
-            if keys:
-                client.delete(*keys)
+        delete_namespace(redis_url, "demo", "demo")

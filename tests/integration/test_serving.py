@@ -18,7 +18,7 @@ from vigil.features import spec
 from vigil.features.online import online_features
 from vigil.offline import training_set
 from vigil.online.feast_store import apply_repo
-from vigil.online.store import OnlineHistoryStore
+from vigil.online.store import OnlineHistoryStore, delete_namespace
 from vigil.settings import Settings
 from vigil.training import train_and_register
 
@@ -49,11 +49,7 @@ def served_world(
     data = training_set(apply_repo(settings), settings)
     train_and_register(settings, data, "xgboost", params={"n_estimators": 40}, show_progress=False)
     yield settings, world
-    client = redis.Redis.from_url(redis_url)
-    for pattern in (f"*{name}", f"{name}:*"):
-        keys = list(client.scan_iter(match=pattern, count=1000))
-        if keys:
-            client.delete(*keys)
+    delete_namespace(redis_url, name, name)
 
 
 @pytest.fixture(scope="module")

@@ -103,3 +103,21 @@ class AsyncOnlineHistoryStore:
 
     async def ping(self) -> bool:
         return bool(await self.client.ping())  # type: ignore[misc]
+
+
+def delete_namespace(url: str, project: str, key_prefix: str) -> int:
+    """Removes one namespace's keys: its Feast project's entity keys and its own streams.
+
+    Tests, the demo and the benchmarks each work in a namespace of their own on a shared
+    Redis, and clean up only that.
+    """
+    client = redis.Redis.from_url(url)
+    removed = 0
+    try:
+        for pattern in (f"*{project}", f"{key_prefix}:*"):
+            keys = list(client.scan_iter(match=pattern, count=5_000))
+            for i in range(0, len(keys), 5_000):
+                removed += int(client.delete(*keys[i : i + 5_000]))  # type: ignore[arg-type]
+    finally:
+        client.close()
+    return removed
