@@ -109,7 +109,7 @@ def split_by_partition(batch: ValidatedBatch) -> Iterator[tuple[str, EntityEvent
             rows = order[lo:hi]
             mine = [t for t in tokens[rows].tolist() if t is not None]
             yield (
-                f"{kind}:{int(part_sorted[lo])}",
+                f"{kind}:{int(part_sorted[lo])}",  # one partition key per (kind, entity % PARTITIONS_PER_KIND)
                 EntityEvents(kind, entity[rows], ts[rows], tx_id[rows], value[rows], mine),
             )
 

@@ -24,14 +24,6 @@ TERMINAL = "terminal"
 PARTITIONS_PER_KIND = 64
 
 
-def partition_key(kind: str, entity: int) -> str:
-    return f"{kind}:{entity % PARTITIONS_PER_KIND}"
-
-
-def kind_of(key: str) -> str:
-    return key.split(":", 1)[0]
-
-
 @dataclass
 class EntityEvents:
     """Facts for entities of one kind and partition (columnar, any order)."""

@@ -14,7 +14,6 @@ from flows.features import build_flow, default_sinks
 from flows.sinks import FlowStats
 from flows.sources import FileReplaySource
 from vigil.events import records_to_batch
-from vigil.features import spec
 from vigil.features.backfill import compute_features
 from vigil.features.online import max_differences, online_features
 from vigil.online.store import OnlineHistoryStore
@@ -188,4 +187,3 @@ def test_flow_from_testing_source_updates_state(settings: Settings) -> None:
     offline = pd.read_parquet(settings.offline_dir / "transactions")
     assert sorted(offline["transaction_id"]) == [1, 2]
     assert np.isfinite(offline["tx_amount"]).all() and set(offline.columns) >= {"ts", "customer_id"}
-    assert spec.FEATURE_SERVICE == "fraud_v1"
