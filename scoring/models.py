@@ -60,13 +60,19 @@ class ModelManager:
         self.device = resolve_device(settings.device)
         self.current: LoadedModel | None = None
         self._lock = threading.Lock()
+        self._mlflow: Any = None
         self._on_reload_failure = on_reload_failure
 
     def _client(self) -> Any:
-        from mlflow.tracking import MlflowClient
+        # Configured once: the watcher asks every few seconds, and configure() queries the store.
+        if self._mlflow is None:
+            from mlflow.tracking import MlflowClient
 
-        configure(self.settings)
-        return MlflowClient()
+            configure(self.settings)
+            self._mlflow = MlflowClient(
+                tracking_uri=self.settings.tracking_uri, registry_uri=self.settings.tracking_uri
+            )
+        return self._mlflow
 
     def alias_version(self, alias: str | None = None) -> tuple[str, str] | None:
         from mlflow.exceptions import MlflowException

@@ -8,9 +8,11 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import json
 import logging
 from typing import Any
 
+import numpy as np
 import redis
 import redis.asyncio
 
@@ -31,14 +33,33 @@ class PredictionLog:
     ) -> None:
         self.client, self.stream, self.metrics = client, stream, metrics
         self.max_len, self.flush_seconds, self.max_buffer = max_len, flush_seconds, max_buffer
-        self._buffer: list[dict[str, Any]] = []
+        # (answers, model-input rows) as the request left them: entries are built at flush
+        # time, so the request path only appends a reference.
+        self._buffer: list[tuple[list[dict[str, Any]], np.ndarray]] = []
+        self._buffered_rows = 0
         self._task: asyncio.Task[None] | None = None
 
-    def append(self, entries: list[dict[str, Any]]) -> None:
-        if len(self._buffer) + len(entries) > self.max_buffer:  # the store is away: drop, and count it
-            self.metrics.prediction_log_failures.inc(len(entries))
+    def append(self, results: list[dict[str, Any]], matrix: np.ndarray) -> None:
+        if self._buffered_rows + len(results) > self.max_buffer:  # the store is away: drop, and count it
+            self.metrics.prediction_log_failures.inc(len(results))
             return
-        self._buffer.extend(entries)
+        self._buffer.append((results, matrix))
+        self._buffered_rows += len(results)
+
+    @staticmethod
+    def entries(results: list[dict[str, Any]], matrix: np.ndarray) -> list[dict[str, Any]]:
+        return [
+            {
+                "transaction_id": r["transaction_id"],
+                "score": r["score"],
+                "version": r["model"]["version"] or "",
+                "fallback": int(r["fallback"]),
+                "reason": r["fallback_reason"] or "",
+                "latency_ms": r["latency_ms"],
+                "features": json.dumps(row.tolist()),
+            }
+            for r, row in zip(results, matrix, strict=True)
+        ]
 
     def start(self) -> None:
         self._task = asyncio.get_running_loop().create_task(self._run())
@@ -51,7 +72,8 @@ class PredictionLog:
         await self.flush()
 
     async def flush(self) -> None:
-        entries, self._buffer = self._buffer, []
+        batches, self._buffer, self._buffered_rows = self._buffer, [], 0
+        entries = [entry for results, matrix in batches for entry in self.entries(results, matrix)]
         if not entries:
             return
         try:

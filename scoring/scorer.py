@@ -5,7 +5,6 @@ and the in-stream scoring flow."""
 from __future__ import annotations
 
 import asyncio
-import json
 import logging
 import time
 from collections.abc import Sequence
@@ -193,20 +192,6 @@ class Scorer:
         return out
 
     def _log(self, results: list[dict[str, Any]], matrix: np.ndarray) -> None:
-        """Hands every answer to the prediction log (written in the background)."""
-        if self.prediction_log is None:
-            return
-        self.prediction_log.append(
-            [
-                {
-                    "transaction_id": r["transaction_id"],
-                    "score": r["score"],
-                    "version": r["model"]["version"] or "",
-                    "fallback": int(r["fallback"]),
-                    "reason": r["fallback_reason"] or "",
-                    "latency_ms": r["latency_ms"],
-                    "features": json.dumps(row.tolist()),
-                }
-                for r, row in zip(results, matrix, strict=True)
-            ]
-        )
+        """Hands the answers to the prediction log; it builds and writes entries in the background."""
+        if self.prediction_log is not None:
+            self.prediction_log.append(results, matrix)
