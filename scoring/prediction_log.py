@@ -33,24 +33,28 @@ class PredictionLog:
     ) -> None:
         self.client, self.stream, self.metrics = client, stream, metrics
         self.max_len, self.flush_seconds, self.max_buffer = max_len, flush_seconds, max_buffer
-        # (answers, model-input rows) as the request left them: entries are built at flush
-        # time, so the request path only appends a reference.
-        self._buffer: list[tuple[list[dict[str, Any]], np.ndarray]] = []
+        # (answers, model-input rows, [tx time, customer, terminal] rows) as the request
+        # left them: entries are built at flush time, so the request path only appends references.
+        self._buffer: list[tuple[list[dict[str, Any]], np.ndarray, np.ndarray]] = []
         self._buffered_rows = 0
         self._task: asyncio.Task[None] | None = None
 
-    def append(self, results: list[dict[str, Any]], matrix: np.ndarray) -> None:
+    def append(self, results: list[dict[str, Any]], matrix: np.ndarray, context: np.ndarray) -> None:
+        """`context`: int64 rows of (tx_datetime epoch seconds, customer_id, terminal_id)."""
         if self._buffered_rows + len(results) > self.max_buffer:  # the store is away: drop, and count it
             self.metrics.prediction_log_failures.inc(len(results))
             return
-        self._buffer.append((results, matrix))
+        self._buffer.append((results, matrix, context))
         self._buffered_rows += len(results)
 
     @staticmethod
-    def entries(results: list[dict[str, Any]], matrix: np.ndarray) -> list[dict[str, Any]]:
+    def entries(results: list[dict[str, Any]], matrix: np.ndarray, context: np.ndarray) -> list[dict[str, Any]]:
         return [
             {
                 "transaction_id": r["transaction_id"],
+                "ts": int(ctx[0]),
+                "customer_id": int(ctx[1]),
+                "terminal_id": int(ctx[2]),
                 "score": r["score"],
                 "version": r["model"]["version"] or "",
                 "fallback": int(r["fallback"]),
@@ -58,7 +62,7 @@ class PredictionLog:
                 "latency_ms": r["latency_ms"],
                 "features": json.dumps(row.tolist()),
             }
-            for r, row in zip(results, matrix, strict=True)
+            for r, row, ctx in zip(results, matrix, context, strict=True)
         ]
 
     def start(self) -> None:
@@ -73,7 +77,7 @@ class PredictionLog:
 
     async def flush(self) -> None:
         batches, self._buffer, self._buffered_rows = self._buffer, [], 0
-        entries = [entry for results, matrix in batches for entry in self.entries(results, matrix)]
+        entries = [entry for batch in batches for entry in self.entries(*batch)]
         if not entries:
             return
         try:

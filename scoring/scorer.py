@@ -141,7 +141,7 @@ class Scorer:
                 if contributions is not None:
                     result["contributions"] = contributions[i]
             results.append(result)
-        self._log(results, matrix)
+        self._log(results, matrix, txs, facts.ts)
         if reason is None and self.shadow is not None:
             self._score_in_shadow(results, matrix, model)
         return results
@@ -191,7 +191,13 @@ class Scorer:
             out.append({spec.MODEL_INPUTS[j]: round(float(row[j]), 6) for j in order})
         return out
 
-    def _log(self, results: list[dict[str, Any]], matrix: np.ndarray) -> None:
+    def _log(
+        self, results: list[dict[str, Any]], matrix: np.ndarray, txs: Sequence[Transaction], ts: np.ndarray
+    ) -> None:
         """Hands the answers to the prediction log; it builds and writes entries in the background."""
         if self.prediction_log is not None:
-            self.prediction_log.append(results, matrix)
+            context = np.empty((len(txs), 3), np.int64)
+            context[:, 0] = ts
+            context[:, 1] = np.fromiter((t.customer_id for t in txs), np.int64, len(txs))
+            context[:, 2] = np.fromiter((t.terminal_id for t in txs), np.int64, len(txs))
+            self.prediction_log.append(results, matrix, context)

@@ -153,6 +153,7 @@ def cmd_simulate(args: argparse.Namespace) -> int:
         amount_shift=args.amount_shift,
         drift_day=args.drift_day,
         new_pattern_day=args.new_pattern_day,
+        testing_cards_per_day=args.testing_cards,
     )
     if args.customers < 1 or args.terminals < 1 or args.days < 1:
         raise UserError("--customers, --terminals and --days must be positive")
@@ -294,7 +295,7 @@ def cmd_evaluate(args: argparse.Namespace) -> int:
         starts = [str((last - pd.Timedelta(days=6 + 7 * i)).date()) for i in reversed(range(args.weeks))]
     candidates = tuning_candidates() if args.tune else [product_default(), *book_settings()]
     results = run_windows(data, starts, candidates)
-    out = settings.data_dir.parent / "reports" / ("model_selection.csv" if args.tune else "evaluation.csv")
+    out = settings.reports_dir / ("model_selection.csv" if args.tune else "evaluation.csv")
     out.parent.mkdir(parents=True, exist_ok=True)
     results.to_csv(out, index=False)
     print(results.groupby("model")[["auc", "ap", "cp_at_100"]].mean().round(4).to_string())
@@ -370,6 +371,7 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument(
         "--new-pattern-day", type=int, default=None, help="drift: first day of a new fraud pattern (card testing)"
     )
+    p.add_argument("--testing-cards", type=int, default=3, help="new pattern: cards compromised per day (3)")
     p.set_defaults(func=cmd_simulate)
 
     p = sub.add_parser("train", help="train, evaluate, log to MLflow and register a challenger")
@@ -408,6 +410,10 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--reference", metavar="PATH", help="compare with a reference file (exit 1 on mismatch)")
     p.add_argument("--out", metavar="PATH", help="write the features to Parquet")
     p.set_defaults(func=cmd_features)
+
+    from vigil.monitoring.command import add_parser as add_monitor_parser
+
+    add_monitor_parser(sub)
 
     p = sub.add_parser("redis", help="check Redis at REDIS_URL; start a local one on loopback if none answers")
     p.set_defaults(func=cmd_redis)

@@ -33,6 +33,9 @@ class Settings(BaseSettings):
     feature_repo: Path = Field(
         PROJECT_ROOT / "feature_repo", validation_alias=AliasChoices("VIGIL_FEATURE_REPO", "feature_repo")
     )
+    reports_dir: Path = Field(
+        PROJECT_ROOT / "reports", validation_alias=AliasChoices("VIGIL_REPORTS_DIR", "reports_dir")
+    )
     # Prefix of Vigil's own Redis keys (streams, dead letters), so tests and tenants can share a server.
     key_prefix: str = Field("vigil", validation_alias=AliasChoices("VIGIL_KEY_PREFIX", "key_prefix"))
     # Feast project name: the online store's keys end with it.

@@ -48,6 +48,7 @@ class SimulationConfig:
     amount_shift: float = 1.0  # multiplies genuine amounts from drift_day on
     drift_day: int | None = None
     new_pattern_day: int | None = None  # first day of the card-testing pattern
+    testing_cards_per_day: int = 3  # cards the card-testing pattern compromises each day
     block_days: int = 7
 
 
@@ -80,7 +81,7 @@ def _world(cfg: SimulationConfig, rng: np.random.Generator) -> _World:
     comp_t = [rng.choice(cfg.terminals, size=min(2, cfg.terminals), replace=False) for _ in range(cfg.days)]
     comp_c = [rng.choice(cfg.customers, size=min(3, cfg.customers), replace=False) for _ in range(cfg.days)]
     testing = [
-        rng.choice(cfg.customers, size=min(3, cfg.customers), replace=False)
+        rng.choice(cfg.customers, size=min(cfg.testing_cards_per_day, cfg.customers), replace=False)
         if cfg.new_pattern_day is not None and day >= cfg.new_pattern_day
         else np.zeros(0, np.int64)
         for day in range(cfg.days)

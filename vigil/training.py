@@ -16,6 +16,8 @@ from vigil.features import spec
 from vigil.models.base import FraudModel, resolve_device
 from vigil.models.baseline import BaselineModel
 from vigil.models.registry import MODEL_KINDS
+from vigil.monitoring.reference import ARTIFACT as REFERENCE_ARTIFACT
+from vigil.monitoring.reference import build_reference
 from vigil.settings import Settings
 from vigil.tracking import CHALLENGER, CHAMPION, FALLBACK_ARTIFACT, REGISTERED_MODEL, configure
 
@@ -121,6 +123,7 @@ def train_and_register(
         # the same rows (for a baseline version, itself).
         fallback = model if kind == BaselineModel.kind else BaselineModel().fit(train, train["tx_fraud"].to_numpy())
         fallback.log_model(FALLBACK_ARTIFACT, example, infer_signature(example, fallback.predict_proba(example)))
+        _log_reference(build_reference(train, model))
     version = (
         client.create_model_version(REGISTERED_MODEL, info.model_uri, run.info.run_id) if _registered(client) else None
     )
@@ -146,6 +149,19 @@ def train_and_register(
     return TrainReport(
         kind, run.info.run_id, number, aliases, split, metrics, len(train), time.perf_counter() - started, model.params
     )
+
+
+def _log_reference(reference: pd.DataFrame) -> None:
+    """The drift monitor's reference for this version, computed once, logged with the run."""
+    import tempfile
+    from pathlib import Path
+
+    import mlflow
+
+    with tempfile.TemporaryDirectory() as tmp:
+        path = Path(tmp) / Path(REFERENCE_ARTIFACT).name
+        reference.to_parquet(path, index=False)
+        mlflow.log_artifact(str(path), str(Path(REFERENCE_ARTIFACT).parent))
 
 
 def _registered(client: Any) -> bool:

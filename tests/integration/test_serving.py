@@ -176,3 +176,7 @@ def test_prediction_log(server: str, served_world: tuple[Settings, pd.DataFrame]
     fields = entries[0][1]
     assert int(fields[b"transaction_id"]) == int(world.iloc[7]["transaction_id"])
     assert len(json.loads(fields[b"features"])) == len(spec.MODEL_INPUTS)
+    row = world.iloc[7]
+    assert int(fields[b"customer_id"]) == int(row["customer_id"])
+    assert int(fields[b"terminal_id"]) == int(row["terminal_id"])
+    assert int(fields[b"ts"]) == int(pd.Timestamp(row["tx_datetime"]).timestamp())

@@ -1,0 +1,118 @@
+"""`vigil monitor`: the command around the monitor and the retraining loop."""
+
+from __future__ import annotations
+
+import argparse
+import logging
+import math
+import time
+from typing import Any
+
+from vigil.monitoring.monitor import MonitorConfig, MonitorResult, run_monitor
+from vigil.monitoring.retrain import RetrainOutcome
+
+
+def add_parser(sub: Any) -> None:
+    p = sub.add_parser("monitor", help="drift and live performance of scored traffic; may retrain and promote")
+    p.add_argument("--window-hours", type=float, default=24.0, help="window length, in transaction time (24)")
+    p.add_argument("--days", type=float, default=7.0, help="look back this many days of scored traffic (7)")
+    p.add_argument(
+        "--drift-threshold", type=float, default=0.25, help="drift share of a window that raises an alert (0.25)"
+    )
+    p.add_argument("--min-rows", type=int, default=300, help="smaller windows are reported, not alerted on (300)")
+    p.add_argument(
+        "--retrain",
+        choices=["auto", "never", "always"],
+        default="auto",
+        help="auto: retrain and run the promotion gate on an alert or when the schedule is due (default)",
+    )
+    p.add_argument(
+        "--retrain-every-days", type=float, default=None, help="schedule: retrain when the champion's data is older"
+    )
+    p.add_argument("--train-days", type=int, default=28, help="days of labelled data a retrained model learns from")
+    p.add_argument("--model", choices=["xgboost", "mlp", "baseline"], default="xgboost")
+    p.add_argument("--dry-run", action="store_true", help="report and say what retraining would do, change nothing")
+    p.add_argument("--watch", type=float, default=None, metavar="SECONDS", help="run again every SECONDS until stopped")
+    p.add_argument("--metrics-port", type=int, default=None, help="with --watch: serve the gauges over HTTP")
+    p.set_defaults(func=cmd_monitor)
+
+
+def _print(result: MonitorResult, outcome: RetrainOutcome | None) -> None:
+    print(f"prediction log: {result.rolled:,} new entries rolled to Parquet; newest transaction {result.newest}")
+    for w in sorted(result.windows, key=lambda w: (w.start, w.version)):
+        flag = "  DRIFT" if w in result.drift_alerts else ""
+        drifted = ", ".join(w.drifted_columns) or "-"
+        print(f"  window {w.start}  v{w.version}  {w.rows:>7,} rows  drift share {w.share:.2f}  [{drifted}]{flag}")
+    for d in sorted(result.performance, key=lambda d: (d.day, d.version)):
+        flag = "  DROP" if d.alert else ""
+        ap = "n/a" if math.isnan(d.ap) else f"{d.ap:.3f}"
+        print(f"  day {d.day}  v{d.version}  {d.transactions:>7,} labelled, {d.frauds:>4} frauds  AP {ap}{flag}")
+    print(
+        f"alerts: {len(result.drift_alerts)} drift, {len(result.performance_alerts)} performance; "
+        f"report {result.index}; gauges {result.metrics_file}"
+    )
+    if outcome is not None:
+        print(f"retraining ({outcome.action}): {outcome.detail}")
+        for reason in outcome.reasons:
+            print(f"  because {reason}")
+
+
+def _once(args: argparse.Namespace, settings: Any, registry: Any = None) -> int:
+    from vigil.cli import UserError
+    from vigil.monitoring.monitor import load_state
+    from vigil.monitoring.report import gauges, write_index
+    from vigil.monitoring.retrain import run_retraining
+
+    config = MonitorConfig(
+        window_hours=args.window_hours,
+        lookback_days=args.days,
+        drift_share_threshold=args.drift_threshold,
+        min_rows=args.min_rows,
+    )
+    try:
+        result = run_monitor(settings, config)
+    except LookupError as error:
+        raise UserError(str(error)) from None
+    if result.newest is None:
+        print("no scored traffic yet: start `vigil serve` and send transactions, then run `vigil monitor` again")
+        return 0
+    outcome = None
+    if args.retrain != "never":
+        outcome = run_retraining(
+            settings,
+            result,
+            every_days=args.retrain_every_days,
+            train_days=args.train_days,
+            model=args.model,
+            dry_run=args.dry_run,
+            force=args.retrain == "always",
+        )
+        if outcome.action != "none":
+            write_index(settings, result, config, load_state(settings))
+    if registry is not None:
+        for collector in list(registry._collector_to_names):  # a fresh set of gauges each round
+            registry.unregister(collector)
+        gauges(result, registry)
+    _print(result, outcome)
+    return 0
+
+
+def cmd_monitor(args: argparse.Namespace) -> int:
+    from vigil.cli import _redis, _settings
+
+    logging.basicConfig(level=logging.WARNING, format="%(asctime)s %(levelname)s %(name)s: %(message)s")
+    settings = _settings()
+    _redis(settings)
+    if args.watch is None:
+        return _once(args, settings)
+    from prometheus_client import CollectorRegistry, start_http_server
+
+    registry = CollectorRegistry()
+    if args.metrics_port is not None:
+        start_http_server(args.metrics_port, addr="127.0.0.1", registry=registry)
+    try:
+        while True:
+            _once(args, settings, registry)
+            time.sleep(args.watch)
+    except KeyboardInterrupt:
+        return 0

@@ -1,0 +1,179 @@
+"""`vigil monitor`: drift and live performance over windows of the prediction log.
+
+One run: roll the prediction log to Parquet; cut the last `lookback_days` of scored
+traffic into windows of the transactions' own time; compare each (window, model
+version) with that version's training reference (Evidently, one HTML report per window);
+join label events to the logged scores for per-day AP and CP@100; raise alerts; write
+`reports/index.html`, `reports/monitoring.json` and Prometheus gauges
+(`reports/metrics.prom`, the node-exporter textfile format). Finished windows are kept
+in `monitoring.json` and not recomputed by the next run.
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+from dataclasses import dataclass, field
+from datetime import UTC, datetime
+from pathlib import Path
+from typing import Any
+
+import pandas as pd
+import redis
+
+from vigil.monitoring.drift import WindowDrift, drift_columns, measure_drift
+from vigil.monitoring.performance import DayPerformance, daily_performance, read_labels
+from vigil.monitoring.predictions import read_predictions, roll_predictions
+from vigil.monitoring.reference import load_reference
+from vigil.settings import Settings
+
+log = logging.getLogger("vigil.monitor")
+
+
+@dataclass(frozen=True)
+class MonitorConfig:
+    window_hours: float = 24.0
+    lookback_days: float = 7.0
+    drift_share_threshold: float = 0.25  # share of drifting columns that raises a drift alert
+    min_rows: int = 300  # smaller windows are reported, never alerted on
+    max_rows: int = 20_000  # larger windows are sampled
+    ap_tolerance: float = 0.3  # a day's AP below (1 - this) x the version's expected AP alerts
+    min_frauds: int = 10
+
+
+@dataclass
+class MonitorResult:
+    windows: list[WindowDrift] = field(default_factory=list)
+    performance: list[DayPerformance] = field(default_factory=list)
+    drift_alerts: list[WindowDrift] = field(default_factory=list)
+    performance_alerts: list[DayPerformance] = field(default_factory=list)
+    rolled: int = 0
+    index: Path | None = None
+    metrics_file: Path | None = None
+    newest: pd.Timestamp | None = None
+
+    @property
+    def alerted(self) -> bool:
+        return bool(self.drift_alerts or self.performance_alerts)
+
+
+def _state_path(settings: Settings) -> Path:
+    return settings.reports_dir / "monitoring.json"
+
+
+def load_state(settings: Settings) -> dict[str, Any]:
+    path = _state_path(settings)
+    return json.loads(path.read_text()) if path.exists() else {"windows": {}, "retrains": []}
+
+
+def save_state(settings: Settings, state: dict[str, Any]) -> None:
+    path = _state_path(settings)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    path.write_text(json.dumps(state, indent=1, default=str))
+
+
+def expected_ap(settings: Settings, versions: set[str]) -> dict[str, float]:
+    """Each version's test AP at training time (its `test_metrics` tag)."""
+    from mlflow.tracking import MlflowClient
+
+    from vigil.tracking import REGISTERED_MODEL, configure
+
+    configure(settings)
+    client = MlflowClient()
+    out = {}
+    for version in versions:
+        tags = client.get_model_version(REGISTERED_MODEL, version).tags
+        if "test_metrics" in tags:
+            out[version] = float(json.loads(tags["test_metrics"])["ap"])
+    return out
+
+
+def _windows(predictions: pd.DataFrame, seconds: int) -> dict[tuple[int, str], pd.DataFrame]:
+    served = predictions[~predictions["fallback"].astype(bool)]  # a fallback's score is another model's
+    start = served["ts"] // seconds * seconds
+    return {(int(s), str(v)): rows for (s, v), rows in served.groupby([start, served["version"]], sort=True)}
+
+
+def run_monitor(settings: Settings, config: MonitorConfig | None = None) -> MonitorResult:
+    config = config or MonitorConfig()
+    result = MonitorResult()
+    client = redis.Redis.from_url(settings.redis_url)
+    try:
+        result.rolled = roll_predictions(settings, client)
+    finally:
+        client.close()
+    everything = read_predictions(settings)
+    if everything.empty:
+        return result
+    result.newest = everything["tx_datetime"].max()
+    predictions = everything[everything["tx_datetime"] > result.newest - pd.Timedelta(days=config.lookback_days)]
+    seconds = max(int(config.window_hours * 3600), 60)
+    state = load_state(settings)
+    newest_ts = int(everything["ts"].max())
+    references: dict[str, pd.DataFrame] = {}
+    for (start, version), rows in _windows(predictions, seconds).items():
+        key = f"{start}-{seconds}-v{version}"
+        complete = start + seconds <= newest_ts
+        if complete and key in state["windows"]:
+            window = WindowDrift.from_dict(state["windows"][key])
+        else:
+            if version not in references:
+                references[version] = load_reference(settings, version)
+            began = pd.Timestamp(start, unit="s")
+            name = f"{began:%Y%m%d-%H%M}-{seconds // 3600}h-v{version}.html"
+            share, columns, compared = measure_drift(
+                references[version],
+                rows,
+                drift_columns(seconds),
+                settings.reports_dir / "drift" / name,
+                max_rows=config.max_rows,
+            )
+            window = WindowDrift(
+                start=str(began),
+                end=str(began + pd.Timedelta(seconds=seconds)),
+                version=version,
+                rows=len(rows),
+                compared_rows=compared,
+                share=share,
+                columns=columns,
+                report=f"drift/{name}",
+            )
+            if complete:
+                state["windows"][key] = window.as_dict()
+        result.windows.append(window)
+        if window.rows >= config.min_rows and window.share >= config.drift_share_threshold:
+            result.drift_alerts.append(window)
+            log.warning(
+                "drift alert: window %s (model v%s): %.0f%% of columns drifted (%s); report %s",
+                window.start,
+                version,
+                100 * window.share,
+                ", ".join(window.drifted_columns),
+                window.report,
+            )
+    versions = set(predictions["version"].astype(str)) - {""}
+    result.performance = daily_performance(
+        predictions, read_labels(settings), expected_ap(settings, versions), config.ap_tolerance, config.min_frauds
+    )
+    result.performance_alerts = [day for day in result.performance if day.alert]
+    for day in result.performance_alerts:
+        log.warning(
+            "performance alert: %s (model v%s): AP %.3f vs expected %.3f over %d frauds",
+            day.day,
+            day.version,
+            day.ap,
+            day.expected_ap or float("nan"),
+            day.frauds,
+        )
+    state["last_run"] = {
+        "at": datetime.now(UTC).isoformat(timespec="seconds"),
+        "newest_transaction": str(result.newest),
+        "drift_alerts": [w.start for w in result.drift_alerts],
+        "performance_alerts": [d.day for d in result.performance_alerts],
+    }
+    save_state(settings, state)
+    from vigil.monitoring.report import write_gauges, write_index
+
+    result.metrics_file = write_gauges(settings, result)
+    result.index = write_index(settings, result, config, state)
+    return result

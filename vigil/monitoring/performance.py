@@ -1,0 +1,86 @@
+"""Live model performance once labels arrive: logged scores joined to label events.
+
+Labels reach Vigil as label events through the feature flow, which keeps them in the
+offline store (`offline/labels/`). Each day of transactions with labels gets the
+served model's AUC, average precision and card precision@k on that day; a day whose
+AP falls below the version's expected AP by more than a tolerance is an alert.
+"""
+
+from __future__ import annotations
+
+from dataclasses import asdict, dataclass
+from typing import Any
+
+import numpy as np
+import pandas as pd
+from sklearn.metrics import average_precision_score, roc_auc_score
+
+from vigil.evaluation import card_precision_at_k
+from vigil.settings import Settings
+
+
+@dataclass(frozen=True)
+class DayPerformance:
+    day: str
+    version: str
+    transactions: int
+    frauds: int
+    auc: float
+    ap: float
+    cp_at_100: float
+    expected_ap: float | None
+    alert: bool
+
+    def as_dict(self) -> dict[str, Any]:
+        return asdict(self)
+
+
+def read_labels(settings: Settings) -> pd.DataFrame:
+    """Every label event ingested so far, one per transaction (the latest wins)."""
+    folder = settings.offline_dir / "labels"
+    parts = sorted(folder.glob("part-*.parquet")) if folder.exists() else []
+    if not parts:
+        return pd.DataFrame({"transaction_id": pd.Series(dtype=np.int64), "tx_fraud": pd.Series(dtype=np.int64)})
+    labels = pd.concat([pd.read_parquet(p, columns=["transaction_id", "tx_fraud"]) for p in parts])
+    return labels.drop_duplicates("transaction_id", keep="last")
+
+
+def daily_performance(
+    predictions: pd.DataFrame,
+    labels: pd.DataFrame,
+    expected_ap: dict[str, float],
+    tolerance: float = 0.3,
+    min_frauds: int = 10,
+) -> list[DayPerformance]:
+    """Per (day, version) performance of the answers the models gave (fallbacks excluded).
+
+    A day is an alert when it has at least `min_frauds` labelled frauds and its AP is below
+    (1 - tolerance) x the version's expected AP (its test AP at training time).
+    """
+    served = predictions[~predictions["fallback"].astype(bool)]
+    joined = served.merge(labels, on="transaction_id", how="inner")
+    out: list[DayPerformance] = []
+    if joined.empty:
+        return out
+    joined = joined.assign(day=pd.to_datetime(joined["tx_datetime"]).dt.normalize())
+    for (day, version), rows in joined.groupby(["day", "version"], sort=True):
+        y, score = rows["tx_fraud"].to_numpy(), rows["score"].to_numpy()
+        both = len(np.unique(y)) == 2
+        ap = float(average_precision_score(y, score)) if both else float("nan")
+        expected = expected_ap.get(str(version))
+        frauds = int(y.sum())
+        alert = bool(both and expected is not None and frauds >= min_frauds and ap < (1 - tolerance) * expected)
+        out.append(
+            DayPerformance(
+                day=str(pd.Timestamp(day).date()),
+                version=str(version),
+                transactions=len(rows),
+                frauds=frauds,
+                auc=float(roc_auc_score(y, score)) if both else float("nan"),
+                ap=ap,
+                cp_at_100=card_precision_at_k(rows, score),
+                expected_ap=expected,
+                alert=alert,
+            )
+        )
+    return out

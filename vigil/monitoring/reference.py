@@ -1,0 +1,67 @@
+"""The training reference of a model version: what live traffic is compared with.
+
+A sample of the rows the version was trained on (its last weeks, where every window
+feature is warmed up), with the version's own scores on them. Built once per version:
+`vigil train` logs it with the run (`monitoring/reference.parquet`); the monitor
+downloads it once and keeps a copy under `data/monitoring/reference/`.
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import numpy as np
+import pandas as pd
+
+from vigil.features import spec
+from vigil.models.base import FraudModel
+from vigil.settings import Settings
+
+ARTIFACT = "monitoring/reference.parquet"
+SAMPLE_ROWS = 20_000
+RECENT_DAYS = 14
+
+
+def build_reference(train: pd.DataFrame, model: FraudModel, seed: int = 0) -> pd.DataFrame:
+    """Up to SAMPLE_ROWS rows of the last RECENT_DAYS training days, model inputs + score + label."""
+    day = pd.to_datetime(train["tx_datetime"]).dt.normalize()
+    recent = train[day > day.max() - pd.Timedelta(days=RECENT_DAYS)]
+    if len(recent) > SAMPLE_ROWS:
+        recent = recent.sample(SAMPLE_ROWS, random_state=seed).sort_values("tx_datetime")
+    reference = recent[list(spec.MODEL_INPUTS)].astype(np.float64).reset_index(drop=True)
+    reference["score"] = model.predict_proba(recent).astype(np.float64)
+    reference["tx_fraud"] = recent["tx_fraud"].to_numpy()
+    reference["tx_datetime"] = pd.to_datetime(recent["tx_datetime"]).to_numpy()
+    return reference
+
+
+def _cache_path(settings: Settings, version: str) -> Path:
+    return settings.data_dir / "monitoring" / "reference" / f"fraud-detector-v{version}.parquet"
+
+
+def load_reference(settings: Settings, version: str) -> pd.DataFrame:
+    """The reference of registered version `version` (downloaded from its run once)."""
+    cached = _cache_path(settings, version)
+    if cached.exists():
+        return pd.read_parquet(cached)
+    import tempfile
+
+    from mlflow.tracking import MlflowClient
+
+    import mlflow
+    from vigil.tracking import REGISTERED_MODEL, configure
+
+    configure(settings)
+    run_id = MlflowClient().get_model_version(REGISTERED_MODEL, version).run_id
+    with tempfile.TemporaryDirectory() as tmp:
+        try:
+            local = mlflow.artifacts.download_artifacts(run_id=run_id, artifact_path=ARTIFACT, dst_path=tmp)
+        except Exception as error:
+            raise LookupError(
+                f"version {version} has no training reference ({ARTIFACT}); it was registered before the "
+                "monitor existed: train a new version with `vigil train`"
+            ) from error
+        reference = pd.read_parquet(local)
+    cached.parent.mkdir(parents=True, exist_ok=True)
+    reference.to_parquet(cached, index=False)
+    return reference
