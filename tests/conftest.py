@@ -29,7 +29,13 @@ def redis_url() -> str:
 def settings(tmp_path: Path, redis_url: str) -> Iterator[Settings]:
     """Settings on a project and prefix of this test's own; its keys are removed afterwards."""
     name = f"t{uuid.uuid4().hex[:10]}"
-    value = Settings(redis_url=redis_url, feast_project=name, key_prefix=name, data_dir=tmp_path / "data")
+    value = Settings(
+        redis_url=redis_url,
+        feast_project=name,
+        key_prefix=name,
+        data_dir=tmp_path / "data",
+        reports_dir=tmp_path / "reports",
+    )
     yield value
     delete_namespace(redis_url, name, name)
 

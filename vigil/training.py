@@ -68,10 +68,12 @@ def train_and_register(
     train_end: str | None = None,
     params: dict[str, Any] | None = None,
     show_progress: bool = True,
+    split: Split | None = None,
 ) -> TrainReport:
     """Trains `kind` on `data` (a training set: model inputs, tx_fraud, ids, times), logs
     everything to MLflow and registers a new version of `fraud-detector` as challenger
-    (the first version becomes champion too)."""
+    (the first version becomes champion too). `split` overrides the train/test days
+    (default: `default_split` of the dates)."""
     from mlflow.models import infer_signature
     from mlflow.tracking import MlflowClient
 
@@ -81,7 +83,7 @@ def train_and_register(
     if kind not in MODEL_KINDS:
         raise ValueError(f"unknown model {kind!r}; choose from {', '.join(MODEL_KINDS)}")
     started = time.perf_counter()
-    split = default_split(data, train_start, train_end)
+    split = split or default_split(data, train_start, train_end)
     train = in_days(data, split.train_start, split.train_end)
     if train.empty or train["tx_fraud"].nunique() < 2:
         raise ValueError(f"no usable training data between {split.train_start.date()} and {split.train_end.date()}")
@@ -123,7 +125,8 @@ def train_and_register(
         # the same rows (for a baseline version, itself).
         fallback = model if kind == BaselineModel.kind else BaselineModel().fit(train, train["tx_fraud"].to_numpy())
         fallback.log_model(FALLBACK_ARTIFACT, example, infer_signature(example, fallback.predict_proba(example)))
-        _log_reference(build_reference(train, model))
+        # All of the test days' traffic, known-compromised customers included: live traffic has them.
+        _log_reference(build_reference(train, in_days(data, split.test_start, split.test_end), model))
     version = (
         client.create_model_version(REGISTERED_MODEL, info.model_uri, run.info.run_id) if _registered(client) else None
     )

@@ -33,6 +33,7 @@ def server_env(settings: Settings, **extra: str) -> dict[str, str]:
         "VIGIL_FEAST_PROJECT": settings.feast_project,
         "VIGIL_KEY_PREFIX": settings.key_prefix,
         "VIGIL_DATA_DIR": str(settings.data_dir),
+        "VIGIL_REPORTS_DIR": str(settings.reports_dir),
         "MLFLOW_TRACKING_URI": settings.tracking_uri,
         "VIGIL_ALIAS_POLL_SECONDS": "0.5",
         "VIGIL_START_LOCAL_REDIS": "false",

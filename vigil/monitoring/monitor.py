@@ -28,6 +28,7 @@ from vigil.monitoring.reference import load_reference
 from vigil.settings import Settings
 
 log = logging.getLogger("vigil.monitor")
+MIN_REPORT_ROWS = 50
 
 
 @dataclass(frozen=True)
@@ -112,6 +113,8 @@ def run_monitor(settings: Settings, config: MonitorConfig | None = None) -> Moni
     newest_ts = int(everything["ts"].max())
     references: dict[str, pd.DataFrame] = {}
     for (start, version), rows in _windows(predictions, seconds).items():
+        if len(rows) < MIN_REPORT_ROWS:  # a version's first or last few answers: nothing to compare
+            continue
         key = f"{start}-{seconds}-v{version}"
         complete = start + seconds <= newest_ts
         if complete and key in state["windows"]:

@@ -1,7 +1,8 @@
 """The training reference of a model version: what live traffic is compared with.
 
-A sample of the rows the version was trained on (its last weeks, where every window
-feature is warmed up), with the version's own scores on them. Built once per version:
+A sample of the version's evaluation week (the most recent labelled data it was judged
+on, unseen in training, so its scores there are what live scores should look like),
+or of its last training weeks when it had no evaluation week. Built once per version:
 `vigil train` logs it with the run (`monitoring/reference.parquet`); the monitor
 downloads it once and keeps a copy under `data/monitoring/reference/`.
 """
@@ -20,12 +21,17 @@ from vigil.settings import Settings
 ARTIFACT = "monitoring/reference.parquet"
 SAMPLE_ROWS = 20_000
 RECENT_DAYS = 14
+MIN_TEST_ROWS = 1_000
 
 
-def build_reference(train: pd.DataFrame, model: FraudModel, seed: int = 0) -> pd.DataFrame:
-    """Up to SAMPLE_ROWS rows of the last RECENT_DAYS training days, model inputs + score + label."""
-    day = pd.to_datetime(train["tx_datetime"]).dt.normalize()
-    recent = train[day > day.max() - pd.Timedelta(days=RECENT_DAYS)]
+def build_reference(train: pd.DataFrame, test: pd.DataFrame, model: FraudModel, seed: int = 0) -> pd.DataFrame:
+    """Up to SAMPLE_ROWS rows of `test` (or, if it is small, of the last RECENT_DAYS
+    training days): model inputs + the model's score + label."""
+    if len(test) >= MIN_TEST_ROWS:
+        recent = test
+    else:
+        day = pd.to_datetime(train["tx_datetime"]).dt.normalize()
+        recent = train[day > day.max() - pd.Timedelta(days=RECENT_DAYS)]
     if len(recent) > SAMPLE_ROWS:
         recent = recent.sample(SAMPLE_ROWS, random_state=seed).sort_values("tx_datetime")
     reference = recent[list(spec.MODEL_INPUTS)].astype(np.float64).reset_index(drop=True)

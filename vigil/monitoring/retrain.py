@@ -2,8 +2,8 @@
 
 Triggers: a drift alert, a performance alert, or a champion whose training data ends
 more than `every_days` before the newest scored transaction. The challenger trains on
-the last `train_days` labelled days before the gate's evaluation week (and its 7-day
-delay), is registered with alias `challenger` (the service starts shadowing it at its
+the `train_days` labelled days right before the gate's evaluation week (the last
+labelled week), is registered with alias `challenger` (the service starts shadowing it at its
 next alias poll), then the promotion gate decides on that evaluation week. A promoted
 challenger becomes `champion` and every scoring service swaps it in without a restart.
 
@@ -99,7 +99,7 @@ def run_retraining(
 ) -> RetrainOutcome:
     """Decides, and unless `dry_run`, retrains, registers and gates. `data`: the training
     set (built from the feature store when not given)."""
-    from vigil.training import default_split
+    from vigil.evaluation import Split
 
     champion_end, newest_end = registry_windows(settings)
     reasons = retrain_reasons(result, champion_end, every_days)
@@ -109,8 +109,13 @@ def run_retraining(
         return RetrainOutcome([], "none", "no alert and no schedule due: nothing to do")
     if data is None:
         data = _training_data(settings)
-    split = default_split(data, None, None)
-    start = split.train_end - pd.Timedelta(days=train_days - 1)
+    # The gate's week is the last labelled one; the challenger learns from the days right
+    # before it (no gap: what matters is the newest behaviour, and the week stays unseen).
+    last = pd.to_datetime(data["tx_datetime"]).dt.normalize().max()
+    gate_start = last - pd.Timedelta(days=6)
+    end = gate_start - pd.Timedelta(days=1)
+    start = end - pd.Timedelta(days=train_days - 1)
+    split = Split(start, end, gate_start, last)
     plan = (
         f"train {model} on {start.date()}..{split.train_end.date()}, register as challenger, "
         f"gate against the champion on {split.test_start.date()}..{split.test_end.date()}"
@@ -124,7 +129,7 @@ def run_retraining(
     from vigil.training import train_and_register
 
     log.warning("retraining: %s; %s", "; ".join(reasons), plan)
-    report = train_and_register(settings, data, model, str(start.date()), show_progress=show_progress)
+    report = train_and_register(settings, data, model, show_progress=show_progress, split=split)
     _tag_version(settings, report.version, reasons)
     decision = promote(settings, data)
     outcome = RetrainOutcome(
