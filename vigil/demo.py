@@ -25,6 +25,7 @@ from flows.sources import FileReplaySource
 from vigil.features.backfill import compute_features
 from vigil.features.online import max_differences, online_features
 from vigil.ingest import run_ingest
+from vigil.monitoring.monitor import MonitorConfig, run_monitor
 from vigil.offline import training_set
 from vigil.online.feast_store import apply_repo, feast_features
 from vigil.online.store import OnlineHistoryStore, delete_namespace
@@ -67,10 +68,15 @@ def main() -> int:
     base = Settings()
     # Its own Feast project, key prefix and data folder, so the demo never mixes with real data.
     settings = base.model_copy(
-        update={"feast_project": "demo", "key_prefix": "demo", "data_dir": base.data_dir / "demo"}
+        update={
+            "feast_project": "demo",
+            "key_prefix": "demo",
+            "data_dir": base.data_dir / "demo",
+            "reports_dir": base.reports_dir / "demo",
+        }
     )
     delete_namespace(settings.redis_url, settings.feast_project, settings.key_prefix)  # a rerun starts clean
-    for old in ("offline", "deadletter.jsonl"):
+    for old in ("offline", "deadletter.jsonl", "predictions", "monitoring"):
         target = settings.data_dir / old
         if target.is_dir():
             import shutil
@@ -80,20 +86,20 @@ def main() -> int:
             target.unlink()
     started = time.perf_counter()
     world_path = settings.data_dir / "transactions.parquet"
-    print("1/6 simulating 42 days of card transactions (2,000 customers, 4,000 terminals)")
+    print("1/7 simulating 42 days of card transactions (2,000 customers, 4,000 terminals)")
     world = simulate(SimulationConfig(customers=2_000, terminals=4_000, days=42, seed=42))
     cut = world["tx_datetime"].min() + pd.Timedelta(days=35)
     history, new = world[world["tx_datetime"] < cut], world[world["tx_datetime"] >= cut]
     write_file([history], world_path)
     print(f"    {len(world):,} transactions, {int(world['tx_fraud'].sum()):,} frauds; the last week is new traffic")
 
-    print("2/6 registering the Feast repo and replaying 35 days through the feature flow (2 workers)")
+    print("2/7 registering the Feast repo and replaying 35 days through the feature flow (2 workers)")
     store = apply_repo(settings)
     result = run_ingest(
         settings, lambda n: FileReplaySource(world_path, 7.0, shards=n), processes=2, expected_events=2 * len(history)
     )
 
-    print("3/6 checking served features against the batch backfill and Feast's get_online_features")
+    print("3/7 checking served features against the batch backfill and Feast's get_online_features")
     online = OnlineHistoryStore(redis.Redis.from_url(settings.redis_url), settings.feast_project)
     recent = history[history["tx_datetime"] >= cut - pd.Timedelta(days=7)]
     ours = online_features(recent, online)
@@ -109,12 +115,12 @@ def main() -> int:
         ).values()
     )
 
-    print("4/6 training an XGBoost model on a point-in-time training set; MLflow registry and promotion gate")
+    print("4/7 training an XGBoost model on a point-in-time training set; MLflow registry and promotion gate")
     data = training_set(store, settings)
     report = train_and_register(settings, data, "xgboost", params={"n_estimators": 200})
     decision = promote(settings, data)
 
-    print("5/6 starting the scoring service and scoring the new week over HTTP")
+    print("5/7 starting the scoring service and scoring the new week over HTTP")
     port = 18_765
     server = _serve(port, settings)
     scored = new.head(3_000)
@@ -138,7 +144,10 @@ def main() -> int:
         server.terminate()
         server.wait(timeout=20)
 
-    print("6/6 summary")
+    print("6/7 monitoring the scored traffic against the model's reference (Evidently drift, live AP)")
+    monitored = run_monitor(settings, MonitorConfig(lookback_days=7))
+
+    print("7/7 summary")
     labels = scored["tx_fraud"].to_numpy()
     m = report.metrics
     print("\n=== Vigil demo summary ===")
@@ -164,6 +173,13 @@ def main() -> int:
             f"  live quality on the new week: AUC {roc_auc_score(labels, scores):.3f}, "
             f"AP {average_precision_score(labels, scores):.3f} ({int(labels.sum())} frauds)"
         )
+    for window in monitored.windows:
+        print(
+            f"  drift: window {window.start} ({window.rows:,} answers) drift share {window.share:.2f} "
+            f"[{', '.join(window.drifted_columns) or 'no column drifted'}]; "
+            f"{len(monitored.drift_alerts)} alert(s); report {settings.reports_dir / (window.report or '')}"
+        )
+    print(f"  monitoring index: {monitored.index}; gauges {monitored.metrics_file}")
     print(
         f"  where: data {settings.data_dir}; MLflow {settings.tracking_uri}; predictions stream "
         f"{settings.prediction_stream}; dead letters {settings.deadletter_stream}"

@@ -40,7 +40,7 @@ def vigil(*args: str, env: dict[str, str] | None = None, timeout: float = 300) -
 
 
 @pytest.mark.parametrize(
-    "command", ["ingest", "simulate", "apply", "features", "redis", "train", "promote", "evaluate"]
+    "command", ["ingest", "simulate", "apply", "features", "redis", "train", "promote", "evaluate", "serve", "monitor"]
 )
 def test_every_subcommand_has_help(command: str) -> None:
     result = vigil(command, "--help")

@@ -19,6 +19,7 @@ def test_demo_runs_end_to_end(tmp_path: Path, redis_url: str) -> None:
     env = {
         **os.environ,
         "VIGIL_DATA_DIR": str(tmp_path / "data"),
+        "VIGIL_REPORTS_DIR": str(tmp_path / "reports"),
         "MLFLOW_TRACKING_URI": f"sqlite:///{tmp_path}/m.db",
         "VIGIL_MLFLOW_ARTIFACTS": str(tmp_path / "artifacts"),
         "REDIS_URL": redis_url,
@@ -28,6 +29,7 @@ def test_demo_runs_end_to_end(tmp_path: Path, redis_url: str) -> None:
             [sys.executable, "-m", "vigil.demo"], cwd=PROJECT_ROOT, env=env, capture_output=True, text=True, timeout=900
         )
         assert result.returncode == 0, result.stderr[-3000:]
+        assert (tmp_path / "reports" / "demo" / "index.html").exists()
         summary = result.stdout[result.stdout.index("=== Vigil demo summary ===") :]
         for line in (
             "ingest:",
@@ -35,6 +37,8 @@ def test_demo_runs_end_to_end(tmp_path: Path, redis_url: str) -> None:
             "model: fraud-detector v1",
             "scoring:",
             "p99",
+            "drift: window",
+            "monitoring index:",
             "where:",
         ):
             assert line in summary, summary

@@ -1,0 +1,103 @@
+"""The monitor's pure parts: drift parsing and measuring, daily performance, retraining reasons."""
+
+from __future__ import annotations
+
+import numpy as np
+import pandas as pd
+
+from vigil.features import spec
+from vigil.monitoring.drift import WindowDrift, _parse, drift_columns, measure_drift
+from vigil.monitoring.monitor import MonitorResult
+from vigil.monitoring.performance import DayPerformance, daily_performance
+from vigil.monitoring.retrain import retrain_reasons
+
+
+def frame(rng: np.random.Generator, n: int, amount_scale: float = 1.0) -> pd.DataFrame:
+    data = {name: rng.gamma(2.0, 10.0, n) for name in spec.MODEL_INPUTS}
+    data["tx_amount"] = data["tx_amount"] * amount_scale
+    data[spec.WEEKEND] = rng.integers(0, 2, n)
+    data[spec.NIGHT] = (rng.uniform(size=n) < 0.15).astype(int)
+    data["score"] = rng.beta(1, 30, n)
+    return pd.DataFrame(data)
+
+
+def test_weekend_flag_is_left_out_of_windows_shorter_than_a_week() -> None:
+    assert spec.WEEKEND not in drift_columns(86_400)
+    assert spec.WEEKEND in drift_columns(7 * 86_400)
+    assert "score" in drift_columns(86_400)
+
+
+def test_a_shifted_column_drifts_and_a_stable_sample_does_not() -> None:
+    rng = np.random.default_rng(0)
+    reference = frame(rng, 5_000)
+    columns = drift_columns(86_400)
+    share, stable, _ = measure_drift(reference, frame(rng, 2_000), columns)
+    assert share == 0.0 and not any(c.drifted for c in stable)
+    share, shifted, compared = measure_drift(reference, frame(rng, 30_000, amount_scale=2.0), columns, max_rows=5_000)
+    assert compared == 5_000  # large windows are sampled
+    assert [c.column for c in shifted if c.drifted] == ["tx_amount"]
+    assert share == 1 / len(columns)
+
+
+def test_parse_reads_evidently_tests_for_the_drift_verdict() -> None:
+    result = {
+        "metrics": [
+            {"config": {"type": "evidently:metric_v2:DriftedColumnsCount"}, "value": {"count": 1, "share": 0.5}},
+            {
+                "config": {"type": "evidently:metric_v2:ValueDrift", "column": "a", "method": "W", "threshold": 0.1},
+                "value": 0.4,
+            },
+            {
+                "config": {"type": "evidently:metric_v2:ValueDrift", "column": "b", "method": "W", "threshold": 0.1},
+                "value": 0.01,
+            },
+        ],
+        "tests": [
+            {"id": "drift", "status": "FAIL", "metric_config": {"params": {"column": "a"}}},
+            {"id": "drift", "status": "SUCCESS", "metric_config": {"params": {"column": "b"}}},
+        ],
+    }
+    share, columns = _parse(result, ["a", "b"])
+    assert share == 0.5
+    assert [(c.column, c.drifted) for c in columns] == [("a", True), ("b", False)]
+    window = WindowDrift("2018-01-01", "2018-01-02", "3", 10, 10, share, columns, "drift/x.html")
+    assert WindowDrift.from_dict(window.as_dict()) == window
+
+
+def predictions(rng: np.random.Generator, days: int, good: bool) -> tuple[pd.DataFrame, pd.DataFrame]:
+    n = 400 * days
+    fraud = (rng.uniform(size=n) < 0.05).astype(int)
+    score = np.where(fraud == 1, rng.uniform(0.5, 1, n), rng.uniform(0, 0.6, n)) if good else rng.uniform(0, 1, n)
+    frame = pd.DataFrame(
+        {
+            "transaction_id": np.arange(n),
+            "tx_datetime": pd.Timestamp("2018-05-01") + pd.to_timedelta(np.arange(n) * (86_400 * days // n), unit="s"),
+            "customer_id": rng.integers(0, 300, n),
+            "score": score,
+            "version": "2",
+            "fallback": False,
+        }
+    )
+    return frame, pd.DataFrame({"transaction_id": np.arange(n), "tx_fraud": fraud})
+
+
+def test_daily_performance_alerts_when_ap_drops_below_the_expected_level() -> None:
+    rng = np.random.default_rng(1)
+    good, labels = predictions(rng, 2, good=True)
+    days = daily_performance(good, labels, {"2": 0.6})
+    assert len(days) == 2 and not any(d.alert for d in days)
+    assert all(d.ap > 0.5 for d in days)
+    bad, labels = predictions(rng, 2, good=False)
+    assert all(d.alert for d in daily_performance(bad, labels, {"2": 0.6}))
+    assert not any(d.alert for d in daily_performance(bad, labels, {"2": 0.6}, min_frauds=10_000))
+    assert daily_performance(bad.assign(fallback=True), labels, {"2": 0.6}) == []  # a fallback is not the model
+
+
+def test_retraining_reasons_name_their_trigger() -> None:
+    result = MonitorResult(newest=pd.Timestamp("2018-06-30"))
+    assert retrain_reasons(result, pd.Timestamp("2018-06-20"), every_days=30) == []
+    assert retrain_reasons(result, pd.Timestamp("2018-05-01"), every_days=30)[0].startswith("schedule:")
+    result.drift_alerts = [WindowDrift("2018-06-29", "2018-06-30", "1", 500, 500, 0.4)]
+    result.performance_alerts = [DayPerformance("2018-06-22", "1", 500, 20, 0.8, 0.2, 0.1, 0.7, True)]
+    reasons = retrain_reasons(result, None, None)
+    assert [r.split(":")[0] for r in reasons] == ["drift", "performance"]
