@@ -65,7 +65,9 @@ def model_inputs(world: pd.DataFrame) -> pd.DataFrame:
     )
 
 
-def test_rolling_copies_every_entry_once(settings: Settings, redis_client: redis.Redis, small_world: pd.DataFrame) -> None:
+def test_rolling_copies_every_entry_once(
+    settings: Settings, redis_client: redis.Redis, small_world: pd.DataFrame
+) -> None:
     rows = model_inputs(small_world).head(500)
     log_answers(redis_client, settings, rows.head(300), "1")
     assert roll_predictions(settings, redis_client) == 300
