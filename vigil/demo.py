@@ -9,8 +9,6 @@ HTTP; print counts, latency percentiles, model metrics and where everything is.
 
 from __future__ import annotations
 
-import os
-import subprocess
 import sys
 import time
 
@@ -30,38 +28,11 @@ from vigil.offline import training_set
 from vigil.online.feast_store import apply_repo, feast_features
 from vigil.online.store import OnlineHistoryStore, delete_namespace
 from vigil.promotion import promote
-from vigil.settings import PROJECT_ROOT, Settings
+from vigil.service_process import background_service
+from vigil.settings import Settings
 from vigil.simulate import SimulationConfig, simulate
 from vigil.stream_out import write_file
 from vigil.training import train_and_register
-
-
-def _serve(port: int, settings: Settings) -> subprocess.Popen[bytes]:
-    env = {
-        **os.environ,
-        "VIGIL_FEAST_PROJECT": settings.feast_project,
-        "VIGIL_KEY_PREFIX": settings.key_prefix,
-        "VIGIL_DATA_DIR": str(settings.data_dir),
-        "REDIS_URL": settings.redis_url,
-        "MLFLOW_TRACKING_URI": settings.tracking_uri,
-    }
-    process = subprocess.Popen(
-        [sys.executable, "-m", "vigil.cli", "serve", "--port", str(port)],
-        cwd=PROJECT_ROOT,
-        env=env,
-        stdout=subprocess.DEVNULL,
-        stderr=subprocess.DEVNULL,
-    )
-    deadline = time.monotonic() + 120
-    while time.monotonic() < deadline:
-        try:
-            if httpx.get(f"http://127.0.0.1:{port}/readyz", timeout=1).status_code == 200:
-                return process
-        except httpx.HTTPError:
-            pass
-        time.sleep(0.3)
-    process.kill()
-    raise RuntimeError("the scoring service did not become ready")
 
 
 def main() -> int:
@@ -121,28 +92,22 @@ def main() -> int:
     decision = promote(settings, data)
 
     print("5/7 starting the scoring service and scoring the new week over HTTP")
-    port = 18_765
-    server = _serve(port, settings)
     scored = new.head(3_000)
     latencies, scores, fallbacks = [], [], 0
-    try:
-        with httpx.Client(base_url=f"http://127.0.0.1:{port}", timeout=5) as client:
-            for row in tqdm(scored.itertuples(), total=len(scored), desc="score", unit="tx"):
-                body = {
-                    "transaction_id": int(row.transaction_id),
-                    "customer_id": int(row.customer_id),
-                    "terminal_id": int(row.terminal_id),
-                    "tx_amount": float(row.tx_amount),
-                    "tx_datetime": row.tx_datetime.isoformat(),
-                }
-                t0 = time.perf_counter()
-                answer = client.post("/v1/score", json=body).json()
-                latencies.append((time.perf_counter() - t0) * 1000)
-                scores.append(answer["score"])
-                fallbacks += bool(answer["fallback"])
-    finally:
-        server.terminate()
-        server.wait(timeout=20)
+    with background_service(settings) as url, httpx.Client(base_url=url, timeout=5) as client:
+        for row in tqdm(scored.itertuples(), total=len(scored), desc="score", unit="tx"):
+            body = {
+                "transaction_id": int(row.transaction_id),
+                "customer_id": int(row.customer_id),
+                "terminal_id": int(row.terminal_id),
+                "tx_amount": float(row.tx_amount),
+                "tx_datetime": row.tx_datetime.isoformat(),
+            }
+            t0 = time.perf_counter()
+            answer = client.post("/v1/score", json=body).json()
+            latencies.append((time.perf_counter() - t0) * 1000)
+            scores.append(answer["score"])
+            fallbacks += bool(answer["fallback"])
 
     print("6/7 monitoring the scored traffic against the model's reference (Evidently drift, live AP)")
     monitored = run_monitor(settings, MonitorConfig(lookback_days=7))

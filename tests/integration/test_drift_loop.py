@@ -16,21 +16,20 @@ import time
 from collections.abc import Iterator
 from pathlib import Path
 
-import httpx
 import numpy as np
 import pandas as pd
 import pytest
-import redis
 from bytewax.testing import run_main
 from sklearn.metrics import average_precision_score
 
 from flows.features import build_flow, default_sinks
 from flows.sources import FileReplaySource
-from tests.integration.serving_helpers import request_body, running_server, server_env
+from tests.integration.serving_helpers import running_server, server_env
 from vigil.monitoring.monitor import MonitorConfig, run_monitor
 from vigil.monitoring.retrain import run_retraining
 from vigil.offline import training_set
 from vigil.online.feast_store import apply_repo
+from vigil.service_process import score_frame, serving_version, wait_for_prediction_log
 from vigil.settings import Settings
 from vigil.simulate import SimulationConfig, simulate
 from vigil.training import train_and_register
@@ -60,35 +59,6 @@ def ingest(settings: Settings, frame: pd.DataFrame, path: Path) -> None:
     run_main(build_flow(FileReplaySource(path), default_sinks(settings), settings))
 
 
-def score(base: str, frame: pd.DataFrame) -> pd.DataFrame:
-    scores, versions = [], []
-    with httpx.Client(base_url=base, timeout=60) as client:
-        for first in range(0, len(frame), 1_000):
-            chunk = frame.iloc[first : first + 1_000]
-            body = {"transactions": [request_body(row) for _, row in chunk.iterrows()]}
-            answer = client.post("/v1/score/batch", json=body)
-            assert answer.status_code == 200, answer.text
-            results = answer.json()["results"]
-            assert not any(r["fallback"] for r in results)
-            scores += [r["score"] for r in results]
-            versions += [r["model"]["version"] for r in results]
-    return frame.assign(score=scores, version=versions)
-
-
-def logged(settings: Settings, expected: int, timeout: float = 30) -> None:
-    """Waits until the service's background prediction log holds `expected` entries."""
-    client = redis.Redis.from_url(settings.redis_url)
-    deadline = time.monotonic() + timeout
-    while client.xlen(settings.prediction_stream) < expected and time.monotonic() < deadline:
-        time.sleep(0.1)
-    assert client.xlen(settings.prediction_stream) >= expected
-    client.close()
-
-
-def champion_version(base: str) -> str:
-    return str(httpx.get(f"{base}/v1/models").json()["serving"]["version"])
-
-
 def test_drift_is_detected_and_a_retrained_champion_restores_live_ap(loop_settings: Settings, tmp_path: Path) -> None:
     settings = loop_settings
     world = simulate(WORLD)
@@ -105,8 +75,8 @@ def test_drift_is_detected_and_a_retrained_champion_restores_live_ap(loop_settin
     with running_server(server_env(settings, VIGIL_SCORE_BUDGET_MS="5000")) as base:
         # A stable week: no alarm.
         ingest(settings, weeks[0], tmp_path / "week0.parquet")
-        scored.append(score(base, weeks[0]))
-        logged(settings, sum(map(len, scored)))
+        scored.append(score_frame(base, weeks[0]))
+        assert wait_for_prediction_log(settings, sum(map(len, scored)))
         stable = run_monitor(settings, config)
         assert len(stable.windows) == 7
         assert not stable.drift_alerts, [(w.start, w.share, w.drifted_columns) for w in stable.windows]
@@ -114,8 +84,8 @@ def test_drift_is_detected_and_a_retrained_champion_restores_live_ap(loop_settin
 
         # The new pattern starts on day 56: detected within two windows.
         ingest(settings, weeks[1], tmp_path / "week1.parquet")
-        scored.append(score(base, weeks[1]))
-        logged(settings, sum(map(len, scored)))
+        scored.append(score_frame(base, weeks[1]))
+        assert wait_for_prediction_log(settings, sum(map(len, scored)))
         drifting = run_monitor(settings, config)
         alerted = sorted(pd.Timestamp(w.start) for w in drifting.drift_alerts)
         drift_start = world["tx_datetime"].min().normalize() + pd.Timedelta(days=DRIFT_DAY)
@@ -134,12 +104,12 @@ def test_drift_is_detected_and_a_retrained_champion_restores_live_ap(loop_settin
             if outcome.decision.promoted:
                 promoted = outcome.version
                 deadline = time.monotonic() + 30
-                while champion_version(base) != promoted and time.monotonic() < deadline:
+                while serving_version(base) != promoted and time.monotonic() < deadline:
                     time.sleep(0.2)
-                assert champion_version(base) == promoted  # hot reload, no restart
+                assert serving_version(base) == promoted  # hot reload, no restart
             ingest(settings, weeks[week], tmp_path / f"week{week}.parquet")
-            scored.append(score(base, weeks[week]))
-            logged(settings, sum(map(len, scored)))
+            scored.append(score_frame(base, weeks[week]))
+            assert wait_for_prediction_log(settings, sum(map(len, scored)))
             drifting = run_monitor(settings, config)
         assert promoted is not None
 
@@ -149,6 +119,7 @@ def test_drift_is_detected_and_a_retrained_champion_restores_live_ap(loop_settin
     before, during, after = live_ap(scored[0]), live_ap(scored[1]), live_ap(scored[3])
     print(f"live AP: stable week {before:.3f}, first drift week {during:.3f}, after retraining {after:.3f}")
     assert set(scored[3]["version"]) == {promoted}
+    assert not any(frame["fallback"].any() for frame in scored)
     assert during < before - 0.1  # the change hurt
     assert after > during + 0.1  # and the retrained champion recovered
     assert np.isfinite(after)

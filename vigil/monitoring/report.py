@@ -20,6 +20,8 @@ from prometheus_client import CollectorRegistry, Gauge, write_to_textfile
 from vigil.settings import Settings
 
 if TYPE_CHECKING:
+    from matplotlib.figure import Figure
+
     from vigil.monitoring.monitor import MonitorConfig, MonitorResult
 
 
@@ -52,19 +54,18 @@ def write_gauges(settings: Settings, result: MonitorResult) -> Path:
     return path
 
 
-def _figure(result: MonitorResult, config: MonitorConfig) -> str:
-    """Drift share per window and AP per day, as an inline PNG."""
-    import matplotlib
-
-    matplotlib.use("Agg")
-    import matplotlib.pyplot as plt
+def monitoring_figure(result: MonitorResult, threshold: float) -> Figure:
+    """Drift share per window (per model version) over live AP per labelled day."""
     import pandas as pd
+    from matplotlib.figure import Figure
 
-    fig, (top, bottom) = plt.subplots(2, 1, figsize=(9, 5.5), sharex=True)
+    # No pyplot: a report written from a notebook must not change its plotting backend.
+    fig = Figure(figsize=(9, 5.5))
+    top, bottom = fig.subplots(2, 1, sharex=True)
     for version in sorted({w.version for w in result.windows}):
         windows = [w for w in result.windows if w.version == version]
         top.plot([pd.Timestamp(w.start) for w in windows], [w.share for w in windows], "o-", label=f"v{version}")
-    top.axhline(config.drift_share_threshold, color="tab:red", linestyle="--", label="alert threshold")
+    top.axhline(threshold, color="tab:red", linestyle="--", label="alert threshold")
     top.set_ylabel("drift share")
     top.set_ylim(0, 1)
     top.legend(loc="upper left", fontsize=8)
@@ -79,9 +80,37 @@ def _figure(result: MonitorResult, config: MonitorConfig) -> str:
     bottom.legend(loc="lower left", fontsize=8)
     fig.autofmt_xdate()
     fig.tight_layout()
+    return fig
+
+
+def drift_heatmap(result: MonitorResult) -> Figure:
+    """Drift score of every column in every window (darker: further from the reference)."""
+    import numpy as np
+    from matplotlib.figure import Figure
+
+    windows = sorted(result.windows, key=lambda w: (w.start, w.version))
+    columns = [c.column for c in windows[0].columns] if windows else []
+    scores = np.array([[c.score for c in w.columns] for w in windows]).T if windows else np.zeros((0, 0))
+    fig = Figure(figsize=(max(6, 0.6 * len(windows)), 0.35 * len(columns) + 1.5))
+    ax = fig.subplots()
+    image = ax.imshow(np.minimum(scores, 0.5), aspect="auto", cmap="Reds", vmin=0, vmax=0.5)
+    ax.set_yticks(range(len(columns)), [c.replace("_window", "") for c in columns], fontsize=8)
+    ax.set_xticks(range(len(windows)), [f"{w.start[:10]} v{w.version}" for w in windows], rotation=60, fontsize=8)
+    for i, w in enumerate(windows):
+        for j, c in enumerate(w.columns):
+            if c.drifted:
+                ax.text(i, j, "x", ha="center", va="center", fontsize=7)
+    fig.colorbar(image, ax=ax, label="drift score (x: drifted)")
+    ax.set_title("per-column drift against the training reference")
+    fig.tight_layout()
+    return fig
+
+
+def _figure(result: MonitorResult, config: MonitorConfig) -> str:
+    """The monitoring figure as an inline PNG."""
+    fig = monitoring_figure(result, config.drift_share_threshold)
     buffer = io.BytesIO()
     fig.savefig(buffer, format="png", dpi=90)
-    plt.close(fig)
     return base64.b64encode(buffer.getvalue()).decode()
 
 

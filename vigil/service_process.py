@@ -1,0 +1,124 @@
+"""A `vigil serve` process for the demo and notebooks, and a client that scores frames through it."""
+
+from __future__ import annotations
+
+import os
+import socket
+import subprocess
+import sys
+import time
+from collections.abc import Iterator
+from contextlib import contextmanager
+
+import httpx
+import pandas as pd
+import redis
+
+from vigil.settings import PROJECT_ROOT, Settings
+
+
+def service_env(settings: Settings, **extra: str) -> dict[str, str]:
+    """The environment that makes a `vigil serve` process use `settings`' stores."""
+    env = {
+        **os.environ,
+        "REDIS_URL": settings.redis_url,
+        "VIGIL_FEAST_PROJECT": settings.feast_project,
+        "VIGIL_KEY_PREFIX": settings.key_prefix,
+        "VIGIL_DATA_DIR": str(settings.data_dir),
+        "VIGIL_REPORTS_DIR": str(settings.reports_dir),
+        "MLFLOW_TRACKING_URI": settings.tracking_uri,
+        "PYTHONPATH": str(PROJECT_ROOT),
+    }
+    if settings.mlflow_artifacts_dir:
+        env["VIGIL_MLFLOW_ARTIFACTS"] = str(settings.mlflow_artifacts_dir)
+    env.update(extra)
+    return env
+
+
+def free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return int(s.getsockname()[1])
+
+
+@contextmanager
+def background_service(settings: Settings, port: int | None = None, timeout: float = 120, **env: str) -> Iterator[str]:
+    """Starts `vigil serve` on loopback, waits until it is ready, yields its base URL, stops it."""
+    port = port or free_port()
+    process = subprocess.Popen(
+        [sys.executable, "-m", "vigil.cli", "serve", "--port", str(port)],
+        cwd=PROJECT_ROOT,
+        env=service_env(settings, **env),
+        stdout=subprocess.DEVNULL,
+        stderr=subprocess.DEVNULL,
+    )
+    base = f"http://127.0.0.1:{port}"
+    try:
+        deadline = time.monotonic() + timeout
+        while True:
+            if process.poll() is not None:
+                raise RuntimeError(f"vigil serve exited with status {process.returncode}")
+            try:
+                if httpx.get(f"{base}/readyz", timeout=1).status_code == 200:
+                    break
+            except httpx.HTTPError:
+                pass
+            if time.monotonic() > deadline:
+                raise RuntimeError("the scoring service did not become ready")
+            time.sleep(0.3)
+        yield base
+    finally:
+        process.terminate()
+        try:
+            process.wait(timeout=20)
+        except subprocess.TimeoutExpired:
+            process.kill()
+
+
+def score_frame(base: str, frame: pd.DataFrame, chunk: int = 1_000, api_key: str | None = None) -> pd.DataFrame:
+    """Scores every row of `frame` through `/v1/score/batch`; adds score, version, fallback, reason."""
+    answers: list[dict[str, object]] = []
+    headers = {"X-API-Key": api_key} if api_key else {}
+    with httpx.Client(base_url=base, timeout=120, headers=headers) as client:
+        for first in range(0, len(frame), chunk):
+            part = frame.iloc[first : first + chunk]
+            body = {
+                "transactions": [
+                    {
+                        "transaction_id": int(r.transaction_id),
+                        "customer_id": int(r.customer_id),
+                        "terminal_id": int(r.terminal_id),
+                        "tx_amount": float(r.tx_amount),
+                        "tx_datetime": pd.Timestamp(r.tx_datetime).isoformat(),
+                    }
+                    for r in part.itertuples(index=False)
+                ]
+            }
+            response = client.post("/v1/score/batch", json=body)
+            response.raise_for_status()
+            answers += response.json()["results"]
+    return frame.assign(
+        score=[a["score"] for a in answers],
+        version=[a["model"]["version"] for a in answers],  # type: ignore[index]
+        fallback=[a["fallback"] for a in answers],
+        reason=[a["fallback_reason"] for a in answers],
+    )
+
+
+def wait_for_prediction_log(settings: Settings, entries: int, timeout: float = 30) -> bool:
+    """Waits until the service's background prediction log holds `entries` entries."""
+    client = redis.Redis.from_url(settings.redis_url)
+    try:
+        deadline = time.monotonic() + timeout
+        while int(client.xlen(settings.prediction_stream)) < entries:  # type: ignore[arg-type]
+            if time.monotonic() > deadline:
+                return False
+            time.sleep(0.1)
+        return True
+    finally:
+        client.close()
+
+
+def serving_version(base: str) -> str | None:
+    serving = httpx.get(f"{base}/v1/models", timeout=10).json().get("serving")
+    return str(serving["version"]) if serving else None
