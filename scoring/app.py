@@ -22,6 +22,7 @@ from fastapi.responses import JSONResponse
 from prometheus_client import CONTENT_TYPE_LATEST, generate_latest
 
 from scoring.batching import MicroBatcher
+from scoring.fastpath import FastScoreRoutes
 from scoring.metrics import ServiceMetrics
 from scoring.middleware import RequestLimits
 from scoring.models import ModelManager
@@ -124,6 +125,8 @@ def create_app(settings: Settings | None = None) -> FastAPI:
         description="Real-time fraud scores from online features and the champion model.",
     )
 
+    # Added first, so it runs inside RequestLimits (request ids, body limit, error log).
+    app.add_middleware(FastScoreRoutes, max_batch=settings.max_batch, api_keys=lambda: settings.api_key_set)
     app.add_middleware(RequestLimits, max_body_bytes=settings.max_body_bytes)
 
     def require_key(request: Request) -> None:
@@ -138,6 +141,8 @@ def create_app(settings: Settings | None = None) -> FastAPI:
         # Returned as-is (already shaped like the response model, which documents it).
         return Response(orjson.dumps(body), media_type="application/json")
 
+    # Both scoring routes are answered by FastScoreRoutes before FastAPI routes anything;
+    # these declarations document them (OpenAPI) and serve as the reference behaviour.
     @app.post("/v1/score", response_model=Score, dependencies=[Depends(require_key)])
     async def score(transaction: Transaction, request: Request, explain: bool = False) -> Any:
         return as_json((await request.app.state.scorer.score([transaction], explain))[0])

@@ -4,16 +4,19 @@ from __future__ import annotations
 
 import math
 from datetime import datetime
+from typing import Protocol
 
 from pydantic import BaseModel, ConfigDict, Field, field_validator
+
+INT64_MAX = 2**63 - 1  # ids are stored as 64-bit integers
 
 
 class Transaction(BaseModel):
     model_config = ConfigDict(extra="ignore")
 
-    transaction_id: int = Field(..., ge=0, examples=[123])
-    customer_id: int = Field(..., ge=0, examples=[42])
-    terminal_id: int = Field(..., ge=0, examples=[7])
+    transaction_id: int = Field(..., ge=0, le=INT64_MAX, examples=[123])
+    customer_id: int = Field(..., ge=0, le=INT64_MAX, examples=[42])
+    terminal_id: int = Field(..., ge=0, le=INT64_MAX, examples=[7])
     tx_amount: float = Field(..., ge=0, examples=[57.1])
     tx_datetime: datetime = Field(..., examples=["2018-08-08T10:31:00"])
 
@@ -23,6 +26,21 @@ class Transaction(BaseModel):
         if not math.isfinite(value):
             raise ValueError("must be a finite number")
         return value
+
+
+class TransactionFields(Protocol):
+    """What the scorer reads of a transaction (a validated `Transaction` or the fast path's)."""
+
+    @property
+    def transaction_id(self) -> int: ...
+    @property
+    def customer_id(self) -> int: ...
+    @property
+    def terminal_id(self) -> int: ...
+    @property
+    def tx_amount(self) -> float: ...
+    @property
+    def tx_datetime(self) -> datetime: ...
 
 
 class TransactionBatch(BaseModel):

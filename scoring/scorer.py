@@ -18,7 +18,7 @@ from scoring.batching import MicroBatcher
 from scoring.metrics import ServiceMetrics
 from scoring.models import LoadedModel, ModelManager
 from scoring.prediction_log import PredictionLog
-from scoring.schemas import Transaction
+from scoring.schemas import TransactionFields
 from vigil.features import spec
 from vigil.features.feast_transform import to_epoch_seconds
 from vigil.features.history import EntityHistory
@@ -53,7 +53,9 @@ class Scorer:
         self.shadow, self.shadow_stream = shadow, shadow_stream
         self._background: set[asyncio.Task[None]] = set()
 
-    async def _histories(self, txs: Sequence[Transaction], deadline: float) -> tuple[SortedFacts, SortedFacts] | None:
+    async def _histories(
+        self, txs: Sequence[TransactionFields], deadline: float
+    ) -> tuple[SortedFacts, SortedFacts] | None:
         started = time.perf_counter()
         try:
             return await asyncio.wait_for(
@@ -94,7 +96,7 @@ class Scorer:
         finally:
             self.metrics.stage_seconds.labels("model").observe(time.perf_counter() - started)
 
-    async def score(self, txs: Sequence[Transaction], explain: bool = False) -> list[dict[str, Any]]:
+    async def score(self, txs: Sequence[TransactionFields], explain: bool = False) -> list[dict[str, Any]]:
         started = time.perf_counter()
         deadline = started + self.budget
         model = self.models.current
@@ -192,7 +194,7 @@ class Scorer:
         return out
 
     def _log(
-        self, results: list[dict[str, Any]], matrix: np.ndarray, txs: Sequence[Transaction], ts: np.ndarray
+        self, results: list[dict[str, Any]], matrix: np.ndarray, txs: Sequence[TransactionFields], ts: np.ndarray
     ) -> None:
         """Hands the answers to the prediction log; it builds and writes entries in the background."""
         if self.prediction_log is not None:
