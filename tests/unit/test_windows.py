@@ -120,7 +120,8 @@ def test_backfill_keeps_row_order_and_counts_duplicates_once(small_world: pd.Dat
     pd.testing.assert_frame_equal(with_dupes.iloc[: len(plain)].reset_index(drop=True), plain)
 
 
-def test_batch_decode_equals_the_reference_decoder() -> None:
+@pytest.mark.parametrize("copies", [1, 5])  # 4 payloads: protobuf's parser; 20: the numpy pass
+def test_batch_decode_equals_the_reference_decoder(copies: int) -> None:
     """The columnar decoder (serving's batch path) reads what HistoryView.decode reads."""
     from vigil.online.columns import stacked_facts
     from vigil.online.layout import OnlineLayout
@@ -134,7 +135,7 @@ def test_batch_decode_equals_the_reference_decoder() -> None:
                 list(range(k)),
                 rng.integers(0, 2, size=k).astype(float).tolist(),
             )
-            for k in (0, 1, 5, 40)
+            for k in (0, 1, 5, 40) * copies
         ]
         replies = [[view.encode(h)[f] for f in view.field_keys] if len(h) else [None, None, None] for h in histories]
         facts = stacked_facts(replies, view.value_is_float)

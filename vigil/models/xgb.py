@@ -11,6 +11,11 @@ import xgboost as xgb
 
 from vigil.features import spec
 from vigil.models.base import FraudModel, Progress
+from vigil.models.forest import Forest
+
+# Up to this many rows, the array forest beats XGBoost's fixed per-call cost (measured:
+# 1 row 80 us vs 300 us; at 8 rows they are even).
+FOREST_MAX_ROWS = 2
 
 
 class _ProgressCallback(xgb.callback.TrainingCallback):
@@ -32,6 +37,8 @@ class XGBoostModel(FraudModel):
         # Optional standardisation (the book's protocol); kept inside the booster's attributes
         # so that the native MLflow model carries it.
         self.scale: tuple[np.ndarray, np.ndarray] | None = None
+        # The trees as arrays, for one or two rows (built by `setup`, i.e. when serving).
+        self.forest: Forest | None = None
 
     @classmethod
     def default_params(cls) -> dict[str, Any]:
@@ -82,14 +89,21 @@ class XGBoostModel(FraudModel):
     def predict_proba(self, frame: pd.DataFrame | np.ndarray) -> np.ndarray:
         if self.booster is None:
             raise RuntimeError("model is not trained or loaded")
+        inputs = self._inputs(frame)
+        if self.forest is not None and inputs.shape[0] <= FOREST_MAX_ROWS:
+            return self.forest.predict_proba(inputs)
         # In-place prediction: no DMatrix, no OpenMP fan-out for small batches.
-        return np.asarray(self.booster.inplace_predict(self._inputs(frame)), dtype=np.float64)
+        return np.asarray(self.booster.inplace_predict(inputs), dtype=np.float64)
 
     def setup(self, device: str = "cpu", threads: int = 1) -> None:
         if self.booster is None:
             raise RuntimeError("model is not trained or loaded")
         # One thread for single rows: OpenMP fan-out costs more than it saves (p99 stalls).
         self.booster.set_param({"device": device, "nthread": threads})
+        try:
+            self.forest = Forest.from_booster(self.booster) if device == "cpu" else None
+        except ValueError:  # an objective or split kind the arrays do not cover: XGBoost answers
+            self.forest = None
         super().setup(device, threads)
 
     def feature_importance(self) -> dict[str, float] | None:
