@@ -14,6 +14,7 @@ import httpx
 import pandas as pd
 import redis
 
+from vigil.monitoring.predictions import logged_answers
 from vigil.settings import PROJECT_ROOT, Settings
 
 
@@ -106,11 +107,11 @@ def score_frame(base: str, frame: pd.DataFrame, chunk: int = 1_000, api_key: str
 
 
 def wait_for_prediction_log(settings: Settings, entries: int, timeout: float = 30) -> bool:
-    """Waits until the service's background prediction log holds `entries` entries."""
+    """Waits until the service's background prediction log has logged `entries` answers."""
     client = redis.Redis.from_url(settings.redis_url)
     try:
         deadline = time.monotonic() + timeout
-        while int(client.xlen(settings.prediction_stream)) < entries:  # type: ignore[arg-type]
+        while logged_answers(settings, client) < entries:
             if time.monotonic() > deadline:
                 return False
             time.sleep(0.1)

@@ -2,10 +2,10 @@
 
 from __future__ import annotations
 
-import json
 from collections.abc import Iterator
 
 import httpx
+import numpy as np
 import pandas as pd
 import pytest
 import redis
@@ -16,6 +16,7 @@ from flows.sources import FileReplaySource
 from tests.integration.serving_helpers import request_body, running_server, server_env
 from vigil.features import spec
 from vigil.features.online import online_features
+from vigil.monitoring.predictions import decode_entries, logged_answers
 from vigil.offline import training_set
 from vigil.online.feast_store import apply_repo
 from vigil.online.store import OnlineHistoryStore, delete_namespace
@@ -166,17 +167,17 @@ def test_prediction_log(server: str, served_world: tuple[Settings, pd.DataFrame]
 
     settings, world = served_world
     client = redis.Redis.from_url(settings.redis_url)
-    before = client.xlen(settings.prediction_stream)
+    before = logged_answers(settings, client)
     httpx.post(f"{server}/v1/score", json=request_body(world.iloc[7]))
     deadline = time.monotonic() + 5  # written in the background, off the response path
-    while client.xlen(settings.prediction_stream) < before + 1 and time.monotonic() < deadline:
+    while logged_answers(settings, client) < before + 1 and time.monotonic() < deadline:
         time.sleep(0.02)
-    entries = client.xrevrange(settings.prediction_stream, count=1)
-    assert client.xlen(settings.prediction_stream) == before + 1
-    fields = entries[0][1]
-    assert int(fields[b"transaction_id"]) == int(world.iloc[7]["transaction_id"])
-    assert len(json.loads(fields[b"features"])) == len(spec.MODEL_INPUTS)
+    assert logged_answers(settings, client) == before + 1
+    logged = decode_entries(client.xrevrange(settings.prediction_stream, count=1)).iloc[-1]  # type: ignore[arg-type]
     row = world.iloc[7]
-    assert int(fields[b"customer_id"]) == int(row["customer_id"])
-    assert int(fields[b"terminal_id"]) == int(row["terminal_id"])
-    assert int(fields[b"ts"]) == int(pd.Timestamp(row["tx_datetime"]).timestamp())
+    assert int(logged["transaction_id"]) == int(row["transaction_id"])
+    assert int(logged["customer_id"]) == int(row["customer_id"])
+    assert int(logged["terminal_id"]) == int(row["terminal_id"])
+    assert int(logged["ts"]) == int(pd.Timestamp(row["tx_datetime"]).timestamp())
+    assert logged["version"] != "" and not logged["fallback"] and 0 <= logged["score"] <= 1
+    assert np.isfinite(logged[list(spec.MODEL_INPUTS)].to_numpy(np.float64)).all()

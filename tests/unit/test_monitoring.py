@@ -101,3 +101,42 @@ def test_retraining_reasons_name_their_trigger() -> None:
     result.performance_alerts = [DayPerformance("2018-06-22", "1", 500, 20, 0.8, 0.2, 0.1, 0.7, True)]
     reasons = retrain_reasons(result, None, None)
     assert [r.split(":")[0] for r in reasons] == ["drift", "performance"]
+
+
+def test_prediction_log_entries_decode_to_the_answers() -> None:
+    from scoring.prediction_log import ENTRY_ROWS, PredictionLog
+    from vigil.monitoring.predictions import decode_entries
+
+    rng = np.random.default_rng(2)
+    n = ENTRY_ROWS + 5  # two entries
+    results = [
+        {
+            "transaction_id": i,
+            "score": float(rng.uniform()),
+            "model": {"version": "4"},
+            "fallback": i % 7 == 0,
+            "fallback_reason": "timeout" if i % 7 == 0 else None,
+            "latency_ms": 1.25,
+        }
+        for i in range(n)
+    ]
+    matrix = rng.normal(size=(n, len(spec.MODEL_INPUTS))).astype(np.float32)
+    context = np.column_stack([1_530_000_000 + np.arange(n), np.arange(n) % 50, np.arange(n) % 90]).astype(np.int64)
+    half = n // 2
+    entries = PredictionLog.entries(
+        [(results[:half], matrix[:half], context[:half]), (results[half:], matrix[half:], context[half:])]
+    )
+    assert [e["rows"] for e in entries] == [ENTRY_ROWS, 5]
+    frame = decode_entries(
+        [
+            (f"1-{i}".encode(), {k.encode(): str(v).encode() if not isinstance(v, bytes) else v for k, v in e.items()})
+            for i, e in enumerate(entries)
+        ]
+    )
+    assert frame["transaction_id"].tolist() == list(range(n))
+    assert frame["fallback"].tolist() == [i % 7 == 0 for i in range(n)]
+    assert frame["reason"].tolist()[:2] == ["timeout", ""]
+    assert frame["ts"].tolist() == context[:, 0].tolist()
+    assert frame["terminal_id"].tolist() == context[:, 2].tolist()
+    np.testing.assert_allclose(frame[list(spec.MODEL_INPUTS)].to_numpy(), matrix, rtol=1e-6)
+    assert frame["stream_id"].is_unique

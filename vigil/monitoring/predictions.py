@@ -11,8 +11,10 @@ from __future__ import annotations
 
 import json
 from pathlib import Path
+from typing import Any
 
 import numpy as np
+import orjson
 import pandas as pd
 import redis
 
@@ -20,57 +22,91 @@ from vigil.features import spec
 from vigil.settings import Settings
 
 COLUMNS = ["transaction_id", "ts", "customer_id", "terminal_id", "score", "version", "fallback", "reason", "latency_ms"]
-READ_COUNT = 10_000
+READ_COUNT = 500  # entries per read; the service's entries hold up to 2,000 answers each
+# The scoring service's entries: many answers each, as JSON columns.
+ENTRY_FORMAT = "columns-v1"
 
 
 def predictions_dir(settings: Settings) -> Path:
     return settings.data_dir / "predictions"
 
 
+def answers_key(stream: str) -> str:
+    """The counter of answers ever logged to `stream`."""
+    return f"{stream}:answers"
+
+
+def logged_answers(settings: Settings, client: redis.Redis) -> int:
+    return int(client.get(answers_key(settings.prediction_stream)) or 0)  # type: ignore[arg-type]
+
+
 def _marker(settings: Settings) -> str:
     return f"{settings.prediction_stream}:rolled"
 
 
-def _frame(entries: list[tuple[bytes, dict[bytes, bytes]]]) -> pd.DataFrame:
-    """Stream entries to typed columns: ids, time, score, model version, fallback, inputs."""
-    rows = [{k.decode(): v.decode() for k, v in fields.items()} for _, fields in entries]
-    frame = pd.DataFrame(rows)
-    for name in ("ts", "customer_id", "terminal_id"):  # written by services since the prediction log had them
+def _columns_entry(entry_id: str, fields: dict[bytes, bytes]) -> pd.DataFrame:
+    """An entry of many answers (`format=columns-v1`, as the scoring service writes them)."""
+    data = orjson.loads(fields[b"data"])
+    frame = pd.DataFrame({name: data[name] for name in COLUMNS})
+    frame.insert(0, "stream_id", [f"{entry_id}:{i}" for i in range(len(frame))])
+    inputs = np.asarray(data["features"], dtype=np.float64).reshape(-1, len(spec.MODEL_INPUTS))
+    for j, name in enumerate(spec.MODEL_INPUTS):
+        frame[name] = inputs[:, j]
+    return frame
+
+
+def _answer_entry(entry_id: str, fields: dict[bytes, bytes]) -> pd.DataFrame:
+    """An entry of one answer (field per column, features as a JSON list)."""
+    row: dict[str, Any] = {k.decode(): v.decode() for k, v in fields.items()}
+    inputs = json.loads(row.pop("features"))
+    row.update(dict(zip(spec.MODEL_INPUTS, inputs, strict=True)))
+    return pd.DataFrame([{"stream_id": entry_id, **row}])
+
+
+def decode_entries(entries: list[tuple[bytes, dict[bytes, bytes]]]) -> pd.DataFrame:
+    """Stream entries (either form) to typed columns: ids, time, score, model version, fallback, inputs."""
+    parts = [
+        _columns_entry(entry_id.decode(), fields)
+        if fields.get(b"format") == ENTRY_FORMAT.encode()
+        else _answer_entry(entry_id.decode(), fields)
+        for entry_id, fields in entries
+    ]
+    frame = pd.concat(parts, ignore_index=True)
+    for name in ("ts", "customer_id", "terminal_id"):  # absent from entries of services before they were logged
         if name not in frame:
             frame[name] = -1
-    out = pd.DataFrame(
-        {
-            "stream_id": [entry_id.decode() for entry_id, _ in entries],
-            "transaction_id": frame["transaction_id"].astype(np.int64),
-            "ts": frame["ts"].fillna(-1).astype(np.int64),
-            "customer_id": frame["customer_id"].fillna(-1).astype(np.int64),
-            "terminal_id": frame["terminal_id"].fillna(-1).astype(np.int64),
-            "score": frame["score"].astype(np.float64),
-            "version": frame["version"].astype(str),
-            "fallback": frame["fallback"].astype(np.int64).astype(bool),
-            "reason": frame["reason"].astype(str),
-            "latency_ms": frame["latency_ms"].astype(np.float64),
-        }
-    )
-    inputs = np.array([json.loads(f) for f in frame["features"]], dtype=np.float64).reshape(-1, len(spec.MODEL_INPUTS))
-    for j, name in enumerate(spec.MODEL_INPUTS):
-        out[name] = inputs[:, j]
-    return out
+    typed = {
+        "transaction_id": np.int64,
+        "ts": np.int64,
+        "customer_id": np.int64,
+        "terminal_id": np.int64,
+        "score": np.float64,
+        "latency_ms": np.float64,
+    }
+    for name, dtype in typed.items():
+        frame[name] = pd.to_numeric(frame[name]).fillna(-1).astype(dtype)
+    frame["version"] = frame["version"].astype(str)
+    frame["reason"] = frame["reason"].fillna("").astype(str)
+    frame["fallback"] = frame["fallback"].map(lambda v: str(v) in ("1", "True", "true")).astype(bool)
+    frame[list(spec.MODEL_INPUTS)] = frame[list(spec.MODEL_INPUTS)].astype(np.float64)
+    return frame[["stream_id", *COLUMNS, *spec.MODEL_INPUTS]]
 
 
 def roll_predictions(settings: Settings, client: redis.Redis) -> int:
-    """Copies the stream's new entries to Parquet; returns how many were copied."""
+    """Copies the stream's new entries to Parquet; returns how many answers they held."""
     folder = predictions_dir(settings)
     folder.mkdir(parents=True, exist_ok=True)
     marker: bytes | None = client.get(_marker(settings))  # type: ignore[assignment]
     start = "(" + marker.decode() if marker else "-"
     copied = 0
     while True:
-        entries = client.xrange(settings.prediction_stream, min=start, count=READ_COUNT)
+        entries: list[tuple[bytes, dict[bytes, bytes]]] = client.xrange(  # type: ignore[assignment]
+            settings.prediction_stream, min=start, count=READ_COUNT
+        )
         if not entries:
             return copied
-        frame = _frame(entries)  # type: ignore[arg-type]
-        first, last = frame["stream_id"].iloc[0], frame["stream_id"].iloc[-1]
+        frame = decode_entries(entries)
+        first, last = entries[0][0].decode(), entries[-1][0].decode()
         frame.to_parquet(folder / f"part-{first.replace('-', '_')}-{last.replace('-', '_')}.parquet", index=False)
         client.set(_marker(settings), last)
         copied += len(frame)
