@@ -2,18 +2,17 @@
 
 from __future__ import annotations
 
-from typing import Any
-
-import matplotlib
-
-matplotlib.use("Agg")  # files only; never a window
-import matplotlib.pyplot as plt
 import numpy as np
+from matplotlib.figure import Figure
 from sklearn.metrics import precision_recall_curve, roc_curve
 
+# Figures are built without pyplot: nothing is kept open between trainings, and a
+# notebook's plotting backend is never changed by importing this module.
 
-def curves(labels: np.ndarray, scores: np.ndarray, title: str) -> Any:
-    fig, (roc_ax, pr_ax) = plt.subplots(1, 2, figsize=(10, 4))
+
+def curves(labels: np.ndarray, scores: np.ndarray, title: str) -> Figure:
+    fig = Figure(figsize=(10, 4))
+    roc_ax, pr_ax = fig.subplots(1, 2)
     fpr, tpr, _ = roc_curve(labels, scores)
     roc_ax.plot(fpr, tpr)
     roc_ax.plot([0, 1], [0, 1], linestyle=":", color="grey")
@@ -26,9 +25,10 @@ def curves(labels: np.ndarray, scores: np.ndarray, title: str) -> Any:
     return fig
 
 
-def importance(values: dict[str, float], title: str) -> Any:
+def importance(values: dict[str, float], title: str) -> Figure:
     names = sorted(values, key=values.__getitem__)
-    fig, ax = plt.subplots(figsize=(7, 5))
+    fig = Figure(figsize=(7, 5))
+    ax = fig.subplots()
     ax.barh(names, [values[n] for n in names])
     ax.set(title=title)
     fig.tight_layout()
