@@ -187,10 +187,11 @@ class Scorer:
         if contribs is None:
             return None
         values = contribs(matrix)[:, :-1]  # last column: the bias
+        names = list(getattr(model.primary, "input_names", spec.MODEL_INPUTS))
         out = []
         for row in values:
             order = np.argsort(-np.abs(row))[:top]
-            out.append({spec.MODEL_INPUTS[j]: round(float(row[j]), 6) for j in order})
+            out.append({names[j]: round(float(row[j]), 6) for j in order})
         return out
 
     def _log(

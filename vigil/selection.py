@@ -68,6 +68,7 @@ def book_settings() -> list[Candidate]:
                 "colsample_bytree": 1.0,
                 "tree_method": "exact",
                 "standardise": True,
+                "derived_inputs": False,
             },
             7,
         ),

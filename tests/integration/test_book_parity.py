@@ -33,6 +33,7 @@ BOOK_XGBOOST = {
     "colsample_bytree": 1.0,
     "min_child_weight": 1.0,
     "standardise": True,
+    "derived_inputs": False,
 }
 
 
