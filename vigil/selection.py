@@ -90,6 +90,7 @@ def tuning_candidates() -> list[Candidate]:
             "xgboost 200 trees, depth 4, lr 0.1", {"n_estimators": 200, "max_depth": 4, "learning_rate": 0.1}, None
         ),
         xgboost_candidate("xgboost default, last 8 weeks", {}, 56),
+        xgboost_candidate("xgboost default without the derived ratios", {"derived_inputs": False}, None),
     ]
 
 
