@@ -2,8 +2,6 @@
 
 from __future__ import annotations
 
-import os
-import socket
 import subprocess
 import sys
 import time
@@ -17,32 +15,13 @@ import pandas as pd
 import torch
 from torch import nn
 
+from vigil.service_process import free_port, service_env
 from vigil.settings import PROJECT_ROOT, Settings
 
 
-def free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return int(s.getsockname()[1])
-
-
 def server_env(settings: Settings, **extra: str) -> dict[str, str]:
-    env = {
-        **os.environ,
-        "REDIS_URL": settings.redis_url,
-        "VIGIL_FEAST_PROJECT": settings.feast_project,
-        "VIGIL_KEY_PREFIX": settings.key_prefix,
-        "VIGIL_DATA_DIR": str(settings.data_dir),
-        "VIGIL_REPORTS_DIR": str(settings.reports_dir),
-        "MLFLOW_TRACKING_URI": settings.tracking_uri,
-        "VIGIL_ALIAS_POLL_SECONDS": "0.5",
-        "VIGIL_START_LOCAL_REDIS": "false",
-        "PYTHONPATH": str(PROJECT_ROOT),
-    }
-    if settings.mlflow_artifacts_dir:
-        env["VIGIL_MLFLOW_ARTIFACTS"] = str(settings.mlflow_artifacts_dir)
-    env.update(extra)
-    return env
+    """`vigil serve`'s environment for `settings`, polling aliases fast, never starting a Redis."""
+    return service_env(settings, **{"VIGIL_ALIAS_POLL_SECONDS": "0.5", "VIGIL_START_LOCAL_REDIS": "false", **extra})
 
 
 @contextmanager
