@@ -21,6 +21,7 @@ from vigil.features import spec
 from vigil.ingest import run_ingest
 from vigil.offline import training_set
 from vigil.online.feast_store import apply_repo, feast_connection_string, registry_path
+from vigil.service_process import transaction_body
 from vigil.settings import PROJECT_ROOT, Settings
 from vigil.simulate import SimulationConfig, simulate
 from vigil.training import train_and_register
@@ -80,16 +81,7 @@ def prepare(settings: Settings) -> pd.DataFrame:
 
 
 def bodies(rows: pd.DataFrame) -> list[dict[str, Any]]:
-    return [
-        {
-            "transaction_id": int(r.transaction_id),
-            "customer_id": int(r.customer_id),
-            "terminal_id": int(r.terminal_id),
-            "tx_amount": float(r.tx_amount),
-            "tx_datetime": pd.Timestamp(r.tx_datetime).isoformat(),
-        }
-        for r in rows.itertuples()
-    ]
+    return [transaction_body(r) for r in rows.itertuples()]
 
 
 def env_for(settings: Settings) -> dict[str, str]:

@@ -27,7 +27,8 @@ def redis_url() -> str:
 
 @pytest.fixture
 def settings(tmp_path: Path, redis_url: str) -> Iterator[Settings]:
-    """Settings on a project and prefix of this test's own; its keys are removed afterwards."""
+    """Settings on a project, key prefix, data folder and MLflow store of this test's own;
+    its Redis keys are removed afterwards."""
     name = f"t{uuid.uuid4().hex[:10]}"
     value = Settings(
         redis_url=redis_url,
@@ -35,6 +36,8 @@ def settings(tmp_path: Path, redis_url: str) -> Iterator[Settings]:
         key_prefix=name,
         data_dir=tmp_path / "data",
         reports_dir=tmp_path / "reports",
+        mlflow_tracking_uri=f"sqlite:///{tmp_path}/mlflow.db",
+        mlflow_artifacts_dir=tmp_path / "artifacts",
     )
     yield value
     delete_namespace(redis_url, name, name)

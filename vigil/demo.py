@@ -28,7 +28,7 @@ from vigil.offline import training_set
 from vigil.online.feast_store import apply_repo, feast_features
 from vigil.online.store import OnlineHistoryStore, delete_namespace
 from vigil.promotion import promote
-from vigil.service_process import background_service
+from vigil.service_process import background_service, transaction_body
 from vigil.settings import Settings
 from vigil.simulate import SimulationConfig, simulate
 from vigil.stream_out import write_file
@@ -96,15 +96,8 @@ def main() -> int:
     latencies, scores, fallbacks = [], [], 0
     with background_service(settings) as url, httpx.Client(base_url=url, timeout=5) as client:
         for row in tqdm(scored.itertuples(), total=len(scored), desc="score", unit="tx"):
-            body = {
-                "transaction_id": int(row.transaction_id),
-                "customer_id": int(row.customer_id),
-                "terminal_id": int(row.terminal_id),
-                "tx_amount": float(row.tx_amount),
-                "tx_datetime": row.tx_datetime.isoformat(),
-            }
             t0 = time.perf_counter()
-            answer = client.post("/v1/score", json=body).json()
+            answer = client.post("/v1/score", json=transaction_body(row)).json()
             latencies.append((time.perf_counter() - t0) * 1000)
             scores.append(answer["score"])
             fallbacks += bool(answer["fallback"])

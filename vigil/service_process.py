@@ -6,9 +6,11 @@ import os
 import socket
 import subprocess
 import sys
+import tempfile
 import time
 from collections.abc import Iterator
 from contextlib import contextmanager
+from typing import Any
 
 import httpx
 import pandas as pd
@@ -43,37 +45,60 @@ def free_port() -> int:
 
 
 @contextmanager
-def background_service(settings: Settings, port: int | None = None, timeout: float = 120, **env: str) -> Iterator[str]:
-    """Starts `vigil serve` on loopback, waits until it is ready, yields its base URL, stops it."""
-    port = port or free_port()
-    process = subprocess.Popen(
-        [sys.executable, "-m", "vigil.cli", "serve", "--port", str(port)],
-        cwd=PROJECT_ROOT,
-        env=service_env(settings, **env),
-        stdout=subprocess.DEVNULL,
-        stderr=subprocess.DEVNULL,
-    )
-    base = f"http://127.0.0.1:{port}"
-    try:
-        deadline = time.monotonic() + timeout
-        while True:
-            if process.poll() is not None:
-                raise RuntimeError(f"vigil serve exited with status {process.returncode}")
-            try:
-                if httpx.get(f"{base}/readyz", timeout=1).status_code == 200:
-                    break
-            except httpx.HTTPError:
-                pass
-            if time.monotonic() > deadline:
-                raise RuntimeError("the scoring service did not become ready")
-            time.sleep(0.3)
-        yield base
-    finally:
-        process.terminate()
+def serve_process(
+    env: dict[str, str], workers: int = 1, ready_path: str = "/readyz", timeout: float = 120
+) -> Iterator[str]:
+    """Starts `vigil serve` on loopback with `env`, waits until `ready_path` answers 200,
+    yields its base URL, stops it. Its stderr goes to a file, quoted if it exits early."""
+    port = free_port()
+    with tempfile.TemporaryFile("w+") as errors:
+        process = subprocess.Popen(
+            [sys.executable, "-m", "vigil.cli", "serve", "--port", str(port), "--workers", str(workers)],
+            cwd=PROJECT_ROOT,
+            env=env,
+            stdout=subprocess.DEVNULL,
+            stderr=errors,
+        )
+        base = f"http://127.0.0.1:{port}"
         try:
-            process.wait(timeout=20)
-        except subprocess.TimeoutExpired:
-            process.kill()
+            deadline = time.monotonic() + timeout
+            while True:
+                if process.poll() is not None:
+                    errors.seek(0)
+                    raise RuntimeError(f"vigil serve exited with status {process.returncode}: {errors.read()[-3000:]}")
+                try:
+                    if httpx.get(f"{base}{ready_path}", timeout=1).status_code == 200:
+                        break
+                except httpx.HTTPError:
+                    pass
+                if time.monotonic() > deadline:
+                    raise RuntimeError(f"vigil serve did not answer {ready_path} in {timeout:.0f} s")
+                time.sleep(0.2)
+            yield base
+        finally:
+            process.terminate()
+            try:
+                process.wait(timeout=20)
+            except subprocess.TimeoutExpired:
+                process.kill()
+
+
+@contextmanager
+def background_service(settings: Settings, timeout: float = 120, **env: str) -> Iterator[str]:
+    """`vigil serve` on `settings`' stores, ready (model loaded, store reachable)."""
+    with serve_process(service_env(settings, **env), timeout=timeout) as base:
+        yield base
+
+
+def transaction_body(row: Any) -> dict[str, Any]:
+    """A transaction as the HTTP API takes it, from a row (Series or itertuples) in handbook columns."""
+    return {
+        "transaction_id": int(row.transaction_id),
+        "customer_id": int(row.customer_id),
+        "terminal_id": int(row.terminal_id),
+        "tx_amount": float(row.tx_amount),
+        "tx_datetime": pd.Timestamp(row.tx_datetime).isoformat(),
+    }
 
 
 def score_frame(base: str, frame: pd.DataFrame, chunk: int = 1_000, api_key: str | None = None) -> pd.DataFrame:
@@ -83,18 +108,7 @@ def score_frame(base: str, frame: pd.DataFrame, chunk: int = 1_000, api_key: str
     with httpx.Client(base_url=base, timeout=120, headers=headers) as client:
         for first in range(0, len(frame), chunk):
             part = frame.iloc[first : first + chunk]
-            body = {
-                "transactions": [
-                    {
-                        "transaction_id": int(r.transaction_id),
-                        "customer_id": int(r.customer_id),
-                        "terminal_id": int(r.terminal_id),
-                        "tx_amount": float(r.tx_amount),
-                        "tx_datetime": pd.Timestamp(r.tx_datetime).isoformat(),
-                    }
-                    for r in part.itertuples(index=False)
-                ]
-            }
+            body = {"transactions": [transaction_body(r) for r in part.itertuples(index=False)]}
             response = client.post("/v1/score/batch", json=body)
             response.raise_for_status()
             answers += response.json()["results"]

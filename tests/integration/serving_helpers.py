@@ -1,22 +1,26 @@
-"""Helpers for the scoring-service tests: a served world, a real `vigil serve` process."""
+"""Helpers for tests that run real `vigil` processes: the command line, `vigil serve`."""
 
 from __future__ import annotations
 
 import subprocess
 import sys
 import time
-from collections.abc import Iterator
-from contextlib import contextmanager
+from contextlib import AbstractContextManager
 from pathlib import Path
 
-import httpx
 import numpy as np
-import pandas as pd
 import torch
 from torch import nn
 
-from vigil.service_process import free_port, service_env
-from vigil.settings import PROJECT_ROOT, Settings
+from vigil.service_process import serve_process, service_env
+from vigil.settings import Settings
+
+
+def vigil(*args: str, env: dict[str, str] | None = None, timeout: float = 300) -> subprocess.CompletedProcess[str]:
+    """Runs the `vigil` command line as a user would; output captured."""
+    return subprocess.run(
+        [sys.executable, "-m", "vigil.cli", *args], capture_output=True, text=True, env=env, timeout=timeout
+    )
 
 
 def server_env(settings: Settings, **extra: str) -> dict[str, str]:
@@ -24,47 +28,9 @@ def server_env(settings: Settings, **extra: str) -> dict[str, str]:
     return service_env(settings, **{"VIGIL_ALIAS_POLL_SECONDS": "0.5", "VIGIL_START_LOCAL_REDIS": "false", **extra})
 
 
-@contextmanager
-def running_server(env: dict[str, str], workers: int = 1, timeout: float = 90) -> Iterator[str]:
-    port = free_port()
-    process = subprocess.Popen(
-        [sys.executable, "-m", "vigil.cli", "serve", "--port", str(port), "--workers", str(workers)],
-        env=env,
-        cwd=PROJECT_ROOT,
-        stdout=subprocess.DEVNULL,
-        stderr=subprocess.PIPE,
-        text=True,
-    )
-    base = f"http://127.0.0.1:{port}"
-    try:
-        deadline = time.monotonic() + timeout
-        while time.monotonic() < deadline:
-            if process.poll() is not None:
-                raise RuntimeError(f"vigil serve exited: {process.stderr.read() if process.stderr else ''}")
-            try:
-                if httpx.get(f"{base}/healthz", timeout=0.5).status_code == 200:
-                    break
-            except httpx.HTTPError:
-                time.sleep(0.2)
-        else:
-            raise RuntimeError("vigil serve did not start in time")
-        yield base
-    finally:
-        process.terminate()
-        try:
-            process.wait(timeout=15)
-        except subprocess.TimeoutExpired:
-            process.kill()
-
-
-def request_body(row: pd.Series) -> dict[str, object]:
-    return {
-        "transaction_id": int(row["transaction_id"]),
-        "customer_id": int(row["customer_id"]),
-        "terminal_id": int(row["terminal_id"]),
-        "tx_amount": float(row["tx_amount"]),
-        "tx_datetime": pd.Timestamp(row["tx_datetime"]).isoformat(),
-    }
+def running_server(env: dict[str, str], workers: int = 1, timeout: float = 90) -> AbstractContextManager[str]:
+    """A real `vigil serve`; alive is enough (some tests start it with the store away)."""
+    return serve_process(env, workers=workers, ready_path="/healthz", timeout=timeout)
 
 
 class SlowNet(nn.Module):

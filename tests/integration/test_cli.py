@@ -13,6 +13,7 @@ import pandas as pd
 import pytest
 import redis
 
+from tests.integration.serving_helpers import vigil
 from vigil.features.backfill import compute_features
 from vigil.features.online import max_differences, online_features
 from vigil.online.store import OnlineHistoryStore
@@ -31,12 +32,6 @@ def env_for(settings: Settings, **extra: str) -> dict[str, str]:
         "VIGIL_DATA_DIR": str(settings.data_dir),
         **extra,
     }
-
-
-def vigil(*args: str, env: dict[str, str] | None = None, timeout: float = 300) -> subprocess.CompletedProcess[str]:
-    return subprocess.run(
-        [sys.executable, "-m", "vigil.cli", *args], capture_output=True, text=True, env=env, timeout=timeout
-    )
 
 
 @pytest.mark.parametrize(

@@ -68,32 +68,26 @@ def test_served_features_equal_the_reference_for_ingested_and_new_transactions(
     """?explain=true through a real server: transactions already ingested, and new ones."""
     import httpx
 
-    from tests.integration.serving_helpers import request_body, running_server, server_env
+    from tests.integration.serving_helpers import running_server, server_env
     from vigil.offline import training_set
+    from vigil.service_process import transaction_body
     from vigil.training import train_and_register
 
-    local = Settings(
-        **{
-            **settings.model_dump(),
-            "mlflow_tracking_uri": f"sqlite:///{tmp_path}/mlflow.db",
-            "mlflow_artifacts_dir": tmp_path / "artifacts",
-        }
-    )
     weeks = transactions[transactions["tx_datetime"] < pd.Timestamp("2018-04-22")]
     ingested, later = weeks[weeks["tx_datetime"] < "2018-04-21"], weeks[weeks["tx_datetime"] >= "2018-04-21"]
     path = tmp_path / "ingested.parquet"
     ingested.to_parquet(path)
-    run_ingest(local, lambda n: FileReplaySource(path, 7.0, shards=n), processes=2, show_progress=False)
-    train_and_register(local, training_set(apply_repo(local), local), "baseline", show_progress=False)
+    run_ingest(settings, lambda n: FileReplaySource(path, 7.0, shards=n), processes=2, show_progress=False)
+    train_and_register(settings, training_set(apply_repo(settings), settings), "baseline", show_progress=False)
     # New transactions: each customer's first of the new day (nothing of theirs is missing before it).
     new = later.groupby("customer_id").head(1).sample(100, random_state=1)
     old = ingested.sample(100, random_state=2)
     expected = reference.set_index("transaction_id")
-    with running_server(server_env(local)) as base:
+    with running_server(server_env(settings)) as base:
         for rows in (old, new):
             answer = httpx.post(
                 f"{base}/v1/score/batch?explain=true",
-                json={"transactions": [request_body(r) for _, r in rows.iterrows()]},
+                json={"transactions": [transaction_body(r) for _, r in rows.iterrows()]},
                 timeout=30,
             )
             assert answer.status_code == 200

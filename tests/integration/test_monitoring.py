@@ -3,8 +3,6 @@
 from __future__ import annotations
 
 import json
-import subprocess
-import sys
 from pathlib import Path
 
 import numpy as np
@@ -15,14 +13,14 @@ from bytewax.testing import run_main
 
 from flows.features import build_flow, default_sinks
 from flows.sources import FileReplaySource
-from tests.integration.serving_helpers import server_env
+from tests.integration.serving_helpers import server_env, vigil
 from vigil.features import spec
 from vigil.features.backfill import compute_features
 from vigil.models.registry import load_native
 from vigil.monitoring.predictions import read_predictions, roll_predictions
 from vigil.offline import training_set
 from vigil.online.feast_store import apply_repo
-from vigil.settings import PROJECT_ROOT, Settings
+from vigil.settings import Settings
 from vigil.tracking import REGISTERED_MODEL, configure
 from vigil.training import train_and_register
 
@@ -80,19 +78,8 @@ def test_rolling_copies_every_entry_once(
     assert (logged["tx_datetime"] == rows["tx_datetime"].dt.floor("s")).all()
 
 
-def vigil(settings: Settings, *args: str) -> subprocess.CompletedProcess[str]:
-    return subprocess.run(
-        [sys.executable, "-m", "vigil.cli", "monitor", *args],
-        capture_output=True,
-        text=True,
-        env=server_env(settings),
-        cwd=PROJECT_ROOT,
-        timeout=300,
-    )
-
-
 def test_monitor_without_traffic_says_what_to_do(settings: Settings) -> None:
-    result = vigil(settings)
+    result = vigil("monitor", env=server_env(settings))
     assert result.returncode == 0, result.stderr
     assert "no scored traffic yet" in result.stdout
 
@@ -100,19 +87,12 @@ def test_monitor_without_traffic_says_what_to_do(settings: Settings) -> None:
 def test_monitor_reports_drift_and_a_dry_run_changes_nothing(
     settings: Settings, redis_client: redis.Redis, small_world: pd.DataFrame, tmp_path: Path
 ) -> None:
-    local = Settings(
-        **{
-            **settings.model_dump(),
-            "mlflow_tracking_uri": f"sqlite:///{tmp_path}/mlflow.db",
-            "mlflow_artifacts_dir": tmp_path / "artifacts",
-        }
-    )
     day = (small_world["tx_datetime"] - small_world["tx_datetime"].min().normalize()).dt.days
     history = small_world[day < 35]
     path = tmp_path / "history.parquet"
     history.to_parquet(path)
-    run_main(build_flow(FileReplaySource(path), default_sinks(local), local))
-    train_and_register(local, training_set(apply_repo(local), local), "baseline", show_progress=False)
+    run_main(build_flow(FileReplaySource(path), default_sinks(settings), settings))
+    train_and_register(settings, training_set(apply_repo(settings), settings), "baseline", show_progress=False)
     traffic = model_inputs(small_world)[(day >= 35).to_numpy()]
     traffic_day = (traffic["tx_datetime"] - traffic["tx_datetime"].min().normalize()).dt.days
     shifted = traffic.copy()
@@ -122,9 +102,9 @@ def test_monitor_reports_drift_and_a_dry_run_changes_nothing(
         if "avg_amount" in name:
             shifted.loc[late, name] *= 3
     model = load_native(f"models:/{REGISTERED_MODEL}/1")
-    log_answers(redis_client, local, shifted, "1", model.predict_proba(shifted))
+    log_answers(redis_client, settings, shifted, "1", model.predict_proba(shifted))
 
-    result = vigil(local, "--dry-run", "--min-rows", "100")
+    result = vigil("monitor", "--dry-run", "--min-rows", "100", env=server_env(settings))
     assert result.returncode == 0, result.stderr
     assert "DRIFT" in result.stdout and "retraining (dry-run): would train" in result.stdout, result.stdout
     windows = [line for line in result.stdout.splitlines() if line.strip().startswith("window")]
@@ -134,9 +114,9 @@ def test_monitor_reports_drift_and_a_dry_run_changes_nothing(
     assert all("DRIFT" in w and "[tx_amount" in w for w in windows[4:]), windows
     share = [float(w.split("drift share ")[1].split()[0]) for w in windows]
     assert min(share[4:]) > float(np.mean(share[:4])), windows
-    assert (local.reports_dir / "index.html").exists()
-    assert "vigil_drift_alert 1.0" in (local.reports_dir / "metrics.prom").read_text()
+    assert (settings.reports_dir / "index.html").exists()
+    assert "vigil_drift_alert 1.0" in (settings.reports_dir / "metrics.prom").read_text()
     from mlflow.tracking import MlflowClient
 
-    configure(local)
+    configure(settings)
     assert len(MlflowClient().search_model_versions(f"name='{REGISTERED_MODEL}'")) == 1  # nothing registered

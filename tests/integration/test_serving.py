@@ -13,13 +13,14 @@ from bytewax.testing import run_main
 
 from flows.features import build_flow, default_sinks
 from flows.sources import FileReplaySource
-from tests.integration.serving_helpers import request_body, running_server, server_env
+from tests.integration.serving_helpers import running_server, server_env
 from vigil.features import spec
 from vigil.features.online import online_features
 from vigil.monitoring.predictions import decode_entries, logged_answers
 from vigil.offline import training_set
 from vigil.online.feast_store import apply_repo
 from vigil.online.store import OnlineHistoryStore, delete_namespace
+from vigil.service_process import transaction_body
 from vigil.settings import Settings
 from vigil.training import train_and_register
 
@@ -61,7 +62,7 @@ def server(served_world: tuple[Settings, pd.DataFrame]) -> Iterator[str]:
 
 def test_scores_a_transaction(server: str, served_world: tuple[Settings, pd.DataFrame]) -> None:
     row = served_world[1].iloc[-1]
-    answer = httpx.post(f"{server}/v1/score", json=request_body(row))
+    answer = httpx.post(f"{server}/v1/score", json=transaction_body(row))
     assert answer.status_code == 200, answer.text
     body = answer.json()
     assert body["transaction_id"] == int(row["transaction_id"])
@@ -80,7 +81,7 @@ def test_explain_returns_the_exact_features(server: str, served_world: tuple[Set
     for frame, reference in ((rows, expected), (new, expected_new)):
         answer = httpx.post(
             f"{server}/v1/score/batch?explain=true",
-            json={"transactions": [request_body(r) for _, r in frame.iterrows()]},
+            json={"transactions": [transaction_body(r) for _, r in frame.iterrows()]},
         )
         assert answer.status_code == 200, answer.text
         for result, (_, row) in zip(answer.json()["results"], frame.iterrows(), strict=True):
@@ -95,10 +96,12 @@ def test_explain_returns_the_exact_features(server: str, served_world: tuple[Set
 
 def test_batch_keeps_order_and_matches_single_scores(server: str, served_world: tuple[Settings, pd.DataFrame]) -> None:
     rows = served_world[1].sample(40, random_state=4)
-    batch = httpx.post(f"{server}/v1/score/batch", json={"transactions": [request_body(r) for _, r in rows.iterrows()]})
+    batch = httpx.post(
+        f"{server}/v1/score/batch", json={"transactions": [transaction_body(r) for _, r in rows.iterrows()]}
+    )
     results = batch.json()["results"]
     assert [r["transaction_id"] for r in results] == rows["transaction_id"].tolist()
-    single = httpx.post(f"{server}/v1/score", json=request_body(rows.iloc[3])).json()
+    single = httpx.post(f"{server}/v1/score", json=transaction_body(rows.iloc[3])).json()
     assert single["score"] == pytest.approx(results[3]["score"], abs=1e-6)
 
 
@@ -116,7 +119,7 @@ def test_batch_keeps_order_and_matches_single_scores(server: str, served_world: 
 def test_bad_input_is_a_422_naming_the_field(
     server: str, served_world: tuple[Settings, pd.DataFrame], change: dict[str, object], field: str
 ) -> None:
-    body = {**request_body(served_world[1].iloc[0]), **change}
+    body = {**transaction_body(served_world[1].iloc[0]), **change}
     body = {k: v for k, v in body.items() if v is not None}
     answer = httpx.post(f"{server}/v1/score", json=body)
     assert answer.status_code == 422
@@ -129,7 +132,7 @@ def test_malformed_bodies_and_limits(server: str, served_world: tuple[Settings, 
         == 422
     )
     assert httpx.post(f"{server}/v1/score/batch", json={"rows": []}).status_code == 422
-    one = request_body(served_world[1].iloc[0])
+    one = transaction_body(served_world[1].iloc[0])
     too_many = httpx.post(f"{server}/v1/score/batch", json={"transactions": [one] * 10_001})
     assert too_many.status_code == 413
     huge = httpx.post(
@@ -155,7 +158,7 @@ def test_operational_endpoints(server: str) -> None:
 def test_api_keys(served_world: tuple[Settings, pd.DataFrame]) -> None:
     settings, world = served_world
     with running_server(server_env(settings, VIGIL_API_KEYS="k1,k2")) as base:
-        body = request_body(world.iloc[0])
+        body = transaction_body(world.iloc[0])
         assert httpx.post(f"{base}/v1/score", json=body).status_code == 401
         assert httpx.post(f"{base}/v1/score", json=body, headers={"X-API-Key": "nope"}).status_code == 401
         assert httpx.post(f"{base}/v1/score", json=body, headers={"X-API-Key": "k2"}).status_code == 200
@@ -168,7 +171,7 @@ def test_prediction_log(server: str, served_world: tuple[Settings, pd.DataFrame]
     settings, world = served_world
     client = redis.Redis.from_url(settings.redis_url)
     before = logged_answers(settings, client)
-    httpx.post(f"{server}/v1/score", json=request_body(world.iloc[7]))
+    httpx.post(f"{server}/v1/score", json=transaction_body(world.iloc[7]))
     deadline = time.monotonic() + 5  # written in the background, off the response path
     while logged_answers(settings, client) < before + 1 and time.monotonic() < deadline:
         time.sleep(0.02)

@@ -18,8 +18,6 @@ from flows.features import build_flow, default_sinks
 from flows.sources import FileReplaySource
 from tests.integration.serving_helpers import (
     SlowNet,
-    free_port,
-    request_body,
     running_server,
     server_env,
     write_broken_model,
@@ -27,6 +25,7 @@ from tests.integration.serving_helpers import (
 from vigil.offline import training_set
 from vigil.online.feast_store import apply_repo
 from vigil.redis_server import find_server_binary
+from vigil.service_process import free_port, transaction_body
 from vigil.settings import Settings
 from vigil.tracking import CHAMPION, FALLBACK_ARTIFACT, REGISTERED_MODEL, configure
 from vigil.training import train_and_register
@@ -45,19 +44,12 @@ def wait_for(check, timeout: float = 20.0) -> bool:  # type: ignore[no-untyped-d
 
 @pytest.fixture
 def world(settings: Settings, small_world: pd.DataFrame, tmp_path: Path) -> tuple[Settings, pd.DataFrame]:
-    local = Settings(
-        **{
-            **settings.model_dump(),
-            "mlflow_tracking_uri": f"sqlite:///{tmp_path}/mlflow.db",
-            "mlflow_artifacts_dir": tmp_path / "artifacts",
-        }
-    )
     frame = small_world[small_world["tx_datetime"] < small_world["tx_datetime"].min() + pd.Timedelta(days=28)]
     path = tmp_path / "world.parquet"
     frame.to_parquet(path)
-    run_main(build_flow(FileReplaySource(path), default_sinks(local), local))
-    train_and_register(local, training_set(apply_repo(local), local), "baseline", show_progress=False)
-    return local, frame
+    run_main(build_flow(FileReplaySource(path), default_sinks(settings), settings))
+    train_and_register(settings, training_set(apply_repo(settings), settings), "baseline", show_progress=False)
+    return settings, frame
 
 
 def register_raw(settings: Settings, model_dir: Path, fallback_from_version: str = "1") -> str:
@@ -84,7 +76,7 @@ def test_alias_moves_are_picked_up_and_broken_versions_are_not(
     from mlflow.tracking import MlflowClient
 
     settings, frame = world
-    body = request_body(frame.iloc[-1])
+    body = transaction_body(frame.iloc[-1])
     with running_server(server_env(settings)) as base:
         assert httpx.post(f"{base}/v1/score", json=body).json()["model"]["version"] == "1"
         # A good new version becomes champion: served without a restart, no failed request meanwhile.
@@ -137,7 +129,7 @@ def test_a_model_slower_than_the_budget_answers_from_the_fallback(
     mlflow.pytorch.save_model(SlowNet(0.5), str(model_dir), serialization_format="pickle")
     register_raw(settings, model_dir)
     with running_server(server_env(settings, VIGIL_SCORE_BUDGET_MS="40")) as base:
-        answer = httpx.post(f"{base}/v1/score", json=request_body(frame.iloc[-1]))
+        answer = httpx.post(f"{base}/v1/score", json=transaction_body(frame.iloc[-1]))
         body = answer.json()
         assert answer.status_code == 200 and body["fallback"] is True and body["fallback_reason"] == "timeout"
         # The model sleeps 0.5 s; the answer did not wait for it (no timing assertion: CI load varies).
@@ -198,7 +190,7 @@ def test_redis_killed_under_load_then_back(world: tuple[Settings, pd.DataFrame],
     local = Settings(
         **{**settings.model_dump(), "redis_url": private_redis.url, "key_prefix": f"k{uuid.uuid4().hex[:6]}"}
     )
-    rows = [request_body(r) for _, r in frame.tail(30).iterrows()]
+    rows = [transaction_body(r) for _, r in frame.tail(30).iterrows()]
     with running_server(server_env(local)) as base:
         assert httpx.get(f"{base}/readyz").status_code == 200
         assert httpx.post(f"{base}/v1/score", json=rows[0]).json()["fallback"] is False

@@ -34,13 +34,7 @@ def ingested(settings: Settings, small_world: pd.DataFrame, tmp_path: Path) -> S
     path = tmp_path / "world.parquet"
     small_world.to_parquet(path)
     run_main(build_flow(FileReplaySource(path), default_sinks(settings), settings))
-    return Settings(
-        **{
-            **settings.model_dump(),
-            "mlflow_tracking_uri": f"sqlite:///{tmp_path}/mlflow.db",
-            "mlflow_artifacts_dir": tmp_path / "artifacts",
-        }
-    )
+    return settings
 
 
 def test_training_set_is_point_in_time_and_equals_serving(ingested: Settings, small_world: pd.DataFrame) -> None:

@@ -62,6 +62,7 @@ def _once(args: argparse.Namespace, settings: Any, registry: Any = None) -> int:
     from vigil.monitoring.monitor import load_state
     from vigil.monitoring.report import gauges, write_index
     from vigil.monitoring.retrain import run_retraining
+    from vigil.offline import OfflineStoreEmptyError
 
     config = MonitorConfig(
         window_hours=args.window_hours,
@@ -78,15 +79,18 @@ def _once(args: argparse.Namespace, settings: Any, registry: Any = None) -> int:
         return 0
     outcome = None
     if args.retrain != "never":
-        outcome = run_retraining(
-            settings,
-            result,
-            every_days=args.retrain_every_days,
-            train_days=args.train_days,
-            model=args.model,
-            dry_run=args.dry_run,
-            force=args.retrain == "always",
-        )
+        try:
+            outcome = run_retraining(
+                settings,
+                result,
+                every_days=args.retrain_every_days,
+                train_days=args.train_days,
+                model=args.model,
+                dry_run=args.dry_run,
+                force=args.retrain == "always",
+            )
+        except OfflineStoreEmptyError as error:
+            raise UserError(f"cannot retrain: {error}") from None
         if outcome.action != "none":
             write_index(settings, result, config, load_state(settings))
     if registry is not None:

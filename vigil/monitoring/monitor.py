@@ -25,6 +25,7 @@ from vigil.monitoring.drift import WindowDrift, drift_columns, measure_drift
 from vigil.monitoring.performance import DayPerformance, daily_performance, read_labels
 from vigil.monitoring.predictions import read_predictions, roll_predictions
 from vigil.monitoring.reference import load_reference
+from vigil.monitoring.report import write_gauges, write_index
 from vigil.settings import Settings
 
 log = logging.getLogger("vigil.monitor")
@@ -175,8 +176,6 @@ def run_monitor(settings: Settings, config: MonitorConfig | None = None) -> Moni
         "performance_alerts": [d.day for d in result.performance_alerts],
     }
     save_state(settings, state)
-    from vigil.monitoring.report import write_gauges, write_index
-
     result.metrics_file = write_gauges(settings, result)
     result.index = write_index(settings, result, config, state)
     return result
