@@ -124,7 +124,12 @@ def read_predictions(settings: Settings, since: pd.Timestamp | None = None) -> p
     frame = frame.drop_duplicates("stream_id")
     frame = frame[frame["ts"] >= 0]  # entries from services older than the logged time
     frame["tx_datetime"] = pd.to_datetime(frame["ts"], unit="s")
-    return frame.sort_values(["ts", "stream_id"]).reset_index(drop=True)
+    # Log order within a second: stream ids ("ms-seq", ":i" for an answer inside a
+    # columns entry) compared as numbers; as strings "x-10" would sort before "x-9".
+    order = frame["stream_id"].str.extract(r"^(\d+)-(\d+)(?::(\d+))?$").fillna(0).astype(np.int64)
+    frame[["_ms", "_seq", "_i"]] = order.to_numpy()
+    frame = frame.sort_values(["ts", "_ms", "_seq", "_i"], kind="stable")
+    return frame.drop(columns=["_ms", "_seq", "_i"]).reset_index(drop=True)
 
 
 def delete_rolled(settings: Settings, client: redis.Redis) -> None:
