@@ -126,7 +126,7 @@ def read_predictions(settings: Settings, since: pd.Timestamp | None = None) -> p
     frame["tx_datetime"] = pd.to_datetime(frame["ts"], unit="s")
     # Log order within a second: stream ids ("ms-seq", ":i" for an answer inside a
     # columns entry) compared as numbers; as strings "x-10" would sort before "x-9".
-    order = frame["stream_id"].str.extract(r"^(\d+)-(\d+)(?::(\d+))?$").fillna(0).astype(np.int64)
+    order = frame["stream_id"].str.extract(r"^(\d+)-(\d+)(?::(\d+))?$").fillna("0").astype(np.int64)
     frame[["_ms", "_seq", "_i"]] = order.to_numpy()
     frame = frame.sort_values(["ts", "_ms", "_seq", "_i"], kind="stable")
     return frame.drop(columns=["_ms", "_seq", "_i"]).reset_index(drop=True)
