@@ -7,9 +7,9 @@ from __future__ import annotations
 import asyncio
 import logging
 import time
-from collections.abc import Sequence
+from collections.abc import Awaitable, Callable, Sequence
 from concurrent.futures import ThreadPoolExecutor
-from typing import Any
+from typing import Any, TypeVar
 
 import numpy as np
 import redis
@@ -23,13 +23,16 @@ from vigil.features import spec
 from vigil.features.feast_transform import to_epoch_seconds
 from vigil.features.history import EntityHistory
 from vigil.features.rollup import TransactionFacts, features_for_stacked, stack
-from vigil.features.windows import SortedFacts
+from vigil.features.windows import HistoryLists, one_transaction
 from vigil.online.store import AsyncOnlineHistoryStore
 
 log = logging.getLogger("vigil.scoring")
 
 TIMEOUT, MODEL_ERROR, FEATURES_UNAVAILABLE = "timeout", "model_error", "features_unavailable"
 INLINE_ROWS = 8  # small requests to a model measured fast run on the event loop
+ROW_BY_ROW = 4  # requests up to this many rows get their features in plain Python
+_NO_FACTS: HistoryLists = ([], [], [])
+_H = TypeVar("_H")
 
 
 class Scorer:
@@ -53,13 +56,13 @@ class Scorer:
         self.shadow, self.shadow_stream = shadow, shadow_stream
         self._background: set[asyncio.Task[None]] = set()
 
-    async def _histories(
-        self, txs: Sequence[TransactionFields], deadline: float
-    ) -> tuple[SortedFacts, SortedFacts] | None:
+    async def _read(
+        self, read: Callable[[list[int], list[int]], Awaitable[_H]], txs: Sequence[TransactionFields], deadline: float
+    ) -> _H | None:
         started = time.perf_counter()
         try:
             return await asyncio.wait_for(
-                self.store.read_stacked([t.customer_id for t in txs], [t.terminal_id for t in txs]),
+                read([t.customer_id for t in txs], [t.terminal_id for t in txs]),
                 timeout=max(deadline - time.perf_counter(), 0.001),
             )
         except (redis.RedisError, OSError, TimeoutError, ValueError) as error:
@@ -67,6 +70,31 @@ class Scorer:
             return None
         finally:
             self.metrics.stage_seconds.labels("features").observe(time.perf_counter() - started)
+
+    async def _inputs(
+        self, txs: Sequence[TransactionFields], ts: np.ndarray, deadline: float
+    ) -> tuple[np.ndarray, str | None]:
+        """The model inputs of `txs` as of their own times (float32, MODEL_INPUTS order),
+        and FEATURES_UNAVAILABLE when the store could not be read: then the request's own
+        fields still give the calendar and the transaction itself."""
+        if len(txs) <= ROW_BY_ROW:
+            lists = await self._read(self.store.read_lists, txs, deadline)
+            customers, terminals = lists or ([_NO_FACTS] * len(txs), [_NO_FACTS] * len(txs))
+            rows = []
+            for i, tx in enumerate(txs):
+                f = one_transaction(customers[i], terminals[i], tx.transaction_id, int(ts[i]), tx.tx_amount)
+                rows.append([tx.tx_amount, *(f[name] for name in spec.FEATURE_NAMES)])
+            return np.array(rows, np.float32), None if lists is not None else FEATURES_UNAVAILABLE
+        facts = TransactionFacts(
+            tx_id=np.fromiter((t.transaction_id for t in txs), np.int64, len(txs)),
+            ts=ts,
+            amount=np.fromiter((t.tx_amount for t in txs), np.float64, len(txs)),
+        )
+        stacked = await self._read(self.store.read_stacked, txs, deadline)
+        histories = stacked or (stack([EntityHistory.empty()] * len(txs)),) * 2
+        features = features_for_stacked(histories[0], histories[1], facts)
+        matrix = np.column_stack([facts.amount, *(features[n] for n in spec.FEATURE_NAMES)]).astype(np.float32)
+        return matrix, None if stacked is not None else FEATURES_UNAVAILABLE
 
     async def _primary(self, model: LoadedModel, matrix: np.ndarray, deadline: float) -> np.ndarray | str:
         started = time.perf_counter()
@@ -102,20 +130,8 @@ class Scorer:
         model = self.models.current
         if model is None:
             raise RuntimeError("no model loaded")
-        facts = TransactionFacts(
-            tx_id=np.fromiter((t.transaction_id for t in txs), np.int64, len(txs)),
-            ts=np.fromiter((to_epoch_seconds(t.tx_datetime) for t in txs), np.int64, len(txs)),
-            amount=np.fromiter((t.tx_amount for t in txs), np.float64, len(txs)),
-        )
-        histories = await self._histories(txs, deadline)
-        reason: str | None = None
-        if histories is None:
-            # The request's own fields still give the calendar and the transaction itself.
-            reason = FEATURES_UNAVAILABLE
-            empty = stack([EntityHistory.empty()] * len(txs))
-            histories = (empty, empty)
-        features = features_for_stacked(histories[0], histories[1], facts)
-        matrix = np.column_stack([facts.amount, *(features[n] for n in spec.FEATURE_NAMES)]).astype(np.float32)
+        ts = np.fromiter((to_epoch_seconds(t.tx_datetime) for t in txs), np.int64, len(txs))
+        matrix, reason = await self._inputs(txs, ts, deadline)
         scores: np.ndarray | str = reason or await self._primary(model, matrix, deadline)
         if isinstance(scores, str):
             reason = scores
@@ -143,7 +159,7 @@ class Scorer:
                 if contributions is not None:
                     result["contributions"] = contributions[i]
             results.append(result)
-        self._log(results, matrix, txs, facts.ts)
+        self._log(results, matrix, txs, ts)
         if reason is None and self.shadow is not None:
             self._score_in_shadow(results, matrix, model)
         return results

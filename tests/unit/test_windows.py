@@ -10,6 +10,7 @@ from vigil.features import spec
 from vigil.features.backfill import compute_features, epoch_seconds
 from vigil.features.history import EntityHistory, merge
 from vigil.features.rollup import TransactionFacts, features_as_of
+from vigil.features.windows import HistoryLists, one_transaction
 
 DAY = spec.DAY_SECONDS
 T0 = 1_525_132_800  # 2018-05-01 00:00:00, a Tuesday
@@ -19,11 +20,19 @@ def history(ts: list[int], ids: list[int], values: list[float]) -> EntityHistory
     return merge(EntityHistory.empty(), np.array(ts, np.int64), np.array(ids, np.int64), np.array(values))
 
 
+def lists(history: EntityHistory) -> HistoryLists:
+    return history.ts.tolist(), history.tx_id.tolist(), history.value.tolist()
+
+
 def one(customer: EntityHistory, terminal: EntityHistory, tx_id: int, ts: int, amount: float) -> dict[str, float]:
+    """Both implementations of the windows (vectorised and one-row) on one transaction;
+    they must agree exactly."""
     out = features_as_of(
         [customer], [terminal], TransactionFacts(np.array([tx_id]), np.array([ts]), np.array([amount]))
     )
-    return {k: float(v[0]) for k, v in out.items()}
+    vectorised = {k: float(v[0]) for k, v in out.items()}
+    assert one_transaction(lists(customer), lists(terminal), tx_id, ts, amount) == pytest.approx(vectorised, abs=1e-12)
+    return vectorised
 
 
 def test_quiet_customer_sees_only_the_current_transaction() -> None:
@@ -105,9 +114,22 @@ def test_rollup_equals_backfill_on_a_simulated_world(small_world: pd.DataFrame) 
         sample["tx_amount"].to_numpy(np.float64),
     )
     rolled = features_as_of(customers, terminals, txs)
+    row_by_row = [
+        one_transaction(lists(c), lists(t), int(i), int(ts), float(a))
+        for c, t, i, ts, a in zip(customers, terminals, txs.tx_id, txs.ts, txs.amount, strict=True)
+    ]
     expected = backfill.loc[sample["transaction_id"]]
     for name in spec.FEATURE_NAMES:
         np.testing.assert_allclose(rolled[name], expected[name].to_numpy(np.float64), rtol=0, atol=1e-9, err_msg=name)
+        np.testing.assert_allclose([r[name] for r in row_by_row], rolled[name], rtol=0, atol=1e-9, err_msg=name)
+
+
+def test_one_row_path_takes_unordered_ties_and_a_reingested_copy() -> None:
+    """Same-second facts stored in any id order, plus the request's own ingested copy."""
+    customer = ([T0 - 5, T0, T0, T0], [1, 9, 2, 7], [10.0, 40.0, 20.0, 99.0])
+    f = one_transaction(customer, ([], [], []), 7, T0, 30.0)
+    assert f[spec.customer_count_name(1)] == 3  # ids 1, 2 and the request; 9 is later, 7 is the request itself
+    assert f[spec.customer_avg_name(1)] == pytest.approx(20.0)
 
 
 def test_backfill_keeps_row_order_and_counts_duplicates_once(small_world: pd.DataFrame) -> None:
@@ -122,8 +144,9 @@ def test_backfill_keeps_row_order_and_counts_duplicates_once(small_world: pd.Dat
 
 @pytest.mark.parametrize("copies", [1, 5])  # 4 payloads: protobuf's parser; 20: the numpy pass
 def test_batch_decode_equals_the_reference_decoder(copies: int) -> None:
-    """The columnar decoder (serving's batch path) reads what HistoryView.decode reads."""
-    from vigil.online.columns import stacked_facts
+    """The columnar decoder (serving's batch path) and the list decoder (its one-row path)
+    read what HistoryView.decode reads."""
+    from vigil.online.columns import history_lists, stacked_facts
     from vigil.online.layout import OnlineLayout
 
     rng = np.random.default_rng(3)
@@ -144,3 +167,4 @@ def test_batch_decode_equals_the_reference_decoder(copies: int) -> None:
         assert facts.ts.tolist() == [t for h in reference for t in h.ts.tolist()]
         assert facts.tx_id.tolist() == [t for h in reference for t in h.tx_id.tolist()]
         assert facts.value.tolist() == [v for h in reference for v in h.value.tolist()]
+        assert [history_lists(r, view.value_is_float) for r in replies] == [lists(h) for h in reference]

@@ -11,7 +11,9 @@ bisect for every query at once.
 
 from __future__ import annotations
 
+from bisect import bisect_left, bisect_right
 from dataclasses import dataclass
+from math import fsum
 
 import numpy as np
 import numpy.typing as npt
@@ -20,6 +22,9 @@ from vigil.features import spec
 
 IntArray = npt.NDArray[np.int64]
 FloatArray = npt.NDArray[np.float64]
+
+# One entity's facts (times, ids, values) as plain lists: the input of `one_transaction`.
+HistoryLists = tuple[list[int], list[int], list[float]]
 
 _TS_BITS = 32  # (ts - origin) always fits: 136 years of seconds
 
@@ -118,3 +123,48 @@ def calendar(query_ts: IntArray) -> dict[str, FloatArray]:
         spec.WEEKEND: (weekday >= 5).astype(np.float64),
         spec.NIGHT: (hour <= spec.NIGHT_LAST_HOUR).astype(np.float64),
     }
+
+
+def one_transaction(
+    customer: HistoryLists,
+    labels: HistoryLists,
+    tx_id: int,
+    ts: int,
+    amount: float,
+) -> dict[str, float]:
+    """The 14 features of one transaction from one customer's and one terminal's facts.
+
+    The same bounds as `calendar`, `customer_windows` and `terminal_windows` (the tests
+    hold the two equal), in plain Python: a single request pays ~250 us for the
+    vectorised path's fixed costs (sorting, ranking, packing keys) and ~20 us here.
+    `customer` is (times, ids, amounts) and `labels` (times, ids, fraud 0/1), each with
+    its times in ascending order; the ids of one customer are distinct.
+    """
+    c_ts, c_id, c_amount = customer
+    if tx_id in c_id:  # an ingested copy of this transaction: the request's values count instead
+        k = c_id.index(tx_id)
+        c_ts, c_id, c_amount = c_ts[:k] + c_ts[k + 1 :], c_id[:k] + c_id[k + 1 :], c_amount[:k] + c_amount[k + 1 :]
+    # The window ends at the transaction: earlier seconds, and lower ids of the same
+    # second (taken by id, so a history that does not order its ties still counts right).
+    first, after = bisect_left(c_ts, ts), bisect_right(c_ts, ts)
+    before = [c_amount[j] for j in range(first, after) if c_id[j] < tx_id]
+    days = ts // spec.DAY_SECONDS
+    out = {
+        spec.WEEKEND: float((days + 3) % 7 >= 5),
+        spec.NIGHT: float((ts - days * spec.DAY_SECONDS) // 3600 <= spec.NIGHT_LAST_HOUR),
+    }
+    for window in spec.WINDOW_DAYS:
+        lo = bisect_right(c_ts, ts - window * spec.DAY_SECONDS)
+        in_window = c_amount[lo:first] + before
+        count = len(in_window) + 1
+        out[spec.customer_count_name(window)] = float(count)
+        out[spec.customer_avg_name(window)] = (fsum(in_window) + amount) / count
+    l_ts, _, l_fraud = labels
+    end = ts - spec.TERMINAL_DELAY_DAYS * spec.DAY_SECONDS
+    l_hi = bisect_right(l_ts, end)
+    for window in spec.WINDOW_DAYS:
+        lo = bisect_right(l_ts, end - window * spec.DAY_SECONDS)
+        count = l_hi - lo
+        out[spec.terminal_count_name(window)] = float(count)
+        out[spec.terminal_risk_name(window)] = fsum(l_fraud[lo:l_hi]) / count if count else 0.0
+    return out

@@ -16,7 +16,7 @@ from collections.abc import Sequence
 
 import numpy as np
 
-from vigil.features.windows import IntArray, SortedFacts
+from vigil.features.windows import HistoryLists, IntArray, SortedFacts
 
 INT64_LIST_TAG, DOUBLE_LIST_TAG, PACKED_TAG = 0x72, 0x7A, 0x0A
 SMALL = 8
@@ -116,3 +116,28 @@ def stacked_facts(replies: Sequence[Sequence[bytes | None]], value_is_float: boo
         if not np.all(~same | later):
             facts = SortedFacts.build(entity, ts, ids, values)
     return facts
+
+
+def _list(payload: bytes | None, tag: int) -> list:
+    from feast.protos.feast.types.Value_pb2 import Value
+
+    if not payload:
+        return []
+    if payload[0] != tag:
+        raise ValueError(f"unexpected value type tag {payload[0]:#x}")
+    value = Value.FromString(payload)
+    return list(value.int64_list_val.val if tag == INT64_LIST_TAG else value.double_list_val.val)
+
+
+def history_lists(reply: Sequence[bytes | None], value_is_float: bool) -> HistoryLists:
+    """One HMGET reply (times, ids, values fields) as plain lists sorted by time: the
+    input of `windows.one_transaction`, for requests too small to pay for numpy."""
+    ts, ids = _list(reply[0], INT64_LIST_TAG), _list(reply[1], INT64_LIST_TAG)
+    values = _list(reply[2], DOUBLE_LIST_TAG if value_is_float else INT64_LIST_TAG)
+    if not len(ts) == len(ids) == len(values):
+        raise ValueError("corrupt history entry: arrays of unequal length")
+    ordered = sorted(ts)
+    if ordered != ts:  # Vigil's writer stores each history sorted; anything else is sorted here
+        rows = sorted(zip(ts, ids, values, strict=True))
+        ts, ids, values = [r[0] for r in rows], [r[1] for r in rows], [r[2] for r in rows]
+    return ts, ids, values

@@ -8,8 +8,8 @@ import redis
 import redis.asyncio
 
 from vigil.features.history import EntityHistory
-from vigil.features.windows import SortedFacts
-from vigil.online.columns import stacked_facts
+from vigil.features.windows import HistoryLists, SortedFacts
+from vigil.online.columns import history_lists, stacked_facts
 from vigil.online.layout import HistoryView, OnlineLayout
 
 # HMGETs the three history fields of every key: the first ARGV[1] keys are customers,
@@ -88,18 +88,31 @@ class AsyncOnlineHistoryStore:
         self._terminal_fields = self.layout.terminal.field_keys
         self._read = client.register_script(READ_HISTORIES)
 
+    def _keys(self, customers: Sequence[int], terminals: Sequence[int]) -> list[bytes]:
+        keys = [self.layout.customer.redis_key(int(c)) for c in customers]
+        return keys + [self.layout.terminal.redis_key(int(t)) for t in terminals]
+
+    def _args(self, customers: int) -> list[bytes | int]:
+        return [customers, *self._customer_fields, *self._terminal_fields]
+
     async def read_stacked(self, customers: Sequence[int], terminals: Sequence[int]) -> tuple[SortedFacts, SortedFacts]:
         """Customer and terminal histories of a batch, stacked (entity i = request i).
 
         One server-side script does every HMGET: one round trip and one reply to parse,
         instead of a command per key on the client.
         """
-        keys = [self.layout.customer.redis_key(int(c)) for c in customers]
-        keys += [self.layout.terminal.redis_key(int(t)) for t in terminals]
-        args: list[bytes | int] = [len(customers), *self._customer_fields, *self._terminal_fields]
-        replies = await self._read(keys=keys, args=args)
+        replies = await self._read(keys=self._keys(customers, terminals), args=self._args(len(customers)))
         n = len(customers)
         return stacked_facts(replies[:n], True), stacked_facts(replies[n:], False)
+
+    async def read_lists(
+        self, customers: Sequence[int], terminals: Sequence[int]
+    ) -> tuple[list[HistoryLists], list[HistoryLists]]:
+        """The same read for a request of a few rows, decoded to plain lists (see
+        `windows.one_transaction`)."""
+        replies = await self._read(keys=self._keys(customers, terminals), args=self._args(len(customers)))
+        n = len(customers)
+        return [history_lists(r, True) for r in replies[:n]], [history_lists(r, False) for r in replies[n:]]
 
     async def ping(self) -> bool:
         return bool(await self.client.ping())  # type: ignore[misc]
