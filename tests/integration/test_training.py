@@ -18,6 +18,7 @@ from flows.features import build_flow, default_sinks
 from flows.sources import FileReplaySource
 from vigil.features import spec
 from vigil.features.online import online_features
+from vigil.models.registry import load_native
 from vigil.offline import training_set
 from vigil.online.feast_store import apply_repo
 from vigil.online.store import OnlineHistoryStore
@@ -81,6 +82,17 @@ def test_register_promote_and_roll_back(ingested: Settings) -> None:
 
     second = train_and_register(ingested, data, "xgboost", params={"n_estimators": 80}, show_progress=False)
     assert second.version == "2" and second.aliases == [CHALLENGER]
+    # MLflow's generic pyfunc (what `mlflow models serve` runs) takes the 15 raw inputs and
+    # gives Vigil's scores, derived ratios included; the native flavour stays a Booster.
+    import mlflow.pyfunc
+    import mlflow.xgboost
+
+    sample = data.head(50)
+    native = load_native(f"models:/{REGISTERED_MODEL}/2")
+    pyfunc = mlflow.pyfunc.load_model(f"models:/{REGISTERED_MODEL}/2")
+    inputs = sample[list(spec.MODEL_INPUTS)].astype(np.float32)  # the signature's types
+    np.testing.assert_allclose(pyfunc.predict(inputs), native.predict_proba(sample), atol=1e-6)
+    assert type(mlflow.xgboost.load_model(f"models:/{REGISTERED_MODEL}/2")).__name__ == "Booster"
     decision = promote(ingested, data)
     assert isinstance(decision, Decision) and decision.challenger == "2"
     recorded = tags("2")

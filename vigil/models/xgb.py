@@ -152,10 +152,20 @@ class XGBoostModel(FraudModel):
         return np.asarray(self.booster.predict(data, pred_contribs=True))
 
     def log_model(self, name: str, input_example: pd.DataFrame, signature: Any) -> Any:
-        import mlflow.xgboost
+        from mlflow.models import Model
 
-        return mlflow.xgboost.log_model(
-            self.booster, name=name, input_example=input_example, signature=signature, model_format="ubj"
+        from vigil.models import xgb_flavor
+
+        # Native xgboost flavour; pyfunc through Vigil's loader (see xgb_flavor: why).
+        return Model.log(
+            artifact_path=None,
+            name=name,
+            flavor=xgb_flavor,
+            flavor_name="mlflow.xgboost",
+            xgb_model=self.booster,
+            input_example=input_example,
+            signature=signature,
+            model_format="ubj",
         )
 
     @classmethod
