@@ -21,7 +21,7 @@ from vigil.features import spec
 from vigil.ingest import run_ingest
 from vigil.offline import training_set
 from vigil.online.feast_store import apply_repo, feast_connection_string, registry_path
-from vigil.service_process import transaction_body
+from vigil.service_process import serve_process, service_env, transaction_body
 from vigil.settings import PROJECT_ROOT, Settings
 from vigil.simulate import SimulationConfig, simulate
 from vigil.training import train_and_register
@@ -85,28 +85,16 @@ def bodies(rows: pd.DataFrame) -> list[dict[str, Any]]:
 
 
 def env_for(settings: Settings) -> dict[str, str]:
-    return {
-        **os.environ,
-        "REDIS_URL": settings.redis_url,
-        "VIGIL_FEAST_PROJECT": settings.feast_project,
-        "VIGIL_KEY_PREFIX": settings.key_prefix,
-        "VIGIL_DATA_DIR": str(settings.data_dir),
-        "MLFLOW_TRACKING_URI": settings.tracking_uri,
-        "VIGIL_MLFLOW_ARTIFACTS": str(settings.mlflow_artifacts_dir),
-        "MLFLOW_DISABLE_TELEMETRY": "true",
+    return service_env(
+        settings,
+        MLFLOW_DISABLE_TELEMETRY="true",
         # `mlflow models serve` starts `uvicorn` by name: the environment's bin must be on PATH.
-        "PATH": f"{Path(sys.executable).parent}:{os.environ.get('PATH', '')}",
-    }
+        PATH=f"{Path(sys.executable).parent}:{os.environ.get('PATH', '')}",
+    )
 
 
 def bench_vigil(settings: Settings, requests: list[dict[str, Any]]) -> dict[str, Any]:
-    port = 18_000
-    server = start(
-        [sys.executable, "-m", "vigil.cli", "serve", "--port", str(port), "--workers", "2"], env_for(settings)
-    )
-    url = f"http://127.0.0.1:{port}"
-    try:
-        wait_http(f"{url}/readyz")
+    with serve_process(env_for(settings), workers=2) as url:
         single = [[{"url": f"{url}/v1/score", "body": b}] for b in requests]
         load({"mode": "open", "chains": single[:500], "rate": 200, "seconds": 3})  # warm-up
         out: dict[str, Any] = {"open_loop": {}}
@@ -128,8 +116,6 @@ def bench_vigil(settings: Settings, requests: list[dict[str, Any]]) -> dict[str,
         ]
         out["batch_1000"] = load({"mode": "closed", "chains": batch, "clients": 2, "seconds": 8, "rows_per_call": 1000})
         return out
-    finally:
-        stop(server)
 
 
 def bench_stock(settings: Settings, requests: list[dict[str, Any]]) -> dict[str, Any]:

@@ -19,8 +19,6 @@ from typing import Any
 import numpy as np
 import pandas as pd
 
-from vigil.features import spec
-
 
 def save_model(xgb_model: Any, path: str, mlflow_model: Any = None, **kwargs: Any) -> None:
     import mlflow.xgboost
@@ -42,8 +40,8 @@ class VigilXGBoostPyfunc:
         return self.model.booster
 
     def predict(self, data: Any, params: dict[str, Any] | None = None) -> np.ndarray:
-        frame = data if isinstance(data, pd.DataFrame) else pd.DataFrame(data, columns=list(spec.MODEL_INPUTS))
-        result: np.ndarray = self.model.predict_proba(frame)
+        # A frame is read by column name; anything else as a matrix in MODEL_INPUTS order.
+        result: np.ndarray = self.model.predict_proba(data if isinstance(data, pd.DataFrame) else np.asarray(data))
         return result
 
 

@@ -13,6 +13,7 @@ so up to SMALL payloads go through protobuf.
 from __future__ import annotations
 
 from collections.abc import Sequence
+from typing import Any
 
 import numpy as np
 
@@ -22,21 +23,22 @@ INT64_LIST_TAG, DOUBLE_LIST_TAG, PACKED_TAG = 0x72, 0x7A, 0x0A
 SMALL = 8
 
 
-def _small_lists(payloads: Sequence[bytes | None], tag: int, dtype: type) -> tuple[np.ndarray, IntArray]:
+def _list(payload: bytes | None, tag: int) -> list[Any]:
+    """One stored list through protobuf's C parser (empty for a missing field)."""
     from feast.protos.feast.types.Value_pb2 import Value
 
-    parts: list[np.ndarray] = []
-    counts = np.zeros(len(payloads), np.int64)
-    for i, payload in enumerate(payloads):
-        if not payload:
-            continue
-        if payload[0] != tag:
-            raise ValueError(f"unexpected value type tag {payload[0]:#x}")
-        value = Value.FromString(payload)
-        values = value.int64_list_val.val if tag == INT64_LIST_TAG else value.double_list_val.val
-        parts.append(np.array(values, dtype=dtype))
-        counts[i] = len(values)
-    return (np.concatenate(parts) if parts else np.zeros(0, dtype)), counts
+    if not payload:
+        return []
+    if payload[0] != tag:
+        raise ValueError(f"unexpected value type tag {payload[0]:#x}")
+    value = Value.FromString(payload)
+    return list(value.int64_list_val.val if tag == INT64_LIST_TAG else value.double_list_val.val)
+
+
+def _small_lists(payloads: Sequence[bytes | None], tag: int, dtype: type) -> tuple[np.ndarray, IntArray]:
+    lists = [_list(payload, tag) for payload in payloads]
+    counts = np.fromiter((len(values) for values in lists), np.int64, len(lists))
+    return np.array([v for values in lists for v in values], dtype=dtype), counts
 
 
 def _varint(data: bytes, at: int) -> tuple[int, int]:
@@ -118,17 +120,6 @@ def stacked_facts(replies: Sequence[Sequence[bytes | None]], value_is_float: boo
     return facts
 
 
-def _list(payload: bytes | None, tag: int) -> list:
-    from feast.protos.feast.types.Value_pb2 import Value
-
-    if not payload:
-        return []
-    if payload[0] != tag:
-        raise ValueError(f"unexpected value type tag {payload[0]:#x}")
-    value = Value.FromString(payload)
-    return list(value.int64_list_val.val if tag == INT64_LIST_TAG else value.double_list_val.val)
-
-
 def history_lists(reply: Sequence[bytes | None], value_is_float: bool) -> HistoryLists:
     """One HMGET reply (times, ids, values fields) as plain lists sorted by time: the
     input of `windows.one_transaction`, for requests too small to pay for numpy."""
@@ -136,8 +127,7 @@ def history_lists(reply: Sequence[bytes | None], value_is_float: bool) -> Histor
     values = _list(reply[2], DOUBLE_LIST_TAG if value_is_float else INT64_LIST_TAG)
     if not len(ts) == len(ids) == len(values):
         raise ValueError("corrupt history entry: arrays of unequal length")
-    ordered = sorted(ts)
-    if ordered != ts:  # Vigil's writer stores each history sorted; anything else is sorted here
+    if sorted(ts) != ts:  # Vigil's writer stores each history sorted; anything else is sorted here
         rows = sorted(zip(ts, ids, values, strict=True))
         ts, ids, values = [r[0] for r in rows], [r[1] for r in rows], [r[2] for r in rows]
     return ts, ids, values
