@@ -73,8 +73,10 @@ def apply_repo(settings: Settings) -> FeatureStore:
     # parse_repo names modules relative to the working directory (`feast apply` runs in
     # the repo), so the repo's own `from entities import ...` lines resolve the same way.
     # The repo's modules read VIGIL_OFFLINE_DIR when imported: drop any cached import so
-    # that this project's paths are the ones registered.
-    for name, module in list(sys.modules.items()):
+    # that this project's paths are the ones registered. A copy taken in one C call: other
+    # threads (or finalizers run by the collector) may import while this loop runs, and
+    # `list(sys.modules.items())` then failed with "dictionary changed size" in CI.
+    for name, module in sys.modules.copy().items():
         location = getattr(module, "__file__", None)
         if location and Path(location).resolve().parent == settings.feature_repo.resolve():
             del sys.modules[name]
