@@ -172,12 +172,12 @@ def bench_stock(settings: Settings, requests: list[dict[str, Any]]) -> dict[str,
                 [
                     {
                         "url": f"http://127.0.0.1:{feast_port}/get-online-features",
-                        "body": {"feature_service": spec.FEATURE_SERVICE, "entities": entities},
+                        "body": {"feature_service": spec.SERVED.service, "entities": entities},
                     },
                     {
                         "url": f"http://127.0.0.1:{mlflow_port}/invocations",
                         "body": None,
-                        "columns": list(spec.MODEL_INPUTS),
+                        "columns": list(spec.SERVED_INPUTS),
                         "extra": {"tx_amount": [b["tx_amount"]]},
                     },
                 ]

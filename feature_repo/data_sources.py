@@ -39,7 +39,7 @@ transaction_request = RequestSource(
     ],
 )
 
-# The 14 features of every ingested transaction as of its own time, written by the batch
+# The features (fraud_v1's and fraud_v2's) of every ingested transaction as of its own time, written by the batch
 # backfill (`vigil backfill`, run by `vigil train`) from the flow's offline event log.
 transaction_features_source = FileSource(
     name="transaction_features_offline",

@@ -1,7 +1,12 @@
 """Feature services: what models ask for, by name and version."""
 
 from feast import FeatureService
-from features import transaction_features, transaction_features_v1
+from features import (
+    transaction_features,
+    transaction_features_v1,
+    transaction_features_v2,
+    transaction_features_v2_offline,
+)
 
 # Version 1: the 14 handbook features (serving adds tx_amount from the request).
 fraud_v1 = FeatureService(
@@ -18,4 +23,20 @@ fraud_v1_training = FeatureService(
     features=[transaction_features_v1],
     description="fraud_v1's features (and tx_amount) for point-in-time training sets",
     tags={"version": "1", "serves": "fraud_v1"},
+)
+
+# Version 2: version 1 plus the customer-habit and terminal-streak features; what the
+# default XGBoost model is trained on. Version 1's features come first, in the same order.
+fraud_v2 = FeatureService(
+    name="fraud_v2",
+    features=[transaction_features, transaction_features_v2],
+    description="fraud_v1 plus the amount against the customer's habit and fraud streaks on the terminal",
+    tags={"version": "2"},
+)
+
+fraud_v2_training = FeatureService(
+    name="fraud_v2_training",
+    features=[transaction_features_v1, transaction_features_v2_offline],
+    description="fraud_v2's features (and tx_amount) for point-in-time training sets",
+    tags={"version": "2", "serves": "fraud_v2"},
 )

@@ -75,6 +75,30 @@ def transaction_features(inputs: dict) -> dict:
     return handbook_features(inputs)
 
 
+# fraud_v2's additions: the amount against the customer's habit, and fraud streaks on the terminal.
+FRAUD_V2_EXTRA_SCHEMA = [
+    Field(name="amount_over_customer_median_30day", dtype=Float64),
+    Field(name="customer_id_nb_high_amount_7day_window", dtype=Float64),
+    Field(name="customer_id_nb_high_amount_14day_window", dtype=Float64),
+    Field(name="customer_id_max_amount_over_median_7day_window", dtype=Float64),
+    Field(name="terminal_id_fraud_streak", dtype=Float64),
+    Field(name="terminal_id_fraud_streak_age_days", dtype=Float64),
+    Field(name="terminal_id_last_fraud_age_days", dtype=Float64),
+]
+
+
+@on_demand_feature_view(
+    sources=[customer_history, terminal_history, transaction_request],
+    schema=FRAUD_V2_EXTRA_SCHEMA,
+    mode="python",
+)
+def transaction_features_v2(inputs: dict) -> dict:
+    # Same histories and code as transaction_features; the features fraud_v2 adds.
+    from vigil.features.feast_transform import v2_features
+
+    return v2_features(inputs)
+
+
 # The same 14 features (plus the amount) for every ingested transaction, as of its own
 # time, for point-in-time training sets (get_historical_features); computed by the backfill.
 transaction_features_v1 = FeatureView(
@@ -82,6 +106,17 @@ transaction_features_v1 = FeatureView(
     entities=[transaction],
     ttl=timedelta(0),
     schema=[Field(name="tx_amount", dtype=Float64), *FRAUD_V1_SCHEMA],
+    source=transaction_features_source,
+    online=False,
+)
+
+
+# fraud_v2's additions for every ingested transaction, from the same backfilled table.
+transaction_features_v2_offline = FeatureView(
+    name="transaction_features_v2_offline",
+    entities=[transaction],
+    ttl=timedelta(0),
+    schema=FRAUD_V2_EXTRA_SCHEMA,
     source=transaction_features_source,
     online=False,
 )

@@ -89,7 +89,7 @@ class ModelManager:
         # Warm-up (and a check that the model answers) before it is ever served.
         primary.setup(self.device, threads=1)
         fallback.setup("cpu", threads=1)
-        row = np.zeros((1, len(spec.MODEL_INPUTS)), dtype=np.float32)
+        row = np.zeros((1, len(spec.SERVED_INPUTS)), dtype=np.float32)  # what the scorer hands every model
         timings = []
         for _ in range(20):
             started = time.perf_counter()

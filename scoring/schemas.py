@@ -61,6 +61,9 @@ class Score(BaseModel):
     fallback_reason: str | None = Field(None, description="timeout, model_error, features_unavailable, ...")
     latency_ms: float
     features: dict[str, float] | None = Field(None, description="with ?explain=true: the 15 model inputs")
+    extra_features: dict[str, float] | None = Field(
+        None, description="with ?explain=true, when the model is on fraud_v2: the inputs fraud_v2 adds"
+    )
     contributions: dict[str, float] | None = Field(None, description="with ?explain=true: top contributions")
 
 

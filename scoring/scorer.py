@@ -74,7 +74,7 @@ class Scorer:
     async def _inputs(
         self, txs: Sequence[TransactionFields], ts: np.ndarray, deadline: float
     ) -> tuple[np.ndarray, str | None]:
-        """The model inputs of `txs` as of their own times (float32, MODEL_INPUTS order),
+        """The model inputs of `txs` as of their own times (float32, SERVED_INPUTS order),
         and FEATURES_UNAVAILABLE when the store could not be read: then the request's own
         fields still give the calendar and the transaction itself."""
         if len(txs) <= ROW_BY_ROW:
@@ -83,7 +83,7 @@ class Scorer:
             rows = []
             for i, tx in enumerate(txs):
                 f = one_transaction(customers[i], terminals[i], tx.transaction_id, int(ts[i]), tx.tx_amount)
-                rows.append([tx.tx_amount, *(f[name] for name in spec.FEATURE_NAMES)])
+                rows.append([tx.tx_amount, *(f[name] for name in spec.ALL_FEATURES)])
             return np.array(rows, np.float32), None if lists is not None else FEATURES_UNAVAILABLE
         facts = TransactionFacts(
             tx_id=np.fromiter((t.transaction_id for t in txs), np.int64, len(txs)),
@@ -93,7 +93,7 @@ class Scorer:
         stacked = await self._read(self.store.read_stacked, txs, deadline)
         histories = stacked or (stack([EntityHistory.empty()] * len(txs)),) * 2
         features = features_for_stacked(histories[0], histories[1], facts)
-        matrix = np.column_stack([facts.amount, *(features[n] for n in spec.FEATURE_NAMES)]).astype(np.float32)
+        matrix = np.column_stack([facts.amount, *(features[n] for n in spec.ALL_FEATURES)]).astype(np.float32)
         return matrix, None if stacked is not None else FEATURES_UNAVAILABLE
 
     async def _primary(self, model: LoadedModel, matrix: np.ndarray, deadline: float) -> np.ndarray | str:
@@ -144,6 +144,10 @@ class Scorer:
         self.metrics.scored.inc(len(txs))
         contributions = self._contributions(model, matrix) if explain and reason is None else None
         ref = {"name": "fraud-detector", "version": model.version, "alias": model.alias}
+        # The contract's `features` are fraud_v1's 15 inputs; a model on a later feature set
+        # saw more, and those come as `extra_features`.
+        v1 = len(spec.MODEL_INPUTS)
+        extra = len(model.primary.inputs) - v1 if reason is None else 0
         results = []
         for i, tx in enumerate(txs):
             result: dict[str, Any] = {
@@ -155,7 +159,11 @@ class Scorer:
                 "latency_ms": round(latency_ms, 3),
             }
             if explain:
-                result["features"] = dict(zip(spec.MODEL_INPUTS, map(float, matrix[i]), strict=True))
+                values = matrix[i].tolist()
+                result["features"] = dict(zip(spec.MODEL_INPUTS, values, strict=False))
+                if extra > 0:
+                    names = spec.SERVED_INPUTS[v1 : v1 + extra]
+                    result["extra_features"] = dict(zip(names, values[v1 : v1 + extra], strict=True))
                 if contributions is not None:
                     result["contributions"] = contributions[i]
             results.append(result)
@@ -203,7 +211,7 @@ class Scorer:
         if contribs is None:
             return None
         values = contribs(matrix)[:, :-1]  # last column: the bias
-        names = list(getattr(model.primary, "input_names", spec.MODEL_INPUTS))
+        names = list(getattr(model.primary, "input_names", model.primary.inputs))
         out = []
         for row in values:
             order = np.argsort(-np.abs(row))[:top]

@@ -3,8 +3,9 @@
 The flow appends validated events to `offline/transactions/` and `offline/labels/`
 (Parquet parts; replays add duplicates, removed here by transaction_id). The backfill
 turns them into `offline/transaction_features.parquet`, the source of Feast's
-`transaction_features_v1` view, and training sets come from Feast's
-`get_historical_features` on the `fraud_v1_training` service.
+`transaction_features_v1` and `_v2` views, and training sets come from Feast's
+`get_historical_features` on the `fraud_v2_training` service (fraud_v1's inputs and
+fraud_v2's, so that one training set serves a model of either).
 """
 
 from __future__ import annotations
@@ -13,6 +14,7 @@ from pathlib import Path
 
 import numpy as np
 import pandas as pd
+import pyarrow.parquet as pq
 from feast import FeatureStore
 from tqdm import tqdm
 
@@ -20,7 +22,7 @@ from vigil.features import spec
 from vigil.features.backfill import compute_features
 from vigil.settings import Settings
 
-TRAINING_SERVICE = "fraud_v1_training"
+TRAINING_SERVICE = spec.SERVED.training_service
 
 
 class OfflineStoreEmptyError(RuntimeError):
@@ -64,10 +66,15 @@ def _newest_part(settings: Settings) -> float:
     return max(stamps, default=0.0)
 
 
+def _complete(table: Path) -> bool:
+    """Whether a feature table holds every feature (one written before fraud_v2 does not)."""
+    return set(spec.ALL_FEATURES) <= set(pq.read_schema(table).names)
+
+
 def backfill(settings: Settings, force: bool = False, progress: bool = True) -> Path:
     """(Re)computes the feature table from the event log when the log is newer."""
     target = features_path(settings)
-    if not force and target.exists() and target.stat().st_mtime >= _newest_part(settings):
+    if not force and target.exists() and target.stat().st_mtime >= _newest_part(settings) and _complete(target):
         return target
     steps = tqdm(total=3, desc="backfill", unit="step", disable=not progress)
     transactions, labels = read_events(settings)
@@ -96,7 +103,7 @@ def training_set(
 ) -> pd.DataFrame:
     """Point-in-time training rows for transactions in [start, end] (dates inclusive).
 
-    Columns: transaction_id, tx_datetime, customer_id, terminal_id, the 15 model inputs
+    Columns: transaction_id, tx_datetime, customer_id, terminal_id, spec.SERVED_INPUTS
     and tx_fraud (from the label events; unlabelled transactions are left out).
     """
     backfill(settings)
@@ -119,10 +126,10 @@ def training_set(
     if entity_df.empty:
         return entity_df.assign(
             tx_datetime=pd.Series(dtype="datetime64[ns]"),
-            **{name: pd.Series(dtype=float) for name in spec.MODEL_INPUTS},
+            **{name: pd.Series(dtype=float) for name in spec.SERVED_INPUTS},
         )
     job = store.get_historical_features(entity_df=entity_df, features=store.get_feature_service(TRAINING_SERVICE))
     frame = job.to_df()
     frame["tx_datetime"] = pd.to_datetime(frame["event_timestamp"]).dt.tz_convert("UTC").dt.tz_localize(None)
     frame = frame.sort_values(["tx_datetime", "transaction_id"]).reset_index(drop=True)
-    return frame[["transaction_id", "tx_datetime", "customer_id", "terminal_id", *spec.MODEL_INPUTS, "tx_fraud"]]
+    return frame[["transaction_id", "tx_datetime", "customer_id", "terminal_id", *spec.SERVED_INPUTS, "tx_fraud"]]

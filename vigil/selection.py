@@ -69,6 +69,7 @@ def book_settings() -> list[Candidate]:
                 "tree_method": "exact",
                 "standardise": True,
                 "derived_inputs": False,
+                "feature_service": "fraud_v1",
             },
             7,
         ),
@@ -91,6 +92,7 @@ def tuning_candidates() -> list[Candidate]:
         ),
         xgboost_candidate("xgboost default, last 8 weeks", {}, 56),
         xgboost_candidate("xgboost default without the derived ratios", {"derived_inputs": False}, None),
+        xgboost_candidate("xgboost default on fraud_v1", {"feature_service": "fraud_v1"}, None),
     ]
 
 

@@ -12,7 +12,6 @@ import pandas as pd
 from tqdm import tqdm
 
 from vigil.evaluation import Metrics, Split, book_test_set, evaluate, in_days
-from vigil.features import spec
 from vigil.models.base import FraudModel, resolve_device
 from vigil.models.baseline import BaselineModel
 from vigil.models.registry import MODEL_KINDS
@@ -95,14 +94,15 @@ def train_and_register(
 
     experiment_id = configure(settings)
     client = MlflowClient()
-    example = train[list(spec.MODEL_INPUTS)].head(5).astype(np.float32)
+    example = train[list(model.inputs)].head(5).astype(np.float32)
+    features = model.feature_set
     with mlflow.start_run(experiment_id=experiment_id, run_name=f"{kind}-{split.train_end.date()}") as run:
         mlflow.log_params({**{f"model.{k}": v for k, v in model.params.items()}, "model.kind": kind, "device": device})
         mlflow.set_tags(
             {
-                "feature_service": spec.FEATURE_SERVICE,
-                "feature_service.version": str(spec.FEATURE_SERVICE_VERSION),
-                "training_service": "fraud_v1_training",
+                "feature_service": features.service,
+                "feature_service.version": str(features.version),
+                "training_service": features.training_service,
                 "data.train_start": str(split.train_start.date()),
                 "data.train_end": str(split.train_end.date()),
                 "data.test_start": str(split.test_start.date()),
@@ -124,7 +124,9 @@ def train_and_register(
         # Every version carries the baseline the scoring service falls back to, trained on
         # the same rows (for a baseline version, itself).
         fallback = model if kind == BaselineModel.kind else BaselineModel().fit(train, train["tx_fraud"].to_numpy())
-        fallback.log_model(FALLBACK_ARTIFACT, example, infer_signature(example, fallback.predict_proba(example)))
+        fallback_example = train[list(fallback.inputs)].head(5).astype(np.float32)
+        fallback_signature = infer_signature(fallback_example, fallback.predict_proba(fallback_example))
+        fallback.log_model(FALLBACK_ARTIFACT, fallback_example, fallback_signature)
         # All of the test days' traffic, known-compromised customers included: live traffic has them.
         _log_reference(build_reference(train, in_days(data, split.test_start, split.test_end), model))
     version = (
@@ -136,7 +138,7 @@ def train_and_register(
     number = str(version.version)
     tags = {
         "model_kind": kind,
-        "feature_service": spec.FEATURE_SERVICE,
+        "feature_service": features.service,
         "window": f"{split.train_start.date()}..{split.train_end.date()}",
     }
     if metrics is not None:

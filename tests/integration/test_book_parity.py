@@ -34,6 +34,7 @@ BOOK_XGBOOST = {
     "min_child_weight": 1.0,
     "standardise": True,
     "derived_inputs": False,
+    "feature_service": "fraud_v1",  # the book's 14 features and the amount
 }
 
 

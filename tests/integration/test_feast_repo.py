@@ -44,6 +44,9 @@ def test_apply_registers_the_feature_service(settings: Settings) -> None:
     service = store.get_feature_service(spec.FEATURE_SERVICE)
     names = [f.name for projection in service.feature_view_projections for f in projection.features]
     assert names == list(spec.FEATURE_NAMES)
+    v2 = store.get_feature_service("fraud_v2")
+    assert [f.name for p in v2.feature_view_projections for f in p.features] == list(spec.FRAUD_V2.features)
+    assert store.get_feature_service("fraud_v2_training").name == spec.FRAUD_V2.training_service
     assert {e.name for e in store.list_entities()} == {"customer", "terminal", "transaction"}
     training = store.get_feature_service("fraud_v1_training")
     source = store.get_feature_view("transaction_features_v1").batch_source
@@ -78,7 +81,7 @@ def test_our_writes_are_byte_identical_to_feasts(settings: Settings, redis_clien
 def test_feast_get_online_features_equals_our_rollup(
     settings: Settings, small_world: pd.DataFrame, tmp_path: Path
 ) -> None:
-    """A plain Feast client asking for fraud_v1 gets the scoring path's numbers."""
+    """A plain Feast client asking for fraud_v1 or fraud_v2 gets the scoring path's numbers."""
     store = apply_repo(settings)
     frame = small_world[small_world["tx_datetime"] < small_world["tx_datetime"].min() + pd.Timedelta(days=21)]
     path = tmp_path / "tx.parquet"
@@ -87,10 +90,11 @@ def test_feast_get_online_features_equals_our_rollup(
     sample = frame.sample(300, random_state=5)
     new = sample.iloc[:20].assign(transaction_id=lambda f: f["transaction_id"] + 10_000_000)  # never ingested
     asked = pd.concat([sample, new])
-    feast_frame = feast_features(store, asked)
     ours = online_features(asked, OnlineHistoryStore(redis.Redis.from_url(settings.redis_url), settings.feast_project))
-    diffs = max_differences(feast_frame, ours)
-    assert max(diffs.values()) <= 1e-9, diffs
+    for service in spec.FEATURE_SETS:
+        diffs = max_differences(feast_features(store, asked, service), ours)
+        assert set(diffs) == set(spec.FEATURE_SETS[service].features)
+        assert max(diffs.values()) <= 1e-9, (service, diffs)
     # A new transaction counts itself once on top of its customer's history.
     ingested_count = ours.set_index("transaction_id").loc[sample["transaction_id"].iloc[:20]]
     new_count = ours.set_index("transaction_id").loc[new["transaction_id"]]

@@ -99,7 +99,7 @@ def test_mlflow_round_trip_loads_natively_with_the_same_scores(
     settings.data_dir.mkdir(parents=True, exist_ok=True)
     experiment = configure(local)
     rows = training_frame.head(200)
-    example = rows[list(spec.MODEL_INPUTS)].head(3).astype(np.float32)
+    example = rows[list(trained.inputs)].head(3).astype(np.float32)
     with mlflow.start_run(experiment_id=experiment):
         info = trained.log_model("model", example, infer_signature(example, trained.predict_proba(example)))
     loaded = load_native(info.model_uri)

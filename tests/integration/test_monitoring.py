@@ -46,7 +46,7 @@ def log_answers(
                     "fallback": 0,
                     "reason": "",
                     "latency_ms": 1.5,
-                    "features": json.dumps([float(getattr(row, n)) for n in spec.MODEL_INPUTS]),
+                    "features": json.dumps([float(getattr(row, n)) for n in spec.SERVED_INPUTS]),
                 },
             )
         pipe.execute()
@@ -57,7 +57,7 @@ def model_inputs(world: pd.DataFrame) -> pd.DataFrame:
     return pd.concat(
         [
             world[["transaction_id", "tx_datetime", "customer_id", "terminal_id", "tx_amount"]].reset_index(drop=True),
-            features[list(spec.FEATURE_NAMES)].reset_index(drop=True),
+            features[list(spec.ALL_FEATURES)].reset_index(drop=True),
         ],
         axis=1,
     )
@@ -74,7 +74,7 @@ def test_rolling_copies_every_entry_once(
     assert roll_predictions(settings, redis_client) == 0
     logged = read_predictions(settings)
     assert logged["transaction_id"].tolist() == rows["transaction_id"].tolist()
-    assert np.allclose(logged[list(spec.MODEL_INPUTS)].to_numpy(), rows[list(spec.MODEL_INPUTS)].to_numpy())
+    assert np.allclose(logged[list(spec.SERVED_INPUTS)].to_numpy(), rows[list(spec.SERVED_INPUTS)].to_numpy())
     assert (logged["tx_datetime"] == rows["tx_datetime"].dt.floor("s")).all()
 
 

@@ -85,10 +85,12 @@ def test_explain_returns_the_exact_features(server: str, served_world: tuple[Set
         )
         assert answer.status_code == 200, answer.text
         for result, (_, row) in zip(answer.json()["results"], frame.iterrows(), strict=True):
-            assert set(result["features"]) == set(spec.MODEL_INPUTS)
+            assert set(result["features"]) == set(spec.MODEL_INPUTS)  # the contract's 15
+            assert set(result["extra_features"]) == set(spec.V2_FEATURES)  # the champion is on fraud_v2
             assert result["features"]["tx_amount"] == pytest.approx(row["tx_amount"], rel=1e-6)
-            for name in spec.FEATURE_NAMES:
-                assert result["features"][name] == pytest.approx(
+            seen = {**result["features"], **result["extra_features"]}
+            for name in spec.ALL_FEATURES:
+                assert seen[name] == pytest.approx(
                     reference.loc[result["transaction_id"], name], rel=1e-6, abs=1e-6
                 ), name
             assert len(result["contributions"]) == 5
@@ -183,4 +185,4 @@ def test_prediction_log(server: str, served_world: tuple[Settings, pd.DataFrame]
     assert int(logged["terminal_id"]) == int(row["terminal_id"])
     assert int(logged["ts"]) == int(pd.Timestamp(row["tx_datetime"]).timestamp())
     assert logged["version"] != "" and not logged["fallback"] and 0 <= logged["score"] <= 1
-    assert np.isfinite(logged[list(spec.MODEL_INPUTS)].to_numpy(np.float64)).all()
+    assert np.isfinite(logged[list(spec.SERVED_INPUTS)].to_numpy(np.float64)).all()

@@ -53,7 +53,7 @@ def test_training_set_is_point_in_time_and_equals_serving(ingested: Settings, sm
     served = online_features(
         newest, OnlineHistoryStore(redis.Redis.from_url(ingested.redis_url), ingested.feast_project)
     ).set_index("transaction_id")
-    for name in spec.FEATURE_NAMES:
+    for name in spec.ALL_FEATURES:
         np.testing.assert_allclose(
             train_rows[name].to_numpy(np.float64), served[name].to_numpy(np.float64), atol=1e-9, err_msg=name
         )
@@ -82,7 +82,7 @@ def test_register_promote_and_roll_back(ingested: Settings) -> None:
 
     second = train_and_register(ingested, data, "xgboost", params={"n_estimators": 80}, show_progress=False)
     assert second.version == "2" and second.aliases == [CHALLENGER]
-    # MLflow's generic pyfunc (what `mlflow models serve` runs) takes the 15 raw inputs and
+    # MLflow's generic pyfunc (what `mlflow models serve` runs) takes the raw inputs and
     # gives Vigil's scores, derived ratios included; the native flavour stays a Booster.
     import mlflow.pyfunc
     import mlflow.xgboost
@@ -90,7 +90,7 @@ def test_register_promote_and_roll_back(ingested: Settings) -> None:
     sample = data.head(50)
     native = load_native(f"models:/{REGISTERED_MODEL}/2")
     pyfunc = mlflow.pyfunc.load_model(f"models:/{REGISTERED_MODEL}/2")
-    inputs = sample[list(spec.MODEL_INPUTS)].astype(np.float32)  # the signature's types
+    inputs = sample[list(native.inputs)].astype(np.float32)  # the signature's types
     np.testing.assert_allclose(pyfunc.predict(inputs), native.predict_proba(sample), atol=1e-6)
     assert type(mlflow.xgboost.load_model(f"models:/{REGISTERED_MODEL}/2")).__name__ == "Booster"
     decision = promote(ingested, data)

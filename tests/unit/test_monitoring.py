@@ -13,7 +13,7 @@ from vigil.monitoring.retrain import retrain_reasons
 
 
 def frame(rng: np.random.Generator, n: int, amount_scale: float = 1.0) -> pd.DataFrame:
-    data = {name: rng.gamma(2.0, 10.0, n) for name in spec.MODEL_INPUTS}
+    data = {name: rng.gamma(2.0, 10.0, n) for name in spec.SERVED_INPUTS}
     data["tx_amount"] = data["tx_amount"] * amount_scale
     data[spec.WEEKEND] = rng.integers(0, 2, n)
     data[spec.NIGHT] = (rng.uniform(size=n) < 0.15).astype(int)
@@ -120,7 +120,7 @@ def test_prediction_log_entries_decode_to_the_answers() -> None:
         }
         for i in range(n)
     ]
-    matrix = rng.normal(size=(n, len(spec.MODEL_INPUTS))).astype(np.float32)
+    matrix = rng.normal(size=(n, len(spec.SERVED_INPUTS))).astype(np.float32)
     context = np.column_stack([1_530_000_000 + np.arange(n), np.arange(n) % 50, np.arange(n) % 90]).astype(np.int64)
     half = n // 2
     entries = PredictionLog.entries(
@@ -138,5 +138,5 @@ def test_prediction_log_entries_decode_to_the_answers() -> None:
     assert frame["reason"].tolist()[:2] == ["timeout", ""]
     assert frame["ts"].tolist() == context[:, 0].tolist()
     assert frame["terminal_id"].tolist() == context[:, 2].tolist()
-    np.testing.assert_allclose(frame[list(spec.MODEL_INPUTS)].to_numpy(), matrix, rtol=1e-6)
+    np.testing.assert_allclose(frame[list(spec.SERVED_INPUTS)].to_numpy(), matrix, rtol=1e-6)
     assert frame["stream_id"].is_unique

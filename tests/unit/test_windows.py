@@ -78,6 +78,56 @@ def test_empty_terminal_window_has_zero_risk() -> None:
     assert f[spec.terminal_count_name(30)] == 0 and f[spec.terminal_risk_name(30)] == 0
 
 
+def test_habit_is_the_median_of_earlier_amounts_in_30_days() -> None:
+    # Earlier: 10, 20, 200 (within 30 days; 200 is 3x above the median 20), 1000 is 31 days old.
+    customer = history(
+        [T0 - 31 * DAY, T0 - 20 * DAY, T0 - 10 * DAY, T0 - 2 * DAY], [1, 2, 3, 4], [1000.0, 10.0, 20.0, 200.0]
+    )
+    f = one(customer, EntityHistory.empty(), 5, T0, 100.0)
+    assert f[spec.AMOUNT_OVER_MEDIAN] == pytest.approx(100.0 / 21.0)
+    assert f[spec.customer_high_name(7)] == 1 and f[spec.customer_high_name(14)] == 1
+    assert f[spec.MAX_RATIO] == pytest.approx(200.0 / 21.0)
+    # An even count takes the mean of the two middle amounts; no earlier amount: the own amount.
+    even = history([T0 - 3 * DAY, T0 - 2 * DAY], [1, 2], [10.0, 30.0])
+    assert one(even, EntityHistory.empty(), 3, T0, 21.0)[spec.AMOUNT_OVER_MEDIAN] == pytest.approx(1.0)
+    first = one(EntityHistory.empty(), EntityHistory.empty(), 1, T0, 9.0)
+    assert first[spec.AMOUNT_OVER_MEDIAN] == pytest.approx(0.9) and first[spec.MAX_RATIO] == 0.0
+
+
+def test_habit_leaves_out_the_transaction_and_later_same_second_ids() -> None:
+    customer = history([T0 - DAY, T0, T0], [1, 5, 9], [10.0, 50.0, 900.0])
+    f = one(customer, EntityHistory.empty(), 7, T0, 40.0)  # earlier: 10 and 50 (id 5); 900 (id 9) is later
+    assert f[spec.AMOUNT_OVER_MEDIAN] == pytest.approx(40.0 / 31.0)
+    assert f[spec.MAX_RATIO] == pytest.approx(50.0 / 31.0)
+
+
+def test_fraud_streak_counts_the_newest_labels_of_the_window() -> None:
+    # Labels (t - delay is the window end): genuine at -20 d, frauds at -15, -12, -9 d, and a
+    # fraud at -6 d that is not known yet (after t - 7 d).
+    labels = history(
+        [T0 - 20 * DAY, T0 - 15 * DAY, T0 - 12 * DAY, T0 - 9 * DAY, T0 - 6 * DAY],
+        [1, 2, 3, 4, 5],
+        [0.0, 1.0, 1.0, 1.0, 1.0],
+    )
+    f = one(EntityHistory.empty(), labels, 9, T0, 1.0)
+    assert f[spec.FRAUD_STREAK] == 3
+    assert f[spec.STREAK_AGE] == pytest.approx(15.0)
+    assert f[spec.LAST_FRAUD_AGE] == pytest.approx(9.0)
+    # A genuine label ends the streak; the newest fraud is still seen.
+    broken = history([T0 - 12 * DAY, T0 - 8 * DAY], [1, 2], [1.0, 0.0])
+    g = one(EntityHistory.empty(), broken, 9, T0, 1.0)
+    assert g[spec.FRAUD_STREAK] == 0 and g[spec.STREAK_AGE] == 0.0 and g[spec.LAST_FRAUD_AGE] == pytest.approx(12.0)
+
+
+def test_fraud_streak_stops_at_the_window_start() -> None:
+    # Frauds at -40 d (outside (t - 37 d, t - 7 d]) and -30 d: the streak is 1, the age 30 days.
+    labels = history([T0 - 40 * DAY, T0 - 30 * DAY], [1, 2], [1.0, 1.0])
+    f = one(EntityHistory.empty(), labels, 9, T0, 1.0)
+    assert f[spec.FRAUD_STREAK] == 1 and f[spec.STREAK_AGE] == pytest.approx(30.0)
+    none = one(EntityHistory.empty(), history([T0 - 40 * DAY], [1], [1.0]), 9, T0, 1.0)
+    assert none[spec.FRAUD_STREAK] == 0 and none[spec.LAST_FRAUD_AGE] == 0.0
+
+
 def test_calendar_flags() -> None:
     saturday_6_59 = T0 + 4 * DAY + 6 * 3600 + 59 * 60 + 59
     f = one(EntityHistory.empty(), EntityHistory.empty(), 1, saturday_6_59, 1.0)
@@ -119,7 +169,7 @@ def test_rollup_equals_backfill_on_a_simulated_world(small_world: pd.DataFrame) 
         for c, t, i, ts, a in zip(customers, terminals, txs.tx_id, txs.ts, txs.amount, strict=True)
     ]
     expected = backfill.loc[sample["transaction_id"]]
-    for name in spec.FEATURE_NAMES:
+    for name in spec.ALL_FEATURES:
         np.testing.assert_allclose(rolled[name], expected[name].to_numpy(np.float64), rtol=0, atol=1e-9, err_msg=name)
         np.testing.assert_allclose([r[name] for r in row_by_row], rolled[name], rtol=0, atol=1e-9, err_msg=name)
 

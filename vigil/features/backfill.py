@@ -1,4 +1,4 @@
-"""Vectorised batch backfill: the 14 features of every transaction in a frame.
+"""Vectorised batch backfill: the features of every transaction in a frame (spec.ALL_FEATURES).
 
 Used to build training sets and to check the streaming path. It calls the same window
 functions as the request-time rollup, over all transactions at once.
@@ -51,9 +51,12 @@ def compute_features(transactions: pd.DataFrame, labels: pd.DataFrame | None = N
 
     columns = windows.calendar(ts)
     columns.update(windows.customer_windows(customer, position))
-    columns.update(windows.terminal_windows(terminal, txs["terminal_id"].to_numpy(np.int64), ts))
+    columns.update(windows.customer_habits(customer, position))
+    terminal_ids = txs["terminal_id"].to_numpy(np.int64)
+    columns.update(windows.terminal_windows(terminal, terminal_ids, ts))
+    columns.update(windows.terminal_streaks(terminal, terminal_ids, ts))
     out = pd.DataFrame({"transaction_id": tx_id})
-    for name in spec.FEATURE_NAMES:
+    for name in spec.ALL_FEATURES:
         out[name] = columns[name]
     for flag in (spec.WEEKEND, spec.NIGHT):
         out[flag] = out[flag].astype(np.int64)

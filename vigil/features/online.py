@@ -12,7 +12,7 @@ from vigil.online.store import OnlineHistoryStore
 
 
 def online_features(transactions: pd.DataFrame, store: OnlineHistoryStore, chunk: int = 2_000) -> pd.DataFrame:
-    """The 14 features of each row as of its own tx_datetime, from stored histories.
+    """The features (spec.ALL_FEATURES) of each row as of its own tx_datetime, from stored histories.
 
     Reads each chunk's customer and terminal histories in one round trip and rolls them
     up with the shared window functions; row order is kept.
@@ -30,11 +30,11 @@ def online_features(transactions: pd.DataFrame, store: OnlineHistoryStore, chunk
         )
         features = features_for_stacked(customers, terminals, txs)
         frame = pd.DataFrame({"transaction_id": txs.tx_id})
-        for name in spec.FEATURE_NAMES:
+        for name in spec.ALL_FEATURES:
             frame[name] = features[name]
         parts.append(frame)
     out = (
-        pd.concat(parts, ignore_index=True) if parts else pd.DataFrame(columns=["transaction_id", *spec.FEATURE_NAMES])
+        pd.concat(parts, ignore_index=True) if parts else pd.DataFrame(columns=["transaction_id", *spec.ALL_FEATURES])
     )
     for flag in (spec.WEEKEND, spec.NIGHT):
         out[flag] = out[flag].astype(np.int64)
@@ -42,7 +42,7 @@ def online_features(transactions: pd.DataFrame, store: OnlineHistoryStore, chunk
 
 
 def max_differences(ours: pd.DataFrame, reference: pd.DataFrame) -> dict[str, float]:
-    """Largest absolute difference per feature, rows matched by transaction_id."""
+    """Largest absolute difference per feature the two frames share, rows matched by transaction_id."""
     merged = ours.merge(reference, on="transaction_id", suffixes=("", "_ref"), validate="one_to_one")
     if len(merged) != len(ours):
         raise ValueError(f"{len(ours) - len(merged)} transactions have no reference row")
@@ -50,5 +50,6 @@ def max_differences(ours: pd.DataFrame, reference: pd.DataFrame) -> dict[str, fl
         name: float(
             np.max(np.abs(merged[name].to_numpy(np.float64) - merged[f"{name}_ref"].to_numpy(np.float64)), initial=0.0)
         )
-        for name in spec.FEATURE_NAMES
+        for name in spec.ALL_FEATURES
+        if name in ours and name in reference
     }

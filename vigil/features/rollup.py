@@ -1,4 +1,4 @@
-"""Request-time rollup: the 14 features of transactions as of their own time.
+"""Request-time rollup: the features of transactions (spec.ALL_FEATURES) as of their own time.
 
 Given each transaction's customer history and terminal label history (as read from
 the online store), computes the features with the same window functions as the
@@ -66,7 +66,10 @@ def features_for_stacked(
     out: dict[str, FloatArray] = dict(windows.calendar(txs.ts))
     facts, position = _customer_facts(customers, txs)
     out.update(windows.customer_windows(facts, position))
-    out.update(windows.terminal_windows(terminals, np.arange(n, dtype=np.int64), txs.ts))
+    out.update(windows.customer_habits(facts, position))
+    entities = np.arange(n, dtype=np.int64)
+    out.update(windows.terminal_windows(terminals, entities, txs.ts))
+    out.update(windows.terminal_streaks(terminals, entities, txs.ts))
     return out
 
 

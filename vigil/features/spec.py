@@ -6,6 +6,8 @@ the request-time rollup, the Feast repo) reads its constants from here.
 
 from __future__ import annotations
 
+from dataclasses import dataclass
+
 DAY_SECONDS = 86_400
 WINDOW_DAYS: tuple[int, ...] = (1, 7, 30)
 # Labels reach the terminal features one week late (handbook definition).
@@ -52,11 +54,60 @@ FEATURE_NAMES: tuple[str, ...] = (WEEKEND, NIGHT, *CUSTOMER_FEATURES, *TERMINAL_
 # The 15 model inputs: the features plus the amount itself.
 MODEL_INPUTS: tuple[str, ...] = ("tx_amount", *FEATURE_NAMES)
 
+# fraud_v2 adds what the 14 handbook features cannot say (vigil.features.windows.habits
+# and .streaks define them). A customer's habit is the median of its amounts over the
+# 30 days before the transaction; a compromised card repeats amounts far above it.
+HIGH_AMOUNT_FACTOR = 3.0
+HIGH_AMOUNT_DAYS: tuple[int, ...] = (7, 14)
+HABIT_DAYS = 30
+MAX_RATIO_DAYS = 7
+AMOUNT_OVER_MEDIAN = "amount_over_customer_median_30day"
+MAX_RATIO = "customer_id_max_amount_over_median_7day_window"
+
+
+def customer_high_name(days: int) -> str:
+    return f"customer_id_nb_high_amount_{days}day_window"
+
+
+# A compromised terminal turns every transaction into fraud for weeks: the run of frauds
+# at the end of its label window, how old that run is, and how old its newest fraud is.
+FRAUD_STREAK = "terminal_id_fraud_streak"
+STREAK_AGE = "terminal_id_fraud_streak_age_days"
+LAST_FRAUD_AGE = "terminal_id_last_fraud_age_days"
+HABIT_FEATURES: tuple[str, ...] = (AMOUNT_OVER_MEDIAN, *(customer_high_name(d) for d in HIGH_AMOUNT_DAYS), MAX_RATIO)
+STREAK_FEATURES: tuple[str, ...] = (FRAUD_STREAK, STREAK_AGE, LAST_FRAUD_AGE)
+V2_FEATURES: tuple[str, ...] = (*HABIT_FEATURES, *STREAK_FEATURES)
+
 # Feast object names (feature_repo/ and the online layout must agree on them).
 FEAST_PROJECT = "vigil"
 CUSTOMER_VIEW = "customer_history"
 TERMINAL_VIEW = "terminal_history"
 CUSTOMER_FIELDS: tuple[str, str, str] = ("tx_ts_list", "tx_id_list", "tx_amount_list")
 TERMINAL_FIELDS: tuple[str, str, str] = ("label_tx_ts_list", "label_tx_id_list", "label_fraud_list")
-FEATURE_SERVICE = "fraud_v1"
-FEATURE_SERVICE_VERSION = 1
+
+
+@dataclass(frozen=True)
+class FeatureSet:
+    """A feature service: what a model is trained on and asks for when it scores."""
+
+    service: str
+    version: int
+    features: tuple[str, ...]
+    training_service: str
+
+    @property
+    def model_inputs(self) -> tuple[str, ...]:
+        return ("tx_amount", *self.features)
+
+
+FRAUD_V1 = FeatureSet("fraud_v1", 1, FEATURE_NAMES, "fraud_v1_training")
+FRAUD_V2 = FeatureSet("fraud_v2", 2, (*FEATURE_NAMES, *V2_FEATURES), "fraud_v2_training")
+FEATURE_SETS: dict[str, FeatureSet] = {s.service: s for s in (FRAUD_V1, FRAUD_V2)}
+# Each set's inputs begin with the ones of the set before, so one matrix of the newest
+# set's inputs serves every model: a model takes the first len(its inputs) columns.
+SERVED = FRAUD_V2
+SERVED_INPUTS: tuple[str, ...] = SERVED.model_inputs
+ALL_FEATURES: tuple[str, ...] = SERVED.features
+# The handbook service (Feast's fraud_v1): what plain Feast clients and the parity checks ask for.
+FEATURE_SERVICE = FRAUD_V1.service
+FEATURE_SERVICE_VERSION = FRAUD_V1.version

@@ -114,6 +114,84 @@ def terminal_windows(labels: SortedFacts, query_entity: IntArray, query_ts: IntA
     return out
 
 
+def customer_habits(facts: SortedFacts, query_pos: IntArray, chunk_cells: int = 1 << 22) -> dict[str, FloatArray]:
+    """fraud_v2's customer features: the amount against the customer's habit.
+
+    The habit is the median amount of the customer's earlier transactions (the ones
+    `customer_windows` counts, less the current one) over spec.HABIT_DAYS; with none,
+    the current amount. Per query, the earlier amounts sit in [lo, pos) of `facts`; they
+    are laid out as rows of a padded matrix (in chunks of about `chunk_cells` cells) and
+    sorted along the row, so the median is read at the middle of each row.
+    """
+    keys = _Keys(facts, facts.entity[query_pos], facts.ts[query_pos])
+    q_ts = facts.ts[query_pos]
+
+    def window_start(days: int) -> IntArray:
+        found = np.searchsorted(keys.fact_keys, keys.query_keys(q_ts - days * spec.DAY_SECONDS), "right")
+        return np.asarray(found, dtype=np.int64)
+
+    lo = window_start(spec.HABIT_DAYS)
+    lo_high = {d: window_start(d) for d in spec.HIGH_AMOUNT_DAYS}
+    lo_max = window_start(spec.MAX_RATIO_DAYS)
+    count = query_pos - lo
+    n = query_pos.shape[0]
+    median = facts.value[query_pos].copy()
+    high = {d: np.zeros(n) for d in spec.HIGH_AMOUNT_DAYS}
+    biggest = np.zeros(n)
+    width = int(count.max(initial=0))
+    step = max(1, chunk_cells // max(width, 1))
+    for a in range(0, n if width else 0, step):
+        b = min(a + step, n)
+        idx = lo[a:b, None] + np.arange(width)
+        valid = idx < query_pos[a:b, None]
+        amounts = np.where(valid, facts.value[np.minimum(idx, len(facts) - 1)], np.inf)
+        ordered = np.sort(amounts, axis=1)
+        c = count[a:b]
+        rows = np.arange(b - a)
+        middle = (ordered[rows, np.maximum(c - 1, 0) // 2] + ordered[rows, c // 2]) / 2
+        median[a:b] = np.where(c > 0, middle, median[a:b])
+        above = valid & (amounts > spec.HIGH_AMOUNT_FACTOR * median[a:b, None])
+        for days in spec.HIGH_AMOUNT_DAYS:
+            high[days][a:b] = np.count_nonzero(above & (idx >= lo_high[days][a:b, None]), axis=1)
+        recent = np.where(valid & (idx >= lo_max[a:b, None]), amounts, -np.inf).max(axis=1)
+        biggest[a:b] = np.maximum(recent, 0.0)
+    out = {spec.AMOUNT_OVER_MEDIAN: facts.value[query_pos] / (median + 1.0)}
+    for days in spec.HIGH_AMOUNT_DAYS:
+        out[spec.customer_high_name(days)] = high[days]
+    out[spec.MAX_RATIO] = biggest / (median + 1.0)
+    return out
+
+
+def terminal_streaks(labels: SortedFacts, query_entity: IntArray, query_ts: IntArray) -> dict[str, FloatArray]:
+    """fraud_v2's terminal features, over the labels of the 30-day label window
+    (t - delay - 30 days, t - delay]: how many of the newest labels are all frauds,
+    days from the first of them to t, and days from the newest fraud to t (0 for none)."""
+    if not len(labels):
+        zeros = np.zeros(query_ts.shape[0])
+        return {name: zeros.copy() for name in spec.STREAK_FEATURES}
+    keys = _Keys(labels, query_entity, query_ts)
+    end = query_ts - spec.TERMINAL_DELAY_DAYS * spec.DAY_SECONDS
+    hi = np.searchsorted(keys.fact_keys, keys.query_keys(end), "right")
+    lo = np.searchsorted(keys.fact_keys, keys.query_keys(end - max(spec.WINDOW_DAYS) * spec.DAY_SECONDS), "right")
+    k = np.arange(len(labels), dtype=np.int64)
+    fraud = labels.value > 0.5
+    entity_start = np.maximum.accumulate(np.where(np.r_[True, labels.entity[1:] != labels.entity[:-1]], k, 0))
+    # At each fact: the run of frauds ending there (within its entity), and the newest fraud so far.
+    run = k - np.maximum.accumulate(np.where(fraud, entity_start - 1, k))
+    newest = np.maximum.accumulate(np.where(fraud, k, -1))
+    last = np.maximum(hi - 1, 0)
+    streak = np.where(hi > lo, np.minimum(run[last], hi - lo), 0)
+    streak_ts = labels.ts[last - np.maximum(streak, 1) + 1]
+    newest_at = newest[last]
+    seen = (hi > lo) & (newest_at >= lo)
+    fraud_ts = labels.ts[np.maximum(newest_at, 0)]
+    return {
+        spec.FRAUD_STREAK: streak.astype(np.float64),
+        spec.STREAK_AGE: np.where(streak > 0, (query_ts - streak_ts) / spec.DAY_SECONDS, 0.0),
+        spec.LAST_FRAUD_AGE: np.where(seen, (query_ts - fraud_ts) / spec.DAY_SECONDS, 0.0),
+    }
+
+
 def calendar(query_ts: IntArray) -> dict[str, FloatArray]:
     """Weekend and night flags from naive event time in unix seconds."""
     days = np.floor_divide(query_ts, spec.DAY_SECONDS)
@@ -132,7 +210,7 @@ def one_transaction(
     ts: int,
     amount: float,
 ) -> dict[str, float]:
-    """The 14 features of one transaction from one customer's and one terminal's facts.
+    """The features of one transaction (spec.ALL_FEATURES) from one customer's and one terminal's facts.
 
     The same bounds as `calendar`, `customer_windows` and `terminal_windows` (the tests
     hold the two equal), in plain Python: a single request pays 250-400 us for the
@@ -167,4 +245,41 @@ def one_transaction(
         count = l_hi - lo
         out[spec.terminal_count_name(window)] = float(count)
         out[spec.terminal_risk_name(window)] = fsum(l_fraud[lo:l_hi]) / count if count else 0.0
+    out.update(_habits_of_one(c_ts, c_amount, first, before, ts, amount))
+    out.update(
+        _streaks_of_one(l_ts, l_fraud, l_hi, bisect_right(l_ts, end - max(spec.WINDOW_DAYS) * spec.DAY_SECONDS), ts)
+    )
     return out
+
+
+def _habits_of_one(
+    c_ts: list[int], c_amount: list[float], first: int, before: list[float], ts: int, amount: float
+) -> dict[str, float]:
+    """`customer_habits` for one transaction; `first` and `before` as in `one_transaction`."""
+
+    def earlier(days: int) -> list[float]:
+        return c_amount[bisect_right(c_ts, ts - days * spec.DAY_SECONDS) : first] + before
+
+    ordered = sorted(earlier(spec.HABIT_DAYS))
+    c = len(ordered)
+    median = (ordered[(c - 1) // 2] + ordered[c // 2]) / 2 if c else amount
+    limit = spec.HIGH_AMOUNT_FACTOR * median
+    out = {spec.AMOUNT_OVER_MEDIAN: amount / (median + 1.0)}
+    for days in spec.HIGH_AMOUNT_DAYS:
+        out[spec.customer_high_name(days)] = float(sum(1 for a in earlier(days) if a > limit))
+    out[spec.MAX_RATIO] = max(max(earlier(spec.MAX_RATIO_DAYS), default=0.0), 0.0) / (median + 1.0)
+    return out
+
+
+def _streaks_of_one(l_ts: list[int], l_fraud: list[float], hi: int, lo: int, ts: int) -> dict[str, float]:
+    """`terminal_streaks` for one transaction: the labels in [lo, hi) form its window."""
+    j = hi - 1
+    while j >= lo and l_fraud[j] > 0.5:
+        j -= 1
+    streak = hi - 1 - j
+    newest = next((i for i in range(hi - 1, lo - 1, -1) if l_fraud[i] > 0.5), None)
+    return {
+        spec.FRAUD_STREAK: float(streak),
+        spec.STREAK_AGE: (ts - l_ts[j + 1]) / spec.DAY_SECONDS if streak else 0.0,
+        spec.LAST_FRAUD_AGE: (ts - l_ts[newest]) / spec.DAY_SECONDS if newest is not None else 0.0,
+    }

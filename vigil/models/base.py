@@ -29,12 +29,30 @@ def resolve_device(choice: str) -> str:
     return "cuda" if available else "cpu"
 
 
-def as_matrix(frame: pd.DataFrame) -> np.ndarray:
-    """The 15 model inputs, in their fixed order, as float32 (what every model sees)."""
-    missing = [c for c in spec.MODEL_INPUTS if c not in frame.columns]
+def as_matrix(frame: pd.DataFrame, inputs: tuple[str, ...] = spec.MODEL_INPUTS) -> np.ndarray:
+    """`inputs` (by default fraud_v1's 15), in their fixed order, as float32."""
+    missing = [c for c in inputs if c not in frame.columns]
     if missing:
         raise KeyError(f"missing model inputs: {', '.join(missing)}")
-    return frame[list(spec.MODEL_INPUTS)].to_numpy(dtype=np.float32)
+    return frame[list(inputs)].to_numpy(dtype=np.float32)
+
+
+def take_inputs(data: pd.DataFrame | np.ndarray, inputs: tuple[str, ...]) -> np.ndarray:
+    """A model's own inputs: columns of a frame by name, or the first len(inputs) columns of
+    a matrix in spec.SERVED_INPUTS order (each feature set extends the one before it)."""
+    if not isinstance(data, np.ndarray):
+        return as_matrix(data, inputs)
+    if data.ndim != 2 or data.shape[1] < len(inputs):
+        raise ValueError(f"expected a matrix of at least {len(inputs)} columns ({inputs[-1]} last), got {data.shape}")
+    return data[:, : len(inputs)]
+
+
+def feature_set_of_width(width: int) -> spec.FeatureSet:
+    """The feature set whose model inputs number `width` (how a loaded model tells its own)."""
+    for features in spec.FEATURE_SETS.values():
+        if len(features.model_inputs) == width:
+            return features
+    raise ValueError(f"no feature set has {width} model inputs")
 
 
 class FraudModel(ABC):
@@ -46,6 +64,18 @@ class FraudModel(ABC):
     def __init__(self, params: dict[str, Any] | None = None, device: str = "cpu") -> None:
         self.params = {**self.default_params(), **(params or {})}
         self.device = device
+        if self.params.get("feature_service", spec.FRAUD_V1.service) not in spec.FEATURE_SETS:
+            known = ", ".join(spec.FEATURE_SETS)
+            raise ValueError(f"unknown feature service {self.params['feature_service']!r}; choose from {known}")
+
+    @property
+    def feature_set(self) -> spec.FeatureSet:
+        """The feature service this model is trained on (params["feature_service"], fraud_v1 if unset)."""
+        return spec.FEATURE_SETS[self.params.get("feature_service", spec.FRAUD_V1.service)]
+
+    @property
+    def inputs(self) -> tuple[str, ...]:
+        return self.feature_set.model_inputs
 
     @classmethod
     @abstractmethod
@@ -53,11 +83,11 @@ class FraudModel(ABC):
 
     @abstractmethod
     def fit(self, frame: pd.DataFrame, labels: np.ndarray, progress: Progress | None = None) -> FraudModel:
-        """Trains on `frame` (it must hold spec.MODEL_INPUTS) and 0/1 `labels`."""
+        """Trains on `frame` (it must hold the model's `inputs`) and 0/1 `labels`."""
 
     @abstractmethod
     def predict_proba(self, frame: pd.DataFrame | np.ndarray) -> np.ndarray:
-        """Probability of fraud in [0, 1] for each row."""
+        """Probability of fraud in [0, 1] for each row (a frame, or a matrix as `take_inputs` reads it)."""
 
     @property
     def progress_units(self) -> int:
@@ -67,7 +97,7 @@ class FraudModel(ABC):
     def setup(self, device: str = "cpu", threads: int = 1) -> None:
         """Prepares for serving: device, thread count, and a warm-up prediction."""
         self.device = device
-        self.predict_proba(np.zeros((1, len(spec.MODEL_INPUTS)), dtype=np.float32))
+        self.predict_proba(np.zeros((1, len(self.inputs)), dtype=np.float32))
 
     def feature_importance(self) -> dict[str, float] | None:
         return None
@@ -81,6 +111,5 @@ class FraudModel(ABC):
     def load_model(cls, uri: str) -> FraudModel:
         """Loads what `log_model` saved (any models:/ or runs:/ URI)."""
 
-    @staticmethod
-    def matrix(frame: pd.DataFrame | np.ndarray) -> np.ndarray:
-        return frame if isinstance(frame, np.ndarray) else as_matrix(frame)
+    def matrix(self, frame: pd.DataFrame | np.ndarray) -> np.ndarray:
+        return take_inputs(frame, self.inputs)

@@ -13,8 +13,7 @@ from sklearn.linear_model import LogisticRegression
 from sklearn.pipeline import Pipeline
 from sklearn.preprocessing import StandardScaler
 
-from vigil.features import spec
-from vigil.models.base import FraudModel, Progress
+from vigil.models.base import FraudModel, Progress, feature_set_of_width
 
 
 class BaselineModel(FraudModel):
@@ -27,7 +26,8 @@ class BaselineModel(FraudModel):
 
     @classmethod
     def default_params(cls) -> dict[str, Any]:
-        return {"C": 1.0, "max_iter": 1000}
+        # The fallback: fraud_v1 only needs the request itself and the 14 handbook features.
+        return {"C": 1.0, "max_iter": 1000, "feature_service": "fraud_v1"}
 
     def fit(self, frame: pd.DataFrame, labels: np.ndarray, progress: Progress | None = None) -> BaselineModel:
         self.pipeline = Pipeline(
@@ -50,7 +50,7 @@ class BaselineModel(FraudModel):
         if self.pipeline is None:
             return None
         weights = np.abs(self.pipeline.named_steps["model"].coef_[0])
-        return dict(zip(spec.MODEL_INPUTS, map(float, weights), strict=True))
+        return dict(zip(self.inputs, map(float, weights), strict=True))
 
     def log_model(self, name: str, input_example: pd.DataFrame, signature: Any) -> Any:
         import mlflow.sklearn
@@ -63,4 +63,5 @@ class BaselineModel(FraudModel):
 
         model = cls()
         model.pipeline = mlflow.sklearn.load_model(uri)
+        model.params["feature_service"] = feature_set_of_width(int(model.pipeline.n_features_in_)).service
         return model

@@ -9,8 +9,7 @@ import pandas as pd
 import torch
 from torch import nn
 
-from vigil.features import spec
-from vigil.models.base import FraudModel, Progress
+from vigil.models.base import FraudModel, Progress, feature_set_of_width
 
 
 class FraudNet(nn.Module):
@@ -21,7 +20,7 @@ class FraudNet(nn.Module):
         self.register_buffer("mean", torch.as_tensor(mean, dtype=torch.float32))
         self.register_buffer("std", torch.as_tensor(std, dtype=torch.float32))
         layers: list[nn.Module] = []
-        width = len(spec.MODEL_INPUTS)
+        width = len(mean)
         for size in hidden:
             layers += [nn.Linear(width, size), nn.ReLU(), nn.Dropout(dropout)]
             width = size
@@ -45,7 +44,15 @@ class MLPModel(FraudModel):
 
     @classmethod
     def default_params(cls) -> dict[str, Any]:
-        return {"hidden": (64, 32), "dropout": 0.1, "epochs": 8, "batch_size": 512, "learning_rate": 1e-3, "seed": 0}
+        return {
+            "hidden": (64, 32),
+            "dropout": 0.1,
+            "epochs": 8,
+            "batch_size": 512,
+            "learning_rate": 1e-3,
+            "seed": 0,
+            "feature_service": "fraud_v1",
+        }
 
     @property
     def progress_units(self) -> int:
@@ -113,4 +120,7 @@ class MLPModel(FraudModel):
 
         model = cls()
         model.net = mlflow.pytorch.load_model(uri, map_location="cpu").eval()
+        mean = getattr(model.net, "mean", None)  # a FraudNet knows its width; another module: fraud_v1
+        if mean is not None:
+            model.params["feature_service"] = feature_set_of_width(int(mean.shape[0])).service
         return model

@@ -10,7 +10,7 @@ import pandas as pd
 import xgboost as xgb
 
 from vigil.features import spec
-from vigil.models.base import FraudModel, Progress
+from vigil.models.base import FraudModel, Progress, feature_set_of_width
 from vigil.models.forest import Forest
 
 # Ratios the trees cannot form from the raw inputs with few splits: this payment against
@@ -80,6 +80,7 @@ class XGBoostModel(FraudModel):
             "seed": 0,
             "standardise": False,
             "derived_inputs": True,
+            "feature_service": "fraud_v2",
         }
 
     @property
@@ -87,18 +88,18 @@ class XGBoostModel(FraudModel):
         return int(self.params["n_estimators"])
 
     def _train_params(self) -> dict[str, Any]:
-        params = {k: v for k, v in self.params.items() if k not in ("n_estimators", "standardise", "derived_inputs")}
+        own = ("n_estimators", "standardise", "derived_inputs", "feature_service")
+        params = {k: v for k, v in self.params.items() if k not in own}
         params.update(objective="binary:logistic", eval_metric="aucpr", device=self.device, nthread=2)
         return params
 
     @property
     def input_names(self) -> list[str]:
-        """The booster's columns: the 15 model inputs, then the derived ones when used."""
-        return [*spec.MODEL_INPUTS, *(DERIVED_INPUTS if self.params.get("derived_inputs") else ())]
+        """The booster's columns: the model inputs, then the derived ones when used."""
+        return [*self.inputs, *(DERIVED_INPUTS if self.params.get("derived_inputs") else ())]
 
     def _inputs(self, frame: pd.DataFrame | np.ndarray) -> np.ndarray:
-        raw = frame if isinstance(frame, np.ndarray) else frame[list(spec.MODEL_INPUTS)].to_numpy(np.float64)
-        raw = np.asarray(raw, np.float64)
+        raw = np.asarray(self.matrix(frame), np.float64)
         scaled = raw if self.scale is None else (raw - self.scale[0]) / self.scale[1]
         if self.params.get("derived_inputs"):
             scaled = np.column_stack([scaled, derived_inputs(raw)])
@@ -106,7 +107,7 @@ class XGBoostModel(FraudModel):
 
     def fit(self, frame: pd.DataFrame, labels: np.ndarray, progress: Progress | None = None) -> XGBoostModel:
         if self.params.get("standardise"):
-            raw = frame[list(spec.MODEL_INPUTS)].to_numpy(np.float64)
+            raw = np.asarray(self.matrix(frame), np.float64)
             std = raw.std(axis=0)
             self.scale = (raw.mean(axis=0), np.where(std == 0, 1.0, std))
         data = xgb.DMatrix(self._inputs(frame), label=np.asarray(labels), feature_names=self.input_names)
@@ -180,6 +181,8 @@ class XGBoostModel(FraudModel):
         if derived not in (None, DERIVED_MARKER):
             raise ValueError(f"{uri}: derived inputs {derived!r} unknown to this version of vigil")
         model.params["derived_inputs"] = derived is not None
+        width = int(model.booster.num_features()) - (len(DERIVED_INPUTS) if derived else 0)
+        model.params["feature_service"] = feature_set_of_width(width).service
         scale = model.booster.attr("vigil_scale")
         if scale:
             mean, std = json.loads(scale)

@@ -40,7 +40,7 @@ class VigilXGBoostPyfunc:
         return self.model.booster
 
     def predict(self, data: Any, params: dict[str, Any] | None = None) -> np.ndarray:
-        # A frame is read by column name; anything else as a matrix in MODEL_INPUTS order.
+        # A frame is read by column name; anything else as a matrix in SERVED_INPUTS order.
         result: np.ndarray = self.model.predict_proba(data if isinstance(data, pd.DataFrame) else np.asarray(data))
         return result
 

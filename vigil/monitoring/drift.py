@@ -60,7 +60,7 @@ class WindowDrift:
 
 
 def drift_columns(window_seconds: int) -> list[str]:
-    columns = [*spec.MODEL_INPUTS, SCORE]
+    columns = [*spec.SERVED_INPUTS, SCORE]
     return columns if window_seconds >= WEEK_SECONDS else [c for c in columns if c != spec.WEEKEND]
 
 
@@ -81,6 +81,8 @@ def measure_drift(
 
     if len(current) > max_rows:
         current = current.sample(max_rows, random_state=seed)
+    # A reference or log from before fraud_v2 lacks its inputs (absent or all NaN): compared on the rest.
+    columns = [c for c in columns if c in reference and c in current and current[c].notna().any()]
     binary = [c for c in columns if c in BINARY_COLUMNS]
     numeric = [c for c in columns if c not in BINARY_COLUMNS]
     definition = DataDefinition(numerical_columns=numeric, categorical_columns=binary)

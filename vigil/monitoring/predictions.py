@@ -49,9 +49,10 @@ def _columns_entry(entry_id: str, fields: dict[bytes, bytes]) -> pd.DataFrame:
     data = orjson.loads(fields[b"data"])
     frame = pd.DataFrame({name: data[name] for name in COLUMNS})
     frame.insert(0, "stream_id", [f"{entry_id}:{i}" for i in range(len(frame))])
-    inputs = np.asarray(data["features"], dtype=np.float64).reshape(-1, len(spec.MODEL_INPUTS))
-    for j, name in enumerate(spec.MODEL_INPUTS):
-        frame[name] = inputs[:, j]
+    inputs = np.asarray(data["features"], dtype=np.float64).reshape(len(frame), -1)
+    # Services before fraud_v2 logged fewer inputs: the missing ones are NaN.
+    for j, name in enumerate(spec.SERVED_INPUTS):
+        frame[name] = inputs[:, j] if j < inputs.shape[1] else np.nan
     return frame
 
 
@@ -59,7 +60,7 @@ def _answer_entry(entry_id: str, fields: dict[bytes, bytes]) -> pd.DataFrame:
     """An entry of one answer (field per column, features as a JSON list)."""
     row: dict[str, Any] = {k.decode(): v.decode() for k, v in fields.items()}
     inputs = json.loads(row.pop("features"))
-    row.update(dict(zip(spec.MODEL_INPUTS, inputs, strict=True)))
+    row.update({name: inputs[j] if j < len(inputs) else np.nan for j, name in enumerate(spec.SERVED_INPUTS)})
     return pd.DataFrame([{"stream_id": entry_id, **row}])
 
 
@@ -88,8 +89,8 @@ def decode_entries(entries: list[tuple[bytes, dict[bytes, bytes]]]) -> pd.DataFr
     frame["version"] = frame["version"].astype(str)
     frame["reason"] = frame["reason"].fillna("").astype(str)
     frame["fallback"] = frame["fallback"].map(lambda v: str(v) in ("1", "True", "true")).astype(bool)
-    frame[list(spec.MODEL_INPUTS)] = frame[list(spec.MODEL_INPUTS)].astype(np.float64)
-    return frame[["stream_id", *COLUMNS, *spec.MODEL_INPUTS]]
+    frame[list(spec.SERVED_INPUTS)] = frame[list(spec.SERVED_INPUTS)].astype(np.float64)
+    return frame[["stream_id", *COLUMNS, *spec.SERVED_INPUTS]]
 
 
 def roll_predictions(settings: Settings, client: redis.Redis) -> int:
@@ -118,7 +119,7 @@ def read_predictions(settings: Settings, since: pd.Timestamp | None = None) -> p
     with `tx_datetime` from the transaction's own time."""
     parts = sorted(predictions_dir(settings).glob("part-*.parquet"))
     if not parts:
-        return pd.DataFrame(columns=[*COLUMNS, *spec.MODEL_INPUTS, "tx_datetime"])
+        return pd.DataFrame(columns=[*COLUMNS, *spec.SERVED_INPUTS, "tx_datetime"])
     filters = [("ts", ">=", int(since.timestamp()))] if since is not None else None
     frame = pd.concat([pd.read_parquet(p, filters=filters) for p in parts], ignore_index=True)
     frame = frame.drop_duplicates("stream_id")

@@ -99,8 +99,8 @@ def apply_repo(settings: Settings) -> FeatureStore:
     return store
 
 
-def feast_features(store: FeatureStore, transactions: pd.DataFrame) -> pd.DataFrame:
-    """The `fraud_v1` features of each row, asked of Feast itself (`get_online_features`).
+def feast_features(store: FeatureStore, transactions: pd.DataFrame, service: str = "fraud_v1") -> pd.DataFrame:
+    """The features of `service` for each row, asked of Feast itself (`get_online_features`).
 
     Any Feast client gets the same numbers this way; tests and the demo use it to check
     the serving path against Feast.
@@ -117,7 +117,7 @@ def feast_features(store: FeatureStore, transactions: pd.DataFrame) -> pd.DataFr
         }
         for r in transactions.itertuples()
     ]
-    answer = store.get_online_features(features=store.get_feature_service(spec.FEATURE_SERVICE), entity_rows=rows)
-    frame = pd.DataFrame(answer.to_dict())[list(spec.FEATURE_NAMES)]
+    answer = store.get_online_features(features=store.get_feature_service(service), entity_rows=rows)
+    frame = pd.DataFrame(answer.to_dict())[list(spec.FEATURE_SETS[service].features)]
     frame.insert(0, "transaction_id", transactions["transaction_id"].to_numpy())
     return frame
