@@ -90,9 +90,9 @@ def test_explain_returns_the_exact_features(server: str, served_world: tuple[Set
             assert result["features"]["tx_amount"] == pytest.approx(row["tx_amount"], rel=1e-6)
             seen = {**result["features"], **result["extra_features"]}
             for name in spec.ALL_FEATURES:
-                assert seen[name] == pytest.approx(
-                    reference.loc[result["transaction_id"], name], rel=1e-6, abs=1e-6
-                ), name
+                assert seen[name] == pytest.approx(reference.loc[result["transaction_id"], name], rel=1e-6, abs=1e-6), (
+                    name
+                )
             assert len(result["contributions"]) == 5
 
 

@@ -33,9 +33,7 @@ def online_features(transactions: pd.DataFrame, store: OnlineHistoryStore, chunk
         for name in spec.ALL_FEATURES:
             frame[name] = features[name]
         parts.append(frame)
-    out = (
-        pd.concat(parts, ignore_index=True) if parts else pd.DataFrame(columns=["transaction_id", *spec.ALL_FEATURES])
-    )
+    out = pd.concat(parts, ignore_index=True) if parts else pd.DataFrame(columns=["transaction_id", *spec.ALL_FEATURES])
     for flag in (spec.WEEKEND, spec.NIGHT):
         out[flag] = out[flag].astype(np.int64)
     return out
