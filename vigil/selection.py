@@ -85,7 +85,7 @@ def tuning_candidates() -> list[Candidate]:
     return [
         product_default(),
         xgboost_candidate(
-            "xgboost 500 trees, depth 5, lr 0.03", {"n_estimators": 500, "max_depth": 5, "learning_rate": 0.03}, None
+            "xgboost 300 trees, depth 6, lr 0.05", {"n_estimators": 300, "max_depth": 6, "learning_rate": 0.05}, None
         ),
         xgboost_candidate(
             "xgboost 200 trees, depth 4, lr 0.1", {"n_estimators": 200, "max_depth": 4, "learning_rate": 0.1}, None

@@ -69,9 +69,9 @@ class XGBoostModel(FraudModel):
     def default_params(cls) -> dict[str, Any]:
         # Chosen by `vigil evaluate --tune` on validation windows before July (see README).
         return {
-            "n_estimators": 300,
-            "max_depth": 6,
-            "learning_rate": 0.05,
+            "n_estimators": 500,
+            "max_depth": 5,
+            "learning_rate": 0.03,
             "subsample": 0.8,
             "colsample_bytree": 0.8,
             "min_child_weight": 1.0,
