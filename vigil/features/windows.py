@@ -203,6 +203,17 @@ def calendar(query_ts: IntArray) -> dict[str, FloatArray]:
     }
 
 
+# Window lengths and feature names for the one-row path, built once (not per request).
+_CUSTOMER_WINDOWS = tuple(
+    (d * spec.DAY_SECONDS, spec.customer_count_name(d), spec.customer_avg_name(d)) for d in spec.WINDOW_DAYS
+)
+# Ascending window length: the loop leaves the longest window's start behind for the streaks.
+_TERMINAL_WINDOWS = tuple(
+    (d * spec.DAY_SECONDS, spec.terminal_count_name(d), spec.terminal_risk_name(d)) for d in sorted(spec.WINDOW_DAYS)
+)
+_HIGH_WINDOWS = tuple((d * spec.DAY_SECONDS, spec.customer_high_name(d)) for d in spec.HIGH_AMOUNT_DAYS)
+
+
 def one_transaction(
     customer: HistoryLists,
     labels: HistoryLists,
@@ -231,55 +242,58 @@ def one_transaction(
         spec.WEEKEND: float((days + 3) % 7 >= 5),
         spec.NIGHT: float((ts - days * spec.DAY_SECONDS) // 3600 <= spec.NIGHT_LAST_HOUR),
     }
-    for window in spec.WINDOW_DAYS:
-        lo = bisect_right(c_ts, ts - window * spec.DAY_SECONDS)
+    for seconds, count_name, avg_name in _CUSTOMER_WINDOWS:
+        lo = bisect_right(c_ts, ts - seconds)
         in_window = c_amount[lo:first] + before
         count = len(in_window) + 1
-        out[spec.customer_count_name(window)] = float(count)
-        out[spec.customer_avg_name(window)] = (fsum(in_window) + amount) / count
+        out[count_name] = float(count)
+        out[avg_name] = (fsum(in_window) + amount) / count
     l_ts, _, l_fraud = labels
     end = ts - spec.TERMINAL_DELAY_DAYS * spec.DAY_SECONDS
     l_hi = bisect_right(l_ts, end)
-    for window in spec.WINDOW_DAYS:
-        lo = bisect_right(l_ts, end - window * spec.DAY_SECONDS)
+    lo = l_hi
+    for seconds, count_name, risk_name in _TERMINAL_WINDOWS:
+        lo = bisect_right(l_ts, end - seconds)
         count = l_hi - lo
-        out[spec.terminal_count_name(window)] = float(count)
-        out[spec.terminal_risk_name(window)] = fsum(l_fraud[lo:l_hi]) / count if count else 0.0
-    out.update(_habits_of_one(c_ts, c_amount, first, before, ts, amount))
-    out.update(
-        _streaks_of_one(l_ts, l_fraud, l_hi, bisect_right(l_ts, end - max(spec.WINDOW_DAYS) * spec.DAY_SECONDS), ts)
-    )
+        out[count_name] = float(count)
+        out[risk_name] = fsum(l_fraud[lo:l_hi]) / count if count else 0.0
+    _habits_of_one(out, c_ts, c_amount, first, before, ts, amount)
+    _streaks_of_one(out, l_ts, l_fraud, l_hi, lo, ts)  # lo: the longest (30-day) window, the last one
     return out
 
 
 def _habits_of_one(
-    c_ts: list[int], c_amount: list[float], first: int, before: list[float], ts: int, amount: float
-) -> dict[str, float]:
-    """`customer_habits` for one transaction; `first` and `before` as in `one_transaction`."""
-
-    def earlier(days: int) -> list[float]:
-        return c_amount[bisect_right(c_ts, ts - days * spec.DAY_SECONDS) : first] + before
-
-    ordered = sorted(earlier(spec.HABIT_DAYS))
+    out: dict[str, float],
+    c_ts: list[int],
+    c_amount: list[float],
+    first: int,
+    before: list[float],
+    ts: int,
+    amount: float,
+) -> None:
+    """`customer_habits` for one transaction, into `out`; `first` and `before` as in `one_transaction`."""
+    lo = bisect_right(c_ts, ts - spec.HABIT_DAYS * spec.DAY_SECONDS)
+    earlier = c_amount[lo:first] + before  # oldest first; the same-second ones last
+    ordered = sorted(earlier)
     c = len(ordered)
     median = (ordered[(c - 1) // 2] + ordered[c // 2]) / 2 if c else amount
     limit = spec.HIGH_AMOUNT_FACTOR * median
-    out = {spec.AMOUNT_OVER_MEDIAN: amount / (median + 1.0)}
-    for days in spec.HIGH_AMOUNT_DAYS:
-        out[spec.customer_high_name(days)] = float(sum(1 for a in earlier(days) if a > limit))
-    out[spec.MAX_RATIO] = max(max(earlier(spec.MAX_RATIO_DAYS), default=0.0), 0.0) / (median + 1.0)
-    return out
+    out[spec.AMOUNT_OVER_MEDIAN] = amount / (median + 1.0)
+    # Shorter windows are suffixes of `earlier` (their start is later; `before` is in all).
+    for seconds, name in _HIGH_WINDOWS:
+        start = bisect_right(c_ts, ts - seconds, lo) - lo
+        out[name] = float(len([a for a in earlier[start:] if a > limit]))
+    start = bisect_right(c_ts, ts - spec.MAX_RATIO_DAYS * spec.DAY_SECONDS, lo) - lo
+    out[spec.MAX_RATIO] = max(max(earlier[start:], default=0.0), 0.0) / (median + 1.0)
 
 
-def _streaks_of_one(l_ts: list[int], l_fraud: list[float], hi: int, lo: int, ts: int) -> dict[str, float]:
-    """`terminal_streaks` for one transaction: the labels in [lo, hi) form its window."""
+def _streaks_of_one(out: dict[str, float], l_ts: list[int], l_fraud: list[float], hi: int, lo: int, ts: int) -> None:
+    """`terminal_streaks` for one transaction, into `out`: the labels in [lo, hi) form its window."""
     j = hi - 1
     while j >= lo and l_fraud[j] > 0.5:
         j -= 1
     streak = hi - 1 - j
     newest = next((i for i in range(hi - 1, lo - 1, -1) if l_fraud[i] > 0.5), None)
-    return {
-        spec.FRAUD_STREAK: float(streak),
-        spec.STREAK_AGE: (ts - l_ts[j + 1]) / spec.DAY_SECONDS if streak else 0.0,
-        spec.LAST_FRAUD_AGE: (ts - l_ts[newest]) / spec.DAY_SECONDS if newest is not None else 0.0,
-    }
+    out[spec.FRAUD_STREAK] = float(streak)
+    out[spec.STREAK_AGE] = (ts - l_ts[j + 1]) / spec.DAY_SECONDS if streak else 0.0
+    out[spec.LAST_FRAUD_AGE] = (ts - l_ts[newest]) / spec.DAY_SECONDS if newest is not None else 0.0
