@@ -5,6 +5,7 @@ Cheap to train and to evaluate, and robust; the scoring service falls back to it
 
 from __future__ import annotations
 
+import warnings
 from typing import Any, ClassVar
 
 import numpy as np
@@ -55,7 +56,11 @@ class BaselineModel(FraudModel):
     def log_model(self, name: str, input_example: pd.DataFrame, signature: Any) -> Any:
         import mlflow.sklearn
 
-        return mlflow.sklearn.log_model(self.pipeline, name=name, input_example=input_example, signature=signature)
+        with warnings.catch_warnings():
+            # MLflow checks the example through sklearn's pyfunc, which hands the pipeline (fitted
+            # on arrays) a frame; the signature fixes the column order, so the names add nothing.
+            warnings.filterwarnings("ignore", message="X has feature names", category=UserWarning)
+            return mlflow.sklearn.log_model(self.pipeline, name=name, input_example=input_example, signature=signature)
 
     @classmethod
     def load_model(cls, uri: str) -> BaselineModel:

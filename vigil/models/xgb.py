@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+from importlib import metadata
 from typing import Any, ClassVar
 
 import numpy as np
@@ -169,6 +170,9 @@ class XGBoostModel(FraudModel):
             input_example=input_example,
             signature=signature,
             model_format="ubj",
+            # Given, not inferred: MLflow infers them by predicting through its stock xgboost
+            # pyfunc, which lacks the derived inputs and prints a failing traceback.
+            pip_requirements=[f"{name}=={metadata.version(name)}" for name in ("mlflow", "xgboost", "numpy", "pandas")],
         )
 
     @classmethod
