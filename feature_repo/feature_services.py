@@ -2,16 +2,16 @@
 
 from feast import FeatureService
 from features import (
+    FRAUD_V1_SCHEMA,
     transaction_features,
     transaction_features_v1,
-    transaction_features_v2,
     transaction_features_v2_offline,
 )
 
 # Version 1: the 14 handbook features (serving adds tx_amount from the request).
 fraud_v1 = FeatureService(
     name="fraud_v1",
-    features=[transaction_features],
+    features=[transaction_features[[field.name for field in FRAUD_V1_SCHEMA]]],
     description="The Fraud Detection Handbook's 14 baseline features, exact as of the transaction's time",
     tags={"version": "1"},
 )
@@ -29,7 +29,7 @@ fraud_v1_training = FeatureService(
 # default XGBoost model is trained on. Version 1's features come first, in the same order.
 fraud_v2 = FeatureService(
     name="fraud_v2",
-    features=[transaction_features, transaction_features_v2],
+    features=[transaction_features],
     description="fraud_v1 plus the amount against the customer's habit and fraud streaks on the terminal",
     tags={"version": "2"},
 )

@@ -62,19 +62,6 @@ FRAUD_V1_SCHEMA = [
 ]
 
 
-@on_demand_feature_view(
-    sources=[customer_history, terminal_history, transaction_request],
-    schema=FRAUD_V1_SCHEMA,
-    mode="python",
-)
-def transaction_features(inputs: dict) -> dict:
-    # The features of the requested transaction, exact as of its tx_datetime. The body
-    # delegates to vigil.features: the code the flow, the backfill and scoring use.
-    from vigil.features.feast_transform import handbook_features
-
-    return handbook_features(inputs)
-
-
 # fraud_v2's additions: the amount against the customer's habit, and fraud streaks on the terminal.
 FRAUD_V2_EXTRA_SCHEMA = [
     Field(name="amount_over_customer_median_30day", dtype=Float64),
@@ -89,14 +76,16 @@ FRAUD_V2_EXTRA_SCHEMA = [
 
 @on_demand_feature_view(
     sources=[customer_history, terminal_history, transaction_request],
-    schema=FRAUD_V2_EXTRA_SCHEMA,
+    schema=[*FRAUD_V1_SCHEMA, *FRAUD_V2_EXTRA_SCHEMA],
     mode="python",
 )
-def transaction_features_v2(inputs: dict) -> dict:
-    # Same histories and code as transaction_features; the features fraud_v2 adds.
-    from vigil.features.feast_transform import v2_features
+def transaction_features(inputs: dict) -> dict:
+    # Every feature of the requested transaction, exact as of its tx_datetime, from one
+    # decoding of its histories; fraud_v1 serves a projection of it. The body delegates to
+    # vigil.features: the code the flow, the backfill and scoring use.
+    from vigil.features.feast_transform import transaction_features
 
-    return v2_features(inputs)
+    return transaction_features(inputs)
 
 
 # The same 14 features (plus the amount) for every ingested transaction, as of its own

@@ -45,17 +45,8 @@ def _history(ts: Sequence[int] | None, ids: Sequence[int] | None, vals: Sequence
     return EntityHistory(ts_arr[order], ids_arr[order], np.asarray(vals, dtype=np.float64)[order])
 
 
-def handbook_features(inputs: dict[str, Any]) -> dict[str, list[Any]]:
-    """Columns in, columns out: the 14 features for every requested row."""
-    return _features(inputs, spec.FEATURE_NAMES)
-
-
-def v2_features(inputs: dict[str, Any]) -> dict[str, list[Any]]:
-    """Columns in, columns out: the features fraud_v2 adds, for every requested row."""
-    return _features(inputs, spec.V2_FEATURES)
-
-
-def _features(inputs: dict[str, Any], names: Sequence[str]) -> dict[str, list[Any]]:
+def transaction_features(inputs: dict[str, Any]) -> dict[str, list[Any]]:
+    """Columns in, columns out: every feature (spec.ALL_FEATURES) for every requested row."""
     tx_ids = list(inputs["transaction_id"])
     n = len(tx_ids)
 
@@ -75,7 +66,7 @@ def _features(inputs: dict[str, Any], names: Sequence[str]) -> dict[str, list[An
     )
     features = features_as_of(customers, terminals, txs)
     out: dict[str, list[Any]] = {}
-    for name in names:
+    for name in spec.ALL_FEATURES:
         values = features[name]
         out[name] = values.astype(np.int64).tolist() if name in (spec.WEEKEND, spec.NIGHT) else values.tolist()
     return out
