@@ -147,7 +147,7 @@ class Scorer:
         # The contract's `features` are fraud_v1's 15 inputs; a model on a later feature set
         # saw more, and those come as `extra_features`.
         v1 = len(spec.MODEL_INPUTS)
-        extra = len(model.primary.inputs) - v1 if reason is None else 0
+        extra = model.primary.inputs[v1:] if reason is None else ()
         results = []
         for i, tx in enumerate(txs):
             result: dict[str, Any] = {
@@ -160,10 +160,9 @@ class Scorer:
             }
             if explain:
                 values = matrix[i].tolist()
-                result["features"] = dict(zip(spec.MODEL_INPUTS, values, strict=False))
-                if extra > 0:
-                    names = spec.SERVED_INPUTS[v1 : v1 + extra]
-                    result["extra_features"] = dict(zip(names, values[v1 : v1 + extra], strict=True))
+                result["features"] = dict(zip(spec.MODEL_INPUTS, values[:v1], strict=True))
+                if extra:
+                    result["extra_features"] = dict(zip(extra, values[v1 : v1 + len(extra)], strict=True))
                 if contributions is not None:
                     result["contributions"] = contributions[i]
             results.append(result)

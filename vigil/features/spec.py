@@ -110,4 +110,3 @@ SERVED_INPUTS: tuple[str, ...] = SERVED.model_inputs
 ALL_FEATURES: tuple[str, ...] = SERVED.features
 # The handbook service (Feast's fraud_v1): what plain Feast clients and the parity checks ask for.
 FEATURE_SERVICE = FRAUD_V1.service
-FEATURE_SERVICE_VERSION = FRAUD_V1.version

@@ -27,6 +27,7 @@ FloatArray = npt.NDArray[np.float64]
 HistoryLists = tuple[list[int], list[int], list[float]]
 
 _TS_BITS = 32  # (ts - origin) always fits: 136 years of seconds
+_LONGEST_WINDOW_SECONDS = max(spec.WINDOW_DAYS) * spec.DAY_SECONDS
 
 
 @dataclass(frozen=True)
@@ -130,9 +131,8 @@ def customer_habits(facts: SortedFacts, query_pos: IntArray, chunk_cells: int = 
         found = np.searchsorted(keys.fact_keys, keys.query_keys(q_ts - days * spec.DAY_SECONDS), "right")
         return np.asarray(found, dtype=np.int64)
 
-    lo = window_start(spec.HABIT_DAYS)
-    lo_high = {d: window_start(d) for d in spec.HIGH_AMOUNT_DAYS}
-    lo_max = window_start(spec.MAX_RATIO_DAYS)
+    starts = {d: window_start(d) for d in {spec.HABIT_DAYS, spec.MAX_RATIO_DAYS, *spec.HIGH_AMOUNT_DAYS}}
+    lo, lo_max = starts[spec.HABIT_DAYS], starts[spec.MAX_RATIO_DAYS]
     count = query_pos - lo
     n = query_pos.shape[0]
     median = facts.value[query_pos].copy()
@@ -152,7 +152,7 @@ def customer_habits(facts: SortedFacts, query_pos: IntArray, chunk_cells: int = 
         median[a:b] = np.where(c > 0, middle, median[a:b])
         above = valid & (amounts > spec.HIGH_AMOUNT_FACTOR * median[a:b, None])
         for days in spec.HIGH_AMOUNT_DAYS:
-            high[days][a:b] = np.count_nonzero(above & (idx >= lo_high[days][a:b, None]), axis=1)
+            high[days][a:b] = np.count_nonzero(above & (idx >= starts[days][a:b, None]), axis=1)
         recent = np.where(valid & (idx >= lo_max[a:b, None]), amounts, -np.inf).max(axis=1)
         biggest[a:b] = np.maximum(recent, 0.0)
     out = {spec.AMOUNT_OVER_MEDIAN: facts.value[query_pos] / (median + 1.0)}
@@ -172,7 +172,7 @@ def terminal_streaks(labels: SortedFacts, query_entity: IntArray, query_ts: IntA
     keys = _Keys(labels, query_entity, query_ts)
     end = query_ts - spec.TERMINAL_DELAY_DAYS * spec.DAY_SECONDS
     hi = np.searchsorted(keys.fact_keys, keys.query_keys(end), "right")
-    lo = np.searchsorted(keys.fact_keys, keys.query_keys(end - max(spec.WINDOW_DAYS) * spec.DAY_SECONDS), "right")
+    lo = np.searchsorted(keys.fact_keys, keys.query_keys(end - _LONGEST_WINDOW_SECONDS), "right")
     k = np.arange(len(labels), dtype=np.int64)
     fraud = labels.value > 0.5
     entity_start = np.maximum.accumulate(np.where(np.r_[True, labels.entity[1:] != labels.entity[:-1]], k, 0))
@@ -207,9 +207,8 @@ def calendar(query_ts: IntArray) -> dict[str, FloatArray]:
 _CUSTOMER_WINDOWS = tuple(
     (d * spec.DAY_SECONDS, spec.customer_count_name(d), spec.customer_avg_name(d)) for d in spec.WINDOW_DAYS
 )
-# Ascending window length: the loop leaves the longest window's start behind for the streaks.
 _TERMINAL_WINDOWS = tuple(
-    (d * spec.DAY_SECONDS, spec.terminal_count_name(d), spec.terminal_risk_name(d)) for d in sorted(spec.WINDOW_DAYS)
+    (d * spec.DAY_SECONDS, spec.terminal_count_name(d), spec.terminal_risk_name(d)) for d in spec.WINDOW_DAYS
 )
 _HIGH_WINDOWS = tuple((d * spec.DAY_SECONDS, spec.customer_high_name(d)) for d in spec.HIGH_AMOUNT_DAYS)
 
@@ -251,14 +250,13 @@ def one_transaction(
     l_ts, _, l_fraud = labels
     end = ts - spec.TERMINAL_DELAY_DAYS * spec.DAY_SECONDS
     l_hi = bisect_right(l_ts, end)
-    lo = l_hi
     for seconds, count_name, risk_name in _TERMINAL_WINDOWS:
         lo = bisect_right(l_ts, end - seconds)
         count = l_hi - lo
         out[count_name] = float(count)
         out[risk_name] = fsum(l_fraud[lo:l_hi]) / count if count else 0.0
     _habits_of_one(out, c_ts, c_amount, first, before, ts, amount)
-    _streaks_of_one(out, l_ts, l_fraud, l_hi, lo, ts)  # lo: the longest (30-day) window, the last one
+    _streaks_of_one(out, l_ts, l_fraud, l_hi, bisect_right(l_ts, end - _LONGEST_WINDOW_SECONDS), ts)
     return out
 
 

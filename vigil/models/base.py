@@ -64,14 +64,15 @@ class FraudModel(ABC):
     def __init__(self, params: dict[str, Any] | None = None, device: str = "cpu") -> None:
         self.params = {**self.default_params(), **(params or {})}
         self.device = device
-        if self.params.get("feature_service", spec.FRAUD_V1.service) not in spec.FEATURE_SETS:
-            known = ", ".join(spec.FEATURE_SETS)
-            raise ValueError(f"unknown feature service {self.params['feature_service']!r}; choose from {known}")
+        _ = self.feature_set  # an unknown feature service fails here, not at fit time
 
     @property
     def feature_set(self) -> spec.FeatureSet:
         """The feature service this model is trained on (params["feature_service"], fraud_v1 if unset)."""
-        return spec.FEATURE_SETS[self.params.get("feature_service", spec.FRAUD_V1.service)]
+        name = self.params.get("feature_service", spec.FRAUD_V1.service)
+        if name not in spec.FEATURE_SETS:
+            raise ValueError(f"unknown feature service {name!r}; choose from {', '.join(spec.FEATURE_SETS)}")
+        return spec.FEATURE_SETS[name]
 
     @property
     def inputs(self) -> tuple[str, ...]:
