@@ -8,14 +8,17 @@ of HTTP requests made in sequence (the stock Feast -> MLflow path).
 from __future__ import annotations
 
 import asyncio
+import gc
 import json
 import sys
+import threading
 import time
 from typing import Any
 
 import aiohttp
 import numpy as np
 
+_WARM_CONNECTIONS = 16  # concurrent calls made before the clock starts (not measured)
 Step = tuple[str, Any]  # (url, json body or a callable turning the previous answer into one)
 
 
@@ -43,26 +46,53 @@ def feast_to_mlflow(answer: dict[str, Any], columns: list[str], extra: dict[str,
 async def open_loop(
     chains: list[list[dict[str, Any]]], rate: float, seconds: float, transform: str | None
 ) -> dict[str, float]:
+    """Request i is sent at start + i / rate by a clock thread, and its latency counts from
+    that due time.
+
+    Why a thread: an asyncio timer wakes up to 1 ms late (epoll timeouts are whole
+    milliseconds), and creating every request's task up front makes the first ones late
+    while the loop works through them; both were the client's own error added to the
+    server's latency (a Starlette app answering a constant measured p50 1.3 ms / p99 2.1 ms
+    at 500 requests/s that way, 0.85 / 1.25 ms with the clock thread). Connections are
+    opened before the clock starts, as wrk does.
+    """
     connector = aiohttp.TCPConnector(limit=256)
     latencies: list[float] = []
     errors = 0
+    total = int(rate * seconds)
     async with aiohttp.ClientSession(connector=connector) as session:
-        start = time.perf_counter() + 0.05
-        total = int(rate * seconds)
+        await asyncio.gather(*(_call(session, chains[i % len(chains)], transform) for i in range(_WARM_CONNECTIONS)))
+        loop = asyncio.get_running_loop()
+        running: set[asyncio.Task[None]] = set()
+        sent_all = asyncio.Event()
 
-        async def one(i: int) -> None:
+        async def one(i: int, due: float) -> None:
             nonlocal errors
-            due = start + i / rate
-            delay = due - time.perf_counter()
-            if delay > 0:
-                await asyncio.sleep(delay)
             try:
                 await asyncio.wait_for(_call(session, chains[i % len(chains)], transform), timeout=10)
                 latencies.append(time.perf_counter() - due)
             except Exception:
                 errors += 1
 
-        await asyncio.gather(*(one(i) for i in range(total)))
+        def launch(i: int, due: float) -> None:
+            task = loop.create_task(one(i, due))
+            running.add(task)
+            task.add_done_callback(running.discard)
+
+        def clock(start: float) -> None:
+            for i in range(total):
+                due = start + i / rate
+                delay = due - time.perf_counter()
+                if delay > 0:
+                    time.sleep(delay)
+                loop.call_soon_threadsafe(launch, i, due)
+            loop.call_soon_threadsafe(sent_all.set)
+
+        start = time.perf_counter() + 0.05
+        threading.Thread(target=clock, args=(start,), daemon=True).start()
+        await sent_all.wait()
+        while running:
+            await asyncio.wait(set(running))
         elapsed = time.perf_counter() - start
     ms = np.asarray(latencies) * 1000
     return {
@@ -107,6 +137,10 @@ async def closed_loop(
 
 def main() -> None:
     job = json.loads(sys.stdin.read())
+    # The clock thread must get the interpreter promptly when it wakes (default: up to 5 ms),
+    # and the collector need not walk the request bodies loaded above.
+    sys.setswitchinterval(0.0002)
+    gc.freeze()
     if job["mode"] == "open":
         result = asyncio.run(open_loop(job["chains"], job["rate"], job["seconds"], job.get("transform")))
     else:

@@ -51,7 +51,7 @@ class StreamScorer:
         models = ModelManager(self.settings)
         models.load()
         client = redis.asyncio.Redis.from_url(self.settings.redis_url, socket_timeout=1.0)
-        store = AsyncOnlineHistoryStore(client, self.settings.feast_project)
+        store = AsyncOnlineHistoryStore(client, self.settings.feast_project, self.settings.redis_url)
         metrics = ServiceMetrics()
         # Flushed after every batch (no background task: the loop runs only while scoring).
         self._log = PredictionLog(client, self.settings.prediction_stream, metrics)

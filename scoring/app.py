@@ -74,7 +74,7 @@ def create_app(settings: Settings | None = None) -> FastAPI:
         metrics.model.info({k: str(v) for k, v in loaded.describe().items()})
         client = redis.asyncio.Redis.from_url(settings.redis_url, socket_timeout=1.0, socket_connect_timeout=0.5)
         executor = ThreadPoolExecutor(max_workers=2, thread_name_prefix="vigil-model")
-        store = AsyncOnlineHistoryStore(client, settings.feast_project)
+        store = AsyncOnlineHistoryStore(client, settings.feast_project, settings.redis_url)
         prediction_log = PredictionLog(client, settings.prediction_stream, metrics)
         prediction_log.start()
         batcher = None
@@ -122,6 +122,7 @@ def create_app(settings: Settings | None = None) -> FastAPI:
                 await batcher.stop()
             await prediction_log.stop()
             executor.shutdown(wait=False)
+            store.close()
             await client.aclose()
 
     app = FastAPI(

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 from collections.abc import Iterable, Sequence
+from typing import Any
 
 import redis
 import redis.asyncio
@@ -11,22 +12,7 @@ from vigil.features.history import EntityHistory
 from vigil.features.windows import HistoryLists, SortedFacts
 from vigil.online.columns import history_lists, stacked_facts
 from vigil.online.layout import HistoryView, OnlineLayout
-
-# HMGETs the three history fields of every key: the first ARGV[1] keys are customers,
-# the rest terminals (the field names follow). Keys of one request may sit on different
-# Redis Cluster slots; with `redis_type: redis_cluster` use OnlineHistoryStore instead.
-READ_HISTORIES = """
-local customers = tonumber(ARGV[1])
-local out = {}
-for i, key in ipairs(KEYS) do
-  if i <= customers then
-    out[i] = redis.call('HMGET', key, ARGV[2], ARGV[3], ARGV[4])
-  else
-    out[i] = redis.call('HMGET', key, ARGV[5], ARGV[6], ARGV[7])
-  end
-end
-return out
-"""
+from vigil.online.resp import RespConnection, command, hmget_many
 
 
 class OnlineHistoryStore:
@@ -79,29 +65,29 @@ class OnlineHistoryStore:
 
 
 class AsyncOnlineHistoryStore:
-    """The same reads for asyncio services (the scoring service): one round trip per batch."""
+    """The same reads for asyncio services (the scoring service): every HMGET of a request
+    written as one buffer on one connection, one round trip (see `vigil.online.resp`).
 
-    def __init__(self, client: redis.asyncio.Redis, project: str) -> None:
-        self.client = client
+    Keys of one request may sit on different Redis Cluster slots: this reader speaks to
+    one server (with `redis_type: redis_cluster`, use OnlineHistoryStore instead).
+    """
+
+    def __init__(self, client: redis.asyncio.Redis, project: str, url: str) -> None:
+        self.client = client  # redis-py, for everything off the request path
+        self.connection = RespConnection(url)
         self.layout = OnlineLayout.for_project(project)
         self._customer_fields = self.layout.customer.field_keys
         self._terminal_fields = self.layout.terminal.field_keys
-        self._read = client.register_script(READ_HISTORIES)
 
-    def _keys(self, customers: Sequence[int], terminals: Sequence[int]) -> list[bytes]:
-        keys = [self.layout.customer.redis_key(int(c)) for c in customers]
-        return keys + [self.layout.terminal.redis_key(int(t)) for t in terminals]
-
-    def _args(self, customers: int) -> list[bytes | int]:
-        return [customers, *self._customer_fields, *self._terminal_fields]
+    async def _replies(self, customers: Sequence[int], terminals: Sequence[int]) -> list[Any]:
+        customer_keys = [self.layout.customer.redis_key(int(c)) for c in customers]
+        terminal_keys = [self.layout.terminal.redis_key(int(t)) for t in terminals]
+        payload = hmget_many(customer_keys, self._customer_fields) + hmget_many(terminal_keys, self._terminal_fields)
+        return await self.connection.execute(payload, len(customer_keys) + len(terminal_keys))
 
     async def read_stacked(self, customers: Sequence[int], terminals: Sequence[int]) -> tuple[SortedFacts, SortedFacts]:
-        """Customer and terminal histories of a batch, stacked (entity i = request i).
-
-        One server-side script does every HMGET: one round trip and one reply to parse,
-        instead of a command per key on the client.
-        """
-        replies = await self._read(keys=self._keys(customers, terminals), args=self._args(len(customers)))
+        """Customer and terminal histories of a batch, stacked (entity i = request i)."""
+        replies = await self._replies(customers, terminals)
         n = len(customers)
         return stacked_facts(replies[:n], True), stacked_facts(replies[n:], False)
 
@@ -110,12 +96,16 @@ class AsyncOnlineHistoryStore:
     ) -> tuple[list[HistoryLists], list[HistoryLists]]:
         """The same read for a request of a few rows, decoded to plain lists (see
         `windows.one_transaction`)."""
-        replies = await self._read(keys=self._keys(customers, terminals), args=self._args(len(customers)))
+        replies = await self._replies(customers, terminals)
         n = len(customers)
         return [history_lists(r, True) for r in replies[:n]], [history_lists(r, False) for r in replies[n:]]
 
     async def ping(self) -> bool:
-        return bool(await self.client.ping())  # type: ignore[misc]
+        """Whether the connection the reads use answers."""
+        return bool((await self.connection.execute(command("PING"), 1))[0] == b"PONG")
+
+    def close(self) -> None:
+        self.connection.close()
 
 
 def delete_namespace(url: str, project: str, key_prefix: str) -> int:
