@@ -22,7 +22,9 @@ _WARM_CONNECTIONS = 16  # concurrent calls made before the clock starts (not mea
 Step = tuple[str, Any]  # (url, json body or a callable turning the previous answer into one)
 
 
-async def _call(session: aiohttp.ClientSession, chain: list[dict[str, Any]], transform: str | None) -> None:
+async def _call(session: aiohttp.ClientSession, chain: list[dict[str, Any]], transform: str | None) -> int:
+    """Makes the chain's requests in sequence; returns how many answers came from a fallback
+    (Vigil says so in each answer: a fast fallback must not pass for a fast service)."""
     previous: Any = None
     for step in chain:
         body = step["body"]
@@ -32,6 +34,8 @@ async def _call(session: aiohttp.ClientSession, chain: list[dict[str, Any]], tra
             previous = await response.json(content_type=None)
             if response.status != 200:
                 raise RuntimeError(f"{step['url']}: {response.status} {str(previous)[:200]}")
+    answers = previous.get("results", [previous]) if isinstance(previous, dict) else []
+    return sum(1 for a in answers if isinstance(a, dict) and a.get("fallback"))
 
 
 def feast_to_mlflow(answer: dict[str, Any], columns: list[str], extra: dict[str, list[Any]]) -> dict[str, Any]:
@@ -58,7 +62,7 @@ async def open_loop(
     """
     connector = aiohttp.TCPConnector(limit=256)
     latencies: list[float] = []
-    errors = 0
+    errors = fallbacks = 0
     total = int(rate * seconds)
     async with aiohttp.ClientSession(connector=connector) as session:
         await asyncio.gather(*(_call(session, chains[i % len(chains)], transform) for i in range(_WARM_CONNECTIONS)))
@@ -67,9 +71,9 @@ async def open_loop(
         sent_all = asyncio.Event()
 
         async def one(i: int, due: float) -> None:
-            nonlocal errors
+            nonlocal errors, fallbacks
             try:
-                await asyncio.wait_for(_call(session, chains[i % len(chains)], transform), timeout=10)
+                fallbacks += await asyncio.wait_for(_call(session, chains[i % len(chains)], transform), timeout=10)
                 latencies.append(time.perf_counter() - due)
             except Exception:
                 errors += 1
@@ -99,6 +103,7 @@ async def open_loop(
         "rate": rate,
         "requests": total,
         "errors": errors,
+        "fallback_answers": fallbacks,
         "achieved_rps": round(len(latencies) / elapsed, 1),
         "p50_ms": round(float(np.percentile(ms, 50)), 3) if ms.size else None,
         "p99_ms": round(float(np.percentile(ms, 99)), 3) if ms.size else None,
@@ -106,19 +111,30 @@ async def open_loop(
 
 
 async def closed_loop(
-    chains: list[list[dict[str, Any]]], clients: int, seconds: float, transform: str | None, rows_per_call: int = 1
+    chains: list[list[dict[str, Any]]],
+    clients: int,
+    seconds: float,
+    transform: str | None,
+    rows_per_call: int = 1,
+    fresh_connections: bool = False,
 ) -> dict[str, float]:
-    done = 0
-    errors = 0
+    """`clients` callers, each making its next call when the previous one is answered.
+
+    `fresh_connections`: a new connection per call. With a few long calls (batches) on
+    kept-alive connections, which server worker accepted each connection decides the
+    result (two connections on one worker measure one worker).
+    """
+    done = errors = fallbacks = 0
     stop = time.perf_counter() + seconds
-    async with aiohttp.ClientSession(connector=aiohttp.TCPConnector(limit=clients)) as session:
+    connector = aiohttp.TCPConnector(limit=clients, force_close=fresh_connections)
+    async with aiohttp.ClientSession(connector=connector) as session:
 
         async def worker(k: int) -> None:
-            nonlocal done, errors
+            nonlocal done, errors, fallbacks
             i = k
             while time.perf_counter() < stop:
                 try:
-                    await _call(session, chains[i % len(chains)], transform)
+                    fallbacks += await _call(session, chains[i % len(chains)], transform)
                     done += 1
                 except Exception:
                     errors += 1
@@ -132,6 +148,7 @@ async def closed_loop(
         "calls_per_s": round(done / elapsed, 1),
         "rows_per_s": round(done * rows_per_call / elapsed, 1),
         "errors": errors,
+        "fallback_answers": fallbacks,
     }
 
 
@@ -146,7 +163,12 @@ def main() -> None:
     else:
         result = asyncio.run(
             closed_loop(
-                job["chains"], job["clients"], job["seconds"], job.get("transform"), job.get("rows_per_call", 1)
+                job["chains"],
+                job["clients"],
+                job["seconds"],
+                job.get("transform"),
+                job.get("rows_per_call", 1),
+                job.get("fresh_connections", False),
             )
         )
     print(json.dumps(result))

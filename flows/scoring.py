@@ -62,6 +62,7 @@ class StreamScorer:
             self.settings.score_budget_ms / 1000,
             ThreadPoolExecutor(max_workers=1),
             self._log,
+            row_budget_seconds=self.settings.score_row_budget_ms / 1000,
         )
 
     def __call__(self, batch: ValidatedBatch) -> list[tuple[dict[str, Any], Any]]:

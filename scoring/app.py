@@ -12,6 +12,7 @@ import gc
 import hmac
 import json
 import logging
+import sys
 from collections.abc import AsyncIterator
 from concurrent.futures import ThreadPoolExecutor
 from typing import Any
@@ -94,6 +95,7 @@ def create_app(settings: Settings | None = None) -> FastAPI:
             batcher=batcher,
             shadow=shadow,
             shadow_stream=settings.shadow_stream,
+            row_budget_seconds=settings.score_row_budget_ms / 1000,
         )
         if not settings.api_key_set:
             log.warning("VIGIL_API_KEYS is not set: the scoring API accepts requests without a key")
@@ -101,6 +103,10 @@ def create_app(settings: Settings | None = None) -> FastAPI:
         # pandas, the model): a full collection walks all of them, 100-200 ms measured, an
         # answer-stalling pause every few minutes under load. Frozen, the collector skips them.
         gc.freeze()
+        # The registry poll runs MLflow's client (2-4 ms of Python) in a thread every few
+        # seconds; a thread holding the interpreter keeps the event loop waiting up to the
+        # switch interval (5 ms by default). 1 ms bounds that stall.
+        sys.setswitchinterval(0.001)
 
         async def watch() -> None:
             while True:

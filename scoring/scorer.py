@@ -47,9 +47,10 @@ class Scorer:
         batcher: MicroBatcher | None = None,
         shadow: ModelManager | None = None,
         shadow_stream: str | None = None,
+        row_budget_seconds: float = 0.0,
     ) -> None:
         self.store, self.models, self.metrics = store, models, metrics
-        self.budget = budget_seconds
+        self.budget, self.row_budget = budget_seconds, row_budget_seconds
         self.executor = executor
         self.prediction_log = prediction_log
         self.batcher = batcher
@@ -126,7 +127,7 @@ class Scorer:
 
     async def score(self, txs: Sequence[TransactionFields], explain: bool = False) -> list[dict[str, Any]]:
         started = time.perf_counter()
-        deadline = started + self.budget
+        deadline = started + self.budget + self.row_budget * (len(txs) - 1)
         model = self.models.current
         if model is None:
             raise RuntimeError("no model loaded")

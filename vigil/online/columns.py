@@ -41,61 +41,84 @@ def _small_lists(payloads: Sequence[bytes | None], tag: int, dtype: type) -> tup
     return np.array([v for values in lists for v in values], dtype=dtype), counts
 
 
-def _varint(data: bytes, at: int) -> tuple[int, int]:
-    value = shift = 0
-    while True:
-        byte = data[at]
-        value |= (byte & 0x7F) << shift
-        at += 1
-        if byte < 0x80:
-            return value, at
-        shift += 7
+def _varints_at(data: np.ndarray, at: IntArray) -> tuple[IntArray, IntArray]:
+    """The varint starting at each position of `at` (up to 4 bytes: lists up to 256 MB),
+    and how many bytes it took."""
+    value = np.zeros(at.size, np.int64)
+    length = np.zeros(at.size, np.int64)
+    going = np.ones(at.size, bool)
+    last = data.size - 1
+    for k in range(4):
+        byte = data[np.minimum(at + k, last)].astype(np.int64)
+        value += np.where(going, (byte & 0x7F) << (7 * k), 0)
+        length += going
+        going &= byte >= 0x80
+    if going.any():
+        raise ValueError("corrupt list length")
+    return value, length
 
 
-def _bodies(payloads: Sequence[bytes | None], tag: int) -> tuple[bytes, list[int]]:
-    """The packed bytes of every payload, joined, and each one's length (0 for a missing one)."""
-    parts: list[bytes] = []
-    sizes: list[int] = []
-    for payload in payloads:
-        if not payload:
-            sizes.append(0)
-            continue
-        if payload[0] != tag:
-            raise ValueError(f"unexpected value type tag {payload[0]:#x}")
-        outer, at = _varint(payload, 1)
-        if outer == 0:
-            sizes.append(0)
-            continue
-        if payload[at] != PACKED_TAG:
-            raise ValueError("unexpected list encoding")
-        inner, at = _varint(payload, at + 1)
-        parts.append(payload[at : at + inner])
-        sizes.append(inner)
-    return b"".join(parts), sizes
+def _bodies(payloads: Sequence[bytes | None], tag: int) -> tuple[np.ndarray, IntArray]:
+    """The packed bytes of every payload, joined, and each one's length (0 for a missing one).
+
+    Vectorised over the payloads: the headers (tag, outer length, packed tag, inner length)
+    are read at every payload's offset at once and masked out (a loop over 6,000 payloads
+    of a 1,000-row batch cost ~13 ms in Python).
+    """
+    sizes = np.fromiter((len(p) if p else 0 for p in payloads), np.int64, len(payloads))
+    data = np.frombuffer(b"".join(p for p in payloads if p), np.uint8)
+    present = np.flatnonzero(sizes)
+    if present.size == 0:
+        return data, np.zeros(len(payloads), np.int64)
+    starts = (np.cumsum(sizes) - sizes)[present]
+    if np.any(data[starts] != tag):
+        wrong = int(data[starts][data[starts] != tag][0])
+        raise ValueError(f"unexpected value type tag {wrong:#x}")
+    outer, outer_bytes = _varints_at(data, starts + 1)
+    inner_at = starts + 1 + outer_bytes  # the packed tag, when the list is not empty
+    listed = outer > 0
+    if np.any(data[np.minimum(inner_at[listed], data.size - 1)] != PACKED_TAG):
+        raise ValueError("unexpected list encoding")
+    inner, inner_bytes = _varints_at(data, inner_at + 1)
+    inner = np.where(listed, inner, 0)
+    header = np.where(listed, 2 + outer_bytes + inner_bytes, 1 + outer_bytes)
+    if np.any(header + inner != sizes[present]):
+        raise ValueError("corrupt list length")
+    # Drop every header byte: offsets 0 .. header-1 of each payload.
+    drop = np.repeat(starts, header) + (np.arange(int(header.sum())) - np.repeat(np.cumsum(header) - header, header))
+    keep = np.ones(data.size, bool)
+    keep[drop] = False
+    body_sizes = np.zeros(len(payloads), np.int64)
+    body_sizes[present] = inner
+    return data[keep], body_sizes
 
 
 def int64_lists(payloads: Sequence[bytes | None]) -> tuple[IntArray, IntArray]:
     """All values of many Int64 lists (concatenated) and how many each list holds."""
     if len(payloads) <= SMALL:
         return _small_lists(payloads, INT64_LIST_TAG, np.int64)
-    data, sizes = _bodies(payloads, INT64_LIST_TAG)
-    raw = np.frombuffer(data, dtype=np.uint8)
+    raw, sizes = _bodies(payloads, INT64_LIST_TAG)
     if raw.size == 0:
         return np.zeros(0, np.int64), np.zeros(len(payloads), np.int64)
-    last = raw < 0x80  # the last byte of each varint
-    ends = np.flatnonzero(last)
-    starts = np.r_[0, ends[:-1] + 1]
-    position = np.arange(raw.size) - np.repeat(starts, ends - starts + 1)
-    pieces = (raw & 0x7F).astype(np.uint64) << (7 * position).astype(np.uint64)
-    values = np.add.reduceat(pieces, starts).view(np.int64)
+    ends = np.flatnonzero(raw < 0x80)  # the last byte of each varint
+    starts = np.empty_like(ends)
+    starts[0], starts[1:] = 0, ends[:-1] + 1
+    lengths = ends - starts + 1
+    # One pass per byte position over the varints (not over the bytes): times take 5 bytes,
+    # ids 3-4, labels 1, so a handful of passes over arrays a fifth of the bytes' size.
+    bits = (raw[starts] & 0x7F).astype(np.uint64)
+    for k in range(1, int(lengths.max())):
+        longer = np.flatnonzero(lengths > k)
+        bits[longer] |= (raw[starts[longer] + k] & 0x7F).astype(np.uint64) << np.uint64(7 * k)
+    values: IntArray = bits.view(np.int64)
     byte_ends = np.cumsum(sizes)
-    counts = np.diff(np.r_[0, np.searchsorted(ends, byte_ends, "left")]) if len(sizes) else np.zeros(0, np.int64)
+    counts = np.diff(np.r_[0, np.searchsorted(ends, byte_ends, "left")])
     return values, counts.astype(np.int64)
 
 
 def double_lists(payloads: Sequence[bytes | None]) -> tuple[np.ndarray, IntArray]:
     data, sizes = _bodies(payloads, DOUBLE_LIST_TAG)
-    return np.frombuffer(data, dtype="<f8").astype(np.float64), np.asarray(sizes, np.int64) // 8
+    return data.view("<f8").astype(np.float64), sizes // 8
 
 
 def stacked_facts(replies: Sequence[Sequence[bytes | None]], value_is_float: bool) -> SortedFacts:
