@@ -70,6 +70,7 @@ def book_settings() -> list[Candidate]:
                 "standardise": True,
                 "derived_inputs": False,
                 "feature_service": "fraud_v1",
+                "recent_days": 0,
             },
             7,
         ),
@@ -93,6 +94,8 @@ def tuning_candidates() -> list[Candidate]:
         xgboost_candidate("xgboost default, last 8 weeks", {}, 56),
         xgboost_candidate("xgboost default without the derived ratios", {"derived_inputs": False}, None),
         xgboost_candidate("xgboost default on fraud_v1", {"feature_service": "fraud_v1"}, None),
+        xgboost_candidate("xgboost default without the recent-week companion", {"recent_days": 0}, None),
+        xgboost_candidate("xgboost default, recent-week weight 0.5", {"recent_weight": 0.5}, None),
     ]
 
 

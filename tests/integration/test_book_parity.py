@@ -35,6 +35,7 @@ BOOK_XGBOOST = {
     "standardise": True,
     "derived_inputs": False,
     "feature_service": "fraud_v1",  # the book's 14 features and the amount
+    "recent_days": 0,  # no recent-week companion
 }
 
 

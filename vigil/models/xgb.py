@@ -11,7 +11,7 @@ import pandas as pd
 import xgboost as xgb
 
 from vigil.features import spec
-from vigil.models.base import FraudModel, Progress, feature_set_of_width
+from vigil.models.base import FraudModel, Progress, feature_set_of_width, take_inputs
 from vigil.models.forest import Forest
 
 # Ratios the trees cannot form from the raw inputs with few splits: this payment against
@@ -37,6 +37,22 @@ def derived_inputs(raw: np.ndarray) -> np.ndarray:
     pace = raw[:, _COLUMN[spec.customer_count_name(30)]] / 30.0
     ratios.append(raw[:, _COLUMN[spec.customer_count_name(1)]] / (pace + 0.1))
     return np.column_stack(ratios)
+
+
+# The recent-week companion: the handbook's best XGBoost settings (fraud_v1 inputs, the
+# last 7 training days). Blended into the long-history model's probability, it ranks the
+# bulk of genuine payments better (June validation: AUC +0.010 at equal AP, see README).
+RECENT_PARAMS: dict[str, Any] = {
+    "max_depth": 3,
+    "learning_rate": 0.3,
+    "tree_method": "exact",
+    "base_score": 0.5,
+    "objective": "binary:logistic",
+    "eval_metric": "aucpr",
+    "nthread": 2,
+    "seed": 0,
+}
+RECENT_ROUNDS = 50
 
 
 # Up to this many rows, the array forest beats XGBoost's fixed per-call cost (measured on
@@ -65,6 +81,9 @@ class XGBoostModel(FraudModel):
         self.scale: tuple[np.ndarray, np.ndarray] | None = None
         # The trees as arrays, for one or two rows (built by `setup`, i.e. when serving).
         self.forest: Forest | None = None
+        # The recent-week companion (params recent_days / recent_weight), and its arrays.
+        self.recent: xgb.Booster | None = None
+        self.recent_forest: Forest | None = None
 
     @classmethod
     def default_params(cls) -> dict[str, Any]:
@@ -82,14 +101,16 @@ class XGBoostModel(FraudModel):
             "standardise": False,
             "derived_inputs": True,
             "feature_service": "fraud_v2",
+            "recent_days": 7,
+            "recent_weight": 0.2,
         }
 
     @property
     def progress_units(self) -> int:
-        return int(self.params["n_estimators"])
+        return int(self.params["n_estimators"]) + (RECENT_ROUNDS if self.params.get("recent_days") else 0)
 
     def _train_params(self) -> dict[str, Any]:
-        own = ("n_estimators", "standardise", "derived_inputs", "feature_service")
+        own = ("n_estimators", "standardise", "derived_inputs", "feature_service", "recent_days", "recent_weight")
         params = {k: v for k, v in self.params.items() if k not in own}
         params.update(objective="binary:logistic", eval_metric="aucpr", device=self.device, nthread=2)
         return params
@@ -120,26 +141,62 @@ class XGBoostModel(FraudModel):
             self.booster.set_attr(vigil_scale=json.dumps([self.scale[0].tolist(), self.scale[1].tolist()]))
         if self.params.get("derived_inputs"):
             self.booster.set_attr(vigil_derived=DERIVED_MARKER)
+        if self.params.get("recent_days"):
+            self._fit_recent(frame, np.asarray(labels), int(self.params["recent_days"]), callbacks)
+        else:
+            self.recent = None
         return self
+
+    def _fit_recent(self, frame: pd.DataFrame, labels: np.ndarray, days: int, callbacks: list[Any]) -> None:
+        """The companion on the frame's last `days` days; stored inside the main booster
+        (an attribute), so the native MLflow model stays one file that loads whole."""
+        assert self.booster is not None
+        if not 0 <= float(self.params["recent_weight"]) <= 1 or days < 1:
+            raise ValueError("recent_weight must be within [0, 1] and recent_days at least 1 (0: no companion)")
+        if not isinstance(frame, pd.DataFrame) or "tx_datetime" not in frame:
+            raise ValueError("recent_days needs the training frame's tx_datetime column (or set recent_days=0)")
+        day = pd.to_datetime(frame["tx_datetime"]).dt.normalize()
+        recent = (day >= day.max() - pd.Timedelta(days=days - 1)).to_numpy()
+        data = xgb.DMatrix(take_inputs(frame[recent], spec.MODEL_INPUTS).astype(np.float32), label=labels[recent])
+        self.recent = xgb.train(RECENT_PARAMS, data, num_boost_round=RECENT_ROUNDS, callbacks=callbacks)
+        self.booster.set_attr(
+            vigil_recent=bytes(self.recent.save_raw(raw_format="json")).decode(),
+            vigil_recent_weight=str(float(self.params["recent_weight"])),
+            vigil_recent_days=str(days),
+        )
 
     def predict_proba(self, frame: pd.DataFrame | np.ndarray) -> np.ndarray:
         if self.booster is None:
             raise RuntimeError("model is not trained or loaded")
         inputs = self._inputs(frame)
-        if self.forest is not None and inputs.shape[0] <= FOREST_MAX_ROWS:
-            return self.forest.predict_proba(inputs)
+        main = self._predict(self.booster, self.forest, inputs)
+        if self.recent is None:
+            return main
+        weight = float(self.params["recent_weight"])
+        # The companion reads fraud_v1's 15 raw inputs: the first 15 raw columns.
+        raw = take_inputs(frame, self.inputs)[:, : len(spec.MODEL_INPUTS)].astype(np.float32)
+        result: np.ndarray = (1 - weight) * main + weight * self._predict(self.recent, self.recent_forest, raw)
+        return result
+
+    @staticmethod
+    def _predict(booster: xgb.Booster, forest: Forest | None, inputs: np.ndarray) -> np.ndarray:
+        if forest is not None and inputs.shape[0] <= FOREST_MAX_ROWS:
+            return forest.predict_proba(inputs)
         # In-place prediction: no DMatrix, no OpenMP fan-out for small batches.
-        return np.asarray(self.booster.inplace_predict(inputs), dtype=np.float64)
+        return np.asarray(booster.inplace_predict(inputs), dtype=np.float64)
 
     def setup(self, device: str = "cpu", threads: int = 1) -> None:
         if self.booster is None:
             raise RuntimeError("model is not trained or loaded")
         # One thread for single rows: OpenMP fan-out costs more than it saves (p99 stalls).
         self.booster.set_param({"device": device, "nthread": threads})
+        if self.recent is not None:
+            self.recent.set_param({"device": device, "nthread": threads})
         try:
             self.forest = Forest.from_booster(self.booster) if device == "cpu" else None
+            self.recent_forest = Forest.from_booster(self.recent) if device == "cpu" and self.recent else None
         except ValueError:  # an objective or split kind the arrays do not cover: XGBoost answers
-            self.forest = None
+            self.forest = self.recent_forest = None
         super().setup(device, threads)
 
     def feature_importance(self) -> dict[str, float] | None:
@@ -149,7 +206,8 @@ class XGBoostModel(FraudModel):
         return {name: float(gain.get(name, 0.0)) for name in self.input_names}  # type: ignore[arg-type]
 
     def contributions(self, frame: pd.DataFrame | np.ndarray) -> np.ndarray:
-        """Per-column SHAP contributions over `input_names` (last column: bias), cheap for trees."""
+        """Per-column SHAP contributions over `input_names` (last column: bias), cheap for trees:
+        the long-history model's (the recent-week companion's part is not attributed)."""
         if self.booster is None:
             raise RuntimeError("model is not trained or loaded")
         data = xgb.DMatrix(self._inputs(frame), feature_names=self.input_names)
@@ -191,4 +249,10 @@ class XGBoostModel(FraudModel):
         if scale:
             mean, std = json.loads(scale)
             model.scale = (np.asarray(mean), np.asarray(std))
+        recent = model.booster.attr("vigil_recent")
+        model.params["recent_days"] = int(model.booster.attr("vigil_recent_days") or 0) if recent else 0
+        if recent:
+            model.recent = xgb.Booster()
+            model.recent.load_model(bytearray(recent.encode()))
+            model.params["recent_weight"] = float(model.booster.attr("vigil_recent_weight") or 0.0)
         return model
