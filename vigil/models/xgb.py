@@ -121,7 +121,10 @@ class XGBoostModel(FraudModel):
         return [*self.inputs, *(DERIVED_INPUTS if self.params.get("derived_inputs") else ())]
 
     def _inputs(self, frame: pd.DataFrame | np.ndarray) -> np.ndarray:
-        raw = np.asarray(self.matrix(frame), np.float64)
+        return self._booster_inputs(np.asarray(self.matrix(frame), np.float64))
+
+    def _booster_inputs(self, raw: np.ndarray) -> np.ndarray:
+        """The main booster's columns from the model's raw inputs."""
         scaled = raw if self.scale is None else (raw - self.scale[0]) / self.scale[1]
         if self.params.get("derived_inputs"):
             scaled = np.column_stack([scaled, derived_inputs(raw)])
@@ -158,6 +161,8 @@ class XGBoostModel(FraudModel):
         day = pd.to_datetime(frame["tx_datetime"]).dt.normalize()
         recent = (day >= day.max() - pd.Timedelta(days=days - 1)).to_numpy()
         data = xgb.DMatrix(take_inputs(frame[recent], spec.MODEL_INPUTS).astype(np.float32), label=labels[recent])
+        # On the CPU whatever the device: it is small (a week, 50 shallow trees, ~1 s) and the
+        # book's `exact` tree method has no CUDA implementation. It predicts on the device.
         self.recent = xgb.train(RECENT_PARAMS, data, num_boost_round=RECENT_ROUNDS, callbacks=callbacks)
         self.booster.set_attr(
             vigil_recent=bytes(self.recent.save_raw(raw_format="json")).decode(),
@@ -168,14 +173,14 @@ class XGBoostModel(FraudModel):
     def predict_proba(self, frame: pd.DataFrame | np.ndarray) -> np.ndarray:
         if self.booster is None:
             raise RuntimeError("model is not trained or loaded")
-        inputs = self._inputs(frame)
-        main = self._predict(self.booster, self.forest, inputs)
+        raw = np.asarray(self.matrix(frame), np.float64)
+        main = self._predict(self.booster, self.forest, self._booster_inputs(raw))
         if self.recent is None:
             return main
         weight = float(self.params["recent_weight"])
         # The companion reads fraud_v1's 15 raw inputs: the first 15 raw columns.
-        raw = take_inputs(frame, self.inputs)[:, : len(spec.MODEL_INPUTS)].astype(np.float32)
-        result: np.ndarray = (1 - weight) * main + weight * self._predict(self.recent, self.recent_forest, raw)
+        v1 = raw[:, : len(spec.MODEL_INPUTS)].astype(np.float32)
+        result: np.ndarray = (1 - weight) * main + weight * self._predict(self.recent, self.recent_forest, v1)
         return result
 
     @staticmethod
