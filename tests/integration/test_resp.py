@@ -45,7 +45,9 @@ def test_pipelined_hmgets_match_redis_py(settings: Settings, keys: tuple[bytes, 
         finally:
             connection.close()
 
-    expected = [redis.Redis.from_url(settings.redis_url).hmget(k, [b"x", b"y"]) for k in (first, second, missing)]
+    client = redis.Redis.from_url(settings.redis_url)
+    expected = [client.hmget(k, [b"x", b"y"]) for k in (first, second, missing)]
+    client.close()
     assert asyncio.run(run()) == expected == [[b"1", b"2"], [b"3", None], [None, None]]
 
 

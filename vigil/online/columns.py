@@ -41,21 +41,29 @@ def _small_lists(payloads: Sequence[bytes | None], tag: int, dtype: type) -> tup
     return np.array([v for values in lists for v in values], dtype=dtype), counts
 
 
-def _varints_at(data: np.ndarray, at: IntArray) -> tuple[IntArray, IntArray]:
-    """The varint starting at each position of `at` (up to 4 bytes: lists up to 256 MB),
-    and how many bytes it took."""
-    value = np.zeros(at.size, np.int64)
-    length = np.zeros(at.size, np.int64)
-    going = np.ones(at.size, bool)
-    last = data.size - 1
-    for k in range(4):
-        byte = data[np.minimum(at + k, last)].astype(np.int64)
-        value += np.where(going, (byte & 0x7F) << (7 * k), 0)
-        length += going
-        going &= byte >= 0x80
-    if going.any():
-        raise ValueError("corrupt list length")
-    return value, length
+def _varints_at(data: np.ndarray, at: IntArray, longest: int) -> IntArray:
+    """The varint starting at each position of `at` (at most `longest` bytes), as int64.
+    One pass per byte position over the varints still going (not over the bytes): times
+    take 5 bytes, ids 3-4, labels and list lengths 1-2."""
+    byte = data[np.minimum(at, data.size - 1)]
+    bits = (byte & 0x7F).astype(np.uint64)
+    going = np.flatnonzero(byte >= 0x80)
+    for k in range(1, longest):
+        if going.size == 0:
+            break
+        byte = data[np.minimum(at[going] + k, data.size - 1)]
+        bits[going] |= (byte & 0x7F).astype(np.uint64) << np.uint64(7 * k)
+        going = going[byte >= 0x80]
+    if going.size:
+        raise ValueError("corrupt varint")
+    values: IntArray = bits.view(np.int64)
+    return values
+
+
+def _size(length: IntArray) -> IntArray:
+    """Bytes of the varint that encodes each (non-negative, below 2**28) length."""
+    size: IntArray = 1 + (length >= 1 << 7) + (length >= 1 << 14) + (length >= 1 << 21)
+    return size
 
 
 def _bodies(payloads: Sequence[bytes | None], tag: int) -> tuple[np.ndarray, IntArray]:
@@ -74,14 +82,14 @@ def _bodies(payloads: Sequence[bytes | None], tag: int) -> tuple[np.ndarray, Int
     if np.any(data[starts] != tag):
         wrong = int(data[starts][data[starts] != tag][0])
         raise ValueError(f"unexpected value type tag {wrong:#x}")
-    outer, outer_bytes = _varints_at(data, starts + 1)
-    inner_at = starts + 1 + outer_bytes  # the packed tag, when the list is not empty
+    outer = _varints_at(data, starts + 1, 4)  # lists up to 256 MB
+    outer_size = _size(outer)
+    inner_at = starts + 1 + outer_size  # the packed tag, when the list is not empty
     listed = outer > 0
     if np.any(data[np.minimum(inner_at[listed], data.size - 1)] != PACKED_TAG):
         raise ValueError("unexpected list encoding")
-    inner, inner_bytes = _varints_at(data, inner_at + 1)
-    inner = np.where(listed, inner, 0)
-    header = np.where(listed, 2 + outer_bytes + inner_bytes, 1 + outer_bytes)
+    inner = np.where(listed, _varints_at(data, inner_at + 1, 4), 0)
+    header = np.where(listed, 2 + outer_size + _size(inner), 1 + outer_size)
     if np.any(header + inner != sizes[present]):
         raise ValueError("corrupt list length")
     # Drop every header byte: offsets 0 .. header-1 of each payload.
@@ -103,14 +111,7 @@ def int64_lists(payloads: Sequence[bytes | None]) -> tuple[IntArray, IntArray]:
     ends = np.flatnonzero(raw < 0x80)  # the last byte of each varint
     starts = np.empty_like(ends)
     starts[0], starts[1:] = 0, ends[:-1] + 1
-    lengths = ends - starts + 1
-    # One pass per byte position over the varints (not over the bytes): times take 5 bytes,
-    # ids 3-4, labels 1, so a handful of passes over arrays a fifth of the bytes' size.
-    bits = (raw[starts] & 0x7F).astype(np.uint64)
-    for k in range(1, int(lengths.max())):
-        longer = np.flatnonzero(lengths > k)
-        bits[longer] |= (raw[starts[longer] + k] & 0x7F).astype(np.uint64) << np.uint64(7 * k)
-    values: IntArray = bits.view(np.int64)
+    values = _varints_at(raw, starts, 10)
     byte_ends = np.cumsum(sizes)
     counts = np.diff(np.r_[0, np.searchsorted(ends, byte_ends, "left")])
     return values, counts.astype(np.int64)
