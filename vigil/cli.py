@@ -14,6 +14,7 @@ from pydantic import ValidationError
 from vigil.settings import PROJECT_ROOT, Settings
 
 if TYPE_CHECKING:
+    import numpy as np
     import pandas as pd
 
 
@@ -284,8 +285,10 @@ def cmd_promote(args: argparse.Namespace) -> int:
 def cmd_evaluate(args: argparse.Namespace) -> int:
     import pandas as pd
 
-    from vigil.selection import book_settings, choose, product_default, run_windows, tuning_candidates
+    from vigil.selection import book_settings, choose, difference_rows, product_default, run_windows, tuning_candidates
 
+    if args.bootstrap < 0:
+        raise UserError("--bootstrap takes a number of resamples, 0 or more (0: no intervals)")
     settings = _settings()
     data = _training_data(settings)
     if args.windows:
@@ -294,13 +297,30 @@ def cmd_evaluate(args: argparse.Namespace) -> int:
         last = pd.to_datetime(data["tx_datetime"]).dt.normalize().max()
         starts = [str((last - pd.Timedelta(days=6 + 7 * i)).date()) for i in reversed(range(args.weeks))]
     candidates = tuning_candidates() if args.tune else [product_default(), *book_settings()]
-    results = run_windows(data, starts, candidates)
+    differences: list[dict[str, object]] = []
+
+    def compare(start: str, test: pd.DataFrame, scores: dict[str, np.ndarray]) -> None:
+        if args.bootstrap and not args.tune and test["tx_fraud"].nunique() == 2:
+            differences.extend(difference_rows(start, test, scores, candidates[0].name, args.bootstrap))
+
+    results = run_windows(data, starts, candidates, on_window=compare)
     out = settings.reports_dir / ("model_selection.csv" if args.tune else "evaluation.csv")
     out.parent.mkdir(parents=True, exist_ok=True)
     results.to_csv(out, index=False)
     print(results.groupby("model")[["auc", "ap", "cp_at_100"]].mean().round(4).to_string())
     if args.tune:
         print(f"best on these windows: {choose(results)}")
+    if differences:
+        table = pd.DataFrame(differences)
+        table.to_csv(out.with_name("evaluation_differences.csv"), index=False)
+        print(f"{candidates[0].name} minus each, 95 % bootstrap interval over customers (* : the sign is not noise):")
+        for (start, other), rows in table.groupby(["test_start", "against"], sort=False):
+            shown = "  ".join(
+                f"{r.metric} {r.difference:+.4f} [{r.low:+.4f}, {r.high:+.4f}]{'*' if r.settled else ' '}"
+                for r in rows.itertuples()
+            )
+            print(f"  {start} vs {other}: {shown}")
+        print(f"differences -> {out.with_name('evaluation_differences.csv')}")
     print(f"details -> {out}")
     return 0
 
@@ -393,6 +413,13 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--windows", metavar="DATES", help="comma-separated first days of 7-day test windows")
     p.add_argument("--weeks", type=int, default=4, help="without --windows: the last N weeks (default 4)")
     p.add_argument("--tune", action="store_true", help="compare the tuning candidates instead (model selection)")
+    p.add_argument(
+        "--bootstrap",
+        type=int,
+        default=200,
+        metavar="N",
+        help="resamples for the intervals of the default's differences to the book settings (0: none; default 200)",
+    )
     p.set_defaults(func=cmd_evaluate)
 
     p = sub.add_parser("serve", help="the scoring service (HTTP)")

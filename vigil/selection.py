@@ -20,7 +20,7 @@ from sklearn.ensemble import RandomForestClassifier
 from sklearn.pipeline import Pipeline
 from sklearn.preprocessing import StandardScaler
 
-from vigil.evaluation import Metrics, Split, book_test_set, evaluate, in_days
+from vigil.evaluation import Metrics, Split, book_test_set, evaluate, in_days, paired_differences
 from vigil.models.base import as_matrix
 from vigil.models.xgb import XGBoostModel
 
@@ -99,22 +99,32 @@ def tuning_candidates() -> list[Candidate]:
     ]
 
 
+WindowScores = Callable[[str, pd.DataFrame, dict[str, np.ndarray]], None]  # (test start, test set, scores)
+
+
 def run_windows(
-    data: pd.DataFrame, test_starts: Sequence[str], candidates: Sequence[Candidate], log: Callable[[str], None] = print
+    data: pd.DataFrame,
+    test_starts: Sequence[str],
+    candidates: Sequence[Candidate],
+    log: Callable[[str], None] = print,
+    on_window: WindowScores | None = None,
 ) -> pd.DataFrame:
-    """Metrics of every candidate on every 7-day test window (after a 7-day delay)."""
+    """Metrics of every candidate on every 7-day test window (after a 7-day delay);
+    `on_window` also gets each window's test set and every candidate's scores."""
     first_day = pd.to_datetime(data["tx_datetime"]).dt.normalize().min()
     rows = []
     for start in test_starts:
         split = Split.book(start)
         test = book_test_set(data, split)
+        scores: dict[str, np.ndarray] = {}
         for candidate in candidates:
             train_start = (
                 split.train_end - pd.Timedelta(days=candidate.train_days - 1) if candidate.train_days else first_day
             )
             train = in_days(data, train_start, split.train_end)
             began = time.perf_counter()
-            metrics: Metrics = evaluate(test, candidate.fit_score(train, test))
+            scores[candidate.name] = candidate.fit_score(train, test)
+            metrics: Metrics = evaluate(test, scores[candidate.name])
             rows.append(
                 {
                     "test_start": str(split.test_start.date()),
@@ -129,6 +139,8 @@ def run_windows(
                 f"{split.test_start.date()}  {candidate.name:<45} AUC {metrics.auc:.4f}  AP {metrics.ap:.4f}  "
                 f"CP@100 {metrics.cp_at_100:.4f}"
             )
+        if on_window is not None:
+            on_window(str(split.test_start.date()), test, scores)
     return pd.DataFrame(rows)
 
 
@@ -136,3 +148,24 @@ def choose(results: pd.DataFrame) -> str:
     """The candidate with the best mean AP over the windows (CP@100 breaks ties)."""
     means = results.groupby("model")[["ap", "cp_at_100", "auc"]].mean()
     return str(means.sort_values(["ap", "cp_at_100"], ascending=False).index[0])
+
+
+def difference_rows(
+    start: str, test: pd.DataFrame, scores: dict[str, np.ndarray], reference: str, rounds: int
+) -> list[dict[str, Any]]:
+    """`reference` minus every other candidate on one window, with 95 % bootstrap intervals."""
+    others = {name: s for name, s in scores.items() if name != reference}
+    return [
+        {
+            "test_start": start,
+            "model": reference,
+            "against": other,
+            "metric": d.metric,
+            "difference": d.value,
+            "low": d.low,
+            "high": d.high,
+            "settled": d.settled,
+        }
+        for other, differences in paired_differences(test, scores[reference], others, rounds=rounds).items()
+        for d in differences
+    ]

@@ -117,7 +117,35 @@ def test_weekly_windows_compare_candidates(training_frame: pd.DataFrame) -> None
     from vigil.selection import book_settings, choose, run_windows, xgboost_candidate
 
     ours = xgboost_candidate("ours", {"n_estimators": 30}, None)
-    results = run_windows(training_frame, ["2018-05-01", "2018-05-08"], [ours, *book_settings()], log=lambda _: None)
+    seen: list[tuple[str, int, set[str]]] = []
+    results = run_windows(
+        training_frame,
+        ["2018-05-01", "2018-05-08"],
+        [ours, *book_settings()],
+        log=lambda _: None,
+        on_window=lambda start, test, scores: seen.append((start, len(test), set(scores))),
+    )
     assert len(results) == 6 and set(results["model"]) == {"ours", *(c.name for c in book_settings())}
     assert results[["auc", "ap", "cp_at_100"]].notna().all().all()
     assert choose(results) in set(results["model"])
+    assert [(s, n) for s, n, _ in seen] == [
+        ("2018-05-01", results["transactions"].iloc[0]),
+        ("2018-05-08", results["transactions"].iloc[3]),
+    ]
+    assert all(names == set(results["model"]) for _, _, names in seen)
+
+
+def test_paired_differences_bracket_the_observed_difference(training_frame: pd.DataFrame) -> None:
+    from vigil.evaluation import evaluate, paired_differences
+
+    test = training_frame[training_frame["tx_datetime"] >= "2018-05-01"]
+    rng = np.random.default_rng(0)
+    good = test["tx_fraud"].to_numpy() + rng.normal(0, 0.5, len(test))  # informative
+    noise = rng.random(len(test))  # uninformative
+    result = paired_differences(test, good, {"noise": noise, "itself": good}, rounds=40)
+    expected = evaluate(test, good)
+    for d, name in zip(result["noise"], ("auc", "ap", "cp_at_100"), strict=True):
+        assert d.metric == name and d.low <= d.value <= d.high
+    auc = result["noise"][0]
+    assert auc.value == pytest.approx(expected.auc - evaluate(test, noise).auc) and auc.settled and auc.low > 0
+    assert all(d.value == d.low == d.high == 0 and not d.settled for d in result["itself"])
