@@ -5,7 +5,9 @@ known-compromised customers removed as in the handbook). The challenger is promo
 when its average precision is at least the champion's, and neither its ROC AUC nor its
 card precision@100 is lower by more than 0.01. `force` promotes regardless; `rollback`
 returns `champion` to the version it held before. Every decision is recorded as tags
-on the versions involved (decision, reason, figures, time).
+on the versions involved (decision, reason, figures, time); the figures also hold the
+differences with 95 % bootstrap bounds, to show how much one week can tell (not used by
+the rule).
 """
 
 from __future__ import annotations
@@ -17,12 +19,13 @@ from typing import Any
 
 import pandas as pd
 
-from vigil.evaluation import Metrics, Split, book_test_set, evaluate
+from vigil.evaluation import Metrics, Split, book_test_set, evaluate, paired_differences
 from vigil.models.registry import load_native
 from vigil.settings import Settings
 from vigil.tracking import CHALLENGER, CHAMPION, REGISTERED_MODEL, configure
 
 TOLERANCE = 0.01
+INTERVAL_ROUNDS = 100
 PREVIOUS_CHAMPION_TAG = "previous_champion"
 
 
@@ -56,6 +59,16 @@ def evaluation_window(data: pd.DataFrame) -> pd.DataFrame:
     last = pd.to_datetime(data["tx_datetime"]).dt.normalize().max()
     split = Split.book(last - pd.Timedelta(days=6))
     return book_test_set(data, split.with_train_start(split.test_start - pd.Timedelta(days=14)))
+
+
+def _intervals(window: pd.DataFrame, challenger: Any, current: Any) -> dict[str, float]:
+    """The differences of the metrics with 95 % bootstrap bounds (`paired_differences`)."""
+    (differences,) = paired_differences(window, challenger, {"current": current}, rounds=INTERVAL_ROUNDS).values()
+    return {
+        f"{d.metric}{suffix}": value
+        for d in differences
+        for suffix, value in (("", d.value), ("_low", d.low), ("_high", d.high))
+    }
 
 
 def _version(client: Any, alias: str) -> str | None:
@@ -92,14 +105,19 @@ def promote(settings: Settings, data: pd.DataFrame, alias: str = CHAMPION, force
         return Decision(False, f"version {challenger} already holds {alias}", current, challenger, {})
     figures: dict[str, dict[str, float]] = {}
     window = evaluation_window(data)
-    challenger_metrics = evaluate(window, load_native(f"models:/{REGISTERED_MODEL}/{challenger}").predict_proba(window))
+    challenger_scores = load_native(f"models:/{REGISTERED_MODEL}/{challenger}").predict_proba(window)
+    challenger_metrics = evaluate(window, challenger_scores)
     figures[f"challenger v{challenger}"] = challenger_metrics.as_dict()
     if current is None:
         promoted, reason = True, f"no {alias} yet"
     else:
-        current_metrics = evaluate(window, load_native(f"models:/{REGISTERED_MODEL}/{current}").predict_proba(window))
+        current_scores = load_native(f"models:/{REGISTERED_MODEL}/{current}").predict_proba(window)
+        current_metrics = evaluate(window, current_scores)
         figures[f"{alias} v{current}"] = current_metrics.as_dict()
         promoted, reason = gate(challenger_metrics, current_metrics)
+        if window["tx_fraud"].nunique() == 2:
+            # Not part of the rule: how much of the difference one week can tell from noise.
+            figures["challenger minus " + alias] = _intervals(window, challenger_scores, current_scores)
     days = pd.to_datetime(window["tx_datetime"]).dt.date
     figures["window"] = {"first_day": str(days.min()), "last_day": str(days.max()), "rows": float(len(window))}  # type: ignore[dict-item]
     if force and not promoted:

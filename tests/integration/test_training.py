@@ -98,7 +98,11 @@ def test_register_promote_and_roll_back(ingested: Settings) -> None:
     recorded = tags("2")
     assert recorded["gate.decision"] == ("promoted" if decision.promoted else "rejected")
     assert recorded["gate.reason"] == decision.reason
-    assert set(json.loads(recorded["gate.figures"])) == {"challenger v2", "champion v1", "window"}
+    figures = json.loads(recorded["gate.figures"])
+    assert set(figures) == {"challenger v2", "champion v1", "window", "challenger minus champion"}
+    difference = figures["challenger minus champion"]
+    assert difference["ap"] == pytest.approx(figures["challenger v2"]["ap"] - figures["champion v1"]["ap"])
+    assert difference["ap_low"] <= difference["ap"] <= difference["ap_high"]
     if not decision.promoted:
         decision = promote(ingested, data, force=True)
         assert decision.promoted and decision.reason.startswith("forced")
