@@ -3,9 +3,11 @@
 from feast import FeatureService
 from features import (
     FRAUD_V1_SCHEMA,
+    FRAUD_V2_EXTRA_SCHEMA,
     transaction_features,
     transaction_features_v1,
     transaction_features_v2_offline,
+    transaction_features_v3_offline,
 )
 
 # Version 1: the 14 handbook features (serving adds tx_amount from the request).
@@ -25,11 +27,11 @@ fraud_v1_training = FeatureService(
     tags={"version": "1", "serves": "fraud_v1"},
 )
 
-# Version 2: version 1 plus the customer-habit and terminal-streak features; what the
-# default XGBoost model is trained on. Version 1's features come first, in the same order.
+# Version 2: version 1 plus the customer-habit and terminal-streak features. Version 1's
+# features come first, in the same order.
 fraud_v2 = FeatureService(
     name="fraud_v2",
-    features=[transaction_features],
+    features=[transaction_features[[field.name for field in (*FRAUD_V1_SCHEMA, *FRAUD_V2_EXTRA_SCHEMA)]]],
     description="fraud_v1 plus the amount against the customer's habit and fraud streaks on the terminal",
     tags={"version": "2"},
 )
@@ -39,4 +41,20 @@ fraud_v2_training = FeatureService(
     features=[transaction_features_v1, transaction_features_v2_offline],
     description="fraud_v2's features (and tx_amount) for point-in-time training sets",
     tags={"version": "2", "serves": "fraud_v2"},
+)
+
+# Version 3: version 2 plus how long the terminal has gone unobserved; what the default
+# XGBoost model is trained on.
+fraud_v3 = FeatureService(
+    name="fraud_v3",
+    features=[transaction_features],
+    description="fraud_v2 plus the days since the terminal's newest label",
+    tags={"version": "3"},
+)
+
+fraud_v3_training = FeatureService(
+    name="fraud_v3_training",
+    features=[transaction_features_v1, transaction_features_v2_offline, transaction_features_v3_offline],
+    description="fraud_v3's features (and tx_amount) for point-in-time training sets",
+    tags={"version": "3", "serves": "fraud_v3"},
 )

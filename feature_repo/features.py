@@ -74,9 +74,15 @@ FRAUD_V2_EXTRA_SCHEMA = [
 ]
 
 
+# fraud_v3's addition: how long the terminal has gone unobserved (days since its newest label).
+FRAUD_V3_EXTRA_SCHEMA = [
+    Field(name="terminal_id_label_age_days", dtype=Float64),
+]
+
+
 @on_demand_feature_view(
     sources=[customer_history, terminal_history, transaction_request],
-    schema=[*FRAUD_V1_SCHEMA, *FRAUD_V2_EXTRA_SCHEMA],
+    schema=[*FRAUD_V1_SCHEMA, *FRAUD_V2_EXTRA_SCHEMA, *FRAUD_V3_EXTRA_SCHEMA],
     mode="python",
 )
 def transaction_features(inputs: dict) -> dict:
@@ -106,6 +112,17 @@ transaction_features_v2_offline = FeatureView(
     entities=[transaction],
     ttl=timedelta(0),
     schema=FRAUD_V2_EXTRA_SCHEMA,
+    source=transaction_features_source,
+    online=False,
+)
+
+
+# fraud_v3's addition for every ingested transaction, from the same backfilled table.
+transaction_features_v3_offline = FeatureView(
+    name="transaction_features_v3_offline",
+    entities=[transaction],
+    ttl=timedelta(0),
+    schema=FRAUD_V3_EXTRA_SCHEMA,
     source=transaction_features_source,
     online=False,
 )

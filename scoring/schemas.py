@@ -62,7 +62,8 @@ class Score(BaseModel):
     latency_ms: float
     features: dict[str, float] | None = Field(None, description="with ?explain=true: the 15 model inputs")
     extra_features: dict[str, float] | None = Field(
-        None, description="with ?explain=true, when the model is on fraud_v2: the inputs fraud_v2 adds"
+        None,
+        description="with ?explain=true, when the model is on a later feature set: the inputs it adds to fraud_v1's",
     )
     contributions: dict[str, float] | None = Field(None, description="with ?explain=true: top contributions")
 

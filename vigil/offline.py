@@ -3,9 +3,9 @@
 The flow appends validated events to `offline/transactions/` and `offline/labels/`
 (Parquet parts; replays add duplicates, removed here by transaction_id). The backfill
 turns them into `offline/transaction_features.parquet`, the source of Feast's
-`transaction_features_v1` and `_v2` views, and training sets come from Feast's
-`get_historical_features` on the `fraud_v2_training` service (fraud_v1's inputs and
-fraud_v2's, so that one training set serves a model of either).
+`transaction_features_v1`, `_v2_offline` and `_v3_offline` views, and training sets come from
+Feast's `get_historical_features` on the newest set's training service (`fraud_v3_training`:
+each set's inputs extend the one before, so one training set serves a model of any).
 """
 
 from __future__ import annotations
@@ -67,7 +67,7 @@ def _newest_part(settings: Settings) -> float:
 
 
 def _complete(table: Path) -> bool:
-    """Whether a feature table holds every feature (one written before fraud_v2 does not)."""
+    """Whether a feature table holds every feature (one written by an older version may not)."""
     return set(spec.ALL_FEATURES) <= set(pq.read_schema(table).names)
 
 

@@ -93,6 +93,7 @@ def tuning_candidates() -> list[Candidate]:
         ),
         xgboost_candidate("xgboost default, last 8 weeks", {}, 56),
         xgboost_candidate("xgboost default without the derived ratios", {"derived_inputs": False}, None),
+        xgboost_candidate("xgboost default on fraud_v2", {"feature_service": "fraud_v2"}, None),
         xgboost_candidate("xgboost default on fraud_v1", {"feature_service": "fraud_v1"}, None),
         xgboost_candidate("xgboost default without the recent-week companion", {"recent_days": 0}, None),
         xgboost_candidate("xgboost default, recent-week weight 0.5", {"recent_weight": 0.5}, None),

@@ -44,9 +44,12 @@ def test_apply_registers_the_feature_service(settings: Settings) -> None:
     service = store.get_feature_service(spec.FEATURE_SERVICE)
     names = [f.name for projection in service.feature_view_projections for f in projection.features]
     assert names == list(spec.FEATURE_NAMES)
-    v2 = store.get_feature_service("fraud_v2")
-    assert [f.name for p in v2.feature_view_projections for f in p.features] == list(spec.FRAUD_V2.features)
-    assert store.get_feature_service("fraud_v2_training").name == spec.FRAUD_V2.training_service
+    for features in (spec.FRAUD_V2, spec.FRAUD_V3):
+        served = store.get_feature_service(features.service)
+        assert [f.name for p in served.feature_view_projections for f in p.features] == list(features.features)
+        training_service = store.get_feature_service(features.training_service)
+        trained = [f.name for p in training_service.feature_view_projections for f in p.features]
+        assert trained == list(features.model_inputs)
     assert {e.name for e in store.list_entities()} == {"customer", "terminal", "transaction"}
     training = store.get_feature_service("fraud_v1_training")
     source = store.get_feature_view("transaction_features_v1").batch_source

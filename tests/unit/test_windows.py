@@ -113,10 +113,12 @@ def test_fraud_streak_counts_the_newest_labels_of_the_window() -> None:
     assert f[spec.FRAUD_STREAK] == 3
     assert f[spec.STREAK_AGE] == pytest.approx(15.0)
     assert f[spec.LAST_FRAUD_AGE] == pytest.approx(9.0)
+    assert f[spec.LABEL_AGE] == pytest.approx(9.0)  # the newest known label (-6 d is not known yet)
     # A genuine label ends the streak; the newest fraud is still seen.
     broken = history([T0 - 12 * DAY, T0 - 8 * DAY], [1, 2], [1.0, 0.0])
     g = one(EntityHistory.empty(), broken, 9, T0, 1.0)
     assert g[spec.FRAUD_STREAK] == 0 and g[spec.STREAK_AGE] == 0.0 and g[spec.LAST_FRAUD_AGE] == pytest.approx(12.0)
+    assert g[spec.LABEL_AGE] == pytest.approx(8.0)
 
 
 def test_fraud_streak_stops_at_the_window_start() -> None:
@@ -126,6 +128,10 @@ def test_fraud_streak_stops_at_the_window_start() -> None:
     assert f[spec.FRAUD_STREAK] == 1 and f[spec.STREAK_AGE] == pytest.approx(30.0)
     none = one(EntityHistory.empty(), history([T0 - 40 * DAY], [1], [1.0]), 9, T0, 1.0)
     assert none[spec.FRAUD_STREAK] == 0 and none[spec.LAST_FRAUD_AGE] == 0.0
+    # The label age reads the same window: -30 d is the newest label; none in it -> its far end.
+    assert f[spec.LABEL_AGE] == pytest.approx(30.0)
+    assert none[spec.LABEL_AGE] == spec.NO_LABEL_AGE_DAYS == 37.0
+    assert one(EntityHistory.empty(), EntityHistory.empty(), 9, T0, 1.0)[spec.LABEL_AGE] == 37.0
 
 
 def test_calendar_flags() -> None:

@@ -163,12 +163,15 @@ def customer_habits(facts: SortedFacts, query_pos: IntArray, chunk_cells: int = 
 
 
 def terminal_streaks(labels: SortedFacts, query_entity: IntArray, query_ts: IntArray) -> dict[str, FloatArray]:
-    """fraud_v2's terminal features, over the labels of the 30-day label window
-    (t - delay - 30 days, t - delay]: how many of the newest labels are all frauds,
-    days from the first of them to t, and days from the newest fraud to t (0 for none)."""
+    """fraud_v2's terminal features and fraud_v3's label age, over the labels of the 30-day
+    label window (t - delay - 30 days, t - delay]: how many of the newest labels are all
+    frauds, days from the first of them to t, days from the newest fraud to t (0 for none),
+    and days from the newest label to t (spec.NO_LABEL_AGE_DAYS for none)."""
     if not len(labels):
         zeros = np.zeros(query_ts.shape[0])
-        return {name: zeros.copy() for name in spec.STREAK_FEATURES}
+        out = {name: zeros.copy() for name in spec.STREAK_FEATURES}
+        out[spec.LABEL_AGE] = np.full(query_ts.shape[0], spec.NO_LABEL_AGE_DAYS)
+        return out
     keys = _Keys(labels, query_entity, query_ts)
     end = query_ts - spec.TERMINAL_DELAY_DAYS * spec.DAY_SECONDS
     hi = np.searchsorted(keys.fact_keys, keys.query_keys(end), "right")
@@ -189,6 +192,7 @@ def terminal_streaks(labels: SortedFacts, query_entity: IntArray, query_ts: IntA
         spec.FRAUD_STREAK: streak.astype(np.float64),
         spec.STREAK_AGE: np.where(streak > 0, (query_ts - streak_ts) / spec.DAY_SECONDS, 0.0),
         spec.LAST_FRAUD_AGE: np.where(seen, (query_ts - fraud_ts) / spec.DAY_SECONDS, 0.0),
+        spec.LABEL_AGE: np.where(hi > lo, (query_ts - labels.ts[last]) / spec.DAY_SECONDS, spec.NO_LABEL_AGE_DAYS),
     }
 
 
@@ -295,3 +299,4 @@ def _streaks_of_one(out: dict[str, float], l_ts: list[int], l_fraud: list[float]
     out[spec.FRAUD_STREAK] = float(streak)
     out[spec.STREAK_AGE] = (ts - l_ts[j + 1]) / spec.DAY_SECONDS if streak else 0.0
     out[spec.LAST_FRAUD_AGE] = (ts - l_ts[newest]) / spec.DAY_SECONDS if newest is not None else 0.0
+    out[spec.LABEL_AGE] = (ts - l_ts[hi - 1]) / spec.DAY_SECONDS if hi > lo else spec.NO_LABEL_AGE_DAYS

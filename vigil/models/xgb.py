@@ -100,7 +100,7 @@ class XGBoostModel(FraudModel):
             "seed": 0,
             "standardise": False,
             "derived_inputs": True,
-            "feature_service": "fraud_v2",
+            "feature_service": "fraud_v3",
             "recent_days": 7,
             "recent_weight": 0.2,
         }
