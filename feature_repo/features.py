@@ -94,35 +94,22 @@ def transaction_features(inputs: dict) -> dict:
     return transaction_features(inputs)
 
 
-# The same 14 features (plus the amount) for every ingested transaction, as of its own
-# time, for point-in-time training sets (get_historical_features); computed by the backfill.
-transaction_features_v1 = FeatureView(
-    name="transaction_features_v1",
-    entities=[transaction],
-    ttl=timedelta(0),
-    schema=[Field(name="tx_amount", dtype=Float64), *FRAUD_V1_SCHEMA],
-    source=transaction_features_source,
-    online=False,
+def _backfilled(name: str, schema: list[Field]) -> FeatureView:
+    """An offline-only view on the backfilled table: every ingested transaction's features
+    as of its own time, for point-in-time training sets (get_historical_features)."""
+    return FeatureView(
+        name=name,
+        entities=[transaction],
+        ttl=timedelta(0),
+        schema=schema,
+        source=transaction_features_source,
+        online=False,
+    )
+
+
+# The same 14 features (plus the amount), computed by the backfill; then each later set's additions.
+transaction_features_v1 = _backfilled(
+    "transaction_features_v1", [Field(name="tx_amount", dtype=Float64), *FRAUD_V1_SCHEMA]
 )
-
-
-# fraud_v2's additions for every ingested transaction, from the same backfilled table.
-transaction_features_v2_offline = FeatureView(
-    name="transaction_features_v2_offline",
-    entities=[transaction],
-    ttl=timedelta(0),
-    schema=FRAUD_V2_EXTRA_SCHEMA,
-    source=transaction_features_source,
-    online=False,
-)
-
-
-# fraud_v3's addition for every ingested transaction, from the same backfilled table.
-transaction_features_v3_offline = FeatureView(
-    name="transaction_features_v3_offline",
-    entities=[transaction],
-    ttl=timedelta(0),
-    schema=FRAUD_V3_EXTRA_SCHEMA,
-    source=transaction_features_source,
-    online=False,
-)
+transaction_features_v2_offline = _backfilled("transaction_features_v2_offline", FRAUD_V2_EXTRA_SCHEMA)
+transaction_features_v3_offline = _backfilled("transaction_features_v3_offline", FRAUD_V3_EXTRA_SCHEMA)
