@@ -17,6 +17,7 @@ from dataclasses import dataclass
 from datetime import UTC, datetime
 from typing import Any
 
+import numpy as np
 import pandas as pd
 
 from vigil.evaluation import Metrics, Split, book_test_set, evaluate, paired_differences
@@ -61,7 +62,7 @@ def evaluation_window(data: pd.DataFrame) -> pd.DataFrame:
     return book_test_set(data, split.with_train_start(split.test_start - pd.Timedelta(days=14)))
 
 
-def _intervals(window: pd.DataFrame, challenger: Any, current: Any) -> dict[str, float]:
+def _intervals(window: pd.DataFrame, challenger: np.ndarray, current: np.ndarray) -> dict[str, float]:
     """The differences of the metrics with 95 % bootstrap bounds (`paired_differences`)."""
     (differences,) = paired_differences(window, challenger, {"current": current}, rounds=INTERVAL_ROUNDS).values()
     return {
