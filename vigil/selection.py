@@ -71,6 +71,7 @@ def book_settings() -> list[Candidate]:
                 "derived_inputs": False,
                 "feature_service": "fraud_v1",
                 "recent_days": 0,
+                "hidden_compromise_rate": 0,
             },
             7,
         ),
@@ -96,6 +97,7 @@ def tuning_candidates() -> list[Candidate]:
         xgboost_candidate("xgboost default on fraud_v2", {"feature_service": "fraud_v2"}, None),
         xgboost_candidate("xgboost default on fraud_v1", {"feature_service": "fraud_v1"}, None),
         xgboost_candidate("xgboost default without the recent-week companion", {"recent_days": 0}, None),
+        xgboost_candidate("xgboost default without the hidden-compromise floor", {"hidden_compromise_rate": 0}, None),
         xgboost_candidate("xgboost default, recent-week weight 0.5", {"recent_weight": 0.5}, None),
     ]
 

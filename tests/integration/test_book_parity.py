@@ -36,6 +36,7 @@ BOOK_XGBOOST = {
     "derived_inputs": False,
     "feature_service": "fraud_v1",  # the book's 14 features and the amount
     "recent_days": 0,  # no recent-week companion
+    "hidden_compromise_rate": 0,  # no floor (fraud_v1 has no label age anyway)
 }
 
 

@@ -108,6 +108,25 @@ def test_mlflow_round_trip_loads_natively_with_the_same_scores(
     np.testing.assert_allclose(loaded.predict_proba(rows), trained.predict_proba(rows), atol=1e-6)
 
 
+def test_hidden_compromise_floor(training_frame: pd.DataFrame) -> None:
+    from vigil.models.xgb import XGBoostModel
+
+    rows = training_frame.head(400)
+    labels = training_frame["tx_fraud"].to_numpy()
+    floored = XGBoostModel({"n_estimators": 20, "hidden_compromise_rate": 0.01}).fit(training_frame, labels)
+    bare = XGBoostModel({"n_estimators": 20, "hidden_compromise_rate": 0}).fit(training_frame, labels)
+    floor = 0.01 * rows[spec.LABEL_AGE].to_numpy()
+    scores, before = floored.predict_proba(rows), bare.predict_proba(rows)
+    # The floor lifts low scores to the label age's share and leaves the rest alone.
+    np.testing.assert_allclose(scores, np.maximum(before, floor), atol=1e-6)
+    assert np.any(floor > before)
+    # Without fraud_v3's label age there is nothing to floor on: the model records rate 0.
+    v2 = XGBoostModel({"n_estimators": 5, "feature_service": "fraud_v2"}).fit(training_frame, labels)
+    assert v2.params["hidden_compromise_rate"] == 0.0
+    with pytest.raises(ValueError, match="hidden_compromise_rate"):
+        XGBoostModel({"n_estimators": 5, "hidden_compromise_rate": -1}).fit(training_frame, labels)
+
+
 def test_device_choice() -> None:
     assert resolve_device("cpu") == "cpu"
     assert resolve_device("auto") in ("cpu", "cuda")
