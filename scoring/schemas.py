@@ -66,6 +66,11 @@ class Score(BaseModel):
         description="with ?explain=true, when the model is on a later feature set: the inputs it adds to fraud_v1's",
     )
     contributions: dict[str, float] | None = Field(None, description="with ?explain=true: top contributions")
+    score_floor: float | None = Field(
+        None,
+        description="with ?explain=true, for a model with a hidden-compromise floor: the floor (rate x the days "
+        "since the terminal's newest label); a score equal to it was set by the floor, not by the trees",
+    )
 
 
 class ScoreBatch(BaseModel):

@@ -144,6 +144,8 @@ class Scorer:
         self.metrics.stage_seconds.labels("total").observe(latency_ms / 1000)
         self.metrics.scored.inc(len(txs))
         contributions = self._contributions(model, matrix) if explain and reason is None else None
+        floor_of = getattr(model.primary, "score_floor", None)
+        floors = floor_of(matrix) if explain and reason is None and floor_of is not None else None
         ref = {"name": "fraud-detector", "version": model.version, "alias": model.alias}
         # The contract's `features` are fraud_v1's 15 inputs; a model on a later feature set
         # saw more, and those come as `extra_features`.
@@ -166,6 +168,8 @@ class Scorer:
                     result["extra_features"] = dict(zip(extra, values[v1 : v1 + len(extra)], strict=True))
                 if contributions is not None:
                     result["contributions"] = contributions[i]
+                if floors is not None:
+                    result["score_floor"] = float(floors[i])
             results.append(result)
         self._log(results, matrix, txs, ts)
         if reason is None and self.shadow is not None:

@@ -94,6 +94,10 @@ def test_explain_returns_the_exact_features(server: str, served_world: tuple[Set
                     name
                 )
             assert len(result["contributions"]) == 5
+            # The default model floors its score at 0.0003 a day of the terminal's label age.
+            floor = 0.0003 * reference.loc[result["transaction_id"], spec.LABEL_AGE]
+            assert result["score_floor"] == pytest.approx(floor, rel=1e-6)
+            assert result["score"] >= result["score_floor"] - 1e-9
 
 
 def test_batch_keeps_order_and_matches_single_scores(server: str, served_world: tuple[Settings, pd.DataFrame]) -> None:

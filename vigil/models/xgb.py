@@ -196,11 +196,19 @@ class XGBoostModel(FraudModel):
             # The companion reads fraud_v1's 15 raw inputs: the first 15 raw columns.
             v1 = raw[:, : len(spec.MODEL_INPUTS)].astype(np.float32)
             result = (1 - weight) * result + weight * self._predict(self.recent, self.recent_forest, v1)
+        floor = self._floor(raw)
+        return result if floor is None else np.maximum(result, floor)
+
+    def score_floor(self, frame: pd.DataFrame | np.ndarray) -> np.ndarray | None:
+        """The hidden-compromise floor of each row's score (None: this model has none)."""
+        return self._floor(np.asarray(self.matrix(frame), np.float64))
+
+    def _floor(self, raw: np.ndarray) -> np.ndarray | None:
         rate = float(self.params.get(FLOOR_PARAM) or 0.0)
-        if rate:
-            label_age = raw[:, self.inputs.index(spec.LABEL_AGE)]
-            result = np.maximum(result, np.minimum(rate * label_age, 1.0))
-        return result
+        if not rate:
+            return None
+        floor: np.ndarray = np.minimum(rate * raw[:, self.inputs.index(spec.LABEL_AGE)], 1.0)
+        return floor
 
     @staticmethod
     def _predict(booster: xgb.Booster, forest: Forest | None, inputs: np.ndarray) -> np.ndarray:
