@@ -96,9 +96,11 @@ def tuning_candidates() -> list[Candidate]:
         xgboost_candidate("xgboost default without the derived ratios", {"derived_inputs": False}, None),
         xgboost_candidate("xgboost default on fraud_v2", {"feature_service": "fraud_v2"}, None),
         xgboost_candidate("xgboost default on fraud_v1", {"feature_service": "fraud_v1"}, None),
-        xgboost_candidate("xgboost default without the recent-week companion", {"recent_days": 0}, None),
+        xgboost_candidate("xgboost default with the recent-week companion at 0.2", {"recent_days": 7}, None),
         xgboost_candidate("xgboost default without the hidden-compromise floor", {"hidden_compromise_rate": 0}, None),
-        xgboost_candidate("xgboost default, recent-week weight 0.5", {"recent_weight": 0.5}, None),
+        xgboost_candidate(
+            "xgboost default with the recent-week companion at 0.5", {"recent_days": 7, "recent_weight": 0.5}, None
+        ),
     ]
 
 

@@ -15,7 +15,8 @@ from vigil.tracking import configure
 
 pytestmark = pytest.mark.integration
 
-FAST = {"xgboost": {"n_estimators": 60}, "mlp": {"epochs": 4}, "baseline": {}}
+# xgboost with the optional recent-week companion, so that its round trip stays covered.
+FAST = {"xgboost": {"n_estimators": 60, "recent_days": 7}, "mlp": {"epochs": 4}, "baseline": {}}
 
 
 @pytest.fixture(scope="module")
