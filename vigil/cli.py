@@ -289,6 +289,8 @@ def cmd_evaluate(args: argparse.Namespace) -> int:
 
     if args.bootstrap < 0:
         raise UserError("--bootstrap takes a number of resamples, 0 or more (0: no intervals)")
+    if args.worlds:
+        return _evaluate_on_worlds(args)
     settings = _settings()
     data = _training_data(settings)
     if args.windows:
@@ -322,6 +324,53 @@ def cmd_evaluate(args: argparse.Namespace) -> int:
             print(f"  {start} vs {other}: {shown}")
         print(f"differences -> {out.with_name('evaluation_differences.csv')}")
     print(f"details -> {out}")
+    return 0
+
+
+def _evaluate_on_worlds(args: argparse.Namespace) -> int:
+    import pandas as pd
+
+    from vigil.plots import margins as margins_figure
+    from vigil.selection import book_settings, product_default, tuning_candidates
+    from vigil.worlds import METRICS, compare_on_worlds, margins, summary
+
+    if args.worlds < 1 or args.world_days < 60 or args.world_customers < 100:
+        raise UserError(
+            "--worlds takes 1 or more, --world-days at least 60 (30-day features, a week's delay, the tests), "
+            "--world-customers at least 100"
+        )
+    settings = _settings()
+    candidates = tuning_candidates() if args.tune else [product_default(), *book_settings()]
+    first = pd.Timestamp("2018-04-01")
+    if args.windows:
+        starts = [w.strip() for w in args.windows.split(",") if w.strip()]
+    else:
+        last = first + pd.Timedelta(days=args.world_days - 1)
+        starts = [str((last - pd.Timedelta(days=6 + 7 * i)).date()) for i in reversed(range(args.weeks))]
+    out = settings.reports_dir / "worlds.csv"
+    out.parent.mkdir(parents=True, exist_ok=True)
+    seeds = list(range(args.world_seed, args.world_seed + args.worlds))
+    results = compare_on_worlds(
+        seeds,
+        candidates,
+        starts,
+        args.world_days,
+        str(first.date()),
+        args.world_customers,
+        on_world=lambda r: r.to_csv(out, index=False),
+    )
+    reference = candidates[0].name
+    table = summary(results, reference)
+    table.to_csv(out.with_name("worlds_summary.csv"), index=False)
+    margins_figure(margins(results, reference), "default", METRICS).savefig(out.with_name("worlds.png"), dpi=100)
+    print(f"{reference} minus each, over {len(seeds)} worlds x {len(starts)} windows (mean margin, share won):")
+    for row in table.itertuples():
+        shown = "  ".join(f"{m} {getattr(row, m + '_margin'):+.4f} ({getattr(row, m + '_won'):.0%})" for m in METRICS)
+        print(
+            f"  {row.against}: {shown}; all three {row.all_three_won:.0%} of windows, "
+            f"every window of a world {row.worlds_all_windows_won:.0%} of worlds"
+        )
+    print(f"details -> {out}, {out.with_name('worlds_summary.csv')}, {out.with_name('worlds.png')}")
     return 0
 
 
@@ -419,6 +468,18 @@ def build_parser() -> argparse.ArgumentParser:
         default=200,
         metavar="N",
         help="resamples for the intervals of the default's differences to the book settings (0: none; default 200)",
+    )
+    p.add_argument(
+        "--worlds",
+        type=int,
+        default=0,
+        metavar="N",
+        help="compare on N fresh simulated worlds instead of the ingested data (how often the default wins)",
+    )
+    p.add_argument("--world-days", type=int, default=122, help="days per simulated world (default 122: April-July)")
+    p.add_argument("--world-seed", type=int, default=1, help="seed of the first world (the next ones count up)")
+    p.add_argument(
+        "--world-customers", type=int, default=5_000, help="customers per world, terminals twice as many (default 5000)"
     )
     p.set_defaults(func=cmd_evaluate)
 

@@ -1,8 +1,10 @@
-"""Figures logged with every model: ROC and precision-recall curves, feature importance."""
+"""Figures: ROC and precision-recall curves and feature importance (logged with every
+model); margins of one model over others across simulated worlds (`vigil evaluate --worlds`)."""
 
 from __future__ import annotations
 
 import numpy as np
+import pandas as pd
 from matplotlib.figure import Figure
 from sklearn.metrics import precision_recall_curve, roc_curve
 
@@ -31,5 +33,23 @@ def importance(values: dict[str, float], title: str) -> Figure:
     ax = fig.subplots()
     ax.barh(names, [values[n] for n in names])
     ax.set(title=title)
+    fig.tight_layout()
+    return fig
+
+
+def margins(diff: pd.DataFrame, reference: str, metrics: tuple[str, ...]) -> Figure:
+    """One panel per metric: each window's margin of `reference` over each other model
+    (a dot per world and window), with the mean marked; right of zero is a win."""
+    others = list(dict.fromkeys(diff["against"]))
+    fig = Figure(figsize=(4 * len(metrics), 1.2 + 0.6 * len(others)))
+    axes = fig.subplots(1, len(metrics), sharey=True, squeeze=False)[0]
+    for ax, metric in zip(axes, metrics, strict=True):
+        for row, other in enumerate(others):
+            values = diff.loc[diff["against"] == other, metric].to_numpy()
+            jitter = np.linspace(-0.15, 0.15, values.size) if values.size > 1 else np.zeros(1)
+            ax.scatter(values, row + jitter, s=12, alpha=0.6)
+            ax.plot([values.mean()] * 2, [row - 0.3, row + 0.3], color="black")
+        ax.axvline(0, color="grey", linestyle=":")
+        ax.set(title=f"{metric}: {reference} minus", yticks=range(len(others)), yticklabels=others)
     fig.tight_layout()
     return fig

@@ -17,6 +17,7 @@ from tests.integration.serving_helpers import vigil
 from vigil.features.backfill import compute_features
 from vigil.features.online import max_differences, online_features
 from vigil.online.store import OnlineHistoryStore
+from vigil.service_process import service_env
 from vigil.settings import Settings
 from vigil.simulate import SimulationConfig, simulate
 
@@ -125,3 +126,19 @@ def test_kill_minus_nine_mid_replay_then_restart(settings: Settings, tmp_path: P
             redis_client.delete(*keys)
     assert len(partial) < len(uninterrupted)
     assert restarted == uninterrupted
+
+
+def test_evaluate_on_fresh_simulated_worlds(settings: Settings) -> None:
+    args = ("evaluate", "--worlds", "2", "--world-days", "60", "--world-customers", "300", "--weeks", "1")
+    result = vigil(*args, "--world-seed", "5", env=service_env(settings))
+    assert result.returncode == 0, result.stderr
+    assert "over 2 worlds x 1 windows" in result.stdout and "every other model:" in result.stdout
+    results = pd.read_csv(settings.reports_dir / "worlds.csv")
+    assert sorted(results["world"].unique()) == [5, 6] and set(results["test_start"]) == {"2018-05-24"}
+    assert len(results) == 2 * 3 and results[["auc", "ap", "cp_at_100"]].notna().all().all()
+    summary = pd.read_csv(settings.reports_dir / "worlds_summary.csv")
+    assert len(summary) == 3 and (summary["windows"] == 2).all()
+    assert (settings.reports_dir / "worlds.png").stat().st_size > 0
+    mistake = vigil("evaluate", "--worlds", "2", "--world-days", "30", env=service_env(settings))
+    assert mistake.returncode == 2 and "--world-days at least 60" in mistake.stderr
+    assert "Traceback" not in mistake.stderr
