@@ -169,3 +169,21 @@ def test_paired_differences_bracket_the_observed_difference(training_frame: pd.D
     auc = result["noise"][0]
     assert auc.value == pytest.approx(expected.auc - evaluate(test, noise).auc) and auc.settled and auc.low > 0
     assert all(d.value == d.low == d.high == 0 and not d.settled for d in result["itself"])
+
+
+@pytest.mark.parametrize("kind", sorted(MODEL_KINDS))
+def test_a_parameter_of_the_wrong_kind_is_named(kind: str) -> None:
+    defaults = MODEL_KINDS[kind].default_params()
+    number = next(n for n, v in defaults.items() if isinstance(v, int | float) and not isinstance(v, bool))
+    with pytest.raises(ValueError, match=f"parameter {number} must be a number, got '0.1'"):
+        MODEL_KINDS[kind]({number: "0.1"})
+    with pytest.raises(ValueError, match=f"parameter {number} must be a number"):
+        MODEL_KINDS[kind]({number: True})
+    MODEL_KINDS[kind]({number: defaults[number]})  # the default itself is fine
+
+
+def test_a_flag_must_be_true_or_false() -> None:
+    from vigil.models.xgb import XGBoostModel
+
+    with pytest.raises(ValueError, match="parameter standardise must be true or false, got 'yes'"):
+        XGBoostModel({"standardise": "yes"})

@@ -62,7 +62,10 @@ class FraudModel(ABC):
     mlflow_flavor: ClassVar[str]
 
     def __init__(self, params: dict[str, Any] | None = None, device: str = "cpu") -> None:
-        self.params = {**self.default_params(), **(params or {})}
+        defaults = self.default_params()
+        for name, value in (params or {}).items():
+            _check_kind(name, value, defaults.get(name))
+        self.params = {**defaults, **(params or {})}
         self.device = device
         _ = self.feature_set  # an unknown feature service fails here, not at fit time
 
@@ -114,3 +117,13 @@ class FraudModel(ABC):
 
     def matrix(self, frame: pd.DataFrame | np.ndarray) -> np.ndarray:
         return take_inputs(frame, self.inputs)
+
+
+def _check_kind(name: str, value: Any, default: Any) -> None:
+    """A parameter whose default is a number or a flag must be given as one (a JSON string
+    such as "0.1" would otherwise fail deep inside training, without the parameter's name)."""
+    if isinstance(default, bool):
+        if not isinstance(value, bool):
+            raise ValueError(f"parameter {name} must be true or false, got {value!r}")
+    elif isinstance(default, int | float) and (isinstance(value, bool) or not isinstance(value, int | float)):
+        raise ValueError(f"parameter {name} must be a number, got {value!r}")
