@@ -80,6 +80,15 @@ def book_test_set(history: pd.DataFrame, split: Split) -> pd.DataFrame:
     return pd.concat(parts) if parts else history.iloc[0:0]
 
 
+def book_week_test_set(history: pd.DataFrame, split: Split) -> pd.DataFrame:
+    """`book_test_set` with the customers known from the book's 7-day training week (the
+    week before the delay), whatever days the model itself trained on. A model trained on
+    months of history would otherwise drop every customer with a fraud in those months (most
+    of them, on the handbook's data), so its test week would hold other customers than the
+    book's, and than another version's trained on other days."""
+    return book_test_set(history, split.with_train_start(split.train_end - pd.Timedelta(days=6)))
+
+
 def card_precision_at_k(frame: pd.DataFrame, scores: np.ndarray, k: int = 100) -> float:
     """Mean over test days of the share of true frauds among the top-k customers."""
     day = _day(frame["tx_datetime"]).to_numpy()

@@ -20,7 +20,7 @@ from typing import Any
 import numpy as np
 import pandas as pd
 
-from vigil.evaluation import Metrics, Split, book_test_set, evaluate, paired_differences
+from vigil.evaluation import Metrics, Split, book_week_test_set, evaluate, paired_differences
 from vigil.models.registry import load_native
 from vigil.settings import Settings
 from vigil.tracking import CHALLENGER, CHAMPION, REGISTERED_MODEL, configure
@@ -58,8 +58,7 @@ def gate(challenger: Metrics, champion: Metrics) -> tuple[bool, str]:
 def evaluation_window(data: pd.DataFrame) -> pd.DataFrame:
     """The last 7 labelled days of `data`, known-compromised customers removed."""
     last = pd.to_datetime(data["tx_datetime"]).dt.normalize().max()
-    split = Split.book(last - pd.Timedelta(days=6))
-    return book_test_set(data, split.with_train_start(split.test_start - pd.Timedelta(days=14)))
+    return book_week_test_set(data, Split.book(last - pd.Timedelta(days=6)))
 
 
 def _intervals(window: pd.DataFrame, challenger: np.ndarray, current: np.ndarray) -> dict[str, float]:

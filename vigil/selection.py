@@ -20,7 +20,7 @@ from sklearn.ensemble import RandomForestClassifier
 from sklearn.pipeline import Pipeline
 from sklearn.preprocessing import StandardScaler
 
-from vigil.evaluation import Metrics, Split, book_test_set, evaluate, in_days, paired_differences
+from vigil.evaluation import Metrics, Split, book_week_test_set, evaluate, in_days, paired_differences
 from vigil.models.base import as_matrix
 from vigil.models.xgb import XGBoostModel
 
@@ -120,7 +120,7 @@ def run_windows(
     rows = []
     for start in test_starts:
         split = Split.book(start)
-        test = book_test_set(data, split)
+        test = book_week_test_set(data, split)
         scores: dict[str, np.ndarray] = {}
         for candidate in candidates:
             train_start = (

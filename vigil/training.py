@@ -11,7 +11,7 @@ import numpy as np
 import pandas as pd
 from tqdm import tqdm
 
-from vigil.evaluation import Metrics, Split, book_test_set, evaluate, in_days
+from vigil.evaluation import Metrics, Split, book_week_test_set, evaluate, in_days
 from vigil.models.base import FraudModel, resolve_device
 from vigil.models.baseline import BaselineModel
 from vigil.models.registry import MODEL_KINDS
@@ -86,7 +86,7 @@ def train_and_register(
     train = in_days(data, split.train_start, split.train_end)
     if train.empty or train["tx_fraud"].nunique() < 2:
         raise ValueError(f"no usable training data between {split.train_start.date()} and {split.train_end.date()}")
-    test = book_test_set(data, split)
+    test = book_week_test_set(data, split)
     device = resolve_device(settings.device)
     model = MODEL_KINDS[kind](params, device=device)
     fit_with_progress(model, train, train["tx_fraud"].to_numpy(), show_progress)

@@ -187,3 +187,14 @@ def test_a_flag_must_be_true_or_false() -> None:
 
     with pytest.raises(ValueError, match="parameter standardise must be true or false, got 'yes'"):
         XGBoostModel({"standardise": "yes"})
+
+
+def test_the_test_week_holds_the_books_customers_whatever_the_training_days(training_frame: pd.DataFrame) -> None:
+    from vigil.evaluation import Split, book_test_set, book_week_test_set
+
+    book = Split.book("2018-05-08")
+    long = book.with_train_start("2018-04-01")
+    same = book_week_test_set(training_frame, long)
+    pd.testing.assert_frame_equal(same, book_test_set(training_frame, book))
+    # Known from a month of frauds instead of a week's, more customers would be left out.
+    assert len(book_test_set(training_frame, long)) < len(same)

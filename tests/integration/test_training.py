@@ -16,13 +16,14 @@ from bytewax.testing import run_main
 
 from flows.features import build_flow, default_sinks
 from flows.sources import FileReplaySource
+from vigil.evaluation import book_week_test_set
 from vigil.features import spec
 from vigil.features.online import online_features
 from vigil.models.registry import load_native
 from vigil.offline import training_set
 from vigil.online.feast_store import apply_repo
 from vigil.online.store import OnlineHistoryStore
-from vigil.promotion import Decision, promote, rollback
+from vigil.promotion import Decision, evaluation_window, promote, rollback
 from vigil.settings import Settings
 from vigil.tracking import CHALLENGER, CHAMPION, REGISTERED_MODEL, configure
 from vigil.training import train_and_register
@@ -73,6 +74,8 @@ def test_register_promote_and_roll_back(ingested: Settings) -> None:
     first = train_and_register(ingested, data, "baseline", show_progress=False)
     assert first.version == "1" and set(first.aliases) == {CHALLENGER, CHAMPION}
     assert first.metrics is not None and 0.5 < first.metrics.auc <= 1
+    # Measured on the book's test customers whatever the training days (the gate's too).
+    assert first.metrics.transactions == len(evaluation_window(data)) == len(book_week_test_set(data, first.split))
     client = MlflowClient()
     run = client.get_run(first.run_id)
     assert run.data.tags["feature_service"] == "fraud_v1" and run.data.tags["feature_service.version"] == "1"
