@@ -285,6 +285,7 @@ def cmd_promote(args: argparse.Namespace) -> int:
 def cmd_evaluate(args: argparse.Namespace) -> int:
     import pandas as pd
 
+    from vigil.evaluation import METRICS
     from vigil.selection import book_settings, choose, difference_rows, product_default, run_windows, tuning_candidates
 
     if args.bootstrap < 0:
@@ -293,11 +294,7 @@ def cmd_evaluate(args: argparse.Namespace) -> int:
         return _evaluate_on_worlds(args)
     settings = _settings()
     data = _training_data(settings)
-    if args.windows:
-        starts = [w.strip() for w in args.windows.split(",") if w.strip()]
-    else:
-        last = pd.to_datetime(data["tx_datetime"]).dt.normalize().max()
-        starts = [str((last - pd.Timedelta(days=6 + 7 * i)).date()) for i in reversed(range(args.weeks))]
+    starts = _test_starts(args, pd.to_datetime(data["tx_datetime"]).dt.normalize().max())
     candidates = tuning_candidates() if args.tune else [product_default(), *book_settings()]
     differences: list[dict[str, object]] = []
 
@@ -309,7 +306,7 @@ def cmd_evaluate(args: argparse.Namespace) -> int:
     out = settings.reports_dir / ("model_selection.csv" if args.tune else "evaluation.csv")
     out.parent.mkdir(parents=True, exist_ok=True)
     results.to_csv(out, index=False)
-    print(results.groupby("model")[["auc", "ap", "cp_at_100"]].mean().round(4).to_string())
+    print(results.groupby("model")[list(METRICS)].mean().round(4).to_string())
     if args.tune:
         print(f"best on these windows: {choose(results)}")
     if differences:
@@ -327,12 +324,22 @@ def cmd_evaluate(args: argparse.Namespace) -> int:
     return 0
 
 
+def _test_starts(args: argparse.Namespace, last_day: pd.Timestamp) -> list[str]:
+    """First days of the test windows: --windows, or the last --weeks weeks up to `last_day`."""
+    import pandas as pd
+
+    if args.windows:
+        return [w.strip() for w in args.windows.split(",") if w.strip()]
+    return [str((last_day - pd.Timedelta(days=6 + 7 * i)).date()) for i in reversed(range(args.weeks))]
+
+
 def _evaluate_on_worlds(args: argparse.Namespace) -> int:
     import pandas as pd
 
+    from vigil.evaluation import METRICS
     from vigil.plots import margins as margins_figure
     from vigil.selection import book_settings, product_default, tuning_candidates
-    from vigil.worlds import METRICS, compare_on_worlds, margins, summary
+    from vigil.worlds import compare_on_worlds, margins, summary
 
     if args.worlds < 1 or args.world_days < 60 or args.world_customers < 100:
         raise UserError(
@@ -342,11 +349,7 @@ def _evaluate_on_worlds(args: argparse.Namespace) -> int:
     settings = _settings()
     candidates = tuning_candidates() if args.tune else [product_default(), *book_settings()]
     first = pd.Timestamp("2018-04-01")
-    if args.windows:
-        starts = [w.strip() for w in args.windows.split(",") if w.strip()]
-    else:
-        last = first + pd.Timedelta(days=args.world_days - 1)
-        starts = [str((last - pd.Timedelta(days=6 + 7 * i)).date()) for i in reversed(range(args.weeks))]
+    starts = _test_starts(args, first + pd.Timedelta(days=args.world_days - 1))
     out = settings.reports_dir / "worlds.csv"
     out.parent.mkdir(parents=True, exist_ok=True)
     seeds = list(range(args.world_seed, args.world_seed + args.worlds))

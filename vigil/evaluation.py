@@ -19,6 +19,7 @@ import pandas as pd
 from sklearn.metrics import average_precision_score, roc_auc_score
 
 KNOWN_AFTER_DAYS = 8
+METRICS: tuple[str, ...] = ("auc", "ap", "cp_at_100")  # the three, in this order everywhere
 
 
 @dataclass(frozen=True)
@@ -178,12 +179,11 @@ def paired_differences(
         for k, s in scores.items():
             draws[k][r] = _metric_values(evaluate(sample, s[rows]))
     tail = (1 - level) / 2 * 100
-    names = ("auc", "ap", "cp_at_100")
     result = {}
     for k in others:
         low, high = np.nanpercentile(draws[""] - draws[k], [tail, 100 - tail], axis=0)
         value = observed[""] - observed[k]
-        result[k] = [Difference(n, float(value[i]), float(low[i]), float(high[i])) for i, n in enumerate(names)]
+        result[k] = [Difference(n, float(value[i]), float(low[i]), float(high[i])) for i, n in enumerate(METRICS)]
     return result
 
 

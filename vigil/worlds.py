@@ -14,11 +14,10 @@ from collections.abc import Callable, Sequence
 
 import pandas as pd
 
+from vigil.evaluation import METRICS
 from vigil.features.backfill import compute_features
 from vigil.selection import Candidate, WindowScores, run_windows
 from vigil.simulate import SimulationConfig, simulate
-
-METRICS: tuple[str, ...] = ("auc", "ap", "cp_at_100")
 
 
 def world_data(seed: int, days: int, start_date: str = "2018-04-01", customers: int = 5_000) -> pd.DataFrame:
