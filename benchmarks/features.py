@@ -30,6 +30,7 @@ from vigil.features.backfill import compute_features, epoch_seconds
 from vigil.features.history import EntityHistory
 from vigil.features.online import max_differences, online_features
 from vigil.ingest import run_ingest
+from vigil.online.connection import connect
 from vigil.online.feast_store import apply_repo
 from vigil.online.store import OnlineHistoryStore, delete_namespace
 from vigil.settings import PROJECT_ROOT, Settings
@@ -101,7 +102,7 @@ def stock_feast_paths(frame: pd.DataFrame, rows: int = 1_000) -> dict[str, float
     for i in range(0, len(updates), 500):
         store.write_to_online_store(spec.CUSTOMER_VIEW, row_frame(updates[i : i + 500]))
     batch_rate = len(updates) / (time.perf_counter() - started)
-    ours = OnlineHistoryStore(redis.Redis.from_url(settings.redis_url), settings.feast_project)
+    ours = OnlineHistoryStore(connect(settings.redis_url), settings.feast_project)
     started = time.perf_counter()
     for i in range(0, len(updates), 500):
         ours.write([(CUSTOMER, e, h) for e, h in updates[i : i + 500]])
@@ -140,7 +141,7 @@ def freshness(frame: pd.DataFrame, rate: float = 2_000, seconds: float = 10) -> 
         stdout=subprocess.DEVNULL,
         stderr=subprocess.DEVNULL,
     )
-    client = redis.Redis.from_url(settings.redis_url)
+    client = connect(settings.redis_url)
     store = OnlineHistoryStore(client, settings.feast_project)
     # Wait until the flow's consumer group exists (the process is up).
     deadline = time.monotonic() + 60
@@ -184,7 +185,7 @@ def freshness(frame: pd.DataFrame, rate: float = 2_000, seconds: float = 10) -> 
     poller = threading.Thread(target=poll, daemon=True)
     poller.start()
     started = time.perf_counter()
-    producer = redis.Redis.from_url(settings.redis_url)
+    producer = connect(settings.redis_url)
     for i, f in enumerate(fields):
         due = started + i / rate
         while (wait := due - time.perf_counter()) > 0:
@@ -225,7 +226,7 @@ def whole_file_check(frame: pd.DataFrame, settings: Settings, reference: pd.Data
     expected = reference if reference is not None else backfill
     backfill_diff = max(max_differences(backfill, expected).values()) if reference is not None else 0.0
     last_week = frame[frame["tx_datetime"] > frame["tx_datetime"].max() - pd.Timedelta(days=7)]
-    store = OnlineHistoryStore(redis.Redis.from_url(settings.redis_url), settings.feast_project)
+    store = OnlineHistoryStore(connect(settings.redis_url), settings.feast_project)
     started = time.perf_counter()
     served = online_features(last_week, store)
     rollup_seconds = time.perf_counter() - started

@@ -19,12 +19,12 @@ from benchmarks.features import HANDBOOK, RESULTS, bench_settings, cleanup
 from flows.sources import FileReplaySource
 from vigil.features import spec
 from vigil.ingest import run_ingest
+from vigil.lifecycle.training import train_and_register
 from vigil.offline import training_set
 from vigil.online.feast_store import apply_repo, feast_connection_string, registry_path
 from vigil.service_process import serve_process, service_env, transaction_body
 from vigil.settings import PROJECT_ROOT, Settings
 from vigil.simulate import SimulationConfig, simulate
-from vigil.training import train_and_register
 
 
 def load(job: dict[str, Any]) -> dict[str, Any]:

@@ -1,12 +1,14 @@
 """Where the feature data comes from: the streaming flow's pushes and request data."""
 
 import os
+from pathlib import Path
 
 from feast import Field, FileSource, PushSource, RequestSource
 from feast.types import Float64, Int64, UnixTimestamp
 
-# The flow's offline history snapshots, one Parquet dataset per view (written by flows/).
-_OFFLINE_DIR = os.environ.get("VIGIL_OFFLINE_DIR", "data/offline")
+# The offline store: the project's data/offline unless VIGIL_OFFLINE_DIR says otherwise
+# (`vigil` sets it to its VIGIL_DATA_DIR's; stock `feast apply` here uses the default).
+_OFFLINE_DIR = os.environ.get("VIGIL_OFFLINE_DIR", str(Path(__file__).resolve().parent.parent / "data" / "offline"))
 
 # Recent transactions per customer, pushed by the feature flow after every update.
 customer_history_push = PushSource(

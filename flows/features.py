@@ -4,6 +4,11 @@
                       \\-> partition by entity -> merge histories -> online store (Feast layout)
                       \\-> typed events ............................> offline event log
 
+A live source is read twice, through a consumer group per output (`vigil-features` for
+the online store and the dead letters, `vigil-features-offline` for the event log): each
+output acknowledges what it has made durable, and a crash re-delivers to each exactly
+what it had not.
+
 Run it with `vigil ingest`, or `python -m bytewax.run "flows.features:build_flow()"`
 (source from VIGIL_SOURCE, default the Redis stream `<prefix>:events`).
 """
@@ -18,13 +23,11 @@ from typing import Any
 
 import bytewax.operators as op
 import numpy as np
-import pandas as pd
-import redis
 from bytewax.dataflow import Dataflow
 from bytewax.inputs import Source
 from bytewax.outputs import Sink
 
-from flows.sinks import DeadLetterSink, FlowStats, OfflineEventSink, OnlineStoreSink
+from flows.sinks import DeadLetterSink, FlowStats, OfflineBatch, OfflineEventSink, OnlineStoreSink
 from flows.sources import FileReplaySource, KafkaEventSource, RedisStreamSource
 from flows.state import (
     CUSTOMER,
@@ -37,6 +40,7 @@ from flows.state import (
 )
 from vigil.events import DeadLetter, RawBatch, ValidatedBatch, validate
 from vigil.features.history import EntityHistory
+from vigil.online.connection import connect
 from vigil.online.store import OnlineHistoryStore
 from vigil.settings import Settings
 from vigil.uris import parse_source_uri
@@ -48,13 +52,13 @@ class FlowSinks:
 
     online: Sink[UpdateBatch]
     dead_letters: Sink[DeadLetter]
-    offline: Sink[tuple[str, pd.DataFrame]] | None = None
+    offline: Sink[OfflineBatch] | None = None
 
 
 def default_sinks(settings: Settings, stats: FlowStats | None = None, progress: Any = None) -> FlowSinks:
     stats = stats or FlowStats()
     return FlowSinks(
-        online=OnlineStoreSink(settings.redis_url, settings.feast_project, stats, progress),
+        online=OnlineStoreSink(settings.redis_url, settings.feast_project, stats, progress, settings.offline_dir),
         dead_letters=DeadLetterSink(
             settings.redis_url, settings.deadletter_stream, settings.data_dir / "deadletter.jsonl", stats
         ),
@@ -83,8 +87,8 @@ class HistoryLoader:
     def __call__(self, kind: str, entities: Sequence[int]) -> list[EntityHistory]:
         with self._lock:
             if self._store is None:
-                self._store = OnlineHistoryStore(redis.Redis.from_url(self.url), self.project)
-        return self._store.read(kind, entities)
+                self._store = OnlineHistoryStore(connect(self.url), self.project)
+            return self._store.read(kind, entities)
 
 
 def split_by_partition(batch: ValidatedBatch) -> Iterator[tuple[str, EntityEvents]]:
@@ -114,13 +118,12 @@ def split_by_partition(batch: ValidatedBatch) -> Iterator[tuple[str, EntityEvent
             )
 
 
-def offline_events(batch: ValidatedBatch) -> list[tuple[str, pd.DataFrame]]:
-    out = []
-    if not batch.transactions.empty:
-        out.append(("transactions", batch.transactions.drop(columns=["token"])))
-    if not batch.labels.empty:
-        out.append(("labels", batch.labels.drop(columns=["token"])))
-    return out
+def offline_events(batch: ValidatedBatch) -> list[OfflineBatch]:
+    """The batch's valid events for the offline log, with every token of the batch (dead
+    letters' too: the log's consumer group must settle them as well)."""
+    tokens = [t for frame in (batch.transactions, batch.labels) for t in frame["token"].tolist() if t is not None]
+    tokens += [letter.token for letter in batch.dead if letter.token is not None]
+    return [OfflineBatch(batch.transactions.drop(columns=["token"]), batch.labels.drop(columns=["token"]), tokens)]
 
 
 def build_flow(
@@ -136,6 +139,8 @@ def build_flow(
             settings,
         )
     sinks = sinks or default_sinks(settings)
+    if isinstance(sinks.online, OnlineStoreSink):
+        sinks.online.replay = isinstance(source, FileReplaySource)
     load = HistoryLoader(settings.redis_url, settings.feast_project)
 
     def merge_step(state: PartitionState | None, events: EntityEvents) -> tuple[PartitionState, UpdateBatch]:
@@ -151,5 +156,10 @@ def build_flow(
     updates = op.stateful_map("histories", keyed, merge_step)
     op.output("online_out", op.key_rm("unkey", updates), sinks.online)
     if sinks.offline is not None:
-        op.output("offline_out", op.flat_map("offline_events", checked, offline_events), sinks.offline)
+        if isinstance(source, RedisStreamSource):
+            own = op.input("offline_events_in", flow, source.with_group(f"{source.group}-offline"))
+            checked_again = op.map("validate_offline", own, validate)
+            op.output("offline_out", op.flat_map("offline_events", checked_again, offline_events), sinks.offline)
+        else:
+            op.output("offline_out", op.flat_map("offline_events", checked, offline_events), sinks.offline)
     return flow

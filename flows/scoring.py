@@ -1,5 +1,6 @@
-"""In-stream scoring: transactions from a stream, scored by the same Scorer as the HTTP
-service, decisions written to an output stream (no HTTP hop).
+"""In-stream scoring: transactions from a stream, scored and decided by the same Scorer as
+the HTTP service (rules, lists, the version's thresholds, the review queue), answers
+written to an output stream (no HTTP hop).
 
     events -> validate -> dead letters .......................> dead-letter sink
                       \\-> transactions -> Scorer (features + champion + fallback) -> decisions stream
@@ -15,25 +16,31 @@ import json
 import os
 import threading
 from concurrent.futures import ThreadPoolExecutor
+from datetime import datetime, timedelta
 from typing import Any
 
 import bytewax.operators as op
-import redis
-import redis.asyncio
 from bytewax.dataflow import Dataflow
 from bytewax.inputs import Source
 from bytewax.outputs import DynamicSink, Sink, StatelessSinkPartition
 
+from flows.acks import Acknowledger
 from flows.features import source_from_uri
-from flows.sinks import DeadLetterSink, acknowledge
+from flows.sinks import DeadLetterSink
+from scoring.decisions import Decider, Lists
+from scoring.fastpath import ParsedTransaction
 from scoring.metrics import ServiceMetrics
 from scoring.models import ModelManager
 from scoring.prediction_log import PredictionLog
-from scoring.schemas import Transaction
+from scoring.review_queue import ReviewQueue
+from scoring.rules import RulesFile
 from scoring.scorer import Scorer
 from vigil.events import RawBatch, ValidatedBatch, validate
+from vigil.online.connection import connect, connect_async
 from vigil.online.store import AsyncOnlineHistoryStore
 from vigil.settings import Settings
+
+EPOCH = datetime(1970, 1, 1)
 
 
 class StreamScorer:
@@ -44,26 +51,36 @@ class StreamScorer:
         self._lock = threading.Lock()
         self._loop: asyncio.AbstractEventLoop | None = None
         self._scorer: Scorer | None = None
-        self._log: PredictionLog | None = None
 
     def _build(self) -> Scorer:
         self._loop = asyncio.new_event_loop()
-        models = ModelManager(self.settings)
+        settings = self.settings
+        models = ModelManager(settings)
         models.load()
-        client = redis.asyncio.Redis.from_url(self.settings.redis_url, socket_timeout=1.0)
-        store = AsyncOnlineHistoryStore(client, self.settings.feast_project, self.settings.redis_url)
+        client = connect_async(settings.redis_url, socket_timeout=1.0)
+        store = AsyncOnlineHistoryStore(client, settings.feast_project, settings.redis_url)
         metrics = ServiceMetrics()
+        executor = ThreadPoolExecutor(max_workers=1)
         # Flushed after every batch (no background task: the loop runs only while scoring).
-        self._log = PredictionLog(client, self.settings.prediction_stream, metrics)
+        self._log = PredictionLog(client, settings.prediction_stream, metrics)
+        self._review = ReviewQueue(client, settings.review_stream, metrics, executor)
+        self._rules, self._lists, self._client = RulesFile(settings.rules_file), Lists(), client
         return Scorer(
             store,
             models,
             metrics,
-            self.settings.score_budget_ms / 1000,
-            ThreadPoolExecutor(max_workers=1),
+            settings.score_budget_ms / 1000,
+            executor,
             self._log,
-            row_budget_seconds=self.settings.score_row_budget_ms / 1000,
+            row_budget_seconds=settings.score_row_budget_ms / 1000,
+            decider=Decider(self._rules, self._lists, metrics),
+            review=self._review,
         )
+
+    async def _refresh(self) -> None:
+        """Rules and lists as the service sees them (checked before each batch)."""
+        self._rules.check()
+        await self._lists.refresh(self._client, self.settings.key_prefix)
 
     def __call__(self, batch: ValidatedBatch) -> list[tuple[dict[str, Any], Any]]:
         """(decision, acknowledgement token) for every valid transaction of the batch."""
@@ -75,34 +92,37 @@ class StreamScorer:
                 self._scorer = self._build()
             assert self._loop is not None
             txs = [
-                Transaction(
-                    transaction_id=int(r.transaction_id),
-                    customer_id=int(r.customer_id),
-                    terminal_id=int(r.terminal_id),
-                    tx_amount=float(r.tx_amount),
-                    tx_datetime=r.ts,
+                ParsedTransaction(
+                    int(r.transaction_id),
+                    int(r.customer_id),
+                    int(r.terminal_id),
+                    float(r.tx_amount),
+                    EPOCH + timedelta(seconds=int(r.ts)),
                 )
                 for r in frame.itertuples()
             ]
+            self._loop.run_until_complete(self._refresh())
             results = self._loop.run_until_complete(self._scorer.score(txs))
-            if self._log is not None:
-                self._loop.run_until_complete(self._log.flush())
+            self._loop.run_until_complete(self._log.flush())
+            self._loop.run_until_complete(self._review.flush())
         return list(zip(results, frame["token"].tolist(), strict=True))
 
 
 class _DecisionPartition(StatelessSinkPartition[tuple[dict[str, Any], Any]]):
     def __init__(self, url: str, stream: str, max_len: int) -> None:
-        self.client = redis.Redis.from_url(url)
+        self.client = connect(url)
         self.stream, self.max_len = stream, max_len
+        self.acknowledge = Acknowledger()
 
     def write_batch(self, items: list[tuple[dict[str, Any], Any]]) -> None:
         with self.client.pipeline(transaction=False) as pipe:
             for decision, _ in items:
                 pipe.xadd(self.stream, {"json": json.dumps(decision)}, maxlen=self.max_len, approximate=True)
-            acknowledge(pipe, [token for _, token in items])  # only after the decision is written
             pipe.execute()
+        self.acknowledge([token for _, token in items if token is not None])  # only after the decisions are written
 
     def close(self) -> None:
+        self.acknowledge.close()
         self.client.close()
 
 

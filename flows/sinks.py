@@ -3,19 +3,23 @@
 from __future__ import annotations
 
 import json
+import os
 import threading
-import uuid
+import time
 from collections import defaultdict
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
 import pandas as pd
-import redis
 from bytewax.outputs import DynamicSink, StatelessSinkPartition
 
+from flows.acks import Acknowledger
 from flows.state import UpdateBatch
 from vigil.events import DeadLetter
+from vigil.offline.eventlog import EventLogWriter, is_empty
+from vigil.online.connection import connect
+from vigil.online.marker import mark_new_store, write_markers
 from vigil.online.store import OnlineHistoryStore
 
 
@@ -50,20 +54,13 @@ class FlowStats:
         }
 
 
-def acknowledge(pipe: redis.client.Pipeline, tokens: list[Any]) -> None:
-    """XACKs Redis Stream entries (tokens are (stream, group, id)); other tokens need nothing."""
-    by_stream: dict[tuple[str, str], list[str]] = defaultdict(list)
-    for token in tokens:
-        if isinstance(token, tuple) and len(token) == 3:
-            by_stream[(token[0], token[1])].append(token[2])
-    for (stream, group), ids in by_stream.items():
-        pipe.xack(stream, group, *ids)
-
-
 class _OnlinePartition(StatelessSinkPartition[UpdateBatch]):
-    def __init__(self, url: str, project: str, stats: FlowStats, progress: Any) -> None:
-        self.store = OnlineHistoryStore(redis.Redis.from_url(url), project)
-        self.stats, self.progress = stats, progress
+    def __init__(self, sink: OnlineStoreSink) -> None:
+        self.store = OnlineHistoryStore(connect(sink.url), sink.project)
+        self.sink = sink
+        self.acknowledge = Acknowledger()
+        if sink.replay is False:
+            mark_new_store(self.store.client, sink.project, sink.offline_root is None or is_empty(sink.offline_root))
 
     def write_batch(self, items: list[UpdateBatch]) -> None:
         # Only the newest history of an entity needs writing.
@@ -77,50 +74,72 @@ class _OnlinePartition(StatelessSinkPartition[UpdateBatch]):
             events[batch.kind] += batch.events
         with self.store.client.pipeline(transaction=False) as pipe:
             written = self.store.queue_writes(pipe, ((k, e, h) for (k, e), h in latest.items()))
-            acknowledge(pipe, tokens)  # after the writes, in the same round trip
             pipe.execute()
-        self.stats.add(transactions=events["customer"], labels=events["terminal"], entity_writes=written)
-        if self.progress is not None:
-            self.progress.update(events["customer"] + events["terminal"])
+        # Only once the writes are in (on a cluster, on every node they went to).
+        self.acknowledge(tokens)
+        self.sink.stats.add(transactions=events["customer"], labels=events["terminal"], entity_writes=written)
+        if self.sink.progress is not None:
+            self.sink.progress.update(events["customer"] + events["terminal"])
 
     def close(self) -> None:
+        if self.sink.replay:
+            # A replay that ran to its end: the store holds the file's history.
+            write_markers(self.store.client, self.sink.project, "replay")
+        self.acknowledge.close()
         self.store.client.close()
 
 
 class OnlineStoreSink(DynamicSink[UpdateBatch]):
-    """Writes entity histories into the Feast online store (Feast's Redis layout)."""
+    """Writes entity histories into the Feast online store (Feast's Redis layout).
 
-    def __init__(self, url: str, project: str, stats: FlowStats | None = None, progress: Any = None) -> None:
-        self.url, self.project = url, project
+    `replay`: True for a file replay (the store is marked as holding data when it ends),
+    False for a live source (a new store is marked at start), None: leave the markers
+    alone (see `vigil.online.marker`). `build_flow` sets it from the source.
+    """
+
+    def __init__(
+        self,
+        url: str,
+        project: str,
+        stats: FlowStats | None = None,
+        progress: Any = None,
+        offline_root: str | Path | None = None,
+    ) -> None:
+        self.url, self.project, self.offline_root = url, project, offline_root
         self.stats = stats or FlowStats()
         self.progress = progress
+        self.replay: bool | None = None
 
     def build(self, step_id: str, worker_index: int, worker_count: int) -> _OnlinePartition:
-        return _OnlinePartition(self.url, self.project, self.stats, self.progress)
+        return _OnlinePartition(self)
 
 
 class _DeadLetterPartition(StatelessSinkPartition[DeadLetter]):
     def __init__(self, url: str | None, stream: str, path: Path | None, stats: FlowStats, max_len: int) -> None:
-        self.client = redis.Redis.from_url(url) if url else None
+        self.client = connect(url) if url else None
         self.stream, self.path, self.stats, self.max_len = stream, path, stats, max_len
         self._lock = threading.Lock()
+        self.acknowledge = Acknowledger()
 
     def write_batch(self, items: list[DeadLetter]) -> None:
         if self.client is not None:
             with self.client.pipeline(transaction=False) as pipe:
                 for letter in items:
-                    pipe.xadd(self.stream, letter.to_fields(), maxlen=self.max_len, approximate=True)  # type: ignore[arg-type]
-                acknowledge(pipe, [letter.token for letter in items])
+                    pipe.xadd(self.stream, letter.to_fields(), maxlen=self.max_len, approximate=True)
                 pipe.execute()
         if self.path is not None:
             self.path.parent.mkdir(parents=True, exist_ok=True)
             with self._lock, self.path.open("a", encoding="utf-8") as out:
                 for letter in items:
                     out.write(json.dumps(letter.to_fields()) + "\n")
+                out.flush()
+                os.fsync(out.fileno())
+        self.acknowledge([letter.token for letter in items if letter.token is not None])
         self.stats.add(dead_letters=len(items))
         self.stats.add_reasons([letter.reason for letter in items])
 
     def close(self) -> None:
+        self.acknowledge.close()
         if self.client is not None:
             self.client.close()
 
@@ -143,44 +162,64 @@ class DeadLetterSink(DynamicSink[DeadLetter]):
         return _DeadLetterPartition(self.url, self.stream, self.path, self.stats, self.max_len)
 
 
-class _OfflinePartition(StatelessSinkPartition[tuple[str, pd.DataFrame]]):
-    def __init__(self, root: Path, worker: int, flush_rows: int) -> None:
-        self.root, self.worker, self.flush_rows = root, worker, flush_rows
+@dataclass
+class OfflineBatch:
+    """Validated events for the offline log, and the source tokens they settle."""
+
+    transactions: pd.DataFrame
+    labels: pd.DataFrame
+    tokens: list[Any] = field(default_factory=list)
+
+    def __len__(self) -> int:
+        return len(self.transactions) + len(self.labels)
+
+
+class _OfflinePartition(StatelessSinkPartition[OfflineBatch]):
+    def __init__(self, sink: OfflineEventSink, worker: int) -> None:
+        self.writer = EventLogWriter(sink.root, worker)
+        self.sink = sink
         self.buffers: dict[str, list[pd.DataFrame]] = defaultdict(list)
-        self.sizes: dict[str, int] = defaultdict(int)
+        self.rows = 0
+        self.tokens: list[Any] = []
+        self.since: float | None = None
+        self.acknowledge = Acknowledger()
 
-    def write_batch(self, items: list[tuple[str, pd.DataFrame]]) -> None:
-        for kind, frame in items:
-            self.buffers[kind].append(frame)
-            self.sizes[kind] += len(frame)
-            if self.sizes[kind] >= self.flush_rows:
-                self._flush(kind)
+    def write_batch(self, items: list[OfflineBatch]) -> None:
+        for batch in items:
+            for kind, frame in (("transactions", batch.transactions), ("labels", batch.labels)):
+                if not frame.empty:
+                    self.buffers[kind].append(frame)
+                    self.rows += len(frame)
+            self.tokens.extend(batch.tokens)
+            if (batch.tokens or len(batch)) and self.since is None:
+                self.since = time.monotonic()
+        due = self.since is not None and time.monotonic() - self.since >= self.sink.flush_seconds
+        if self.rows >= self.sink.flush_rows or due:
+            self.flush()
 
-    def _flush(self, kind: str) -> None:
-        frames = self.buffers.pop(kind, [])
-        self.sizes.pop(kind, None)
-        if not frames:
-            return
-        folder = self.root / kind
-        folder.mkdir(parents=True, exist_ok=True)
-        data = pd.concat(frames, ignore_index=True)
-        name = f"part-{self.worker}-{uuid.uuid4().hex[:12]}.parquet"
-        data.to_parquet(folder / f".{name}.tmp", index=False)
-        (folder / f".{name}.tmp").rename(folder / name)  # readers never see half a file
+    def flush(self) -> None:
+        for kind in list(self.buffers):
+            frames = self.buffers.pop(kind)
+            self.writer.write(kind, pd.concat(frames, ignore_index=True))
+        # The events are in the log (on disk, or published): now their sources may forget them.
+        self.acknowledge(self.tokens)
+        self.tokens, self.rows, self.since = [], 0, None
 
     def close(self) -> None:
-        for kind in list(self.buffers):
-            self._flush(kind)
+        self.flush()
+        self.acknowledge.close()
 
 
-class OfflineEventSink(DynamicSink[tuple[str, pd.DataFrame]]):
-    """Appends validated events to Parquet datasets (`transactions/`, `labels/`) for training.
+class OfflineEventSink(DynamicSink[OfflineBatch]):
+    """Appends validated events to the day-partitioned event log (`vigil.offline.eventlog`)
+    for training, and acknowledges their source entries once a part holding them is durable.
 
-    Replays append duplicates; readers deduplicate by transaction_id (see vigil.offline).
+    A part is written every `flush_rows` events, or `flush_seconds` after the first event
+    it holds (live sources send a tick when idle, so a quiet stream is flushed too).
     """
 
-    def __init__(self, root: Path, flush_rows: int = 250_000) -> None:
-        self.root, self.flush_rows = root, flush_rows
+    def __init__(self, root: str | Path, flush_rows: int = 250_000, flush_seconds: float = 5.0) -> None:
+        self.root, self.flush_rows, self.flush_seconds = root, flush_rows, flush_seconds
 
     def build(self, step_id: str, worker_index: int, worker_count: int) -> _OfflinePartition:
-        return _OfflinePartition(self.root, worker_index, self.flush_rows)
+        return _OfflinePartition(self, worker_index)

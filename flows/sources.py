@@ -17,9 +17,11 @@ import pandas as pd
 import redis
 from bytewax.inputs import DynamicSource, FixedPartitionedSource, StatefulSourcePartition, StatelessSourcePartition
 
+from flows.acks import RedisToken
 from vigil.events import ALL_FIELDS, LABEL, TRANSACTION, DeadLetter, RawBatch, records_to_batch, validate
 from vigil.features.spec import DAY_SECONDS
 from vigil.files import read_records
+from vigil.online.connection import connect
 
 # ---------------------------------------------------------------- file replay
 
@@ -163,49 +165,45 @@ def parse_stream_fields(fields: dict[bytes, bytes]) -> Any:
 
 
 class _RedisStreamPartition(StatelessSourcePartition[RawBatch]):
-    def __init__(
-        self,
-        url: str,
-        stream: str,
-        group: str,
-        consumer: str,
-        batch_size: int,
-        block_ms: int,
-        idle_timeout: float | None,
-    ) -> None:
-        self.client = redis.Redis.from_url(url)
-        self.stream, self.group, self.consumer = stream, group, consumer
-        self.batch_size, self.block_ms, self.idle_timeout = batch_size, block_ms, idle_timeout
+    def __init__(self, source: RedisStreamSource, consumer: str) -> None:
+        self.source = source
+        self.client = connect(source.url)
+        self.consumer = consumer
         self._pending_done = False
-        self._last_data = time.monotonic()
+        self._last_data = self._last_tick = time.monotonic()
         try:
-            self.client.xgroup_create(stream, group, id="0", mkstream=True)
+            self.client.xgroup_create(source.stream, source.group, id="0", mkstream=True)
         except redis.ResponseError as error:
             if "BUSYGROUP" not in str(error):
                 raise
 
     def next_batch(self) -> list[RawBatch]:
+        source = self.source
         # First re-read entries this consumer was given but never acknowledged (a crash).
         start = ">" if self._pending_done else "0"
         reply = self.client.xreadgroup(
-            self.group,
+            source.group,
             self.consumer,
-            {self.stream: start},
-            count=self.batch_size,
-            block=None if start == "0" else self.block_ms,
+            {source.stream: start},
+            count=source.batch_size,
+            block=None if start == "0" else source.block_ms,
         )
-        entries: list[Any] = reply[0][1] if reply else []  # type: ignore[index]
+        entries: list[Any] = reply[0][1] if reply else []
         if start == "0" and not entries:
             self._pending_done = True
+        now = time.monotonic()
         if not entries:
-            if self.idle_timeout is not None and time.monotonic() - self._last_data > self.idle_timeout:
+            if source.idle_timeout is not None and now - self._last_data > source.idle_timeout:
                 raise StopIteration
+            if source.tick_seconds is not None and now - self._last_tick >= source.tick_seconds:
+                # An empty batch lets time-based sinks (the offline log) flush on a quiet stream.
+                self._last_tick = now
+                return [RawBatch(pd.DataFrame(columns=list(ALL_FIELDS)), f"redis:{source.stream}", tokens=[])]
             return []
-        self._last_data = time.monotonic()
-        ids = [entry_id.decode() for entry_id, _ in entries]
+        self._last_data = self._last_tick = now
         records = [parse_stream_fields(fields) for _, fields in entries]
-        tokens = [(self.stream, self.group, entry_id) for entry_id in ids]
-        return [records_to_batch(records, f"redis:{self.stream}", tokens)]
+        tokens = [RedisToken(source.url, source.stream, source.group, entry_id.decode()) for entry_id, _ in entries]
+        return [records_to_batch(records, f"redis:{source.stream}", tokens)]
 
     def close(self) -> None:
         self.client.close()
@@ -214,9 +212,10 @@ class _RedisStreamPartition(StatelessSourcePartition[RawBatch]):
 class RedisStreamSource(DynamicSource[RawBatch]):
     """Reads a Redis stream through a consumer group, one consumer per worker.
 
-    Entries are acknowledged by the sinks only after their effect is written, so a
-    crash re-delivers them (at-least-once; the updates are idempotent).
-    `idle_timeout` (seconds) ends the source after that long without data (tests, bench).
+    Entries are acknowledged (on the server they were read from) by the sinks, only after
+    their effect is durable, so a crash re-delivers them (at-least-once; the updates are
+    idempotent). `idle_timeout` (seconds) ends the source after that long without data
+    (tests, bench); `tick_seconds` sends an empty batch that often while idle.
     """
 
     def __init__(
@@ -227,20 +226,20 @@ class RedisStreamSource(DynamicSource[RawBatch]):
         batch_size: int = 2_000,
         block_ms: int = 5,
         idle_timeout: float | None = None,
+        tick_seconds: float | None = None,
     ) -> None:
         self.url, self.stream, self.group = url, stream, group
         self.batch_size, self.block_ms, self.idle_timeout = batch_size, block_ms, idle_timeout
+        self.tick_seconds = tick_seconds
+
+    def with_group(self, group: str, tick_seconds: float | None = 1.0) -> RedisStreamSource:
+        """The same stream through another consumer group (another output's own position)."""
+        return RedisStreamSource(
+            self.url, self.stream, group, self.batch_size, self.block_ms, self.idle_timeout, tick_seconds
+        )
 
     def build(self, step_id: str, worker_index: int, worker_count: int) -> _RedisStreamPartition:
-        return _RedisStreamPartition(
-            self.url,
-            self.stream,
-            self.group,
-            f"{self.group}-{worker_index}",
-            self.batch_size,
-            self.block_ms,
-            self.idle_timeout,
-        )
+        return _RedisStreamPartition(self, f"{self.group}-{worker_index}")
 
 
 # ---------------------------------------------------------------- Kafka

@@ -1,39 +1,39 @@
 """The scoring service (`vigil serve`): FastAPI app built by `create_app(settings)`.
 
-Resources (Redis pool, models, registry watcher, thread pool, metrics) are created in
-the lifespan and reached through `request.app.state`; nothing happens at import time.
+Resources (Redis clients, models, registry watcher, rules, lists, thread pool, metrics)
+are created in the lifespan (`scoring.resources`) and reached through
+`request.app.state`; nothing happens at import time.
+
+What needs a key when `VIGIL_API_KEYS` is set: scoring, labels, lists, `/v1/models`,
+`/metrics` and the API documentation. Open to anyone: `/healthz` and `/readyz`, which
+say only whether the service is alive or ready and, if not, why in one word.
 """
 
 from __future__ import annotations
 
 import asyncio
-import contextlib
-import gc
-import hmac
 import json
 import logging
-import sys
-from collections.abc import AsyncIterator
-from concurrent.futures import ThreadPoolExecutor
-from typing import Any
+from typing import Annotated, Any, Literal
 
 import orjson
-import redis.asyncio
-from fastapi import Depends, FastAPI, HTTPException, Request, Response
+from fastapi import Depends, FastAPI, HTTPException, Path, Request, Response
+from fastapi.exceptions import RequestValidationError
+from fastapi.openapi.docs import get_redoc_html, get_swagger_ui_html
 from fastapi.responses import JSONResponse
+from fastapi.security import APIKeyHeader
 from prometheus_client import CONTENT_TYPE_LATEST, generate_latest
+from pydantic import BaseModel, Field, StrictInt
 
-from scoring.batching import MicroBatcher
-from scoring.fastpath import FastScoreRoutes
-from scoring.metrics import ServiceMetrics
+from scoring.decisions import list_key
+from scoring.fastpath import NO_KEY, NO_MODEL_YET, UNSUPPORTED, FastScoreRoutes, json_content, problems
 from scoring.middleware import RequestLimits
-from scoring.models import ModelManager
-from scoring.prediction_log import PredictionLog
-from scoring.schemas import Score, ScoreBatch, Transaction, TransactionBatch
+from scoring.resources import lifespan
+from scoring.schemas import Id, Problem, Score, ScoreBatch, Transaction, TransactionBatch, TxDateTime
 from scoring.scorer import Scorer
-from vigil.online.store import AsyncOnlineHistoryStore
+from scoring.security import authorised, encoded
+from vigil.events import label_event
 from vigil.settings import Settings
-from vigil.tracking import CHALLENGER
 
 log = logging.getLogger("vigil.scoring")
 
@@ -55,153 +55,199 @@ class JsonFormatter(logging.Formatter):
 
 
 def configure_logging() -> None:
+    """The service's log: JSON lines on stderr, its own and its libraries' (uvicorn, MLflow)."""
     handler = logging.StreamHandler()
     handler.setFormatter(JsonFormatter())
-    root = logging.getLogger("vigil")
-    root.handlers[:] = [handler]
-    root.setLevel(logging.INFO)
-    root.propagate = False
+    for name in ("vigil", "uvicorn", "uvicorn.error", "mlflow"):
+        logger = logging.getLogger(name)
+        logger.handlers[:] = [handler]
+        logger.propagate = False
+    logging.getLogger("vigil").setLevel(logging.INFO)
+
+
+class Label(BaseModel):
+    """The outcome of an earlier transaction (a chargeback, an analyst's verdict)."""
+
+    transaction_id: Id = Field(..., examples=[123])
+    terminal_id: Id = Field(..., examples=[7])
+    tx_datetime: TxDateTime = Field(..., examples=["2018-08-08T10:31:00"], description="the transaction's own time")
+    tx_fraud: Literal[0, 1] = Field(..., examples=[1], description="1: fraud, 0: genuine")
+
+
+class LabelBatch(BaseModel):
+    labels: list[Label]
+
+
+class Accepted(BaseModel):
+    accepted: int
+
+
+class ListMembers(BaseModel):
+    which: str = Field(..., description="allow or block")
+    kind: str
+    members: list[int]
+
+
+Which = Annotated[Literal["allow", "block"], Path(description="allow or block")]
+Kind = Annotated[Literal["customer", "terminal"], Path(description="customer or terminal")]
+EntityId = Annotated[StrictInt, Path(ge=0, le=2**63 - 1)]
 
 
 def create_app(settings: Settings | None = None) -> FastAPI:
     settings = settings or Settings()
-
-    @contextlib.asynccontextmanager
-    async def lifespan(app: FastAPI) -> AsyncIterator[None]:
-        metrics = ServiceMetrics()
-        models = ModelManager(settings, on_reload_failure=lambda version: metrics.reload_failures.inc())
-        loop = asyncio.get_running_loop()
-        loaded = await loop.run_in_executor(None, models.load)
-        metrics.model.info({k: str(v) for k, v in loaded.describe().items()})
-        client = redis.asyncio.Redis.from_url(settings.redis_url, socket_timeout=1.0, socket_connect_timeout=0.5)
-        executor = ThreadPoolExecutor(max_workers=2, thread_name_prefix="vigil-model")
-        store = AsyncOnlineHistoryStore(client, settings.feast_project, settings.redis_url)
-        prediction_log = PredictionLog(client, settings.prediction_stream, metrics)
-        prediction_log.start()
-        batcher = None
-        if settings.batch_max_wait_ms > 0:
-            batcher = MicroBatcher(executor, metrics, settings.batch_max_rows, settings.batch_max_wait_ms / 1000)
-            batcher.start()
-        shadow = ModelManager(settings, alias=CHALLENGER, on_reload_failure=lambda v: metrics.reload_failures.inc())
-        await loop.run_in_executor(None, shadow.load_if_present)
-        app.state.settings, app.state.metrics, app.state.models = settings, metrics, models
-        app.state.scorer = Scorer(
-            store,
-            models,
-            metrics,
-            settings.score_budget_ms / 1000,
-            executor,
-            prediction_log,
-            batcher=batcher,
-            shadow=shadow,
-            shadow_stream=settings.shadow_stream,
-            row_budget_seconds=settings.score_row_budget_ms / 1000,
-        )
-        if not settings.api_key_set:
-            log.warning("VIGIL_API_KEYS is not set: the scoring API accepts requests without a key")
-        # What is loaded now lives as long as the process (~400k objects with MLflow, Feast,
-        # pandas, the model): a full collection walks all of them, 100-200 ms measured, an
-        # answer-stalling pause every few minutes under load. Frozen, the collector skips them.
-        gc.freeze()
-        # The registry poll runs MLflow's client (2-4 ms of Python) in a thread every few
-        # seconds; a thread holding the interpreter keeps the event loop waiting up to the
-        # switch interval (5 ms by default). 1 ms bounds that stall.
-        sys.setswitchinterval(0.001)
-
-        async def watch() -> None:
-            while True:
-                await asyncio.sleep(settings.alias_poll_seconds)
-                try:
-                    if await loop.run_in_executor(None, models.refresh) and models.current:
-                        metrics.model.info({k: str(v) for k, v in models.current.describe().items()})
-                        gc.freeze()  # the new model's objects too
-                    await loop.run_in_executor(None, shadow.refresh)
-                except Exception:  # the registry being away must not stop the watcher
-                    log.exception("registry poll failed")
-
-        watcher = asyncio.create_task(watch())
-        try:
-            yield
-        finally:
-            watcher.cancel()
-            if batcher is not None:
-                await batcher.stop()
-            await prediction_log.stop()
-            executor.shutdown(wait=False)
-            store.close()
-            await client.aclose()
-
+    keys = encoded(settings.api_key_set)
     app = FastAPI(
         title="Vigil scoring API",
         version="1",
-        lifespan=lifespan,
-        description="Real-time fraud scores from online features and the champion model.",
+        lifespan=lifespan(settings),
+        description=(
+            "Real-time fraud scores and decisions from online features and the champion model. "
+            "Send the key of `VIGIL_API_KEYS` in the `X-API-Key` header."
+        ),
+        docs_url=None,
+        redoc_url=None,
+        openapi_url=None,
     )
-
     # Added first, so it runs inside RequestLimits (request ids, body limit, error log).
-    app.add_middleware(FastScoreRoutes, max_batch=settings.max_batch, api_keys=lambda: settings.api_key_set)
+    app.add_middleware(FastScoreRoutes, max_batch=settings.max_batch, api_keys=keys)
     app.add_middleware(RequestLimits, max_body_bytes=settings.max_body_bytes)
+    header = APIKeyHeader(name="X-API-Key", auto_error=False, description="one of VIGIL_API_KEYS")
 
-    def require_key(request: Request) -> None:
-        keys = settings.api_key_set
-        if not keys:
-            return
-        given = request.headers.get("x-api-key", "")
-        if not any(hmac.compare_digest(given, key) for key in keys):
-            raise HTTPException(status_code=401, detail="missing or wrong X-API-Key")
+    def require_key(request: Request, _: str | None = Depends(header)) -> None:
+        if not authorised(request.scope.get("headers") or [], keys):
+            raise HTTPException(status_code=401, detail=NO_KEY["detail"])
 
-    def as_json(body: Any) -> Response:
-        # Returned as-is (already shaped like the response model, which documents it).
-        return Response(orjson.dumps(body), media_type="application/json")
+    def require_json(request: Request) -> None:
+        if not json_content(request.scope.get("headers") or []):
+            raise HTTPException(status_code=415, detail=UNSUPPORTED["detail"])
+
+    @app.exception_handler(RequestValidationError)
+    async def invalid(request: Request, error: RequestValidationError) -> JSONResponse:
+        detail = [{**p, "loc": p["loc"][1:]} for p in problems(list(error.errors()), "")]
+        return JSONResponse({"detail": detail}, status_code=422)
+
+    def as_json(body: Any, status: int = 200) -> Response:
+        return Response(orjson.dumps(body), status_code=status, media_type="application/json")
+
+    def scorer_of(request: Request) -> Scorer:
+        scorer: Scorer = request.app.state.scorer
+        if scorer.models.current is None:
+            raise HTTPException(status_code=503, detail=NO_MODEL_YET)
+        return scorer
+
+    errors: dict[int | str, dict[str, Any]] = {
+        401: {"model": Problem, "description": "missing or wrong API key"},
+        413: {"model": Problem, "description": "body or batch too large"},
+        415: {"model": Problem, "description": "the body is not JSON"},
+        422: {"model": Problem, "description": "a field is missing or invalid: `loc` names it"},
+        503: {"model": Problem, "description": "no model is promoted yet"},
+    }
+    keyed = [Depends(require_key)]
+    body_rules = [Depends(require_key), Depends(require_json)]
 
     # Both scoring routes are answered by FastScoreRoutes before FastAPI routes anything;
     # these declarations document them (OpenAPI) and serve as the reference behaviour.
-    @app.post("/v1/score", response_model=Score, dependencies=[Depends(require_key)])
+    @app.post("/v1/score", response_model=Score, dependencies=body_rules, responses=errors)
     async def score(transaction: Transaction, request: Request, explain: bool = False) -> Any:
-        return as_json((await request.app.state.scorer.score([transaction], explain))[0])
+        """Score one transaction: features as of its time, the champion's score, a decision."""
+        return as_json((await scorer_of(request).score([transaction], explain))[0])
 
-    @app.post(
-        "/v1/score/batch",
-        response_model=ScoreBatch,
-        dependencies=[Depends(require_key)],
-        responses={413: {"description": "batch too large"}},
-    )
+    @app.post("/v1/score/batch", response_model=ScoreBatch, dependencies=body_rules, responses=errors)
     async def score_batch(batch: TransactionBatch, request: Request, explain: bool = False) -> Any:
+        """Score up to `VIGIL_MAX_BATCH` transactions; results in the same order."""
         if len(batch.transactions) > settings.max_batch:
             raise HTTPException(status_code=413, detail=f"at most {settings.max_batch} transactions per batch")
-        scorer: Scorer = request.app.state.scorer
+        scorer = scorer_of(request)
         results: list[dict[str, Any]] = []
-        chunk = 2_048  # large batches go through the model in chunks
-        for start in range(0, len(batch.transactions), chunk):
-            results.extend(await scorer.score(batch.transactions[start : start + chunk], explain))
+        for start in range(0, len(batch.transactions), 2_048):
+            results.extend(await scorer.score(batch.transactions[start : start + 2_048], explain))
         return as_json({"results": results})
+
+    @app.post("/v1/labels", status_code=202, response_model=Accepted, dependencies=body_rules, responses=errors)
+    async def labels(batch: LabelBatch, request: Request) -> Any:
+        """Outcomes of earlier transactions (chargebacks, analysts' verdicts), appended as label
+        events to the event stream the feature flow reads. Sending a label twice changes nothing."""
+        if len(batch.labels) > settings.max_batch:
+            raise HTTPException(status_code=413, detail=f"at most {settings.max_batch} labels per request")
+        client = request.app.state.redis
+        try:
+            async with client.pipeline(transaction=False) as pipe:
+                for label in batch.labels:
+                    event = label_event(label.transaction_id, label.terminal_id, label.tx_datetime, label.tx_fraud)
+                    pipe.xadd(settings.events_stream, event)
+                await pipe.execute()
+        except Exception as error:  # not written: not accepted, the caller retries
+            log.warning("labels not recorded: %s", type(error).__name__)
+            raise HTTPException(status_code=503, detail="the event stream is unavailable; retry") from None
+        request.app.state.metrics.labels_accepted.inc(len(batch.labels))
+        return as_json({"accepted": len(batch.labels)}, 202)
+
+    @app.get("/v1/lists/{which}/{kind}", response_model=ListMembers, dependencies=keyed, responses=errors)
+    async def list_members(which: Which, kind: Kind, request: Request) -> Any:
+        """The customers or terminals on the allow or block list."""
+        members = await request.app.state.redis.smembers(list_key(settings.key_prefix, which, kind))
+        return {"which": which, "kind": kind, "members": sorted(int(m) for m in members)}
+
+    @app.put("/v1/lists/{which}/{kind}/{entity_id}", status_code=204, dependencies=keyed, responses=errors)
+    async def list_add(which: Which, kind: Kind, entity_id: EntityId, request: Request) -> Response:
+        """Put a customer or terminal on a list (every replica applies it within a second)."""
+        await request.app.state.redis.sadd(list_key(settings.key_prefix, which, kind), entity_id)
+        await request.app.state.lists.refresh(request.app.state.redis, settings.key_prefix)
+        return Response(status_code=204)
+
+    @app.delete("/v1/lists/{which}/{kind}/{entity_id}", status_code=204, dependencies=keyed, responses=errors)
+    async def list_remove(which: Which, kind: Kind, entity_id: EntityId, request: Request) -> Response:
+        """Take a customer or terminal off a list."""
+        await request.app.state.redis.srem(list_key(settings.key_prefix, which, kind), entity_id)
+        await request.app.state.lists.refresh(request.app.state.redis, settings.key_prefix)
+        return Response(status_code=204)
 
     @app.get("/healthz")
     async def healthz() -> dict[str, str]:
+        """The process is alive."""
         return {"status": "alive"}
 
     @app.get("/readyz")
     async def readyz(request: Request) -> JSONResponse:
-        scorer: Scorer = request.app.state.scorer
-        checks: dict[str, Any] = {"model": request.app.state.models.current is not None}
-        try:
-            checks["store"] = await asyncio.wait_for(scorer.store.ping(), timeout=0.5)
-        except Exception as error:  # any failure to answer means not ready
-            checks["store"] = False
-            checks["store_error"] = str(error)
-        ready = checks["model"] and checks["store"]
-        return JSONResponse({"ready": ready, **checks}, status_code=200 if ready else 503)
+        """Ready when answers would be right: a champion loaded, every store node answering
+        with its data, most recent answers from the champion. Why not, in one word."""
+        readiness = request.app.state.readiness
+        await readiness.check()
+        reason = readiness.reason()
+        request.app.state.metrics.ready.set(0 if reason else 1)
+        return JSONResponse({"ready": reason is None, "reason": reason}, status_code=503 if reason else 200)
 
-    @app.get("/metrics")
+    @app.get("/metrics", dependencies=keyed)
     async def metrics(request: Request) -> Response:
+        """Prometheus metrics (with keys set: `X-API-Key` or `Authorization: Bearer <key>`)."""
         return Response(generate_latest(request.app.state.metrics.registry), media_type=CONTENT_TYPE_LATEST)
 
-    @app.get("/v1/models", dependencies=[Depends(require_key)])
+    @app.get("/v1/models", dependencies=keyed, responses=errors)
     async def models_view(request: Request) -> dict[str, Any]:
-        manager: ModelManager = request.app.state.models
+        """What is served (version, decision policy), what the registry's aliases hold, the rules in force."""
+        manager = request.app.state.models
         loop = asyncio.get_running_loop()
         registry = await loop.run_in_executor(None, manager.registry_view)
         current = manager.current
-        return {"serving": current.describe() if current else None, "registry": registry}
+        rules = request.app.state.rules
+        return {
+            "serving": current.describe() if current else None,
+            "registry": registry,
+            "rules": {"file": str(rules.path) if rules.path else None, "rules": rules.current.describe()},
+        }
+
+    if settings.docs:
+
+        @app.get("/openapi.json", include_in_schema=False, dependencies=keyed)
+        async def openapi() -> JSONResponse:
+            return JSONResponse(app.openapi())
+
+        @app.get("/docs", include_in_schema=False, dependencies=keyed)
+        async def docs() -> Response:
+            return get_swagger_ui_html(openapi_url="/openapi.json", title="Vigil scoring API")
+
+        @app.get("/redoc", include_in_schema=False, dependencies=keyed)
+        async def redoc() -> Response:
+            return get_redoc_html(openapi_url="/openapi.json", title="Vigil scoring API")
 
     return app

@@ -4,16 +4,13 @@
 resolution, request object and pydantic model construction cost more than the feature
 read and the model together. Here a well-formed body is checked field by field on the
 parsed JSON and handed to the scorer directly; anything that does not pass that check
-is validated by the same pydantic schemas FastAPI documents (so lax inputs such as
-numeric strings keep working, and errors are FastAPI's 422 bodies naming the field).
-FastAPI still declares both routes, so `/openapi.json` documents them.
+is validated by the same pydantic schemas FastAPI documents, for FastAPI's 422 bodies
+naming the field (the input rules: `scoring.schemas`). FastAPI still declares both
+routes, so `/openapi.json` documents them.
 """
 
 from __future__ import annotations
 
-import hmac
-import math
-from collections.abc import Callable
 from dataclasses import dataclass
 from datetime import datetime
 from typing import Any
@@ -23,9 +20,11 @@ import orjson
 from fastapi.encoders import jsonable_encoder
 from pydantic import TypeAdapter, ValidationError
 
-from scoring.schemas import INT64_MAX, Transaction, TransactionBatch
+from scoring.schemas import INT64_MAX, Transaction, TransactionBatch, parse_amount, parse_datetime
+from scoring.security import authorised
 
 SCORE, BATCH = "/v1/score", "/v1/score/batch"
+NO_MODEL_YET = "no model is promoted yet: train one (`vigil train`) and promote it (`vigil promote`)"
 BATCH_CHUNK = 2_048  # large batches go through the model in chunks
 _TRUE, _FALSE = {"1", "true", "on", "yes"}, {"0", "false", "off", "no"}
 
@@ -52,21 +51,16 @@ def _id(value: Any) -> bool:
 
 
 def parse_transaction(item: Any) -> ParsedTransaction | None:
-    """The transaction if every field is present and well typed; None means: let pydantic judge."""
+    """The transaction if every field is present and valid; None means: let pydantic say why not."""
     if type(item) is not dict:
         return None
     tid: Any = item.get("transaction_id")
     cid: Any = item.get("customer_id")
     term: Any = item.get("terminal_id")
-    amount, when = item.get("tx_amount"), item.get("tx_datetime")
-    if not (_id(tid) and _id(cid) and _id(term)) or type(when) is not str:
-        return None
-    if type(amount) is int:
-        amount = float(amount)
-    if type(amount) is not float or not (amount >= 0 and math.isfinite(amount)):
+    if not (_id(tid) and _id(cid) and _id(term)):
         return None
     try:
-        moment = datetime.fromisoformat(when)
+        amount, moment = parse_amount(item.get("tx_amount")), parse_datetime(item.get("tx_datetime"))
     except ValueError:
         return None
     return ParsedTransaction(tid, cid, term, amount, moment)
@@ -76,12 +70,36 @@ _ONE = TypeAdapter(Transaction)
 _MANY = TypeAdapter(TransactionBatch)
 
 
+EXCERPT = 80  # characters of a refused input echoed back
+
+
+def excerpt(value: Any) -> Any:
+    """A short, JSON-safe excerpt of a refused input (never the whole body back)."""
+    if isinstance(value, str | int | float | bool) or value is None:
+        text = value if isinstance(value, str) else None
+        if text is None:
+            return value
+    else:
+        text = repr(value)
+    return text if len(text) <= EXCERPT else text[:EXCERPT] + "..."
+
+
+def problems(errors: list[Any], where: str = "body") -> list[dict[str, Any]]:
+    """pydantic's errors as 422 details: location, message, type, a short excerpt of the input."""
+    out = []
+    for e in errors[:20]:
+        item = {"type": e["type"], "loc": [where, *e["loc"]], "msg": e["msg"]}
+        if "input" in e:
+            item["input"] = excerpt(e["input"])
+        out.append(item)
+    return out
+
+
 def _validated(adapter: TypeAdapter[Any], body: Any) -> Any:
     try:
         return adapter.validate_python(body)
     except ValidationError as error:
-        detail = [{**e, "loc": ["body", *e["loc"]]} for e in error.errors(include_url=False)]
-        raise ClientError(422, {"detail": jsonable_encoder(detail)}) from None
+        raise ClientError(422, {"detail": jsonable_encoder(problems(error.errors(include_url=False)))}) from None
 
 
 def transactions_from(path: str, body: Any, max_batch: int) -> list[Any]:
@@ -120,10 +138,20 @@ def explain_flag(query: bytes) -> bool:
     )
 
 
+def json_content(headers: list[tuple[bytes, bytes]]) -> bool:
+    """Whether the body is declared JSON (application/json, or a +json type)."""
+    kind = next((v for k, v in headers if k == b"content-type"), b"").split(b";")[0].strip().lower()
+    return kind == b"application/json" or (kind.startswith(b"application/") and kind.endswith(b"+json"))
+
+
+UNSUPPORTED = {"detail": "send the body as JSON, with Content-Type: application/json"}
+NO_KEY = {"detail": "missing or wrong API key (X-API-Key header)"}
+
+
 class FastScoreRoutes:
     """ASGI middleware answering the two scoring routes; everything else goes to FastAPI."""
 
-    def __init__(self, app: Any, max_batch: int, api_keys: Callable[[], frozenset[str]]) -> None:
+    def __init__(self, app: Any, max_batch: int, api_keys: tuple[bytes, ...]) -> None:
         self.app, self.max_batch, self.api_keys = app, max_batch, api_keys
 
     async def __call__(self, scope: dict[str, Any], receive: Any, send: Any) -> None:
@@ -131,8 +159,12 @@ class FastScoreRoutes:
         if scope["type"] != "http" or scope["method"] != "POST" or path not in (SCORE, BATCH):
             await self.app(scope, receive, send)
             return
+        headers = scope.get("headers") or []
         try:
-            self._authorise(scope)
+            if not authorised(headers, self.api_keys):
+                raise ClientError(401, NO_KEY)
+            if not json_content(headers):
+                raise ClientError(415, UNSUPPORTED)
             explain = explain_flag(scope.get("query_string", b""))
             raw = await _body(receive)
             try:
@@ -147,6 +179,9 @@ class FastScoreRoutes:
             await _answer(send, error.status, orjson.dumps(error.body))
             return
         scorer = scope["app"].state.scorer
+        if scorer.models.current is None:
+            await _answer(send, 503, orjson.dumps({"detail": NO_MODEL_YET}))
+            return
         if path == SCORE:
             payload = orjson.dumps((await scorer.score(txs, explain))[0])
         else:
@@ -155,14 +190,6 @@ class FastScoreRoutes:
                 results.extend(await scorer.score(txs[start : start + BATCH_CHUNK], explain))
             payload = orjson.dumps({"results": results})
         await _answer(send, 200, payload)
-
-    def _authorise(self, scope: dict[str, Any]) -> None:
-        keys = self.api_keys()
-        if not keys:
-            return
-        given = next((v for k, v in scope.get("headers") or [] if k == b"x-api-key"), b"").decode("latin-1")
-        if not any(hmac.compare_digest(given, key) for key in keys):
-            raise ClientError(401, {"detail": "missing or wrong X-API-Key"})
 
 
 async def _body(receive: Any) -> bytes:

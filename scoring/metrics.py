@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from prometheus_client import CollectorRegistry, Counter, Histogram, Info
+from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram, Info
 
 _LATENCY_BUCKETS = (0.0005, 0.001, 0.002, 0.003, 0.005, 0.0075, 0.01, 0.015, 0.025, 0.05, 0.1, 0.25, 1.0)
 
@@ -34,5 +34,48 @@ class ServiceMetrics:
             registry=self.registry,
         )
         self.prediction_log_failures = Counter(
-            "vigil_prediction_log_failures_total", "Predictions that could not be logged", registry=self.registry
+            "vigil_prediction_log_failures_total",
+            "Failed writes of the prediction log (answers kept in the buffer and retried)",
+            registry=self.registry,
+        )
+        self.prediction_log_dropped = Counter(
+            "vigil_prediction_log_dropped_total",
+            "Answers dropped from the prediction log (the buffer was full while Redis was away)",
+            registry=self.registry,
+        )
+        self.prediction_log_buffer = Gauge(
+            "vigil_prediction_log_buffer_bytes",
+            "Answers waiting to be written to the prediction log, in bytes",
+            registry=self.registry,
+        )
+        self.ready = Gauge("vigil_ready", "1 when /readyz says ready", registry=self.registry)
+        self.decisions = Counter(
+            "vigil_decisions_total",
+            "Decisions, by outcome (allow, review, block)",
+            ["decision"],
+            registry=self.registry,
+        )
+        self.rule_hits = Counter(
+            "vigil_rule_hits_total", "Transactions a rule matched", ["rule", "action"], registry=self.registry
+        )
+        self.rule_errors = Counter(
+            "vigil_rule_errors_total",
+            "Rule evaluations that failed (counted as no match)",
+            ["rule"],
+            registry=self.registry,
+        )
+        self.rules_loaded = Gauge("vigil_rules_loaded", "Rules in force", registry=self.registry)
+        self.rules_file_error = Gauge(
+            "vigil_rules_file_error",
+            "1 while the rules file on disk is refused (old rules serve)",
+            registry=self.registry,
+        )
+        self.review_queue_length = Gauge(
+            "vigil_review_queue_length", "Entries in the review stream", registry=self.registry
+        )
+        self.review_dropped = Counter(
+            "vigil_review_dropped_total", "Review entries dropped (Redis away, buffer full)", registry=self.registry
+        )
+        self.labels_accepted = Counter(
+            "vigil_labels_accepted_total", "Labels accepted through POST /v1/labels", registry=self.registry
         )

@@ -3,23 +3,27 @@ loaded by alias, warmed up, and swapped atomically when the alias moves."""
 
 from __future__ import annotations
 
+import json
 import logging
 import threading
 import time
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from typing import Any
 
 import numpy as np
 
 from vigil.features import spec
+from vigil.lifecycle.policy import TAG, Policy, read_policy_file, with_overrides
+from vigil.lifecycle.tracking import CHALLENGER, CHAMPION, FALLBACK_ARTIFACT, REGISTERED_MODEL
 from vigil.models.base import FraudModel, resolve_device
 from vigil.models.registry import load_native
 from vigil.settings import Settings
-from vigil.tracking import CHALLENGER, CHAMPION, FALLBACK_ARTIFACT, REGISTERED_MODEL, configure
 
 log = logging.getLogger("vigil.scoring.models")
 
 INLINE_MAX_SECONDS = 0.001
+# A version registered without a policy (before decisions existed): a plain 0.5 line.
+UNKNOWN_POLICY = Policy(0.5, None, 0.5, source="default: the version carries no policy")
 
 
 @dataclass(frozen=True)
@@ -35,6 +39,7 @@ class LoadedModel:
     # Fast enough (median single-row warm-up call) to run on the event loop without a thread
     # hop; slower models go through the thread pool, where the deadline can cut them off.
     inline: bool = False
+    policy: Policy = field(default_factory=lambda: UNKNOWN_POLICY)
 
     def describe(self) -> dict[str, Any]:
         return {
@@ -45,11 +50,36 @@ class LoadedModel:
             "fallback": self.fallback.kind,
             "run_id": self.run_id,
             "inline": self.inline,
+            "policy": self.policy.as_dict(),
         }
+
+
+def version_policy(tags: dict[str, str], version: str, policy_file: str | None) -> Policy:
+    """The version's policy (its `policy` tag), with a policy file's overrides."""
+    policy = Policy.from_dict(json.loads(tags[TAG]), f"version {version}") if TAG in tags else UNKNOWN_POLICY
+    if policy_file:
+        overrides = read_policy_file(policy_file)
+        policy = with_overrides(policy, overrides, f"{policy.source}, overridden by {policy_file}")
+    return policy
 
 
 class ModelUnavailableError(RuntimeError):
     """No version holds the alias, or it could not be loaded."""
+
+
+class RegistryMissingError(RuntimeError):
+    """The configured registry store does not exist."""
+
+
+def missing_sqlite_store(uri: str) -> str | None:
+    """The path of a sqlite:/// tracking store that does not exist (None otherwise)."""
+    from pathlib import Path
+    from urllib.parse import urlsplit
+
+    if not uri.startswith("sqlite:///"):
+        return None
+    path = Path(urlsplit(uri).path)
+    return None if path.exists() else str(path)
 
 
 class ModelManager:
@@ -64,12 +94,23 @@ class ModelManager:
         self._mlflow: Any = None
         self._on_reload_failure = on_reload_failure
 
+    def check_store(self) -> None:
+        """A local registry that does not exist is an error (never a new, empty one)."""
+        missing = missing_sqlite_store(self.settings.tracking_uri)
+        if missing is not None:
+            raise RegistryMissingError(
+                f"no MLflow store at {missing}: train a model first (`vigil train`), "
+                "or point MLFLOW_TRACKING_URI at the registry"
+            )
+
     def _client(self) -> Any:
-        # Configured once: the watcher asks every few seconds, and configure() queries the store.
+        # Made once: the watcher asks every few seconds. Only reads: nothing is created.
         if self._mlflow is None:
+            import os
+
             from mlflow.tracking import MlflowClient
 
-            configure(self.settings)
+            os.environ.setdefault("MLFLOW_DISABLE_TELEMETRY", "true")
             self._mlflow = MlflowClient(
                 tracking_uri=self.settings.tracking_uri, registry_uri=self.settings.tracking_uri
             )
@@ -85,6 +126,8 @@ class ModelManager:
         return str(version.version), str(version.run_id)
 
     def load_version(self, version: str, run_id: str) -> LoadedModel:
+        tags = dict(self._client().get_model_version(REGISTERED_MODEL, version).tags)
+        policy = version_policy(tags, version, self.settings.policy_file)
         primary = load_native(f"models:/{REGISTERED_MODEL}/{version}")
         fallback = load_native(f"runs:/{run_id}/{FALLBACK_ARTIFACT}")
         # Warm-up (and a check that the model answers) before it is ever served.
@@ -100,7 +143,7 @@ class ModelManager:
         # slow call then sent a worker's every request through the thread pool and the
         # micro-batcher's wait (~0.5 ms more per answer, seen as run-to-run swings).
         inline = float(np.median(timings)) < INLINE_MAX_SECONDS
-        return LoadedModel(primary, fallback, version, self.alias, run_id, time.time(), inline)
+        return LoadedModel(primary, fallback, version, self.alias, run_id, time.time(), inline, policy)
 
     def load_if_present(self) -> LoadedModel | None:
         """Like `load`, but None when no version holds the alias (a challenger is optional)."""

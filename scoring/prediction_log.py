@@ -1,20 +1,27 @@
-"""The prediction log: every answer appended to a bounded Redis stream, off the response path.
+"""The prediction log: every answer appended to a Redis stream, off the response path.
 
-Answers are buffered in memory and written in pipelined batches by a background task; a
-failing or slow store only costs log entries (counted), never a request.
+Answers are buffered in memory and written in pipelined batches by a background task.
+While Redis is away the buffer keeps them (bounded in bytes: `VIGIL_PREDICTION_BUFFER_BYTES`)
+and writes them when it returns; past the bound the oldest are dropped and counted
+(`vigil_prediction_log_dropped_total`), never a request. The stream is not capped here:
+`vigil predictions persist` moves it to Parquet and trims what it has written.
+
+Each entry carries an id of its own (`entry`): a write retried after a connection broke
+mid-pipeline can land twice, and readers keep one copy of each answer by it.
 """
 
 from __future__ import annotations
 
 import asyncio
+import collections
 import contextlib
 import logging
+import uuid
 from typing import Any
 
 import numpy as np
 import orjson
 import redis
-import redis.asyncio
 
 from scoring.metrics import ServiceMetrics
 from vigil.monitoring.predictions import ENTRY_FORMAT, answers_key
@@ -22,41 +29,41 @@ from vigil.monitoring.predictions import ENTRY_FORMAT, answers_key
 log = logging.getLogger("vigil.scoring")
 ENTRY_ROWS = 2_000
 
+Batch = tuple[list[dict[str, Any]], np.ndarray, np.ndarray]
+
 
 class PredictionLog:
     def __init__(
         self,
-        client: redis.asyncio.Redis,
+        client: Any,
         stream: str,
         metrics: ServiceMetrics,
-        max_len: int = 20_000,  # entries, each of up to ENTRY_ROWS answers
+        max_buffer_bytes: int = 64 * 1024 * 1024,
         flush_seconds: float = 0.02,
-        max_buffer: int = 50_000,
     ) -> None:
         self.client, self.stream, self.metrics = client, stream, metrics
-        self.max_len, self.flush_seconds, self.max_buffer = max_len, flush_seconds, max_buffer
+        self.max_buffer_bytes, self.flush_seconds = max_buffer_bytes, flush_seconds
         # (answers, model-input rows, [tx time, customer, terminal] rows) as the request
         # left them: entries are built at flush time, so the request path only appends references.
-        self._buffer: list[tuple[list[dict[str, Any]], np.ndarray, np.ndarray]] = []
-        self._buffered_rows = 0
+        self._buffer: list[Batch] = []
+        # Entries built but not yet written (Redis away), oldest first, with their sizes.
+        self._unsent: collections.deque[tuple[dict[str, Any], int]] = collections.deque()
+        self._unsent_bytes = 0
         self._task: asyncio.Task[None] | None = None
+        self._away = False
 
     def append(self, results: list[dict[str, Any]], matrix: np.ndarray, context: np.ndarray) -> None:
         """`context`: int64 rows of (tx_datetime epoch seconds, customer_id, terminal_id)."""
-        if self._buffered_rows + len(results) > self.max_buffer:  # the store is away: drop, and count it
-            self.metrics.prediction_log_failures.inc(len(results))
-            return
         self._buffer.append((results, matrix, context))
-        self._buffered_rows += len(results)
 
     @staticmethod
-    def entries(batches: list[tuple[list[dict[str, Any]], np.ndarray, np.ndarray]]) -> list[dict[str, Any]]:
+    def entries(batches: list[Batch]) -> list[dict[str, Any]]:
         """Stream entries for buffered answers: columns of up to ENTRY_ROWS answers each.
 
-        One entry holds many answers (`format=columns-v1`, `rows`, and `data`: a JSON object
-        of equal-length columns) because packing ten fields per answer for XADD cost more
-        CPU than scoring the answer. `vigil.monitoring.predictions` reads both this and the
-        one-answer-per-entry form.
+        One entry holds many answers (`format=columns-v1`, `rows`, `entry` and `data`: a
+        JSON object of equal-length columns) because packing ten fields per answer for
+        XADD cost more CPU than scoring the answer. `vigil.monitoring.predictions` reads
+        both this and the one-answer-per-entry form.
         """
         results = [r for batch in batches for r in batch[0]]
         matrix = np.concatenate([batch[1] for batch in batches])
@@ -75,11 +82,13 @@ class PredictionLog:
                 "version": [r["model"]["version"] or "" for r in part],
                 "fallback": [r["fallback"] for r in part],
                 "reason": [r["fallback_reason"] or "" for r in part],
+                "decision": [r.get("decision") or "" for r in part],
+                "reasons": [r.get("reasons") or [] for r in part],
                 "latency_ms": [r["latency_ms"] for r in part],
                 "features": np.ascontiguousarray(matrix[rows], dtype=np.float32),
             }
             data = orjson.dumps(columns, option=orjson.OPT_SERIALIZE_NUMPY)
-            out.append({"format": ENTRY_FORMAT, "rows": len(part), "data": data})
+            out.append({"format": ENTRY_FORMAT, "rows": len(part), "entry": uuid.uuid4().hex, "data": data})
         return out
 
     def start(self) -> None:
@@ -92,28 +101,57 @@ class PredictionLog:
                 await self._task
         await self.flush()
 
+    @property
+    def buffered_bytes(self) -> int:
+        return self._unsent_bytes
+
+    def _keep(self, entries: list[dict[str, Any]]) -> None:
+        for entry in entries:
+            size = len(entry["data"]) + 100
+            self._unsent.append((entry, size))
+            self._unsent_bytes += size
+        while self._unsent_bytes > self.max_buffer_bytes and self._unsent:
+            dropped, size = self._unsent.popleft()
+            self._unsent_bytes -= size
+            self.metrics.prediction_log_dropped.inc(int(dropped["rows"]))
+        self.metrics.prediction_log_buffer.set(self._unsent_bytes)
+
     async def flush(self) -> None:
-        batches, self._buffer, self._buffered_rows = self._buffer, [], 0
-        if not batches:
+        batches, self._buffer = self._buffer, []
+        if batches:
+            try:
+                self._keep(self.entries(batches))
+            except Exception:  # a bug here must cost log entries, never the logger itself
+                log.exception("prediction log entries could not be built")
+                self.metrics.prediction_log_dropped.inc(sum(len(b[0]) for b in batches))
+        if not self._unsent:
             return
-        try:
-            entries = self.entries(batches)
-        except Exception:  # a bug here must cost log entries, never the logger itself
-            log.exception("prediction log entries could not be built")
-            self.metrics.prediction_log_failures.inc(sum(len(b[0]) for b in batches))
-            return
+        entries = [entry for entry, _ in self._unsent]
         try:
             async with self.client.pipeline(transaction=False) as pipe:
                 for entry in entries:
-                    pipe.xadd(self.stream, entry, maxlen=self.max_len, approximate=True)  # type: ignore[arg-type]
+                    pipe.xadd(self.stream, entry)
                 # How many answers were ever logged (entries hold many): for readers and tests.
                 pipe.incrby(answers_key(self.stream), sum(int(e["rows"]) for e in entries))
                 await pipe.execute()
         except (redis.RedisError, OSError) as error:
-            self.metrics.prediction_log_failures.inc(sum(int(e["rows"]) for e in entries))
-            log.warning("prediction log unavailable: %s", error)
+            self.metrics.prediction_log_failures.inc()
+            if not self._away:
+                log.warning("prediction log unavailable, buffering answers until Redis returns: %s", error)
+                self._away = True
+            return
+        for _ in entries:
+            self._unsent.popleft()
+        self._unsent_bytes = sum(size for _, size in self._unsent)
+        self.metrics.prediction_log_buffer.set(self._unsent_bytes)
+        if self._away:
+            log.info("prediction log writes again; buffered answers written")
+            self._away = False
 
     async def _run(self) -> None:
         while True:
             await asyncio.sleep(self.flush_seconds)
-            await self.flush()
+            try:
+                await self.flush()
+            except Exception:  # the logger must outlive any single failure
+                log.exception("prediction log flush failed")

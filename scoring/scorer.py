@@ -15,9 +15,13 @@ import numpy as np
 import redis
 
 from scoring.batching import MicroBatcher
+from scoring.decisions import Decider, Lists
 from scoring.metrics import ServiceMetrics
 from scoring.models import LoadedModel, ModelManager
 from scoring.prediction_log import PredictionLog
+from scoring.readiness import DATA_REASONS, Readiness
+from scoring.review_queue import ReviewQueue
+from scoring.rules import RulesFile
 from scoring.schemas import TransactionFields
 from vigil.features import spec
 from vigil.features.feast_transform import to_epoch_seconds
@@ -29,10 +33,20 @@ from vigil.online.store import AsyncOnlineHistoryStore
 log = logging.getLogger("vigil.scoring")
 
 TIMEOUT, MODEL_ERROR, FEATURES_UNAVAILABLE = "timeout", "model_error", "features_unavailable"
+FLOAT32_MAX = float(np.finfo(np.float32).max)
 INLINE_ROWS = 8  # small requests to a model measured fast run on the event loop
 ROW_BY_ROW = 4  # requests up to this many rows get their features in plain Python
 _NO_FACTS: HistoryLists = ([], [], [])
 _H = TypeVar("_H")
+
+
+class NoModelError(RuntimeError):
+    """No version holds the champion alias yet (the service waits for one)."""
+
+
+def model_matrix(features: np.ndarray) -> np.ndarray:
+    """The float32 matrix models take: every value finite (out-of-range values clipped)."""
+    return np.clip(np.nan_to_num(features, nan=0.0), -FLOAT32_MAX, FLOAT32_MAX).astype(np.float32)
 
 
 class Scorer:
@@ -48,8 +62,14 @@ class Scorer:
         shadow: ModelManager | None = None,
         shadow_stream: str | None = None,
         row_budget_seconds: float = 0.0,
+        readiness: Readiness | None = None,
+        decider: Decider | None = None,
+        review: ReviewQueue | None = None,
     ) -> None:
         self.store, self.models, self.metrics = store, models, metrics
+        self.readiness = readiness
+        self.decider = decider or Decider(RulesFile(None), Lists(), metrics)
+        self.review = review
         self.budget, self.row_budget = budget_seconds, row_budget_seconds
         self.executor = executor
         self.prediction_log = prediction_log
@@ -59,43 +79,55 @@ class Scorer:
 
     async def _read(
         self, read: Callable[[list[int], list[int]], Awaitable[_H]], txs: Sequence[TransactionFields], deadline: float
-    ) -> _H | None:
+    ) -> tuple[_H | None, str | None]:
+        """The histories, or None and why not (a missed deadline is `timeout`)."""
         started = time.perf_counter()
         try:
-            return await asyncio.wait_for(
+            value = await asyncio.wait_for(
                 read([t.customer_id for t in txs], [t.terminal_id for t in txs]),
                 timeout=max(deadline - time.perf_counter(), 0.001),
             )
-        except (redis.RedisError, OSError, TimeoutError, ValueError) as error:
+            return value, None
+        except TimeoutError:
+            return None, TIMEOUT
+        except (redis.RedisError, OSError, ValueError) as error:
             log.warning("online features unavailable: %s", error)
-            return None
+            return None, FEATURES_UNAVAILABLE
         finally:
             self.metrics.stage_seconds.labels("features").observe(time.perf_counter() - started)
 
     async def _inputs(
         self, txs: Sequence[TransactionFields], ts: np.ndarray, deadline: float
     ) -> tuple[np.ndarray, str | None]:
-        """The model inputs of `txs` as of their own times (float32, SERVED_INPUTS order),
-        and FEATURES_UNAVAILABLE when the store could not be read: then the request's own
-        fields still give the calendar and the transaction itself."""
+        """The model inputs of `txs` as of their own times (float64, SERVED_INPUTS order),
+        and why the store's histories are missing from them, if they are: then the
+        request's own fields still give the calendar and the transaction itself."""
+        store_reason = self.readiness.store_reason if self.readiness is not None else None
+        # A store that lost the flow's data is not read: what it would say is not the history.
+        trusted = store_reason not in DATA_REASONS
+        reason: str | None = None if trusted else store_reason
         if len(txs) <= ROW_BY_ROW:
-            lists = await self._read(self.store.read_lists, txs, deadline)
+            lists = None
+            if trusted:
+                lists, reason = await self._read(self.store.read_lists, txs, deadline)
             customers, terminals = lists or ([_NO_FACTS] * len(txs), [_NO_FACTS] * len(txs))
             rows = []
             for i, tx in enumerate(txs):
                 f = one_transaction(customers[i], terminals[i], tx.transaction_id, int(ts[i]), tx.tx_amount)
                 rows.append([tx.tx_amount, *(f[name] for name in spec.ALL_FEATURES)])
-            return np.array(rows, np.float32), None if lists is not None else FEATURES_UNAVAILABLE
+            return np.array(rows, np.float64), reason
         facts = TransactionFacts(
             tx_id=np.fromiter((t.transaction_id for t in txs), np.int64, len(txs)),
             ts=ts,
             amount=np.fromiter((t.tx_amount for t in txs), np.float64, len(txs)),
         )
-        stacked = await self._read(self.store.read_stacked, txs, deadline)
+        stacked = None
+        if trusted:
+            stacked, reason = await self._read(self.store.read_stacked, txs, deadline)
         histories = stacked or (stack([EntityHistory.empty()] * len(txs)),) * 2
         features = features_for_stacked(histories[0], histories[1], facts)
-        matrix = np.column_stack([facts.amount, *(features[n] for n in spec.ALL_FEATURES)]).astype(np.float32)
-        return matrix, None if stacked is not None else FEATURES_UNAVAILABLE
+        matrix = np.column_stack([facts.amount, *(features[n] for n in spec.ALL_FEATURES)]).astype(np.float64)
+        return matrix, reason
 
     async def _primary(self, model: LoadedModel, matrix: np.ndarray, deadline: float) -> np.ndarray | str:
         started = time.perf_counter()
@@ -130,9 +162,10 @@ class Scorer:
         deadline = started + self.budget + self.row_budget * (len(txs) - 1)
         model = self.models.current
         if model is None:
-            raise RuntimeError("no model loaded")
+            raise NoModelError("no model is promoted yet: train one and promote it to champion")
         ts = np.fromiter((to_epoch_seconds(t.tx_datetime) for t in txs), np.int64, len(txs))
-        matrix, reason = await self._inputs(txs, ts, deadline)
+        exact, reason = await self._inputs(txs, ts, deadline)
+        matrix = model_matrix(exact)
         scores: np.ndarray | str = reason or await self._primary(model, matrix, deadline)
         if isinstance(scores, str):
             reason = scores
@@ -143,6 +176,8 @@ class Scorer:
         latency_ms = (time.perf_counter() - started) * 1000
         self.metrics.stage_seconds.labels("total").observe(latency_ms / 1000)
         self.metrics.scored.inc(len(txs))
+        if self.readiness is not None:
+            self.readiness.record(len(txs), len(txs) if reason is not None else 0)
         contributions = self._contributions(model, matrix) if explain and reason is None else None
         floor_of = getattr(model.primary, "score_floor", None)
         floors = floor_of(matrix) if explain and reason is None and floor_of is not None else None
@@ -151,6 +186,8 @@ class Scorer:
         # saw more, and those come as `extra_features`.
         v1 = len(spec.MODEL_INPUTS)
         extra = model.primary.inputs[v1:] if reason is None else ()
+        derive = getattr(model.primary, "derived_values", None) if explain and reason is None else None
+        derived = derive(exact) if derive is not None else None
         results = []
         for i, tx in enumerate(txs):
             result: dict[str, Any] = {
@@ -162,15 +199,22 @@ class Scorer:
                 "latency_ms": round(latency_ms, 3),
             }
             if explain:
-                values = matrix[i].tolist()
+                # As computed (float64), the amount as the request gave it: no float32 artefacts.
+                values = exact[i].tolist()
+                values[0] = tx.tx_amount
                 result["features"] = dict(zip(spec.MODEL_INPUTS, values[:v1], strict=True))
                 if extra:
                     result["extra_features"] = dict(zip(extra, values[v1 : v1 + len(extra)], strict=True))
+                if derived:
+                    result["derived_features"] = {name: float(v[i]) for name, v in derived.items()}
                 if contributions is not None:
                     result["contributions"] = contributions[i]
                 if floors is not None:
                     result["score_floor"] = float(floors[i])
             results.append(result)
+        self.decider.decide(results, txs, exact, model.policy, fallback=reason is not None)
+        if self.review is not None:
+            self.review.append(results, txs, exact, model)
         self._log(results, matrix, txs, ts)
         if reason is None and self.shadow is not None:
             self._score_in_shadow(results, matrix, model)

@@ -10,6 +10,7 @@ import pandas as pd
 import pytest
 import redis
 
+from vigil.online.connection import connect
 from vigil.online.store import delete_namespace
 from vigil.redis_server import ensure_redis
 from vigil.settings import PROJECT_ROOT, Settings
@@ -45,7 +46,7 @@ def settings(tmp_path: Path, redis_url: str) -> Iterator[Settings]:
 
 @pytest.fixture
 def redis_client(settings: Settings) -> Iterator[redis.Redis]:
-    client = redis.Redis.from_url(settings.redis_url)
+    client = connect(settings.redis_url)
     yield client
     client.close()
 

@@ -15,7 +15,6 @@ import time
 import httpx
 import numpy as np
 import pandas as pd
-import redis
 from sklearn.metrics import average_precision_score, roc_auc_score
 from tqdm import tqdm
 
@@ -23,16 +22,17 @@ from flows.sources import FileReplaySource
 from vigil.features.backfill import compute_features
 from vigil.features.online import max_differences, online_features
 from vigil.ingest import run_ingest
+from vigil.lifecycle.promotion import promote
+from vigil.lifecycle.training import train_and_register
 from vigil.monitoring.monitor import MonitorConfig, run_monitor
 from vigil.offline import training_set
+from vigil.online.connection import connect
 from vigil.online.feast_store import apply_repo, feast_features
 from vigil.online.store import OnlineHistoryStore, delete_namespace
-from vigil.promotion import promote
 from vigil.service_process import background_service, transaction_body
 from vigil.settings import Settings
 from vigil.simulate import SimulationConfig, simulate
 from vigil.stream_out import write_file
-from vigil.training import train_and_register
 
 
 def main() -> int:
@@ -71,7 +71,7 @@ def main() -> int:
     )
 
     print("3/7 checking served features against the batch backfill and Feast's get_online_features")
-    online = OnlineHistoryStore(redis.Redis.from_url(settings.redis_url), settings.feast_project)
+    online = OnlineHistoryStore(connect(settings.redis_url), settings.feast_project)
     recent = history[history["tx_datetime"] >= cut - pd.Timedelta(days=7)]
     ours = online_features(recent, online)
     worst = max(

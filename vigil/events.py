@@ -28,6 +28,17 @@ ALL_FIELDS = ("kind", "transaction_id", "tx_datetime", "customer_id", "terminal_
 INT_FIELDS = ("transaction_id", "customer_id", "terminal_id")
 
 
+def label_event(transaction_id: int, terminal_id: int, tx_datetime: datetime, tx_fraud: int) -> dict[str, Any]:
+    """A label event as a stream entry's fields (what POST /v1/labels and `vigil review` send)."""
+    return {
+        "kind": LABEL,
+        "transaction_id": int(transaction_id),
+        "terminal_id": int(terminal_id),
+        "tx_datetime": tx_datetime.replace(tzinfo=None).isoformat(),
+        "tx_fraud": int(tx_fraud),
+    }
+
+
 @dataclass(frozen=True)
 class DeadLetter:
     """A record that could not be used, why, and what it was."""

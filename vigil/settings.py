@@ -3,11 +3,26 @@
 from __future__ import annotations
 
 from pathlib import Path
-from typing import Literal
+from typing import Any, Literal
 from urllib.parse import urlsplit
 
 from pydantic import AliasChoices, Field, field_validator
 from pydantic_settings import BaseSettings, SettingsConfigDict
+
+
+def redact(url: str) -> str:
+    """`url` with any password replaced by `***`."""
+    try:
+        parts = urlsplit(url)
+        if parts.password is None:
+            return url
+        host = parts.hostname or ""
+        host = f"[{host}]" if ":" in host else host
+        netloc = f"{parts.username or ''}:***@{host}" + (f":{parts.port}" if parts.port else "")
+        return parts._replace(netloc=netloc).geturl()
+    except ValueError:
+        return "<unparseable URL>"
+
 
 PROJECT_ROOT = Path(__file__).resolve().parents[1]
 
@@ -59,6 +74,17 @@ class Settings(BaseSettings):
     batch_max_wait_ms: float = Field(
         0.5, ge=0, validation_alias=AliasChoices("VIGIL_BATCH_MAX_WAIT_MS", "batch_max_wait_ms")
     )
+    # Decisions: a YAML file of rules (re-read on change) and one overriding the version's thresholds.
+    rules_file: Path | None = Field(None, validation_alias=AliasChoices("VIGIL_RULES_FILE", "rules_file"))
+    policy_file: str | None = Field(None, validation_alias=AliasChoices("VIGIL_POLICY_FILE", "policy_file"))
+    # Interactive API documentation (/docs, /redoc, /openapi.json); with API keys set it needs a key.
+    docs: bool = Field(True, validation_alias=AliasChoices("VIGIL_DOCS", "docs"))
+    # Answers kept in memory while Redis is away, before the oldest are dropped (counted).
+    prediction_buffer_bytes: int = Field(
+        64 * 1024 * 1024,
+        ge=0,
+        validation_alias=AliasChoices("VIGIL_PREDICTION_BUFFER_BYTES", "prediction_buffer_bytes"),
+    )
     alias_poll_seconds: float = Field(
         5.0, gt=0, validation_alias=AliasChoices("VIGIL_ALIAS_POLL_SECONDS", "alias_poll_seconds")
     )
@@ -69,7 +95,7 @@ class Settings(BaseSettings):
     def _check_redis_url(cls, value: str) -> str:
         parts = urlsplit(value)
         if parts.scheme not in ("redis", "rediss", "unix") or (parts.scheme != "unix" and not parts.hostname):
-            raise ValueError(f"REDIS_URL must look like redis://HOST:PORT/DB, got {value!r}")
+            raise ValueError(f"REDIS_URL must look like redis://HOST:PORT/DB, got {redact(value)!r}")
         return value
 
     @property
@@ -82,6 +108,16 @@ class Settings(BaseSettings):
     def api_key_set(self) -> frozenset[str]:
         return frozenset(k.strip() for k in self.api_keys.split(",") if k.strip())
 
+    def __repr_args__(self) -> Any:
+        # Settings are logged and printed: never with a secret in them.
+        for name, value in super().__repr_args__():
+            if name == "api_keys" and value:
+                yield name, "***"
+            elif name in ("redis_url", "mlflow_tracking_uri") and isinstance(value, str):
+                yield name, redact(value)
+            else:
+                yield name, value
+
     @property
     def prediction_stream(self) -> str:
         return f"{self.key_prefix}:predictions"
@@ -89,6 +125,14 @@ class Settings(BaseSettings):
     @property
     def shadow_stream(self) -> str:
         return f"{self.key_prefix}:shadow"
+
+    @property
+    def review_stream(self) -> str:
+        return f"{self.key_prefix}:review"
+
+    @property
+    def events_stream(self) -> str:
+        return f"{self.key_prefix}:events"
 
     @property
     def deadletter_stream(self) -> str:

@@ -10,9 +10,9 @@ from urllib.parse import urlsplit
 import pandas as pd
 import pyarrow as pa
 import pyarrow.parquet as pq
-import redis
 
 from vigil.files import file_format
+from vigil.online.connection import connect
 
 
 def write_file(blocks: Iterable[pd.DataFrame], path: Path) -> tuple[int, int]:
@@ -80,7 +80,7 @@ def write_stream(
     events, _ = replay_order(frame.assign(kind="transaction"), label_delay_days)
     if limit is not None:
         events = events.iloc[:limit]
-    client = redis.Redis.from_url(url)
+    client = connect(url)
     started = time.perf_counter()
     sent = 0
     step = max(1, min(chunk, int(rate / 100) if rate else chunk))  # ~100 sends a second when paced
@@ -88,7 +88,7 @@ def write_stream(
         fields = event_fields(events.iloc[start : start + step])
         with client.pipeline(transaction=False) as pipe:
             for f in fields:
-                pipe.xadd(stream, f)  # type: ignore[arg-type]
+                pipe.xadd(stream, f)
             pipe.execute()
         sent += len(fields)
         if rate:

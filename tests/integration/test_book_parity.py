@@ -13,9 +13,9 @@ from sklearn.metrics import average_precision_score, roc_auc_score
 from sklearn.preprocessing import StandardScaler
 
 from flows.sources import FileReplaySource
-from vigil.evaluation import Split, book_test_set, evaluate, in_days
 from vigil.features import spec
 from vigil.ingest import run_ingest
+from vigil.lifecycle.evaluation import Split, book_test_set, evaluate, in_days
 from vigil.models.xgb import XGBoostModel
 from vigil.offline import training_set
 from vigil.online.feast_store import apply_repo

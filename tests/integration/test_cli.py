@@ -16,6 +16,7 @@ import redis
 from tests.integration.serving_helpers import vigil
 from vigil.features.backfill import compute_features
 from vigil.features.online import max_differences, online_features
+from vigil.online.connection import connect
 from vigil.online.store import OnlineHistoryStore
 from vigil.service_process import service_env
 from vigil.settings import Settings
@@ -87,7 +88,7 @@ def test_simulate_then_ingest_with_two_processes(settings: Settings, tmp_path: P
     assert result.returncode == 0, result.stderr
     frame = pd.read_json(path, lines=True)
     assert f"transactions: {len(frame):,}" in result.stdout and "with 2 worker(s)" in result.stdout
-    store = OnlineHistoryStore(redis.Redis.from_url(settings.redis_url), settings.feast_project)
+    store = OnlineHistoryStore(connect(settings.redis_url), settings.feast_project)
     assert max(max_differences(online_features(frame, store), compute_features(frame)).values()) <= 1e-9
 
 

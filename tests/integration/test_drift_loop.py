@@ -23,6 +23,7 @@ from sklearn.metrics import average_precision_score
 from flows.features import build_flow, default_sinks
 from flows.sources import FileReplaySource
 from tests.integration.serving_helpers import running_server, server_env
+from vigil.lifecycle.training import train_and_register
 from vigil.monitoring.monitor import MonitorConfig, run_monitor
 from vigil.monitoring.retrain import run_retraining
 from vigil.offline import training_set
@@ -30,7 +31,6 @@ from vigil.online.feast_store import apply_repo
 from vigil.service_process import score_frame, serving_version, wait_for_prediction_log
 from vigil.settings import Settings
 from vigil.simulate import SimulationConfig, simulate
-from vigil.training import train_and_register
 
 pytestmark = [pytest.mark.integration, pytest.mark.slow]
 

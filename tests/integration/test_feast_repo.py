@@ -19,18 +19,13 @@ from flows.sources import FileReplaySource
 from vigil.features import spec
 from vigil.features.history import EntityHistory
 from vigil.features.online import max_differences, online_features
-from vigil.online.feast_store import apply_repo, feast_connection_string, feast_features
+from vigil.online.connection import connect
+from vigil.online.feast_store import apply_repo, feast_features
 from vigil.online.layout import entity_key_bytes
 from vigil.online.store import OnlineHistoryStore
 from vigil.settings import Settings
 
 pytestmark = pytest.mark.integration
-
-
-def test_connection_string_conversion() -> None:
-    assert feast_connection_string("redis://127.0.0.1:6379/0") == "127.0.0.1:6379,db=0"
-    assert feast_connection_string("rediss://:s3cret@cache:6380/2") == "cache:6380,db=2,password=s3cret,ssl=true"
-    assert feast_connection_string("redis://localhost") == "localhost:6379"
 
 
 def test_entity_key_matches_feast() -> None:
@@ -93,7 +88,7 @@ def test_feast_get_online_features_equals_our_rollup(
     sample = frame.sample(300, random_state=5)
     new = sample.iloc[:20].assign(transaction_id=lambda f: f["transaction_id"] + 10_000_000)  # never ingested
     asked = pd.concat([sample, new])
-    ours = online_features(asked, OnlineHistoryStore(redis.Redis.from_url(settings.redis_url), settings.feast_project))
+    ours = online_features(asked, OnlineHistoryStore(connect(settings.redis_url), settings.feast_project))
     for service in spec.FEATURE_SETS:
         diffs = max_differences(feast_features(store, asked, service), ours)
         assert set(diffs) == set(spec.FEATURE_SETS[service].features)

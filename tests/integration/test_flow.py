@@ -16,6 +16,7 @@ from flows.sources import FileReplaySource
 from vigil.events import records_to_batch
 from vigil.features.backfill import compute_features
 from vigil.features.online import max_differences, online_features
+from vigil.online.connection import connect
 from vigil.online.store import OnlineHistoryStore
 from vigil.settings import Settings
 
@@ -28,7 +29,7 @@ def four_weeks(world: pd.DataFrame) -> pd.DataFrame:
 
 
 def store_for(settings: Settings) -> OnlineHistoryStore:
-    return OnlineHistoryStore(redis.Redis.from_url(settings.redis_url), settings.feast_project)
+    return OnlineHistoryStore(connect(settings.redis_url), settings.feast_project)
 
 
 def snapshot(client: redis.Redis, project: str) -> dict[bytes, dict[bytes, bytes]]:

@@ -7,13 +7,13 @@ from pathlib import Path
 
 import pandas as pd
 import pytest
-import redis
 
 from flows.sources import FileReplaySource
 from vigil.features import spec
 from vigil.features.backfill import compute_features
 from vigil.features.online import max_differences, online_features
 from vigil.ingest import run_ingest
+from vigil.online.connection import connect
 from vigil.online.feast_store import apply_repo, feast_features
 from vigil.online.store import OnlineHistoryStore
 from vigil.settings import Settings
@@ -51,7 +51,7 @@ def test_three_weeks_replayed_by_two_workers_equal_the_reference(
     expected = reference[reference["transaction_id"].isin(weeks["transaction_id"])]
 
     # Request-time rollup over the online store, every transaction as of its own time.
-    online = OnlineHistoryStore(redis.Redis.from_url(settings.redis_url), settings.feast_project)
+    online = OnlineHistoryStore(connect(settings.redis_url), settings.feast_project)
     diffs = max_differences(online_features(weeks, online), expected)
     assert max(diffs.values()) <= 1e-9, diffs
 
@@ -69,9 +69,9 @@ def test_served_features_equal_the_reference_for_ingested_and_new_transactions(
     import httpx
 
     from tests.integration.serving_helpers import running_server, server_env
+    from vigil.lifecycle.training import train_and_register
     from vigil.offline import training_set
     from vigil.service_process import transaction_body
-    from vigil.training import train_and_register
 
     weeks = transactions[transactions["tx_datetime"] < pd.Timestamp("2018-04-22")]
     ingested, later = weeks[weeks["tx_datetime"] < "2018-04-21"], weeks[weeks["tx_datetime"] >= "2018-04-21"]

@@ -8,10 +8,10 @@ import pytest
 
 from vigil.features import spec
 from vigil.features.backfill import compute_features
+from vigil.lifecycle.tracking import configure
 from vigil.models.base import FraudModel, resolve_device
 from vigil.models.registry import MODEL_KINDS, load_native
 from vigil.settings import Settings
-from vigil.tracking import configure
 
 pytestmark = pytest.mark.integration
 
@@ -134,7 +134,7 @@ def test_device_choice() -> None:
 
 
 def test_weekly_windows_compare_candidates(training_frame: pd.DataFrame) -> None:
-    from vigil.selection import book_settings, choose, run_windows, xgboost_candidate
+    from vigil.lifecycle.selection import book_settings, choose, run_windows, xgboost_candidate
 
     ours = xgboost_candidate("ours", {"n_estimators": 30}, None)
     seen: list[tuple[str, int, set[str]]] = []
@@ -156,7 +156,7 @@ def test_weekly_windows_compare_candidates(training_frame: pd.DataFrame) -> None
 
 
 def test_paired_differences_bracket_the_observed_difference(training_frame: pd.DataFrame) -> None:
-    from vigil.evaluation import evaluate, paired_differences
+    from vigil.lifecycle.evaluation import evaluate, paired_differences
 
     test = training_frame[training_frame["tx_datetime"] >= "2018-05-01"]
     rng = np.random.default_rng(0)
@@ -190,7 +190,7 @@ def test_a_flag_must_be_true_or_false() -> None:
 
 
 def test_the_test_week_holds_the_books_customers_whatever_the_training_days(training_frame: pd.DataFrame) -> None:
-    from vigil.evaluation import Split, book_test_set, book_week_test_set
+    from vigil.lifecycle.evaluation import Split, book_test_set, book_week_test_set
 
     book = Split.book("2018-05-08")
     long = book.with_train_start("2018-04-01")

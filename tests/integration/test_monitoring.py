@@ -16,13 +16,13 @@ from flows.sources import FileReplaySource
 from tests.integration.serving_helpers import server_env, vigil
 from vigil.features import spec
 from vigil.features.backfill import compute_features
+from vigil.lifecycle.tracking import REGISTERED_MODEL, configure
+from vigil.lifecycle.training import train_and_register
 from vigil.models.registry import load_native
 from vigil.monitoring.predictions import read_predictions, roll_predictions
 from vigil.offline import training_set
 from vigil.online.feast_store import apply_repo
 from vigil.settings import Settings
-from vigil.tracking import REGISTERED_MODEL, configure
-from vigil.training import train_and_register
 
 pytestmark = pytest.mark.integration
 

@@ -10,6 +10,7 @@ from collections.abc import Iterator
 import pytest
 import redis
 
+from vigil.online.connection import connect
 from vigil.online.resp import RespConnection, command, hmget_many
 from vigil.settings import Settings
 
@@ -22,8 +23,8 @@ def _with_db(url: str, db: int) -> str:
 def keys(settings: Settings) -> Iterator[tuple[bytes, bytes]]:
     """Two hashes of this test's own in DB 0 and one in DB 5, removed afterwards."""
     first, second = f"{settings.key_prefix}:a".encode(), f"{settings.key_prefix}:b".encode()
-    client = redis.Redis.from_url(settings.redis_url)
-    other_db = redis.Redis.from_url(_with_db(settings.redis_url, 5))
+    client = connect(settings.redis_url)
+    other_db = connect(_with_db(settings.redis_url, 5))
     client.hset(first, mapping={b"x": b"1", b"y": b"2"})
     client.hset(second, mapping={b"x": b"3"})
     other_db.hset(first, mapping={b"x": b"db5"})
@@ -45,7 +46,7 @@ def test_pipelined_hmgets_match_redis_py(settings: Settings, keys: tuple[bytes, 
         finally:
             connection.close()
 
-    client = redis.Redis.from_url(settings.redis_url)
+    client = connect(settings.redis_url)
     expected = [client.hmget(k, [b"x", b"y"]) for k in (first, second, missing)]
     client.close()
     assert asyncio.run(run()) == expected == [[b"1", b"2"], [b"3", None], [None, None]]
@@ -96,7 +97,7 @@ def test_a_lost_connection_fails_its_callers_and_the_next_call_reconnects(settin
         connection = RespConnection(settings.redis_url)
         try:
             (client_id,) = await connection.execute(command("CLIENT", "ID"), 1)
-            killer = redis.Redis.from_url(settings.redis_url)
+            killer = connect(settings.redis_url)
             killer.client_kill_filter(_id=client_id)
             killer.close()
             await asyncio.sleep(0.05)

@@ -8,7 +8,6 @@ import httpx
 import numpy as np
 import pandas as pd
 import pytest
-import redis
 from bytewax.testing import run_main
 
 from flows.features import build_flow, default_sinks
@@ -16,13 +15,14 @@ from flows.sources import FileReplaySource
 from tests.integration.serving_helpers import running_server, server_env
 from vigil.features import spec
 from vigil.features.online import online_features
+from vigil.lifecycle.training import train_and_register
 from vigil.monitoring.predictions import decode_entries, logged_answers
 from vigil.offline import training_set
+from vigil.online.connection import connect
 from vigil.online.feast_store import apply_repo
 from vigil.online.store import OnlineHistoryStore, delete_namespace
 from vigil.service_process import transaction_body
 from vigil.settings import Settings
-from vigil.training import train_and_register
 
 pytestmark = pytest.mark.integration
 
@@ -74,7 +74,7 @@ def test_scores_a_transaction(server: str, served_world: tuple[Settings, pd.Data
 def test_explain_returns_the_exact_features(server: str, served_world: tuple[Settings, pd.DataFrame]) -> None:
     settings, world = served_world
     rows = world.tail(50)
-    store = OnlineHistoryStore(redis.Redis.from_url(settings.redis_url), settings.feast_project)
+    store = OnlineHistoryStore(connect(settings.redis_url), settings.feast_project)
     expected = online_features(rows, store).set_index("transaction_id")
     new = rows.iloc[:5].assign(transaction_id=rows["transaction_id"].iloc[:5] + 50_000_000)  # never ingested
     expected_new = online_features(new, store).set_index("transaction_id")
@@ -193,7 +193,7 @@ def test_prediction_log(server: str, served_world: tuple[Settings, pd.DataFrame]
     import time
 
     settings, world = served_world
-    client = redis.Redis.from_url(settings.redis_url)
+    client = connect(settings.redis_url)
     before = logged_answers(settings, client)
     httpx.post(f"{server}/v1/score", json=transaction_body(world.iloc[7]))
     deadline = time.monotonic() + 5  # written in the background, off the response path

@@ -22,13 +22,14 @@ from tests.integration.serving_helpers import (
     server_env,
     write_broken_model,
 )
+from vigil.lifecycle.tracking import CHAMPION, FALLBACK_ARTIFACT, REGISTERED_MODEL, configure
+from vigil.lifecycle.training import train_and_register
 from vigil.offline import training_set
+from vigil.online.connection import connect
 from vigil.online.feast_store import apply_repo
 from vigil.redis_server import find_server_binary
 from vigil.service_process import free_port, transaction_body
 from vigil.settings import Settings
-from vigil.tracking import CHAMPION, FALLBACK_ARTIFACT, REGISTERED_MODEL, configure
-from vigil.training import train_and_register
 
 pytestmark = pytest.mark.integration
 
@@ -88,7 +89,7 @@ def test_alias_moves_are_picked_up_and_broken_versions_are_not(
             show_progress=False,
         )
         # Version 2 is the challenger now: scored in shadow, off the response path, both scores logged.
-        shadow = redis.Redis.from_url(settings.redis_url)
+        shadow = connect(settings.redis_url)
 
         def shadowed() -> bool:
             httpx.post(f"{base}/v1/score", json=body)
@@ -180,7 +181,7 @@ def private_redis(tmp_path: Path) -> Iterator[PrivateRedis]:
 
 def _pings(url: str) -> bool:
     try:
-        return bool(redis.Redis.from_url(url, socket_timeout=0.3).ping())
+        return bool(connect(url, socket_timeout=0.3).ping())
     except redis.RedisError:
         return False
 
@@ -216,7 +217,7 @@ def test_in_stream_scoring_flow(world: tuple[Settings, pd.DataFrame]) -> None:
     rows = frame.tail(300)
     stream = f"{settings.key_prefix}:events"
     write_stream(rows, f"{settings.redis_url.rsplit('/', 1)[0]}/{stream}", with_labels=False)
-    client = redis.Redis.from_url(settings.redis_url)
+    client = connect(settings.redis_url)
     client.xadd(stream, {"transaction_id": "x"})
     source = RedisStreamSource(settings.redis_url, stream, group="scoring", idle_timeout=1.0)
     run_main(build_scoring_flow(source, None, settings))

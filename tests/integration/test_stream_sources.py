@@ -14,6 +14,7 @@ from flows.sinks import FlowStats
 from flows.sources import KafkaEventSource, RedisStreamSource
 from vigil.features.backfill import compute_features
 from vigil.features.online import max_differences, online_features
+from vigil.online.connection import connect
 from vigil.online.store import OnlineHistoryStore
 from vigil.settings import Settings
 from vigil.stream_out import write_stream
@@ -26,7 +27,7 @@ def two_weeks(world: pd.DataFrame) -> pd.DataFrame:
 
 
 def assert_exact(settings: Settings, frame: pd.DataFrame) -> None:
-    store = OnlineHistoryStore(redis.Redis.from_url(settings.redis_url), settings.feast_project)
+    store = OnlineHistoryStore(connect(settings.redis_url), settings.feast_project)
     diffs = max_differences(online_features(frame, store), compute_features(frame))
     assert max(diffs.values()) <= 1e-9, diffs
 
@@ -94,7 +95,7 @@ def test_kafka_topic_through_the_mock_cluster(settings: Settings, small_world: p
         del producer
     assert stats.transactions == len(frame) and stats.dead_letters == 1
     # No labels were sent: customer features exact, terminal features empty.
-    store = OnlineHistoryStore(redis.Redis.from_url(settings.redis_url), settings.feast_project)
+    store = OnlineHistoryStore(connect(settings.redis_url), settings.feast_project)
     ours = online_features(frame, store)
     expected = compute_features(frame.assign(tx_fraud=None))
     assert max(max_differences(ours, expected).values()) <= 1e-9

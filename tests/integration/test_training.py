@@ -11,22 +11,22 @@ from pathlib import Path
 import numpy as np
 import pandas as pd
 import pytest
-import redis
 from bytewax.testing import run_main
 
 from flows.features import build_flow, default_sinks
 from flows.sources import FileReplaySource
-from vigil.evaluation import book_week_test_set
 from vigil.features import spec
 from vigil.features.online import online_features
+from vigil.lifecycle.evaluation import book_week_test_set
+from vigil.lifecycle.promotion import Decision, evaluation_window, promote, rollback
+from vigil.lifecycle.tracking import CHALLENGER, CHAMPION, REGISTERED_MODEL, configure
+from vigil.lifecycle.training import train_and_register
 from vigil.models.registry import load_native
 from vigil.offline import training_set
+from vigil.online.connection import connect
 from vigil.online.feast_store import apply_repo
 from vigil.online.store import OnlineHistoryStore
-from vigil.promotion import Decision, evaluation_window, promote, rollback
 from vigil.settings import Settings
-from vigil.tracking import CHALLENGER, CHAMPION, REGISTERED_MODEL, configure
-from vigil.training import train_and_register
 
 pytestmark = pytest.mark.integration
 
@@ -51,9 +51,9 @@ def test_training_set_is_point_in_time_and_equals_serving(ingested: Settings, sm
     # (checked on the newest transactions, which the online state still covers entirely).
     newest = small_world[small_world["tx_datetime"] >= small_world["tx_datetime"].max() - pd.Timedelta(hours=6)]
     train_rows = training_set(store, ingested).set_index("transaction_id").loc[newest["transaction_id"]]
-    served = online_features(
-        newest, OnlineHistoryStore(redis.Redis.from_url(ingested.redis_url), ingested.feast_project)
-    ).set_index("transaction_id")
+    served = online_features(newest, OnlineHistoryStore(connect(ingested.redis_url), ingested.feast_project)).set_index(
+        "transaction_id"
+    )
     for name in spec.ALL_FEATURES:
         np.testing.assert_allclose(
             train_rows[name].to_numpy(np.float64), served[name].to_numpy(np.float64), atol=1e-9, err_msg=name
@@ -118,7 +118,8 @@ def test_register_promote_and_roll_back(ingested: Settings) -> None:
     # A fresh process loads the champion by alias, natively.
     code = (
         "from vigil.models.registry import load_native; from vigil.settings import Settings; "
-        "from vigil.tracking import configure; import sys; configure(Settings(mlflow_tracking_uri=sys.argv[1])); "
+        "from vigil.lifecycle.tracking import configure; import sys; "
+        "configure(Settings(mlflow_tracking_uri=sys.argv[1])); "
         "m = load_native('models:/fraud-detector@champion'); print(type(m).__name__)"
     )
     out = subprocess.run(

@@ -1,11 +1,11 @@
-"""How `vigil.worlds` counts wins and margins (pure functions, hand-made results)."""
+"""How `vigil.lifecycle.worlds` counts wins and margins (pure functions, hand-made results)."""
 
 from __future__ import annotations
 
 import pandas as pd
 import pytest
 
-from vigil.worlds import margins, summary
+from vigil.lifecycle.worlds import margins, summary
 
 
 def results() -> pd.DataFrame:

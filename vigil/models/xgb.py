@@ -200,6 +200,13 @@ class XGBoostModel(FraudModel):
         floor = self._floor(raw)
         return result if floor is None else np.maximum(result, floor)
 
+    def derived_values(self, frame: pd.DataFrame | np.ndarray) -> dict[str, np.ndarray] | None:
+        """The derived inputs (ratios) of each row, by name (None: this model derives none)."""
+        if not self.params.get("derived_inputs"):
+            return None
+        values = derived_inputs(np.asarray(self.matrix(frame), np.float64))
+        return {name: values[:, j] for j, name in enumerate(DERIVED_INPUTS)}
+
     def score_floor(self, frame: pd.DataFrame | np.ndarray) -> np.ndarray | None:
         """The hidden-compromise floor of each row's score (None: this model has none)."""
         return self._floor(np.asarray(self.matrix(frame), np.float64))

@@ -19,13 +19,13 @@ from pathlib import Path
 from typing import Any
 
 import pandas as pd
-import redis
 
 from vigil.monitoring.drift import WindowDrift, drift_columns, measure_drift
 from vigil.monitoring.performance import DayPerformance, daily_performance, read_labels
 from vigil.monitoring.predictions import read_predictions, roll_predictions
 from vigil.monitoring.reference import load_reference
 from vigil.monitoring.report import write_gauges, write_index
+from vigil.online.connection import connect
 from vigil.settings import Settings
 
 log = logging.getLogger("vigil.monitor")
@@ -78,7 +78,7 @@ def expected_ap(settings: Settings, versions: set[str]) -> dict[str, float]:
     """Each version's test AP at training time (its `test_metrics` tag)."""
     from mlflow.tracking import MlflowClient
 
-    from vigil.tracking import REGISTERED_MODEL, configure
+    from vigil.lifecycle.tracking import REGISTERED_MODEL, configure
 
     configure(settings)
     client = MlflowClient()
@@ -99,7 +99,7 @@ def _windows(predictions: pd.DataFrame, seconds: int) -> dict[tuple[int, str], p
 def run_monitor(settings: Settings, config: MonitorConfig | None = None) -> MonitorResult:
     config = config or MonitorConfig()
     result = MonitorResult()
-    client = redis.Redis.from_url(settings.redis_url)
+    client = connect(settings.redis_url)
     try:
         result.rolled = roll_predictions(settings, client)
     finally:

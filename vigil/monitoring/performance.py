@@ -15,7 +15,7 @@ import numpy as np
 import pandas as pd
 from sklearn.metrics import average_precision_score, roc_auc_score
 
-from vigil.evaluation import card_precision_at_k
+from vigil.lifecycle.evaluation import card_precision_at_k
 from vigil.settings import Settings
 
 

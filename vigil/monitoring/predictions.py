@@ -1,30 +1,53 @@
-"""The prediction log as a table: the scoring service's Redis stream, rolled to Parquet.
+"""The prediction log: the scoring service's Redis stream, persisted to day-partitioned Parquet.
 
-The service appends every answer to a bounded stream (`{prefix}:predictions`). Rolling
-copies the entries not yet copied into a Parquet part under `predictions/` and records
-the last copied stream id, so the stream can stay short while the history stays whole.
-Rolling twice copies nothing twice; a part is written before the marker moves, so a
-crash in between costs a duplicate (removed on read), never a loss.
+The service appends every answer to `{prefix}:predictions` (entries of many answers each,
+see `scoring.prediction_log`). `persist` moves them to
+
+    <data>/predictions/date=YYYY-MM-DD/part-<first id>-<last id>.parquet   (the transactions' day)
+
+and only then trims the stream of what it wrote (XTRIM MINID), so the stream stays short
+however fast answers come, and nothing is trimmed unread. One persister works at a time
+(a lease in Redis). The position it reached is kept in Redis and checked against the
+newest part on disk; a crash between writing a part and moving the position writes those
+answers again, and every reader keeps one row per answer (`answer_id`: the entry's own id
+and the answer's place in it, which a service's retried write repeats too), so each
+answer is exported exactly once.
 """
 
 from __future__ import annotations
 
 import json
+import os
+import uuid
 from pathlib import Path
 from typing import Any
 
 import numpy as np
 import orjson
 import pandas as pd
-import redis
 
 from vigil.features import spec
 from vigil.settings import Settings
 
-COLUMNS = ["transaction_id", "ts", "customer_id", "terminal_id", "score", "version", "fallback", "reason", "latency_ms"]
-READ_COUNT = 500  # entries per read; the service's entries hold up to 2,000 answers each
+COLUMNS = [
+    "answer_id",
+    "transaction_id",
+    "ts",
+    "customer_id",
+    "terminal_id",
+    "score",
+    "version",
+    "fallback",
+    "reason",
+    "decision",
+    "reasons",
+    "latency_ms",
+]
+READ_COUNT = 200  # entries per read; the service's entries hold up to 2,000 answers each
 # The scoring service's entries: many answers each, as JSON columns.
 ENTRY_FORMAT = "columns-v1"
+PARTITION = "date="
+LEASE_SECONDS = 30
 
 
 def predictions_dir(settings: Settings) -> Path:
@@ -36,20 +59,29 @@ def answers_key(stream: str) -> str:
     return f"{stream}:answers"
 
 
-def logged_answers(settings: Settings, client: redis.Redis) -> int:
-    return int(client.get(answers_key(settings.prediction_stream)) or 0)  # type: ignore[arg-type]
+def logged_answers(settings: Settings, client: Any) -> int:
+    return int(client.get(answers_key(settings.prediction_stream)) or 0)
 
 
 def _marker(settings: Settings) -> str:
-    return f"{settings.prediction_stream}:rolled"
+    return f"{settings.prediction_stream}:persisted"
+
+
+def _lease(settings: Settings) -> str:
+    return f"{settings.prediction_stream}:persister"
 
 
 def _columns_entry(entry_id: str, fields: dict[bytes, bytes]) -> pd.DataFrame:
     """An entry of many answers (`format=columns-v1`, as the scoring service writes them)."""
     data = orjson.loads(fields[b"data"])
-    frame = pd.DataFrame({name: data[name] for name in COLUMNS})
-    frame.insert(0, "stream_id", [f"{entry_id}:{i}" for i in range(len(frame))])
-    inputs = np.asarray(data["features"], dtype=np.float64).reshape(len(frame), -1)
+    rows = len(data["transaction_id"])
+    frame = pd.DataFrame({name: data[name] for name in COLUMNS if name in data})
+    own = fields.get(b"entry", entry_id.encode()).decode()
+    frame.insert(0, "answer_id", [f"{own}:{i}" for i in range(rows)])
+    frame.insert(0, "stream_id", [f"{entry_id}:{i}" for i in range(rows)])
+    if "reasons" in frame:
+        frame["reasons"] = frame["reasons"].map(lambda r: ",".join(r) if isinstance(r, list) else str(r or ""))
+    inputs = np.asarray(data["features"], dtype=np.float64).reshape(rows, -1)
     # Services before fraud_v2 logged fewer inputs: the missing ones are NaN.
     for j, name in enumerate(spec.SERVED_INPUTS):
         frame[name] = inputs[:, j] if j < inputs.shape[1] else np.nan
@@ -61,7 +93,7 @@ def _answer_entry(entry_id: str, fields: dict[bytes, bytes]) -> pd.DataFrame:
     row: dict[str, Any] = {k.decode(): v.decode() for k, v in fields.items()}
     inputs = json.loads(row.pop("features"))
     row.update({name: inputs[j] if j < len(inputs) else np.nan for j, name in enumerate(spec.SERVED_INPUTS)})
-    return pd.DataFrame([{"stream_id": entry_id, **row}])
+    return pd.DataFrame([{"stream_id": entry_id, "answer_id": f"{entry_id}:0", **row}])
 
 
 def decode_entries(entries: list[tuple[bytes, dict[bytes, bytes]]]) -> pd.DataFrame:
@@ -76,6 +108,9 @@ def decode_entries(entries: list[tuple[bytes, dict[bytes, bytes]]]) -> pd.DataFr
     for name in ("ts", "customer_id", "terminal_id"):  # absent from entries of services before they were logged
         if name not in frame:
             frame[name] = -1
+    for name in ("decision", "reasons"):
+        if name not in frame:
+            frame[name] = ""
     typed = {
         "transaction_id": np.int64,
         "ts": np.int64,
@@ -86,43 +121,108 @@ def decode_entries(entries: list[tuple[bytes, dict[bytes, bytes]]]) -> pd.DataFr
     }
     for name, dtype in typed.items():
         frame[name] = pd.to_numeric(frame[name]).fillna(-1).astype(dtype)
-    frame["version"] = frame["version"].astype(str)
-    frame["reason"] = frame["reason"].fillna("").astype(str)
+    for name in ("version", "reason", "decision", "reasons"):
+        frame[name] = frame[name].fillna("").astype(str)
     frame["fallback"] = frame["fallback"].map(lambda v: str(v) in ("1", "True", "true")).astype(bool)
     frame[list(spec.SERVED_INPUTS)] = frame[list(spec.SERVED_INPUTS)].astype(np.float64)
     return frame[["stream_id", *COLUMNS, *spec.SERVED_INPUTS]]
 
 
-def roll_predictions(settings: Settings, client: redis.Redis) -> int:
-    """Copies the stream's new entries to Parquet; returns how many answers they held."""
+def _next_id(entry_id: str) -> str:
+    ms, seq = entry_id.split("-")
+    return f"{ms}-{int(seq) + 1}"
+
+
+def _write_days(folder: Path, frame: pd.DataFrame, first: str, last: str) -> None:
+    """One part per transaction day, written aside, flushed and renamed (never half a file)."""
+    day = pd.to_datetime(frame["ts"].clip(lower=0), unit="s").dt.strftime("%Y-%m-%d")
+    name = f"part-{first.replace('-', '_')}-{last.replace('-', '_')}.parquet"
+    for value, rows in frame.groupby(day, sort=True):
+        target = folder / f"{PARTITION}{value}"
+        target.mkdir(parents=True, exist_ok=True)
+        tmp = target / f".{name}.tmp"
+        with tmp.open("wb") as out:
+            rows.to_parquet(out, index=False)
+            out.flush()
+            os.fsync(out.fileno())
+        tmp.rename(target / name)
+
+
+def persist_once(settings: Settings, client: Any, holder: str | None = None) -> int:
+    """Moves the stream's unwritten entries to Parquet and trims them; returns how many
+    answers it wrote. `holder` names a lease this persister already holds."""
     folder = predictions_dir(settings)
     folder.mkdir(parents=True, exist_ok=True)
-    marker: bytes | None = client.get(_marker(settings))  # type: ignore[assignment]
+    stream = settings.prediction_stream
+    marker: bytes | None = client.get(_marker(settings))
     start = "(" + marker.decode() if marker else "-"
-    copied = 0
+    written = 0
     while True:
-        entries: list[tuple[bytes, dict[bytes, bytes]]] = client.xrange(  # type: ignore[assignment]
-            settings.prediction_stream, min=start, count=READ_COUNT
-        )
+        if holder is not None and not renew_lease(settings, client, holder):
+            raise RuntimeError("another persister took over the prediction log")
+        entries: list[tuple[bytes, dict[bytes, bytes]]] = client.xrange(stream, min=start, count=READ_COUNT)
         if not entries:
-            return copied
+            return written
         frame = decode_entries(entries)
         first, last = entries[0][0].decode(), entries[-1][0].decode()
-        frame.to_parquet(folder / f"part-{first.replace('-', '_')}-{last.replace('-', '_')}.parquet", index=False)
+        _write_days(folder, frame, first, last)
         client.set(_marker(settings), last)
-        copied += len(frame)
+        client.xtrim(stream, minid=_next_id(last), approximate=False)  # only what is now on disk
+        written += len(frame)
         start = "(" + last
 
 
+def take_lease(settings: Settings, client: Any, holder: str) -> bool:
+    return bool(client.set(_lease(settings), holder, nx=True, ex=LEASE_SECONDS))
+
+
+def renew_lease(settings: Settings, client: Any, holder: str) -> bool:
+    current = client.get(_lease(settings))
+    if current is not None and current.decode() != holder:
+        return False
+    client.set(_lease(settings), holder, ex=LEASE_SECONDS)
+    return True
+
+
+def release_lease(settings: Settings, client: Any, holder: str) -> None:
+    current = client.get(_lease(settings))
+    if current is not None and current.decode() == holder:
+        client.delete(_lease(settings))
+
+
+def roll_predictions(settings: Settings, client: Any) -> int:
+    """Persists what the stream holds now (what `vigil monitor` does before reading)."""
+    holder = f"monitor-{os.getpid()}-{uuid.uuid4().hex[:6]}"
+    if not take_lease(settings, client, holder):
+        return 0  # a `vigil predictions persist` is running: it keeps the files current
+    try:
+        return persist_once(settings, client, holder)
+    finally:
+        release_lease(settings, client, holder)
+
+
+def _parts(settings: Settings) -> list[Path]:
+    folder = predictions_dir(settings)
+    return sorted([*folder.glob("part-*.parquet"), *folder.glob(f"{PARTITION}*/part-*.parquet")])
+
+
 def read_predictions(settings: Settings, since: pd.Timestamp | None = None) -> pd.DataFrame:
-    """Every rolled prediction (of transactions at or after `since`), one row per answer,
+    """Every persisted prediction (of transactions at or after `since`), one row per answer,
     with `tx_datetime` from the transaction's own time."""
-    parts = sorted(predictions_dir(settings).glob("part-*.parquet"))
+    parts = _parts(settings)
+    if since is not None:
+        first_day = f"{PARTITION}{since:%Y-%m-%d}"
+        parts = [p for p in parts if not p.parent.name.startswith(PARTITION) or p.parent.name >= first_day]
     if not parts:
         return pd.DataFrame(columns=[*COLUMNS, *spec.SERVED_INPUTS, "tx_datetime"])
     filters = [("ts", ">=", int(since.timestamp()))] if since is not None else None
     frame = pd.concat([pd.read_parquet(p, filters=filters) for p in parts], ignore_index=True)
-    frame = frame.drop_duplicates("stream_id")
+    if "answer_id" not in frame:
+        frame["answer_id"] = frame["stream_id"]
+    frame["answer_id"] = frame["answer_id"].fillna(frame["stream_id"])
+    for name in ("decision", "reasons"):
+        frame[name] = frame[name].fillna("") if name in frame else ""
+    frame = frame.drop_duplicates("answer_id")
     frame = frame[frame["ts"] >= 0]  # entries from services older than the logged time
     frame["tx_datetime"] = pd.to_datetime(frame["ts"], unit="s")
     # Log order within a second: stream ids ("ms-seq", ":i" for an answer inside a
@@ -133,8 +233,16 @@ def read_predictions(settings: Settings, since: pd.Timestamp | None = None) -> p
     return frame.drop(columns=["_ms", "_seq", "_i"]).reset_index(drop=True)
 
 
-def delete_rolled(settings: Settings, client: redis.Redis) -> None:
-    """Forgets the rolled history (tests and the demo start clean)."""
+def export(settings: Settings, out: Path) -> int:
+    """Every persisted answer, once, to one Parquet file; returns how many."""
+    frame = read_predictions(settings)
+    out.parent.mkdir(parents=True, exist_ok=True)
+    frame.drop(columns=["stream_id"]).to_parquet(out, index=False)
+    return len(frame)
+
+
+def delete_rolled(settings: Settings, client: Any) -> None:
+    """Forgets the persisted history (tests and the demo start clean)."""
     client.delete(_marker(settings))
-    for part in predictions_dir(settings).glob("part-*.parquet"):
+    for part in _parts(settings):
         part.unlink()

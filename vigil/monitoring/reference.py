@@ -55,7 +55,7 @@ def load_reference(settings: Settings, version: str) -> pd.DataFrame:
     from mlflow.tracking import MlflowClient
 
     import mlflow
-    from vigil.tracking import REGISTERED_MODEL, configure
+    from vigil.lifecycle.tracking import REGISTERED_MODEL, configure
 
     configure(settings)
     run_id = MlflowClient().get_model_version(REGISTERED_MODEL, version).run_id

@@ -23,8 +23,8 @@ from typing import Any
 
 import pandas as pd
 
+from vigil.lifecycle.promotion import Decision
 from vigil.monitoring.monitor import MonitorResult, load_state, save_state
-from vigil.promotion import Decision
 from vigil.settings import Settings
 
 log = logging.getLogger("vigil.monitor")
@@ -73,7 +73,7 @@ def registry_windows(settings: Settings) -> tuple[pd.Timestamp | None, pd.Timest
     """(end of the champion's training window, newest training window end of any version)."""
     from mlflow.tracking import MlflowClient
 
-    from vigil.tracking import CHAMPION, REGISTERED_MODEL, configure
+    from vigil.lifecycle.tracking import CHAMPION, REGISTERED_MODEL, configure
 
     configure(settings)
     client = MlflowClient()
@@ -99,7 +99,7 @@ def run_retraining(
 ) -> RetrainOutcome:
     """Decides, and unless `dry_run`, retrains, registers and gates. `data`: the training
     set (built from the feature store when not given)."""
-    from vigil.evaluation import Split
+    from vigil.lifecycle.evaluation import Split
 
     champion_end, newest_end = registry_windows(settings)
     reasons = retrain_reasons(result, champion_end, every_days)
@@ -125,8 +125,8 @@ def run_retraining(
         return _record(settings, result, RetrainOutcome(reasons, "skipped", detail))
     if dry_run:
         return RetrainOutcome(reasons, "dry-run", f"would {plan}")
-    from vigil.promotion import promote
-    from vigil.training import train_and_register
+    from vigil.lifecycle.promotion import promote
+    from vigil.lifecycle.training import train_and_register
 
     log.warning("retraining: %s; %s", "; ".join(reasons), plan)
     report = train_and_register(settings, data, model, show_progress=show_progress, split=split)
@@ -154,7 +154,7 @@ def _training_data(settings: Settings) -> pd.DataFrame:
 def _tag_version(settings: Settings, version: str, reasons: list[str]) -> None:
     from mlflow.tracking import MlflowClient
 
-    from vigil.tracking import REGISTERED_MODEL
+    from vigil.lifecycle.tracking import REGISTERED_MODEL
 
     client = MlflowClient()
     client.set_model_version_tag(REGISTERED_MODEL, version, "retrain.reasons", json.dumps(reasons))
@@ -164,7 +164,7 @@ def _tag_version(settings: Settings, version: str, reasons: list[str]) -> None:
 def _record(settings: Settings, result: MonitorResult, outcome: RetrainOutcome) -> RetrainOutcome:
     """Keeps the decision in the monitor's state and as a run of `vigil-monitoring`."""
     import mlflow
-    from vigil.tracking import configure
+    from vigil.lifecycle.tracking import configure
 
     state = load_state(settings)
     state.setdefault("retrains", []).append(

@@ -7,9 +7,7 @@ import os
 import sys
 import warnings
 from pathlib import Path
-from string import Template
 from typing import Any
-from urllib.parse import parse_qs, unquote, urlsplit
 
 import pandas as pd
 import yaml
@@ -19,39 +17,18 @@ from feast.repo_config import RepoConfig
 from vigil.settings import Settings
 
 
-def feast_connection_string(redis_url: str) -> str:
-    """redis://[:password@]host:port/db -> Feast's 'host:port,db=N,password=...' form."""
-    parts = urlsplit(redis_url)
-    host = parts.hostname or "127.0.0.1"
-    port = parts.port or 6379
-    fields = [f"{host}:{port}"]
-    db = parts.path.lstrip("/")
-    if db:
-        fields.append(f"db={int(db)}")
-    elif "db" in parse_qs(parts.query):
-        fields.append(f"db={int(parse_qs(parts.query)['db'][0])}")
-    if parts.password:
-        fields.append(f"password={unquote(parts.password)}")
-    if parts.username and parts.username != "default":
-        fields.append(f"username={unquote(parts.username)}")
-    if parts.scheme == "rediss":
-        fields.append("ssl=true")
-    return ",".join(fields)
-
-
 def registry_path(settings: Settings) -> Path:
-    return settings.data_dir / "registry" / f"{settings.feast_project}.db"
+    """The Feast registry (feature_store.yaml names the default project's: ../data/vigil-registry.db)."""
+    return settings.data_dir / f"{settings.feast_project}-registry.db"
 
 
 def repo_config(settings: Settings) -> RepoConfig:
-    """feature_store.yaml with ${REDIS_URL} and friends filled in from `settings`."""
-    text = (settings.feature_repo / "feature_store.yaml").read_text()
-    filled = Template(text).safe_substitute(
-        REDIS_URL=feast_connection_string(settings.redis_url),
-        VIGIL_FEAST_PROJECT=settings.feast_project,
-        VIGIL_FEAST_REGISTRY=str(registry_path(settings)),
-    )
-    config = RepoConfig(**yaml.safe_load(filled))
+    """feature_store.yaml with Vigil's settings: project, registry and Redis URL."""
+    raw = yaml.safe_load((settings.feature_repo / "feature_store.yaml").read_text())
+    raw["project"] = settings.feast_project
+    raw["registry"] = {**raw.get("registry", {}), "path": str(registry_path(settings))}
+    raw["online_store"] = {**raw.get("online_store", {}), "url": settings.redis_url}
+    config = RepoConfig(**raw)
     config.repo_path = settings.feature_repo
     return config
 

@@ -1,4 +1,4 @@
-"""One pipelined Redis connection for the scoring service's feature reads.
+"""Pipelined Redis connections for the scoring service's feature reads, one node or a cluster.
 
 redis-py's asyncio client costs ~100 us of Python per call on top of the round trip
 (connection pool lease, retry wrapper, per-command packing through a StreamWriter):
@@ -11,6 +11,17 @@ Errors are redis-py's, so callers handle one family: `redis.ConnectionError` whe
 server is away (the next call reconnects), `redis.ResponseError` for an error reply.
 A caller that stops waiting (a deadline) leaves its future cancelled; its replies are
 still read and dropped, so the stream stays aligned.
+
+On a Redis Cluster (`ClusterReader`) a request's keys sit on several nodes: the reader
+keeps the slot map (`CLUSTER SLOTS`), one such connection per primary, sends each node
+its share of the commands at once and waits for all of them in parallel. A MOVED reply
+(resharding, failover) refreshes the map and resends the command where it now lives; an
+ASK reply resends it once, after ASKING, to the node that imports the slot. redis-py's
+asyncio clients do all of this too, and Vigil uses them everywhere else; measured on a
+2-core machine (`python -m benchmarks.cluster_read`, sequential requests, same run), a
+request's two HMGETs took p50 / p99 67 / 94 us here against 108 / 157 us through redis-py's
+pipeline on one node, and 78 / 128 us against 112 / 190 us through `RedisCluster`'s on a
+3-node cluster: 40-60 % more per read, on the path every answer waits for.
 """
 
 from __future__ import annotations
@@ -25,6 +36,9 @@ from typing import Any
 import hiredis
 import redis
 from redis.asyncio.connection import SSLConnection, parse_url
+from redis.crc import key_slot
+
+from vigil.online.connection import tls_context
 
 
 def command(*args: bytes | str | int) -> bytes:
@@ -92,8 +106,14 @@ class RespConnection:
     """A lazily opened, self-healing connection to the Redis at `url` (redis://,
     rediss://, unix://, with username, password and db as redis-py reads them)."""
 
-    def __init__(self, url: str, connect_timeout: float = 0.5, reply_timeout: float = 1.0) -> None:
-        self.options: dict[str, Any] = dict(parse_url(url))
+    def __init__(
+        self,
+        url: str,
+        connect_timeout: float = 0.5,
+        reply_timeout: float = 1.0,
+        options: dict[str, Any] | None = None,
+    ) -> None:
+        self.options: dict[str, Any] = options if options is not None else dict(parse_url(url))
         self.connect_timeout, self.reply_timeout = connect_timeout, reply_timeout
         self._protocol: _Protocol | None = None
         self._connecting: asyncio.Future[_Protocol] | None = None
@@ -101,14 +121,18 @@ class RespConnection:
     async def execute(self, payload: bytes, replies: int) -> list[Any]:
         """Sends `payload` (`replies` commands in RESP) and returns their replies in order.
         An error reply raises `redis.ResponseError`."""
+        answers = await self.execute_raw(payload, replies)
+        for answer in answers:
+            if isinstance(answer, hiredis.ReplyError):
+                raise _error(answer)
+        return answers
+
+    async def execute_raw(self, payload: bytes, replies: int) -> list[Any]:
+        """Like `execute`, with error replies returned in place (as `hiredis.ReplyError`)."""
         protocol = self._protocol
         if protocol is None or protocol.transport is None:
             protocol = await self._connect()
-        answers = await protocol.send(payload, replies)
-        for answer in answers:
-            if isinstance(answer, hiredis.ReplyError):
-                raise redis.ResponseError(str(answer))
-        return answers
+        return await protocol.send(payload, replies)
 
     async def _connect(self) -> _Protocol:
         # Concurrent callers wait for one connection attempt instead of opening several.
@@ -134,11 +158,13 @@ class RespConnection:
             if "path" in options:
                 opening = loop.create_unix_connection(new_protocol, options["path"])
             else:
-                tls = ssl.create_default_context() if options.get("connection_class") is SSLConnection else None
+                tls = tls_context(options) if options.get("connection_class") is SSLConnection else None
                 opening = loop.create_connection(
                     new_protocol, options.get("host", "localhost"), options.get("port", 6379), ssl=tls
                 )
             _, protocol = await asyncio.wait_for(opening, self.connect_timeout)
+        except ssl.SSLError as error:
+            raise redis.ConnectionError(f"TLS handshake with Redis failed: {error.reason or error}") from None
         except (OSError, TimeoutError) as error:
             raise redis.ConnectionError(f"cannot connect to Redis: {error}") from None
         setup = []
@@ -153,7 +179,9 @@ class RespConnection:
             if errors:
                 assert protocol.transport is not None
                 protocol.transport.close()
-                raise redis.AuthenticationError("; ".join(errors))
+                if any(e.startswith(("WRONGPASS", "NOAUTH", "ERR invalid password")) for e in errors):
+                    raise redis.AuthenticationError("Redis refused the password (check the credentials in REDIS_URL)")
+                raise redis.ResponseError("; ".join(errors))
         self._protocol = protocol
         return protocol
 
@@ -168,3 +196,197 @@ def hmget_many(keys: Sequence[bytes], fields: Sequence[bytes]) -> bytes:
     tail = b"".join(b"$%d\r\n%s\r\n" % (len(f), f) for f in fields)
     head = b"*%d\r\n$5\r\nHMGET\r\n" % (len(fields) + 2)
     return b"".join(b"%s$%d\r\n%s\r\n%s" % (head, len(k), k, tail) for k in keys)
+
+
+def _error(reply: hiredis.ReplyError) -> redis.RedisError:
+    return redis.ResponseError(str(reply))
+
+
+def hmget(key: bytes, tail: bytes, fields: int) -> bytes:
+    """One HMGET of `fields` fields (their RESP `tail`, see `field_tail`) on `key`."""
+    return b"*%d\r\n$5\r\nHMGET\r\n$%d\r\n%s\r\n%s" % (fields + 2, len(key), key, tail)
+
+
+def field_tail(fields: Sequence[bytes]) -> bytes:
+    return b"".join(b"$%d\r\n%s\r\n" % (len(f), f) for f in fields)
+
+
+Node = tuple[str, int]
+
+
+class NodeReader:
+    """Commands on one Redis server, over one pipelined connection."""
+
+    def __init__(self, url: str, connect_timeout: float = 0.5, reply_timeout: float = 1.0) -> None:
+        self.connection = RespConnection(url, connect_timeout, reply_timeout)
+        self.address = _address(self.connection.options)
+
+    async def execute(self, keys: Sequence[bytes], commands: Sequence[bytes]) -> list[Any]:
+        """Replies to `commands` (one reply each; `keys`: the key of each, unused here)."""
+        return await self.connection.execute(b"".join(commands), len(commands))
+
+    async def ping(self) -> dict[str, str | None]:
+        """Each node's address and the error reading it (None: it answered)."""
+        try:
+            await self.connection.execute(command("PING"), 1)
+            return {self.address: None}
+        except (redis.RedisError, OSError) as error:
+            return {self.address: _why(error)}
+
+    def close(self) -> None:
+        self.connection.close()
+
+
+class ClusterReader:
+    """Commands on a Redis Cluster: routed by hash slot, one pipelined connection per
+    primary, the nodes of one call read in parallel, MOVED and ASK followed."""
+
+    REFRESH_SECONDS = 1.0  # at most one slot-map refresh a second after connection errors
+    MAX_REDIRECTS = 3
+
+    def __init__(self, url: str, connect_timeout: float = 0.5, reply_timeout: float = 1.0) -> None:
+        self.options: dict[str, Any] = dict(parse_url(url))
+        self.options.pop("db", None)
+        self.connect_timeout, self.reply_timeout = connect_timeout, reply_timeout
+        self.seeds: list[Node] = [(self.options.get("host", "localhost"), int(self.options.get("port", 6379)))]
+        self.slots: list[Node] = []  # node of every slot, once known
+        self.connections: dict[Node, RespConnection] = {}
+        self._refreshing: asyncio.Future[None] | None = None
+        self._refreshed_at = 0.0
+
+    def _connection(self, node: Node) -> RespConnection:
+        connection = self.connections.get(node)
+        if connection is None:
+            options = {**self.options, "host": node[0], "port": node[1]}
+            connection = RespConnection("", self.connect_timeout, self.reply_timeout, options=options)
+            self.connections[node] = connection
+        return connection
+
+    async def refresh(self) -> None:
+        """Reads the slot map from the first node that answers (concurrent callers share one read)."""
+        if self._refreshing is None:
+            self._refreshing = asyncio.ensure_future(self._read_slots())
+            self._refreshing.add_done_callback(lambda f: f.cancelled() or f.exception())
+        refreshing = self._refreshing
+        try:
+            await asyncio.shield(refreshing)
+        finally:
+            if refreshing.done() and self._refreshing is refreshing:
+                self._refreshing = None
+
+    async def _read_slots(self) -> None:
+        candidates = list(dict.fromkeys([*self.seeds, *self.connections, *set(self.slots)]))
+        last: Exception | None = None
+        for node in candidates:
+            try:
+                (reply,) = await self._connection(node).execute(command("CLUSTER", "SLOTS"), 1)
+            except (redis.RedisError, OSError) as error:
+                last = error
+                continue
+            slots: list[Node] = [node] * 16384
+            for start, end, primary, *_ in reply:
+                host = primary[0].decode() if primary[0] else node[0]
+                slots[int(start) : int(end) + 1] = [(host, int(primary[1]))] * (int(end) - int(start) + 1)
+            self.slots = slots
+            self._refreshed_at = time.monotonic()
+            for gone in set(self.connections) - set(slots) - set(self.seeds):
+                self.connections.pop(gone).close()
+            return
+        raise redis.ConnectionError(f"no node of the Redis Cluster answered: {last}")
+
+    def _refresh_soon(self) -> None:
+        """After a connection error: a failover may have moved slots (rate-limited)."""
+        if time.monotonic() - self._refreshed_at > self.REFRESH_SECONDS and self._refreshing is None:
+            self._refreshed_at = time.monotonic()
+            task = asyncio.ensure_future(self.refresh())
+            task.add_done_callback(lambda f: f.cancelled() or f.exception())
+
+    async def execute(self, keys: Sequence[bytes], commands: Sequence[bytes]) -> list[Any]:
+        """Replies to `commands` in order; command i touches only `keys[i]`."""
+        if not self.slots:
+            await self.refresh()
+        groups: dict[Node, list[int]] = {}
+        for i, key in enumerate(keys):
+            groups.setdefault(self.slots[key_slot(key)], []).append(i)
+        results: list[Any] = [None] * len(commands)
+
+        async def read(node: Node, indexes: list[int]) -> None:
+            payload = b"".join(commands[i] for i in indexes)
+            try:
+                answers = await self._connection(node).execute_raw(payload, len(indexes))
+            except (redis.ConnectionError, OSError):
+                self._refresh_soon()
+                raise
+            for i, answer in zip(indexes, answers, strict=True):
+                results[i] = answer
+
+        if len(groups) == 1:
+            ((node, indexes),) = groups.items()
+            await read(node, indexes)
+        else:
+            outcomes = await asyncio.gather(*(read(n, ix) for n, ix in groups.items()), return_exceptions=True)
+            for outcome in outcomes:
+                if isinstance(outcome, BaseException):
+                    raise outcome
+        for _ in range(self.MAX_REDIRECTS):
+            redirected = [i for i, r in enumerate(results) if _redirect(r)]
+            if not redirected:
+                break
+            if any(str(results[i]).startswith("MOVED") for i in redirected):
+                await self.refresh()
+            for i in redirected:
+                kind, _, target = str(results[i]).split()
+                host, port = target.rsplit(":", 1)
+                connection = self._connection((host, int(port)))
+                if kind == "ASK":
+                    results[i] = (await connection.execute_raw(command("ASKING") + commands[i], 2))[1]
+                else:
+                    results[i] = (await connection.execute_raw(commands[i], 1))[0]
+        for answer in results:
+            if isinstance(answer, hiredis.ReplyError):
+                raise _error(answer)
+        return results
+
+    async def ping(self) -> dict[str, str | None]:
+        """Every primary's address and the error reading it (None: it answered)."""
+        try:
+            await self.refresh()
+        except (redis.RedisError, OSError) as error:
+            return {"cluster": _why(error)}
+        nodes = list(dict.fromkeys(self.slots))
+
+        async def one(node: Node) -> str | None:
+            try:
+                await self._connection(node).execute(command("PING"), 1)
+                return None
+            except (redis.RedisError, OSError) as error:
+                return _why(error)
+
+        answers = await asyncio.gather(*(one(n) for n in nodes))
+        return {f"{host}:{port}": why for (host, port), why in zip(nodes, answers, strict=True)}
+
+    def close(self) -> None:
+        for connection in self.connections.values():
+            connection.close()
+        self.connections.clear()
+
+
+def _redirect(reply: Any) -> bool:
+    return isinstance(reply, hiredis.ReplyError) and str(reply).startswith(("MOVED ", "ASK "))
+
+
+def _address(options: dict[str, Any]) -> str:
+    if "path" in options:
+        return str(options["path"])
+    return f"{options.get('host', 'localhost')}:{options.get('port', 6379)}"
+
+
+def _why(error: BaseException) -> str:
+    """One word for readiness: why a node could not be read."""
+    if isinstance(error, redis.AuthenticationError):
+        return "auth_failed"
+    if isinstance(error, redis.TimeoutError | TimeoutError):
+        return "timeout"
+    if isinstance(error, redis.ResponseError):
+        return "error_reply"
+    return "unreachable"

@@ -5,20 +5,19 @@ from __future__ import annotations
 from collections.abc import Iterable, Sequence
 from typing import Any
 
-import redis
-import redis.asyncio
-
 from vigil.features.history import EntityHistory
 from vigil.features.windows import HistoryLists, SortedFacts
 from vigil.online.columns import history_lists, stacked_facts
+from vigil.online.connection import AsyncClient, SyncClient, connect, is_cluster
 from vigil.online.layout import HistoryView, OnlineLayout
-from vigil.online.resp import RespConnection, command, hmget_many
+from vigil.online.marker import StoreHealth, marker_keys
+from vigil.online.resp import ClusterReader, NodeReader, command, field_tail, hmget
 
 
 class OnlineHistoryStore:
     """Pipelined access to the customer and terminal histories of one Feast project."""
 
-    def __init__(self, client: redis.Redis, project: str) -> None:
+    def __init__(self, client: SyncClient, project: str) -> None:
         self.client = client
         self.layout = OnlineLayout.for_project(project)
         self._fields = {kind: [*self.layout.view(kind).field_keys] for kind in ("customer", "terminal")}
@@ -48,12 +47,12 @@ class OnlineHistoryStore:
         n = len(customers)
         return stacked_facts(replies[:n], True), stacked_facts(replies[n:], False)
 
-    def queue_writes(self, pipe: redis.client.Pipeline, updates: Iterable[tuple[str, int, EntityHistory]]) -> int:
+    def queue_writes(self, pipe: Any, updates: Iterable[tuple[str, int, EntityHistory]]) -> int:
         """Adds one HSET per (kind, entity, history) to `pipe`; returns how many."""
         count = 0
         for kind, entity, history in updates:
             view = self.view(kind)
-            pipe.hset(view.redis_key(int(entity)), mapping=view.encode(history))  # type: ignore[arg-type]
+            pipe.hset(view.redis_key(int(entity)), mapping=view.encode(history))
             count += 1
         return count
 
@@ -66,24 +65,25 @@ class OnlineHistoryStore:
 
 class AsyncOnlineHistoryStore:
     """The same reads for asyncio services (the scoring service): every HMGET of a request
-    written as one buffer on one connection, one round trip (see `vigil.online.resp`).
+    sent at once, one round trip per node (see `vigil.online.resp`), on one Redis server or
+    across the nodes of a Redis Cluster."""
 
-    Keys of one request may sit on different Redis Cluster slots: this reader speaks to
-    one server (with `redis_type: redis_cluster`, use OnlineHistoryStore instead).
-    """
-
-    def __init__(self, client: redis.asyncio.Redis, project: str, url: str) -> None:
+    def __init__(self, client: AsyncClient, project: str, url: str) -> None:
         self.client = client  # redis-py, for everything off the request path
-        self.connection = RespConnection(url)
+        self.url = url
+        self.reader: NodeReader | ClusterReader = ClusterReader(url) if is_cluster(url) else NodeReader(url)
         self.layout = OnlineLayout.for_project(project)
-        self._customer_fields = self.layout.customer.field_keys
-        self._terminal_fields = self.layout.terminal.field_keys
+        self.markers = marker_keys(project)
+        self._customer_tail = field_tail(self.layout.customer.field_keys)
+        self._terminal_tail = field_tail(self.layout.terminal.field_keys)
+        self._fields = len(self.layout.customer.field_keys)
 
     async def _replies(self, customers: Sequence[int], terminals: Sequence[int]) -> list[Any]:
-        customer_keys = [self.layout.customer.redis_key(int(c)) for c in customers]
-        terminal_keys = [self.layout.terminal.redis_key(int(t)) for t in terminals]
-        payload = hmget_many(customer_keys, self._customer_fields) + hmget_many(terminal_keys, self._terminal_fields)
-        return await self.connection.execute(payload, len(customer_keys) + len(terminal_keys))
+        keys = [self.layout.customer.redis_key(int(c)) for c in customers]
+        keys += [self.layout.terminal.redis_key(int(t)) for t in terminals]
+        n, fields = len(customers), self._fields
+        commands = [hmget(k, self._customer_tail if i < n else self._terminal_tail, fields) for i, k in enumerate(keys)]
+        return await self.reader.execute(keys, commands)
 
     async def read_stacked(self, customers: Sequence[int], terminals: Sequence[int]) -> tuple[SortedFacts, SortedFacts]:
         """Customer and terminal histories of a batch, stacked (entity i = request i)."""
@@ -100,12 +100,20 @@ class AsyncOnlineHistoryStore:
         n = len(customers)
         return [history_lists(r, True) for r in replies[:n]], [history_lists(r, False) for r in replies[n:]]
 
+    async def health(self) -> StoreHealth:
+        """Whether every node answers, and whether the store still holds what the flow wrote."""
+        nodes = await self.reader.ping()
+        if any(why is not None for why in nodes.values()):
+            return StoreHealth(nodes, None)
+        answers = await self.reader.execute(self.markers, [command("EXISTS", key) for key in self.markers])
+        return StoreHealth(nodes, sum(int(a) for a in answers))
+
     async def ping(self) -> bool:
-        """Whether the connection the reads use answers."""
-        return bool((await self.connection.execute(command("PING"), 1))[0] == b"PONG")
+        """Whether every node the reads use answers."""
+        return all(why is None for why in (await self.reader.ping()).values())
 
     def close(self) -> None:
-        self.connection.close()
+        self.reader.close()
 
 
 def delete_namespace(url: str, project: str, key_prefix: str) -> int:
@@ -114,13 +122,15 @@ def delete_namespace(url: str, project: str, key_prefix: str) -> int:
     Tests, the demo and the benchmarks each work in a namespace of their own on a shared
     Redis, and clean up only that.
     """
-    client = redis.Redis.from_url(url)
+    client = connect(url)
     removed = 0
     try:
-        for pattern in (f"*{project}", f"{key_prefix}:*"):
+        for pattern in (f"*{project}", f"{key_prefix}:*", f"{project}:online-marker:*"):
             keys = list(client.scan_iter(match=pattern, count=5_000))
-            for i in range(0, len(keys), 5_000):
-                removed += int(client.delete(*keys[i : i + 5_000]))  # type: ignore[arg-type]
+            with client.pipeline(transaction=False) as pipe:
+                for key in keys:
+                    pipe.delete(key)
+                removed += sum(int(n) for n in pipe.execute())
     finally:
         client.close()
     return removed

@@ -14,9 +14,9 @@ from collections.abc import Callable, Sequence
 
 import pandas as pd
 
-from vigil.evaluation import METRICS
 from vigil.features.backfill import compute_features
-from vigil.selection import Candidate, WindowScores, run_windows
+from vigil.lifecycle.evaluation import METRICS
+from vigil.lifecycle.selection import Candidate, WindowScores, run_windows
 from vigil.simulate import SimulationConfig, simulate
 
 

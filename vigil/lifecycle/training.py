@@ -4,21 +4,23 @@ from __future__ import annotations
 
 import json
 import time
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from typing import Any
 
 import numpy as np
 import pandas as pd
 from tqdm import tqdm
 
-from vigil.evaluation import Metrics, Split, book_week_test_set, evaluate, in_days
+from vigil.lifecycle.evaluation import Metrics, Split, book_week_test_set, evaluate, in_days
+from vigil.lifecycle.policy import DEFAULT_BLOCK_PRECISION, DEFAULT_BUDGET, Policy, choose_policy
+from vigil.lifecycle.policy import TAG as POLICY_TAG
+from vigil.lifecycle.tracking import CHALLENGER, CHAMPION, FALLBACK_ARTIFACT, REGISTERED_MODEL, configure
 from vigil.models.base import FraudModel, resolve_device
 from vigil.models.baseline import BaselineModel
 from vigil.models.registry import MODEL_KINDS
 from vigil.monitoring.reference import ARTIFACT as REFERENCE_ARTIFACT
 from vigil.monitoring.reference import build_reference
 from vigil.settings import Settings
-from vigil.tracking import CHALLENGER, CHAMPION, FALLBACK_ARTIFACT, REGISTERED_MODEL, configure
 
 
 @dataclass
@@ -32,6 +34,7 @@ class TrainReport:
     train_rows: int
     seconds: float
     params: dict[str, Any] = field(default_factory=dict)
+    policy: Policy | None = None
 
 
 def default_split(data: pd.DataFrame, train_start: str | None, train_end: str | None) -> Split:
@@ -68,6 +71,8 @@ def train_and_register(
     params: dict[str, Any] | None = None,
     show_progress: bool = True,
     split: Split | None = None,
+    review_budget: float = DEFAULT_BUDGET,
+    block_precision: float = DEFAULT_BLOCK_PRECISION,
 ) -> TrainReport:
     """Trains `kind` on `data` (a training set: model inputs, tx_fraud, ids, times), logs
     everything to MLflow and registers a new version of `fraud-detector` as challenger
@@ -91,6 +96,10 @@ def train_and_register(
     model = MODEL_KINDS[kind](params, device=device)
     fit_with_progress(model, train, train["tx_fraud"].to_numpy(), show_progress)
     metrics = evaluate(test, model.predict_proba(test)) if not test.empty else None
+    # Every version carries the baseline the scoring service falls back to, trained on
+    # the same rows (for a baseline version, itself).
+    fallback = model if kind == BaselineModel.kind else BaselineModel().fit(train, train["tx_fraud"].to_numpy())
+    policy = version_policy(model, fallback, test, train, review_budget, block_precision)
 
     experiment_id = configure(settings)
     client = MlflowClient()
@@ -121,9 +130,8 @@ def train_and_register(
             mlflow.log_figure(plots.importance(importance, f"{kind}: feature importance"), "plots/importance.png")
         signature = infer_signature(example, model.predict_proba(example))
         info = model.log_model("model", example, signature)
-        # Every version carries the baseline the scoring service falls back to, trained on
-        # the same rows (for a baseline version, itself).
-        fallback = model if kind == BaselineModel.kind else BaselineModel().fit(train, train["tx_fraud"].to_numpy())
+        mlflow.log_dict(policy.as_dict(), "policy.json")
+        mlflow.log_params({f"policy.{k}": v for k, v in policy.as_dict().items()})
         fallback_example = train[list(fallback.inputs)].head(5).astype(np.float32)
         fallback_signature = infer_signature(fallback_example, fallback.predict_proba(fallback_example))
         fallback.log_model(FALLBACK_ARTIFACT, fallback_example, fallback_signature)
@@ -143,6 +151,7 @@ def train_and_register(
     }
     if metrics is not None:
         tags["test_metrics"] = json.dumps({k: round(v, 4) for k, v in metrics.as_dict().items()})
+    tags[POLICY_TAG] = policy.to_json()
     for key, value in tags.items():
         client.set_model_version_tag(REGISTERED_MODEL, number, key, value)
     aliases = [CHALLENGER]
@@ -152,8 +161,34 @@ def train_and_register(
         client.set_model_version_tag(REGISTERED_MODEL, number, "gate.decision", "promoted: first version")
         aliases.append(CHAMPION)
     return TrainReport(
-        kind, run.info.run_id, number, aliases, split, metrics, len(train), time.perf_counter() - started, model.params
+        kind,
+        run.info.run_id,
+        number,
+        aliases,
+        split,
+        metrics,
+        len(train),
+        time.perf_counter() - started,
+        model.params,
+        policy,
     )
+
+
+def version_policy(
+    model: FraudModel,
+    fallback: FraudModel,
+    test: pd.DataFrame,
+    train: pd.DataFrame,
+    budget: float = DEFAULT_BUDGET,
+    block_precision: float = DEFAULT_BLOCK_PRECISION,
+) -> Policy:
+    """The decision policy from the evaluation week (or, without one, the last training week)."""
+    week, source = test, "evaluation week"
+    if test.empty or test["tx_fraud"].nunique() < 2:
+        last = pd.to_datetime(train["tx_datetime"]).dt.normalize().max()
+        week, source = in_days(train, last - pd.Timedelta(days=6), last), "last training week (no evaluation week)"
+    policy = choose_policy(week, model.predict_proba(week), fallback.predict_proba(week), budget, block_precision)
+    return replace(policy, source=source)
 
 
 def _log_reference(reference: pd.DataFrame) -> None:

@@ -6,14 +6,27 @@ import argparse
 import logging
 import math
 import time
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
-from vigil.monitoring.monitor import MonitorConfig, MonitorResult, run_monitor
-from vigil.monitoring.retrain import RetrainOutcome
+from vigil.cli.common import UserError, ensure_redis, settings, subcommand
+
+if TYPE_CHECKING:
+    from vigil.monitoring.monitor import MonitorResult
+    from vigil.monitoring.retrain import RetrainOutcome
 
 
-def add_parser(sub: Any) -> None:
-    p = sub.add_parser("monitor", help="drift and live performance of scored traffic; may retrain and promote")
+def add_parsers(sub: Any) -> None:
+    p = subcommand(
+        sub,
+        "monitor",
+        "drift and live performance of scored traffic; may retrain and promote",
+        "Persist the prediction log, compare windows of scored traffic with the serving version's training "
+        "reference (Evidently), join labels that have arrived for live precision, write the HTML report and "
+        "Prometheus gauges, and on an alert (or a schedule) train a challenger and run the promotion gate.",
+        """vigil monitor
+vigil monitor --dry-run --days 14
+vigil monitor --watch 3600 --metrics-port 9108""",
+    )
     p.add_argument("--window-hours", type=float, default=24.0, help="window length, in transaction time (24)")
     p.add_argument("--days", type=float, default=7.0, help="look back this many days of scored traffic (7)")
     p.add_argument(
@@ -58,8 +71,7 @@ def _print(result: MonitorResult, outcome: RetrainOutcome | None) -> None:
 
 
 def _once(args: argparse.Namespace, settings: Any, registry: Any = None) -> int:
-    from vigil.cli import UserError
-    from vigil.monitoring.monitor import load_state
+    from vigil.monitoring.monitor import MonitorConfig, load_state, run_monitor
     from vigil.monitoring.report import gauges, write_index
     from vigil.monitoring.retrain import run_retraining
     from vigil.offline import OfflineStoreEmptyError
@@ -102,13 +114,11 @@ def _once(args: argparse.Namespace, settings: Any, registry: Any = None) -> int:
 
 
 def cmd_monitor(args: argparse.Namespace) -> int:
-    from vigil.cli import _redis, _settings
-
     logging.basicConfig(level=logging.WARNING, format="%(asctime)s %(levelname)s %(name)s: %(message)s")
-    settings = _settings()
-    _redis(settings)
+    config = settings()
+    ensure_redis(config)
     if args.watch is None:
-        return _once(args, settings)
+        return _once(args, config)
     from prometheus_client import CollectorRegistry, start_http_server
 
     registry = CollectorRegistry()
@@ -116,7 +126,7 @@ def cmd_monitor(args: argparse.Namespace) -> int:
         start_http_server(args.metrics_port, addr="127.0.0.1", registry=registry)
     try:
         while True:
-            _once(args, settings, registry)
+            _once(args, config, registry)
             time.sleep(args.watch)
     except KeyboardInterrupt:
         return 0

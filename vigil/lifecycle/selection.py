@@ -20,11 +20,20 @@ from sklearn.ensemble import RandomForestClassifier
 from sklearn.pipeline import Pipeline
 from sklearn.preprocessing import StandardScaler
 
-from vigil.evaluation import Metrics, Split, book_week_test_set, evaluate, in_days, paired_differences
+from vigil.lifecycle.evaluation import (
+    Metrics,
+    Split,
+    book_week_test_set,
+    card_precision_at_k,
+    evaluate,
+    in_days,
+    paired_differences,
+)
+from vigil.lifecycle.policy import choose_policy, outcome
 from vigil.models.base import as_matrix
 from vigil.models.xgb import XGBoostModel
 
-Scorer = Callable[[pd.DataFrame, pd.DataFrame], np.ndarray]  # (train, test) -> scores
+Scorer = Callable[[pd.DataFrame, Sequence[pd.DataFrame]], list[np.ndarray]]  # (train, frames) -> scores of each
 
 
 @dataclass(frozen=True)
@@ -35,14 +44,15 @@ class Candidate:
 
 
 def xgboost_candidate(name: str, params: dict[str, Any], train_days: int | None) -> Candidate:
-    def run(train: pd.DataFrame, test: pd.DataFrame) -> np.ndarray:
-        return XGBoostModel(params).fit(train, train["tx_fraud"].to_numpy()).predict_proba(test)
+    def run(train: pd.DataFrame, frames: Sequence[pd.DataFrame]) -> list[np.ndarray]:
+        model = XGBoostModel(params).fit(train, train["tx_fraud"].to_numpy())
+        return [model.predict_proba(frame) for frame in frames]
 
     return Candidate(name, train_days, run)
 
 
 def random_forest_candidate(name: str, train_days: int = 7) -> Candidate:
-    def run(train: pd.DataFrame, test: pd.DataFrame) -> np.ndarray:
+    def run(train: pd.DataFrame, frames: Sequence[pd.DataFrame]) -> list[np.ndarray]:
         model = Pipeline(
             [
                 ("scale", StandardScaler()),
@@ -50,7 +60,7 @@ def random_forest_candidate(name: str, train_days: int = 7) -> Candidate:
             ]
         )
         model.fit(as_matrix(train), train["tx_fraud"].to_numpy())
-        return np.asarray(model.predict_proba(as_matrix(test))[:, 1])
+        return [np.asarray(model.predict_proba(as_matrix(frame))[:, 1]) for frame in frames]
 
     return Candidate(name, train_days, run)
 
@@ -113,14 +123,26 @@ def run_windows(
     candidates: Sequence[Candidate],
     log: Callable[[str], None] = print,
     on_window: WindowScores | None = None,
+    budget: float | None = None,
 ) -> pd.DataFrame:
     """Metrics of every candidate on every 7-day test window (after a 7-day delay);
-    `on_window` also gets each window's test set and every candidate's scores."""
+    `on_window` also gets each window's test set and every candidate's scores.
+
+    With a review `budget` (cards a day), each candidate also gets a decision policy,
+    chosen as `vigil train` chooses one (`vigil.lifecycle.policy`) on the week before the
+    test window (the delay week: never trained on; the review threshold needs none of its
+    labels, the block threshold does), and what that policy does on the test window is
+    added (`policy.*` columns), beside CP at the same budget in cards a day."""
     first_day = pd.to_datetime(data["tx_datetime"]).dt.normalize().min()
     rows = []
     for start in test_starts:
         split = Split.book(start)
         test = book_week_test_set(data, split)
+        if test.empty:
+            raise ValueError(f"no labelled transactions in the test window starting {split.test_start.date()}")
+        frames = [test]
+        if budget is not None:
+            frames.append(book_week_test_set(data, Split.book(split.test_start - pd.Timedelta(days=7))))
         scores: dict[str, np.ndarray] = {}
         for candidate in candidates:
             train_start = (
@@ -128,18 +150,24 @@ def run_windows(
             )
             train = in_days(data, train_start, split.train_end)
             began = time.perf_counter()
-            scores[candidate.name] = candidate.fit_score(train, test)
+            scored = candidate.fit_score(train, frames)
+            scores[candidate.name] = scored[0]
             metrics: Metrics = evaluate(test, scores[candidate.name])
-            rows.append(
-                {
-                    "test_start": str(split.test_start.date()),
-                    "model": candidate.name,
-                    "train_start": str(pd.Timestamp(train_start).date()),
-                    "train_end": str(split.train_end.date()),
-                    **metrics.as_dict(),
-                    "seconds": round(time.perf_counter() - began, 1),
-                }
-            )
+            row: dict[str, Any] = {
+                "test_start": str(split.test_start.date()),
+                "model": candidate.name,
+                "train_start": str(pd.Timestamp(train_start).date()),
+                "train_end": str(split.train_end.date()),
+                **metrics.as_dict(),
+                "seconds": round(time.perf_counter() - began, 1),
+            }
+            if budget is not None:
+                policy = choose_policy(frames[1], scored[1], budget=budget)
+                row["policy.review_threshold"] = policy.review_threshold
+                row["policy.block_threshold"] = policy.block_threshold
+                row.update({f"policy.{k}": v for k, v in outcome(test, scored[0], policy).as_dict().items()})
+                row["policy.cp_at_budget_cards_per_day"] = card_precision_at_k(test, scored[0], int(budget)) * budget
+            rows.append(row)
             log(
                 f"{split.test_start.date()}  {candidate.name:<45} AUC {metrics.auc:.4f}  AP {metrics.ap:.4f}  "
                 f"CP@100 {metrics.cp_at_100:.4f}"

@@ -20,10 +20,12 @@ from typing import Any
 import numpy as np
 import pandas as pd
 
-from vigil.evaluation import Metrics, Split, book_week_test_set, evaluate, paired_differences
+from vigil.lifecycle.evaluation import Metrics, Split, book_week_test_set, evaluate, paired_differences
+from vigil.lifecycle.policy import TAG as POLICY_TAG
+from vigil.lifecycle.policy import Policy, outcome
+from vigil.lifecycle.tracking import CHALLENGER, CHAMPION, REGISTERED_MODEL, configure
 from vigil.models.registry import load_native
 from vigil.settings import Settings
-from vigil.tracking import CHALLENGER, CHAMPION, REGISTERED_MODEL, configure
 
 TOLERANCE = 0.01
 INTERVAL_ROUNDS = 100
@@ -39,8 +41,15 @@ class Decision:
     figures: dict[str, dict[str, float]]
 
 
-def gate(challenger: Metrics, champion: Metrics) -> tuple[bool, str]:
-    """The rule, as a pure function of two sets of metrics."""
+def gate(
+    challenger: Metrics,
+    champion: Metrics,
+    challenger_caught: float | None = None,
+    champion_caught: float | None = None,
+    budget: float = 100.0,
+) -> tuple[bool, str]:
+    """The rule, as a pure function of two sets of metrics (and, when both versions carry a
+    decision policy, the cards each one's policy catches within the review budget a day)."""
     if challenger.ap < champion.ap:
         return False, f"average precision {challenger.ap:.4f} < champion's {champion.ap:.4f}"
     if challenger.auc < champion.auc - TOLERANCE:
@@ -48,6 +57,16 @@ def gate(challenger: Metrics, champion: Metrics) -> tuple[bool, str]:
     if challenger.cp_at_100 < champion.cp_at_100 - TOLERANCE:
         return False, (
             f"CP@100 {challenger.cp_at_100:.4f} is more than {TOLERANCE} below champion's {champion.cp_at_100:.4f}"
+        )
+    # Policies: the same tolerance as CP@100's, in cards a day (0.01 of the budget).
+    if (
+        challenger_caught is not None
+        and champion_caught is not None
+        and challenger_caught < champion_caught - TOLERANCE * budget
+    ):
+        return False, (
+            f"its policy catches {challenger_caught:.1f} cards a day within the review budget, "
+            f"more than {TOLERANCE * budget:.1f} below the champion's {champion_caught:.1f}"
         )
     return True, (
         f"AP {challenger.ap:.4f} >= {champion.ap:.4f}, AUC {challenger.auc:.4f} vs {champion.auc:.4f}, "
@@ -91,6 +110,29 @@ def _record(client: Any, version: str, decision: str, reason: str, figures: dict
         client.set_model_version_tag(REGISTERED_MODEL, version, key, value)
 
 
+def nothing_to_promote(settings: Settings, alias: str = CHAMPION) -> Decision | None:
+    """The decision when the registry alone settles it (no challenger, or it already holds
+    `alias`): asked before any training data is read."""
+    from mlflow.tracking import MlflowClient
+
+    configure(settings)
+    client = MlflowClient()
+    challenger = _version(client, CHALLENGER)
+    current = _version(client, alias)
+    if challenger is None:
+        return Decision(False, "no challenger version: run `vigil train` first", current, None, {})
+    if challenger == current:
+        return Decision(
+            False, f"version {challenger} already holds {alias}: nothing to promote", current, challenger, {}
+        )
+    return None
+
+
+def _policy(client: Any, version: str) -> Policy | None:
+    tags = client.get_model_version(REGISTERED_MODEL, version).tags
+    return Policy.from_dict(json.loads(tags[POLICY_TAG])) if POLICY_TAG in tags else None
+
+
 def promote(settings: Settings, data: pd.DataFrame, alias: str = CHAMPION, force: bool = False) -> Decision:
     """Runs the gate for the challenger against the holder of `alias` on `data`'s last week."""
     from mlflow.tracking import MlflowClient
@@ -108,13 +150,27 @@ def promote(settings: Settings, data: pd.DataFrame, alias: str = CHAMPION, force
     challenger_scores = load_native(f"models:/{REGISTERED_MODEL}/{challenger}").predict_proba(window)
     challenger_metrics = evaluate(window, challenger_scores)
     figures[f"challenger v{challenger}"] = challenger_metrics.as_dict()
+    challenger_policy = _policy(client, challenger)
+    caught: dict[str, float | None] = {"challenger": None, "current": None}
+    if challenger_policy is not None:
+        figures[f"policy of challenger v{challenger}"] = challenger_policy.as_dict()
+        challenger_outcome = outcome(window, challenger_scores, challenger_policy)
+        figures[f"challenger v{challenger} decisions"] = challenger_outcome.as_dict()
+        caught["challenger"] = challenger_outcome.cards_caught_within_budget_per_day
     if current is None:
         promoted, reason = True, f"no {alias} yet"
     else:
         current_scores = load_native(f"models:/{REGISTERED_MODEL}/{current}").predict_proba(window)
         current_metrics = evaluate(window, current_scores)
         figures[f"{alias} v{current}"] = current_metrics.as_dict()
-        promoted, reason = gate(challenger_metrics, current_metrics)
+        current_policy = _policy(client, current)
+        if current_policy is not None:
+            figures[f"policy of {alias} v{current}"] = current_policy.as_dict()
+            current_outcome = outcome(window, current_scores, current_policy)
+            figures[f"{alias} v{current} decisions"] = current_outcome.as_dict()
+            caught["current"] = current_outcome.cards_caught_within_budget_per_day
+        budget = challenger_policy.budget if challenger_policy is not None else 100.0
+        promoted, reason = gate(challenger_metrics, current_metrics, caught["challenger"], caught["current"], budget)
         if window["tx_fraud"].nunique() == 2:
             # Not part of the rule: how much of the difference one week can tell from noise.
             figures["challenger minus " + alias] = _intervals(window, challenger_scores, current_scores)

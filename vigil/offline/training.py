@@ -20,6 +20,7 @@ from tqdm import tqdm
 
 from vigil.features import spec
 from vigil.features.backfill import compute_features
+from vigil.offline.eventlog import KINDS, list_parts, read_log
 from vigil.settings import Settings
 
 TRAINING_SERVICE = spec.SERVED.training_service
@@ -29,26 +30,16 @@ class OfflineStoreEmptyError(RuntimeError):
     """Nothing has been ingested yet."""
 
 
-def _read_parts(folder: Path) -> pd.DataFrame:
-    parts = sorted(folder.glob("part-*.parquet")) if folder.exists() else []
-    if not parts:
-        return pd.DataFrame()
-    return pd.concat([pd.read_parquet(p) for p in parts], ignore_index=True)
-
-
 def read_events(settings: Settings) -> tuple[pd.DataFrame, pd.DataFrame]:
     """Ingested transactions and labels, one row per transaction id, times as datetimes."""
-    transactions = _read_parts(settings.offline_dir / "transactions")
+    transactions = read_log(settings.offline_dir, "transactions")
     if transactions.empty:
         raise OfflineStoreEmptyError(
             f"no ingested transactions under {settings.offline_dir}: run `vigil ingest --transactions PATH` first"
         )
-    labels = _read_parts(settings.offline_dir / "labels")
-    transactions = transactions.drop_duplicates("transaction_id", keep="last").sort_values(["ts", "transaction_id"])
+    labels = read_log(settings.offline_dir, "labels")
+    transactions = transactions.sort_values(["ts", "transaction_id"])
     transactions["tx_datetime"] = pd.to_datetime(transactions["ts"], unit="s")
-    if labels.empty:
-        labels = pd.DataFrame(columns=["transaction_id", "ts", "terminal_id", "tx_fraud"])
-    labels = labels.drop_duplicates("transaction_id", keep="last")
     labels["tx_datetime"] = pd.to_datetime(labels["ts"], unit="s")
     return transactions.reset_index(drop=True), labels.reset_index(drop=True)
 
@@ -58,11 +49,7 @@ def features_path(settings: Settings) -> Path:
 
 
 def _newest_part(settings: Settings) -> float:
-    stamps = [
-        p.stat().st_mtime
-        for kind in ("transactions", "labels")
-        for p in (settings.offline_dir / kind).glob("part-*.parquet")
-    ]
+    stamps = [p.mtime_ns / 1e9 for kind in KINDS for p in list_parts(settings.offline_dir, kind)]
     return max(stamps, default=0.0)
 
 
@@ -71,7 +58,7 @@ def _complete(table: Path) -> bool:
     return set(spec.ALL_FEATURES) <= set(pq.read_schema(table).names)
 
 
-def backfill(settings: Settings, force: bool = False, progress: bool = True) -> Path:
+def backfill(settings: Settings, force: bool = False, progress: bool = False) -> Path:
     """(Re)computes the feature table from the event log when the log is newer."""
     target = features_path(settings)
     if not force and target.exists() and target.stat().st_mtime >= _newest_part(settings) and _complete(target):
@@ -100,13 +87,14 @@ def training_set(
     settings: Settings,
     start: str | pd.Timestamp | None = None,
     end: str | pd.Timestamp | None = None,
+    progress: bool = False,
 ) -> pd.DataFrame:
     """Point-in-time training rows for transactions in [start, end] (dates inclusive).
 
     Columns: transaction_id, tx_datetime, customer_id, terminal_id, spec.SERVED_INPUTS
     and tx_fraud (from the label events; unlabelled transactions are left out).
     """
-    backfill(settings)
+    backfill(settings, progress=progress)
     transactions, labels = read_events(settings)
     chosen = transactions
     if start is not None:

@@ -1,0 +1,219 @@
+"""Vigil on a real Redis Cluster (3 primaries on loopback), on TLS, and through store faults:
+a node killed under load, a Redis restarted empty. Nothing here is mocked: the servers are
+redis-server processes of the tests' own, killed by pid."""
+
+from __future__ import annotations
+
+import subprocess
+import time
+import uuid
+from collections.abc import Iterator
+from pathlib import Path
+
+import httpx
+import pandas as pd
+import pytest
+
+from flows.sources import FileReplaySource, RedisStreamSource
+from tests.integration.serving_helpers import running_server, server_env, vigil
+from vigil.features import spec
+from vigil.features.backfill import compute_features
+from vigil.features.online import max_differences, online_features
+from vigil.ingest import run_ingest
+from vigil.lifecycle.training import train_and_register
+from vigil.local_redis import LocalRedis, LocalRedisCluster, system_binary
+from vigil.monitoring.predictions import read_predictions
+from vigil.offline import training_set
+from vigil.online.connection import connect
+from vigil.online.feast_store import apply_repo, feast_features
+from vigil.online.marker import MARKERS, count_markers
+from vigil.online.store import OnlineHistoryStore
+from vigil.redis_server import find_server_binary
+from vigil.service_process import transaction_body
+from vigil.settings import Settings
+from vigil.stream_out import write_stream
+
+pytestmark = pytest.mark.integration
+
+
+def wait_for(check, timeout: float = 30.0) -> bool:  # type: ignore[no-untyped-def]
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        if check():
+            return True
+        time.sleep(0.2)
+    return False
+
+
+def on(settings: Settings, url: str, tmp: Path) -> Settings:
+    return Settings(
+        **{
+            **settings.model_dump(),
+            "redis_url": url,
+            "data_dir": tmp / "data",
+            "reports_dir": tmp / "reports",
+        }
+    )
+
+
+def four_weeks(world: pd.DataFrame) -> pd.DataFrame:
+    return world[world["tx_datetime"] < world["tx_datetime"].min() + pd.Timedelta(days=28)]
+
+
+def ingest_file(settings: Settings, frame: pd.DataFrame, tmp: Path, workers: int = 1) -> None:
+    path = tmp / f"world-{uuid.uuid4().hex[:6]}.parquet"
+    frame.to_parquet(path)
+    run_ingest(settings, lambda n: FileReplaySource(path, shards=n), workers, show_progress=False)
+
+
+@pytest.fixture(scope="module")
+def cluster(tmp_path_factory: pytest.TempPathFactory) -> Iterator[LocalRedisCluster]:
+    if system_binary() is None and find_server_binary() is None:
+        pytest.skip("no redis-server binary")
+    with LocalRedisCluster(tmp_path_factory.mktemp("cluster"), persistent=True) as running:
+        yield running
+
+
+def test_everything_runs_on_a_cluster(
+    settings: Settings, cluster: LocalRedisCluster, small_world: pd.DataFrame, tmp_path: Path
+) -> None:
+    """ingest (two cooperating processes) -> Feast -> train -> serve -> score -> persist -> monitor,
+    with REDIS_URL naming one node of the cluster: features equal the definitions, no fallback."""
+    local = on(settings, cluster.url, tmp_path)
+    history = four_weeks(small_world)
+    ingest_file(local, history, tmp_path, workers=2)
+    client = connect(local.redis_url)
+    assert count_markers(client, local.feast_project) == MARKERS
+    store = OnlineHistoryStore(client, local.feast_project)
+    assert max(max_differences(online_features(history, store), compute_features(history)).values()) <= 1e-9
+    # Feast's own client reads the same features off the cluster (fraud_v1, as any Feast user would).
+    feast = apply_repo(local)
+    asked = history.tail(40)
+    ours = online_features(asked, store)[["transaction_id", *spec.FEATURE_NAMES]]
+    theirs = feast_features(feast, asked)
+    assert max(max_differences(theirs, ours).values()) <= 1e-9
+
+    # A live stream on the cluster: consumer groups, dead letters, acknowledgements.
+    live = small_world[small_world["tx_datetime"] >= history["tx_datetime"].max()].head(300)
+    stream = f"{local.key_prefix}:events"
+    write_stream(live, f"{cluster.url.rsplit('/', 1)[0]}/{stream}", with_labels=False)
+    client.xadd(stream, {"transaction_id": "not a number"})
+    source = RedisStreamSource(local.redis_url, stream, idle_timeout=1.0)
+    run_ingest(local, lambda n: source, 1, show_progress=False)
+    assert client.xpending(stream, "vigil-features")["pending"] == 0
+    assert client.xpending(stream, "vigil-features-offline")["pending"] == 0
+    assert client.xlen(local.deadletter_stream) == 1
+
+    train_and_register(local, training_set(feast, local), "baseline", show_progress=False)
+    rows = [transaction_body(r) for r in live.itertuples()]
+    with running_server(server_env(local)) as base:
+        assert wait_for(lambda: httpx.get(f"{base}/readyz").status_code == 200)
+        answers = [httpx.post(f"{base}/v1/score", json=row).json() for row in rows[:100]]
+        answers += httpx.post(f"{base}/v1/score/batch", json={"transactions": rows[100:]}).json()["results"]
+        assert [a["fallback"] for a in answers] == [False] * len(rows)
+        assert all(a["decision"] in ("allow", "review", "block") for a in answers)
+        time.sleep(0.5)  # the prediction log is written in the background
+    persisted = vigil("predictions", "persist", "--once", env=server_env(local))
+    assert persisted.returncode == 0, persisted.stderr
+    logged = read_predictions(local)
+    assert sorted(logged["transaction_id"].tolist()) == sorted(live["transaction_id"].tolist())
+    assert client.xlen(local.prediction_stream) == 0  # persisted, then trimmed
+    monitored = vigil("monitor", "--retrain", "never", "--min-rows", "10", env=server_env(local))
+    assert monitored.returncode == 0, monitored.stderr
+    client.close()
+
+
+def test_a_node_killed_under_load_falls_back_and_recovers(
+    settings: Settings, cluster: LocalRedisCluster, small_world: pd.DataFrame, tmp_path: Path
+) -> None:
+    local = on(settings, cluster.url, tmp_path)
+    history = four_weeks(small_world)
+    ingest_file(local, history, tmp_path)
+    train_and_register(local, training_set(apply_repo(local), local), "baseline", show_progress=False)
+    rows = [transaction_body(r) for r in history.tail(60).itertuples()]
+    with running_server(server_env(local)) as base:
+        assert wait_for(lambda: httpx.get(f"{base}/readyz").status_code == 200)
+        assert httpx.post(f"{base}/v1/score", json=rows[0]).json()["fallback"] is False
+        cluster.kill(1)
+        answers = [httpx.post(f"{base}/v1/score", json=row, timeout=5) for row in rows]
+        assert all(a.status_code == 200 for a in answers)
+        reasons = {a.json()["fallback_reason"] for a in answers}
+        assert "features_unavailable" in reasons, reasons  # the keys on the dead node
+        assert reasons <= {None, "features_unavailable", "timeout"}, reasons
+        ready = httpx.get(f"{base}/readyz")
+        assert ready.status_code == 503 and ready.json() == {"ready": False, "reason": "store_unreachable"}
+        cluster.restart(1)  # it comes back with its data (append-only file)
+        assert wait_for(lambda: httpx.get(f"{base}/readyz").status_code == 200)
+        again = [httpx.post(f"{base}/v1/score", json=row).json() for row in rows]
+        assert [a["fallback"] for a in again] == [False] * len(rows)
+
+
+def test_a_redis_restarted_empty_is_not_ready_and_answers_say_so(
+    settings: Settings, small_world: pd.DataFrame, tmp_path: Path
+) -> None:
+    with LocalRedis(tmp_path / "single") as server:
+        local = on(settings, server.url, tmp_path)
+        history = four_weeks(small_world)
+        ingest_file(local, history, tmp_path)
+        train_and_register(local, training_set(apply_repo(local), local), "baseline", show_progress=False)
+        row = transaction_body(history.iloc[-1])
+        with running_server(server_env(local)) as base:
+            assert wait_for(lambda: httpx.get(f"{base}/readyz").status_code == 200)
+            assert httpx.post(f"{base}/v1/score", json=row).json()["fallback"] is False
+            server.kill()
+            down = httpx.post(f"{base}/v1/score", json=row).json()
+            assert down["fallback"] is True and down["fallback_reason"] in ("features_unavailable", "timeout")
+            assert httpx.get(f"{base}/readyz").json() == {"ready": False, "reason": "store_unreachable"}
+            server.start()  # the same port, nothing in it
+            assert wait_for(lambda: httpx.get(f"{base}/readyz").json()["reason"] == "store_lost_data")
+            lost = httpx.post(f"{base}/v1/score", json=row).json()
+            assert lost["fallback"] is True and lost["fallback_reason"] == "store_lost_data"
+            # A replay rebuilds the store: ready again, answers from the champion.
+            ingest_file(local, history, tmp_path)
+            assert wait_for(lambda: httpx.get(f"{base}/readyz").status_code == 200)
+            assert httpx.post(f"{base}/v1/score", json=row).json()["fallback"] is False
+
+
+def make_ca(folder: Path) -> dict[str, str]:
+    """A private CA and a server certificate for 127.0.0.1, made with openssl."""
+    folder.mkdir(parents=True, exist_ok=True)
+    files = {name: str(folder / name) for name in ("ca.pem", "ca.key", "server.pem", "server.key", "server.csr")}
+
+    def run(*args: str) -> None:
+        subprocess.run(["openssl", *args], check=True, capture_output=True)
+
+    run("req", "-x509", "-newkey", "rsa:2048", "-nodes", "-keyout", files["ca.key"], "-out", files["ca.pem"])
+    run("req", "-newkey", "rsa:2048", "-nodes", "-keyout", files["server.key"], "-out", files["server.csr"])
+    (folder / "ext.cnf").write_text("subjectAltName=IP:127.0.0.1,DNS:localhost\n")
+    run(
+        "x509", "-req", "-in", files["server.csr"], "-CA", files["ca.pem"], "-CAkey", files["ca.key"],
+        "-CAcreateserial", "-out", files["server.pem"], "-days", "2", "-extfile", str(folder / "ext.cnf"),
+    )  # fmt: skip
+    return {"cert": files["server.pem"], "key": files["server.key"], "ca": files["ca.pem"]}
+
+
+def test_tls_and_a_password_on_every_path(settings: Settings, small_world: pd.DataFrame, tmp_path: Path) -> None:
+    binary = system_binary()
+    if binary is None or subprocess.run(["openssl", "version"], capture_output=True).returncode != 0:
+        pytest.skip("needs the system's redis-server (built with TLS) and openssl")
+    password = "s3cret-" + uuid.uuid4().hex[:6]
+    tls = make_ca(tmp_path / "ca")
+    with LocalRedis(tmp_path / "tls", binary=binary, tls=tls, password=password) as server:
+        local = on(settings, server.url, tmp_path)
+        assert server.url.startswith("rediss://") and password in server.url
+        history = four_weeks(small_world)
+        ingest_file(local, history, tmp_path)
+        train_and_register(local, training_set(apply_repo(local), local), "baseline", show_progress=False)
+        rows = [transaction_body(r) for r in history.tail(20).itertuples()]
+        with running_server(server_env(local)) as base:
+            assert wait_for(lambda: httpx.get(f"{base}/readyz").status_code == 200)
+            answers = [httpx.post(f"{base}/v1/score", json=row).json() for row in rows]
+            assert [a["fallback"] for a in answers] == [False] * len(rows)
+            time.sleep(0.5)
+        monitored = vigil("monitor", "--retrain", "never", "--min-rows", "5", env=server_env(local))
+        assert monitored.returncode == 0, monitored.stderr
+        # A wrong password is said to be one, and no password is ever printed.
+        wrong = server.url.replace(password, "nope")
+        refused = vigil("redis", env=server_env(local, REDIS_URL=wrong))
+        assert refused.returncode == 2 and "refused the credentials" in refused.stderr
+        assert "nope" not in refused.stderr and password not in refused.stdout + refused.stderr

@@ -1,0 +1,49 @@
+"""The `vigil` command line. Each subcommand builds Settings once and passes it down.
+
+Building the parser imports nothing heavy, so every `--help` answers at once; each
+command imports what it needs when it runs, after checking what the user typed.
+Exit codes: 0 done; 1 the command ran but refused or failed; 2 a usage or configuration
+mistake (argparse's own errors are 2 as well).
+"""
+
+from __future__ import annotations
+
+import argparse
+import sys
+from collections.abc import Callable, Sequence
+
+from vigil.cli import data, models, monitor, serving
+from vigil.cli.common import Formatter, Refused, UserError
+
+__all__ = ["Refused", "UserError", "build_parser", "main"]
+
+
+def build_parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(
+        prog="vigil",
+        description="Real-time fraud scoring on a Feast feature store.",
+        epilog="Run `vigil COMMAND --help` for a command's options and examples.",
+        formatter_class=Formatter,
+    )
+    sub = parser.add_subparsers(dest="command", required=True, metavar="COMMAND")
+    data.add_parsers(sub)
+    models.add_parsers(sub)
+    serving.add_parsers(sub)
+    monitor.add_parsers(sub)
+    return parser
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    args = build_parser().parse_args(argv)
+    func: Callable[[argparse.Namespace], int] = args.func
+    try:
+        return func(args)
+    except UserError as error:
+        print(f"vigil: {error}", file=sys.stderr)
+        return 2
+    except Refused as error:
+        print(f"vigil: {error}", file=sys.stderr)
+        return 1
+    except KeyboardInterrupt:
+        print("vigil: stopped", file=sys.stderr)
+        return 130

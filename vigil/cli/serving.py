@@ -1,0 +1,231 @@
+"""Serving commands: serve, predictions, review, redis."""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import signal
+import socket
+import time
+from pathlib import Path
+from typing import Any
+
+from vigil.cli.common import Refused, UserError, ensure_redis, say, settings, subcommand
+from vigil.settings import Settings
+
+
+def add_parsers(sub: Any) -> None:
+    p = subcommand(
+        sub,
+        "serve",
+        "the scoring service (HTTP)",
+        "Serve POST /v1/score, /v1/score/batch and /v1/labels, the allow and block lists, /readyz, /metrics "
+        "and the API documentation at /docs. Without a champion yet it starts anyway, answers 503 and "
+        "serves the first version promoted.",
+        """vigil serve
+vigil serve --host 0.0.0.0 --port 8000 --workers 2""",
+    )
+    p.add_argument("--host", default="127.0.0.1", help="address to listen on")
+    p.add_argument("--port", type=int, default=8000, help="port to listen on")
+    p.add_argument("--workers", type=int, default=1, help="worker processes (one event loop each)")
+    p.set_defaults(func=serve)
+
+    p = subcommand(
+        sub,
+        "predictions",
+        "persist the prediction log to Parquet, or export it",
+        "`persist` moves every answer from the service's Redis stream to day-partitioned Parquet "
+        "(data/predictions/date=...), continuously until stopped, and trims only what it has written; "
+        "`export` writes every persisted answer, once, to one file.",
+        """vigil predictions persist
+vigil predictions persist --once
+vigil predictions export --out answers.parquet""",
+    )
+    p.add_argument("action", choices=["persist", "export"], help="what to do")
+    p.add_argument("--once", action="store_true", help="persist: drain what is there now, then exit")
+    p.add_argument("--interval", type=float, default=1.0, help="persist: seconds between drains")
+    p.add_argument("--out", metavar="FILE", help="export: the Parquet file to write")
+    p.set_defaults(func=predictions)
+
+    p = subcommand(
+        sub,
+        "review",
+        "the review queue: list what waits, record an analyst's verdict (a label)",
+        "Decisions of `review` and `block` wait in the Redis stream <prefix>:review with their score, reasons, "
+        "features and top contributions. A verdict becomes a label event, the same path as POST /v1/labels.",
+        """vigil review list
+vigil review verdict --transaction-id 1234567 --fraud
+vigil review verdict --transaction-id 1234568 --genuine --analyst alice""",
+    )
+    p.add_argument("action", choices=["list", "verdict"], help="what to do")
+    p.add_argument("--count", type=int, default=20, help="list: at most this many entries, oldest first")
+    p.add_argument("--all", action="store_true", help="list: entries with a verdict too")
+    p.add_argument("--transaction-id", type=int, help="verdict: the transaction judged")
+    verdict = p.add_mutually_exclusive_group()
+    verdict.add_argument("--fraud", action="store_true", help="verdict: it was fraud")
+    verdict.add_argument("--genuine", action="store_true", help="verdict: it was genuine")
+    p.add_argument("--analyst", default=os.environ.get("USER", "analyst"), help="verdict: who judged")
+    p.set_defaults(func=review)
+
+    p = subcommand(
+        sub,
+        "redis",
+        "check Redis at REDIS_URL (start a local one when REDIS_URL is unset and none answers)",
+        "Says whether Redis answers at REDIS_URL, whether it is a cluster, and how many nodes it has.",
+        "vigil redis",
+    )
+    p.set_defaults(func=redis_check)
+
+
+def serve(args: argparse.Namespace) -> int:
+    config = settings()
+    ensure_redis(config)
+    check_serving_files(config)
+    if not 0 < args.port < 65_536 or args.workers < 1:
+        raise UserError("--port must be within 1-65535 and --workers at least 1")
+    with socket.socket() as probe:
+        try:
+            probe.bind((args.host, args.port))
+        except OSError as error:
+            raise UserError(f"cannot listen on {args.host}:{args.port}: {error.strerror}") from None
+    import uvicorn
+
+    from scoring.app import configure_logging
+
+    configure_logging()
+    options: dict[str, Any] = {"host": args.host, "port": args.port, "log_level": "warning", "access_log": False}
+    if args.workers > 1:
+        # Each worker process builds its own app (and Settings) from the environment.
+        uvicorn.run("scoring.app:create_app", factory=True, workers=args.workers, **options)
+    else:
+        from scoring.app import create_app
+
+        uvicorn.run(create_app(config), **options)
+    return 0
+
+
+def check_serving_files(config: Settings) -> None:
+    """What `vigil serve` would fail on at start-up, said in one line before it starts."""
+    from scoring.models import missing_sqlite_store
+
+    missing = missing_sqlite_store(config.tracking_uri)
+    if missing is not None:
+        raise UserError(
+            f"no MLflow store at {missing}: train a model first (`vigil train`), "
+            "or point MLFLOW_TRACKING_URI at the registry"
+        )
+    if config.rules_file is not None:
+        from scoring.rules import RulesError, parse_rules
+
+        if not config.rules_file.exists():
+            raise UserError(f"VIGIL_RULES_FILE names {config.rules_file}, which does not exist")
+        try:
+            parse_rules(config.rules_file.read_text(encoding="utf-8"), str(config.rules_file))
+        except RulesError as error:
+            raise UserError(str(error)) from None
+    if config.policy_file is not None:
+        from vigil.lifecycle.policy import read_policy_file
+
+        try:
+            read_policy_file(config.policy_file)
+        except (OSError, ValueError) as error:
+            raise UserError(f"VIGIL_POLICY_FILE: {error}") from None
+
+
+def predictions(args: argparse.Namespace) -> int:
+    if args.action == "export" and not args.out:
+        raise UserError("export needs --out FILE.parquet")
+    config = settings()
+    if args.action == "export":
+        from vigil.monitoring.predictions import export
+
+        count = export(config, Path(args.out))
+        print(f"Exported {count:,} answers to {args.out}")
+        return 0
+    ensure_redis(config)
+    from vigil.monitoring.predictions import persist_once, release_lease, renew_lease, take_lease
+    from vigil.online.connection import connect
+
+    client = connect(config.redis_url)
+    holder = f"{socket.gethostname()}-{os.getpid()}"
+    deadline = time.monotonic() + (0 if args.once else 60)
+    while not take_lease(config, client, holder):
+        if time.monotonic() >= deadline:
+            raise Refused("another `vigil predictions persist` holds the prediction log; try again later")
+        time.sleep(1)
+    stop = {"now": False}
+
+    def ask_to_stop(*_: Any) -> None:
+        stop["now"] = True
+
+    signal.signal(signal.SIGTERM, ask_to_stop)
+    signal.signal(signal.SIGINT, ask_to_stop)
+    total = 0
+    try:
+        while True:
+            written = persist_once(config, client, holder)
+            total += written
+            if written:
+                say(f"persisted {written:,} answers ({total:,} in all)")
+            if args.once or stop["now"]:
+                break
+            renew_lease(config, client, holder)
+            for _ in range(max(int(args.interval * 10), 1)):
+                if stop["now"]:
+                    break
+                time.sleep(0.1)
+    finally:
+        release_lease(config, client, holder)
+        client.close()
+    print(f"Persisted {total:,} answers to {config.data_dir / 'predictions'}")
+    return 0
+
+
+def review(args: argparse.Namespace) -> int:
+    config = settings()
+    ensure_redis(config)
+    from vigil.monitoring.review import queue, record_verdict
+
+    if args.action == "list":
+        entries = queue(config, count=args.count, include_judged=args.all)
+        if not entries:
+            print("the review queue is empty")
+            return 0
+        for entry in entries:
+            reasons = ", ".join(entry["reasons"])
+            judged = f"  verdict: {entry['verdict']}" if entry.get("verdict") else ""
+            print(
+                f"{entry['transaction_id']:>12}  {entry['decision']:<6}  score {entry['score']:.4f}  "
+                f"customer {entry['customer_id']}  terminal {entry['terminal_id']}  {entry['tx_amount']:.2f} "
+                f"at {entry['tx_datetime']}  [{reasons}]{judged}"
+            )
+            if entry.get("contributions"):
+                top = ", ".join(f"{k} {v:+.3f}" for k, v in list(entry["contributions"].items())[:3])
+                print(f"{'':>14}top contributions: {top}")
+        return 0
+    if args.transaction_id is None or not (args.fraud or args.genuine):
+        raise UserError("verdict needs --transaction-id N and --fraud or --genuine")
+    try:
+        label = record_verdict(config, args.transaction_id, 1 if args.fraud else 0, args.analyst)
+    except LookupError as error:
+        raise UserError(str(error)) from None
+    print(f"Recorded: transaction {args.transaction_id} is {'fraud' if args.fraud else 'genuine'}; label event sent")
+    print(json.dumps(label))
+    return 0
+
+
+def redis_check(args: argparse.Namespace) -> int:
+    config = settings()
+    ensure_redis(config)
+    from vigil.online.connection import connect, is_cluster
+    from vigil.settings import redact
+
+    if is_cluster(config.redis_url):
+        client = connect(config.redis_url)
+        nodes = len(client.get_primaries())
+        client.close()
+        print(f"Redis answers at {redact(config.redis_url)}: a cluster of {nodes} primaries")
+    else:
+        print(f"Redis answers at {redact(config.redis_url)}")
+    return 0
