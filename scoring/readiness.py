@@ -42,6 +42,7 @@ class Readiness:
         # Per-second counts of (answers, fallbacks), newest last.
         self._seconds: collections.deque[list[int]] = collections.deque()
         self._said: str | None = "starting"
+        self._had_data = False
         self._task: asyncio.Task[None] | None = None
 
     def record(self, answers: int, fallbacks: int) -> None:
@@ -77,6 +78,11 @@ class Readiness:
         try:
             self.health = await asyncio.wait_for(self.store.health(), timeout=max(self.interval, 0.5))
             self.store_reason = self.health.reason
+            if self.store_reason is None:
+                self._had_data = True
+            elif self.store_reason == "store_empty" and self._had_data:
+                # This service read the flow's data before: an empty store now has lost it.
+                self.store_reason = "store_lost_data"
         except Exception:  # not answering in time is not ready, whatever the cause
             self.health, self.store_reason = None, "store_unreachable"
         self._say()
