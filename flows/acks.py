@@ -2,10 +2,10 @@
 event feeds is durable, and the source's own server records it.
 
 A Redis Streams token is acknowledged (XACK) on the server and database the entry was
-read from, whatever REDIS_URL says; a Kafka token commits the offset after it for its
-consumer group. Each output of the flow reads through a consumer group of its own, so
-each one's position is kept by the server and a crash re-delivers exactly what that
-output had not made durable.
+read from, whatever REDIS_URL says. A Kafka token is recorded as settled, and the worker
+reading its partition commits the consumer group's offset (see `flows.kafka`). Each
+output of the flow reads through a consumer group of its own, so each one's position is
+kept by the server and a crash re-delivers exactly what that output had not made durable.
 """
 
 from __future__ import annotations
@@ -14,7 +14,7 @@ from collections import defaultdict
 from collections.abc import Iterable
 from typing import Any, NamedTuple
 
-from vigil.online.connection import SyncClient, connect
+from vigil.online.connection import connect
 
 
 class RedisToken(NamedTuple):
@@ -30,47 +30,42 @@ class KafkaToken(NamedTuple):
     topic: str
     partition: int
     offset: int
+    tracker_url: str  # the Redis where sinks record settled offsets (see flows.kafka)
+
+
+def done_key(group: str, topic: str, partition: int) -> str:
+    """The Redis sorted set of settled offsets of one (group, topic, partition)."""
+    return f"vigil:kafka-done:{group}:{topic}:{partition}"
 
 
 class Acknowledger:
     """Settles tokens on their sources' servers (one client per server, opened on first use)."""
 
     def __init__(self) -> None:
-        self._redis: dict[str, SyncClient] = {}
-        self._kafka: dict[tuple[str, str], Any] = {}
+        self._redis: dict[str, Any] = {}
 
     def __call__(self, tokens: Iterable[Any]) -> None:
         streams: dict[tuple[str, str, str], list[str]] = defaultdict(list)
-        offsets: dict[tuple[str, str], dict[tuple[str, int], int]] = defaultdict(dict)
+        settled: dict[tuple[str, str], dict[str, float]] = defaultdict(dict)
         for token in tokens:
             if isinstance(token, RedisToken):
                 streams[(token.url, token.stream, token.group)].append(token.entry_id)
             elif isinstance(token, KafkaToken):
-                position = offsets[(token.brokers, token.group)]
-                key = (token.topic, token.partition)
-                position[key] = max(position.get(key, -1), token.offset)
+                key = done_key(token.group, token.topic, token.partition)
+                settled[(token.tracker_url, key)][str(token.offset)] = token.offset
         for (url, stream, group), ids in streams.items():
-            client = self._redis.get(url)
-            if client is None:
-                client = self._redis[url] = connect(url)
-            client.xack(stream, group, *ids)
-        for (brokers, group), position in offsets.items():
-            self._commit(brokers, group, position)
+            self._client(url).xack(stream, group, *ids)
+        for (url, key), offsets in settled.items():
+            # The reading worker commits the group's offset once a run of them is settled.
+            self._client(url).zadd(key, offsets)
 
-    def _commit(self, brokers: str, group: str, position: dict[tuple[str, int], int]) -> None:
-        from confluent_kafka import Consumer, TopicPartition
-
-        consumer = self._kafka.get((brokers, group))
-        if consumer is None:
-            consumer = Consumer({"bootstrap.servers": brokers, "group.id": group, "enable.auto.commit": False})
-            self._kafka[(brokers, group)] = consumer
-        # The committed offset is the next one to read.
-        consumer.commit(offsets=[TopicPartition(t, p, o + 1) for (t, p), o in position.items()], asynchronous=False)
+    def _client(self, url: str) -> Any:
+        client = self._redis.get(url)
+        if client is None:
+            client = self._redis[url] = connect(url)
+        return client
 
     def close(self) -> None:
         for client in self._redis.values():
             client.close()
-        for consumer in self._kafka.values():
-            consumer.close()
         self._redis.clear()
-        self._kafka.clear()

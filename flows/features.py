@@ -28,7 +28,7 @@ from bytewax.inputs import Source
 from bytewax.outputs import Sink
 
 from flows.sinks import DeadLetterSink, FlowStats, OfflineBatch, OfflineEventSink, OnlineStoreSink
-from flows.sources import FileReplaySource, KafkaEventSource, RedisStreamSource
+from flows.sources import FileReplaySource, RedisStreamSource
 from flows.state import (
     CUSTOMER,
     PARTITIONS_PER_KIND,
@@ -72,8 +72,10 @@ def source_from_uri(uri: str, settings: Settings, label_delay_days: float = 7.0)
     if stream is None:
         return FileReplaySource(uri.removeprefix("file://"), label_delay_days)
     if stream.kind == "redis":
-        return RedisStreamSource(stream.address, stream.name)
-    return KafkaEventSource(stream.address.split(","), stream.name)
+        return RedisStreamSource(stream.address, stream.name, idle_timeout=1.0 if settings.stop_at_end else None)
+    from flows.kafka import KafkaEventSource
+
+    return KafkaEventSource(stream.address.split(","), stream.name, settings.redis_url, tail=not settings.stop_at_end)
 
 
 class HistoryLoader:
@@ -156,7 +158,9 @@ def build_flow(
     updates = op.stateful_map("histories", keyed, merge_step)
     op.output("online_out", op.key_rm("unkey", updates), sinks.online)
     if sinks.offline is not None:
-        if isinstance(source, RedisStreamSource):
+        from flows.kafka import KafkaEventSource
+
+        if isinstance(source, RedisStreamSource | KafkaEventSource):
             own = op.input("offline_events_in", flow, source.with_group(f"{source.group}-offline"))
             checked_again = op.map("validate_offline", own, validate)
             op.output("offline_out", op.flat_map("offline_events", checked_again, offline_events), sinks.offline)

@@ -1,4 +1,4 @@
-"""Event sources for the feature flow: file replay, Redis Streams, Kafka.
+"""Event sources for the feature flow: file replay, Redis Streams (Kafka: flows.kafka).
 
 Every source emits `RawBatch`es; validation happens in the flow, so all sources share
 one set of rules and one dead-letter path.
@@ -242,67 +242,10 @@ class RedisStreamSource(DynamicSource[RawBatch]):
         return _RedisStreamPartition(self, f"{self.group}-{worker_index}")
 
 
-# ---------------------------------------------------------------- Kafka
+def __getattr__(name: str) -> Any:
+    # KafkaEventSource lives in flows.kafka (it imports confluent_kafka); kept reachable here.
+    if name == "KafkaEventSource":
+        from flows.kafka import KafkaEventSource
 
-
-class _KafkaBatchPartition(StatefulSourcePartition[RawBatch, Any]):
-    """Wraps Bytewax's Kafka partition: one RawBatch per poll, broker errors as dead letters."""
-
-    def __init__(self, inner: StatefulSourcePartition[Any, Any], topic: str) -> None:
-        self.inner, self.topic = inner, topic
-
-    def next_batch(self) -> list[RawBatch]:
-        from bytewax.connectors.kafka import KafkaError
-
-        messages = list(self.inner.next_batch())
-        if not messages:
-            return []
-        records: list[Any] = []
-        errors: list[DeadLetter] = []
-        for message in messages:
-            if isinstance(message, KafkaError):
-                errors.append(DeadLetter(f"kafka error: {message.err}", repr(message.msg.value), f"kafka:{self.topic}"))
-            else:
-                records.append(message.value or b"")
-        batch = records_to_batch(records, f"kafka:{self.topic}")
-        batch.unparsed.extend(errors)
-        return [batch]
-
-    def next_awake(self) -> datetime | None:
-        return self.inner.next_awake()
-
-    def snapshot(self) -> Any:
-        return self.inner.snapshot()
-
-    def close(self) -> None:
-        self.inner.close()
-
-
-class KafkaEventSource(FixedPartitionedSource[RawBatch, Any]):
-    """A Kafka topic through Bytewax's connector (one Bytewax partition per Kafka partition).
-
-    Offsets resume through Bytewax recovery when it is enabled; without it the topic is
-    read from `starting_offset` and the idempotent updates make re-reading harmless.
-    `tail=False` stops at the end of the topic (tests, backfills).
-    """
-
-    def __init__(
-        self,
-        brokers: list[str],
-        topic: str,
-        tail: bool = True,
-        batch_size: int = 2_000,
-        add_config: dict[str, str] | None = None,
-    ) -> None:
-        from bytewax.connectors.kafka import KafkaSource
-
-        self.topic = topic
-        self.inner = KafkaSource(
-            brokers, [topic], tail=tail, batch_size=batch_size, add_config=add_config, raise_on_errors=False
-        )
-
-    def list_parts(self) -> list[str]:
-        return self.inner.list_parts()
-
-    def build_part(self, step_id: str, for_part: str, resume_state: Any) -> _KafkaBatchPartition:
-        return _KafkaBatchPartition(self.inner.build_part(step_id, for_part, resume_state), self.topic)
+        return KafkaEventSource
+    raise AttributeError(name)

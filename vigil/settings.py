@@ -88,6 +88,9 @@ class Settings(BaseSettings):
     alias_poll_seconds: float = Field(
         5.0, gt=0, validation_alias=AliasChoices("VIGIL_ALIAS_POLL_SECONDS", "alias_poll_seconds")
     )
+    # A live source (Redis stream, Kafka topic) stops once it has read everything there is:
+    # a backfill from a stream, or a test. Off: it waits for more until stopped.
+    stop_at_end: bool = Field(False, validation_alias=AliasChoices("VIGIL_STOP_AT_END", "stop_at_end"))
     start_local_redis: bool = Field(True, validation_alias=AliasChoices("VIGIL_START_LOCAL_REDIS", "start_local_redis"))
 
     @field_validator("redis_url")

@@ -2,16 +2,12 @@
 
 from __future__ import annotations
 
-import subprocess
 import time
-import uuid
-from collections.abc import Iterator
 from pathlib import Path
 
 import httpx
 import pandas as pd
 import pytest
-import redis
 from bytewax.testing import run_main
 
 from flows.features import build_flow, default_sinks
@@ -27,8 +23,7 @@ from vigil.lifecycle.training import train_and_register
 from vigil.offline import training_set
 from vigil.online.connection import connect
 from vigil.online.feast_store import apply_repo
-from vigil.redis_server import find_server_binary
-from vigil.service_process import free_port, transaction_body
+from vigil.service_process import transaction_body
 from vigil.settings import Settings
 
 pytestmark = pytest.mark.integration
@@ -135,74 +130,6 @@ def test_a_model_slower_than_the_budget_answers_from_the_fallback(
         assert answer.status_code == 200 and body["fallback"] is True and body["fallback_reason"] == "timeout"
         # The model sleeps 0.5 s; the answer did not wait for it (no timing assertion: CI load varies).
         assert 'vigil_fallbacks_total{reason="timeout"}' in httpx.get(f"{base}/metrics").text
-
-
-class PrivateRedis:
-    """A Redis of one test's own on loopback, so that killing it harms no one else."""
-
-    def __init__(self, binary: str, folder: Path) -> None:
-        self.port = free_port()
-        self.url = f"redis://127.0.0.1:{self.port}/0"
-        self.command = [
-            binary,
-            "--port",
-            str(self.port),
-            "--bind",
-            "127.0.0.1",
-            "--save",
-            "",
-            "--appendonly",
-            "no",
-            "--dir",
-            str(folder),
-        ]
-        self.process: subprocess.Popen[bytes] | None = None
-
-    def start(self) -> None:
-        self.process = subprocess.Popen(self.command, stdout=subprocess.DEVNULL)
-        assert wait_for(lambda: _pings(self.url), 10)
-
-    def kill(self) -> None:
-        if self.process is not None:
-            self.process.kill()
-            self.process.wait(timeout=10)
-
-
-@pytest.fixture
-def private_redis(tmp_path: Path) -> Iterator[PrivateRedis]:
-    binary = find_server_binary()
-    if binary is None:
-        pytest.skip("no redis-server binary")
-    server = PrivateRedis(binary, tmp_path)
-    server.start()
-    yield server
-    server.kill()
-
-
-def _pings(url: str) -> bool:
-    try:
-        return bool(connect(url, socket_timeout=0.3).ping())
-    except redis.RedisError:
-        return False
-
-
-def test_redis_killed_under_load_then_back(world: tuple[Settings, pd.DataFrame], private_redis: PrivateRedis) -> None:
-    settings, frame = world
-    local = Settings(
-        **{**settings.model_dump(), "redis_url": private_redis.url, "key_prefix": f"k{uuid.uuid4().hex[:6]}"}
-    )
-    rows = [transaction_body(r) for _, r in frame.tail(30).iterrows()]
-    with running_server(server_env(local)) as base:
-        assert httpx.get(f"{base}/readyz").status_code == 200
-        assert httpx.post(f"{base}/v1/score", json=rows[0]).json()["fallback"] is False
-        private_redis.kill()
-        answers = [httpx.post(f"{base}/v1/score", json=row, timeout=5) for row in rows]
-        assert all(a.status_code == 200 for a in answers)
-        assert {a.json()["fallback_reason"] for a in answers} == {"features_unavailable"}
-        assert httpx.get(f"{base}/readyz").status_code == 503
-        private_redis.start()
-        assert wait_for(lambda: httpx.get(f"{base}/readyz").status_code == 200)
-        assert httpx.post(f"{base}/v1/score", json=rows[0]).json()["fallback"] is False
 
 
 def test_in_stream_scoring_flow(world: tuple[Settings, pd.DataFrame]) -> None:

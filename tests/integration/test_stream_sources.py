@@ -3,6 +3,8 @@
 from __future__ import annotations
 
 import json
+import subprocess
+import sys
 
 import pandas as pd
 import pytest
@@ -10,12 +12,15 @@ import redis
 from bytewax.testing import run_main
 
 from flows.features import build_flow, default_sinks
+from flows.kafka import KafkaEventSource
 from flows.sinks import FlowStats
-from flows.sources import KafkaEventSource, RedisStreamSource
+from flows.sources import RedisStreamSource
+from tests.integration.serving_helpers import server_env
 from vigil.features.backfill import compute_features
 from vigil.features.online import max_differences, online_features
 from vigil.online.connection import connect
 from vigil.online.store import OnlineHistoryStore
+from vigil.service_process import free_port
 from vigil.settings import Settings
 from vigil.stream_out import write_stream
 
@@ -90,7 +95,8 @@ def test_kafka_topic_through_the_mock_cluster(settings: Settings, small_world: p
         producer.produce(topic, b"not json")
         assert producer.flush(10) == 0
         stats = FlowStats()
-        run_main(build_flow(KafkaEventSource(brokers, topic, tail=False), default_sinks(settings, stats), settings))
+        source = KafkaEventSource(brokers, topic, settings.redis_url, tail=False)
+        run_main(build_flow(source, default_sinks(settings, stats), settings))
     finally:
         del producer
     assert stats.transactions == len(frame) and stats.dead_letters == 1
@@ -99,3 +105,77 @@ def test_kafka_topic_through_the_mock_cluster(settings: Settings, small_world: p
     ours = online_features(frame, store)
     expected = compute_features(frame.assign(tx_fraud=None))
     assert max(max_differences(ours, expected).values()) <= 1e-9
+
+
+def kafka_events(frame: pd.DataFrame) -> list[tuple[bytes, bytes]]:
+    """(key, value) of each transaction and of its label, keyed by the entity it updates."""
+    out = []
+    for row in frame.itertuples():
+        when = row.tx_datetime.isoformat()
+        tx = {"transaction_id": row.transaction_id, "tx_datetime": when, "customer_id": row.customer_id,
+              "terminal_id": row.terminal_id, "tx_amount": row.tx_amount}  # fmt: skip
+        label = {"kind": "label", "transaction_id": row.transaction_id, "tx_datetime": when,
+                 "terminal_id": row.terminal_id, "tx_fraud": row.tx_fraud}  # fmt: skip
+        out.append((str(row.customer_id).encode(), json.dumps(tx).encode()))
+        out.append((str(row.terminal_id).encode(), json.dumps(label).encode()))
+    return out
+
+
+def test_kafka_four_partitions_two_processes_resume_where_they_stopped(
+    settings: Settings, small_world: pd.DataFrame
+) -> None:
+    """A topic of 4 partitions on 3 mock brokers, read by two cooperating flow processes (the
+    README's command), stopped after half the events and started again: every event reaches
+    the online store and the offline log once, and the features equal the definitions."""
+    confluent_kafka = pytest.importorskip("confluent_kafka")
+    from flows.acks import done_key
+    from vigil.ingest import run_ingest
+    from vigil.offline.eventlog import list_parts, read_log
+
+    frame = two_weeks(small_world).iloc[:4000]
+    mock = confluent_kafka.Producer({"test.mock.num.brokers": 3})  # the cluster lives as long as it does
+    brokers = [f"{b.host}:{b.port}" for b in mock.list_topics(timeout=10).brokers.values()]
+    topic = f"{settings.key_prefix}-events"
+    events = kafka_events(frame)
+    half = len(events) // 2
+
+    def produce(part: list[tuple[bytes, bytes]]) -> None:
+        for key, value in part:
+            mock.produce(topic, value, key)
+        assert mock.flush(10) == 0
+
+    def ingest() -> int:
+        result = run_ingest(
+            settings, lambda n: KafkaEventSource(brokers, topic, settings.redis_url, tail=False), 2,
+            show_progress=False,
+        )  # fmt: skip
+        return result.transactions + result.labels
+
+    def ingest_as_the_readme_says() -> None:
+        """Two cooperating `python -m bytewax.run` processes, the command README.md gives."""
+        ports = [free_port(), free_port()]
+        addresses = ";".join(f"127.0.0.1:{p}" for p in ports)
+        env = {**server_env(settings), "VIGIL_SOURCE": f"kafka://{','.join(brokers)}/{topic}", "VIGIL_STOP_AT_END": "1"}
+        command = [sys.executable, "-m", "bytewax.run", "flows.features:build_flow()", "-a", addresses]
+        processes = [subprocess.Popen([*command, "-i", str(i)], env=env, stderr=subprocess.PIPE) for i in range(2)]
+        for process in processes:
+            _, errors = process.communicate(timeout=120)
+            assert process.returncode == 0, errors.decode()[-2000:]
+
+    produce(events[:half])
+    assert len(mock.list_topics(topic, timeout=10).topics[topic].partitions) == 4
+    first = ingest()
+    produce(events[half:])
+    ingest_as_the_readme_says()  # from the committed offsets: only what came since
+    second = ingest()  # nothing left
+    assert first == half and second == 0
+    assert_exact(settings, frame)
+    transactions = read_log(settings.offline_dir, "transactions")
+    labels = read_log(settings.offline_dir, "labels")
+    assert len(transactions) == len(labels) == len(frame)
+    written = sum(len(pd.read_parquet(p.path)) for p in list_parts(settings.offline_dir, "transactions"))
+    assert written == len(frame)  # not doubled on disk either
+    client = connect(settings.redis_url)
+    for group in ("vigil-features", "vigil-features-offline"):
+        client.delete(*(done_key(group, topic, p) for p in range(4)))
+    client.close()

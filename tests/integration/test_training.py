@@ -102,7 +102,20 @@ def test_register_promote_and_roll_back(ingested: Settings) -> None:
     assert recorded["gate.decision"] == ("promoted" if decision.promoted else "rejected")
     assert recorded["gate.reason"] == decision.reason
     figures = json.loads(recorded["gate.figures"])
-    assert set(figures) == {"challenger v2", "champion v1", "window", "challenger minus champion"}
+    assert set(figures) == {
+        "challenger v2",
+        "champion v1",
+        "window",
+        "challenger minus champion",
+        "policy of challenger v2",
+        "policy of champion v1",
+        "challenger v2 decisions",
+        "champion v1 decisions",
+    }
+    # Each version carries the decision policy chosen on its evaluation week.
+    policy = json.loads(tags("2")["policy"])
+    assert 0 <= policy["review_threshold"] <= 1 and policy["budget"] == 100
+    assert figures["policy of challenger v2"]["review_threshold"] == policy["review_threshold"]
     difference = figures["challenger minus champion"]
     assert difference["ap"] == pytest.approx(figures["challenger v2"]["ap"] - figures["champion v1"]["ap"])
     assert difference["ap_low"] <= difference["ap"] <= difference["ap_high"]

@@ -144,16 +144,9 @@ def predictions(args: argparse.Namespace) -> int:
         print(f"Exported {count:,} answers to {args.out}")
         return 0
     ensure_redis(config)
-    from vigil.monitoring.predictions import persist_once, release_lease, renew_lease, take_lease
+    from vigil.monitoring.predictions import LEASE_SECONDS, persist_once, release_lease, renew_lease, take_lease
     from vigil.online.connection import connect
 
-    client = connect(config.redis_url)
-    holder = f"{socket.gethostname()}-{os.getpid()}"
-    deadline = time.monotonic() + (0 if args.once else 60)
-    while not take_lease(config, client, holder):
-        if time.monotonic() >= deadline:
-            raise Refused("another `vigil predictions persist` holds the prediction log; try again later")
-        time.sleep(1)
     stop = {"now": False}
 
     def ask_to_stop(*_: Any) -> None:
@@ -161,6 +154,17 @@ def predictions(args: argparse.Namespace) -> int:
 
     signal.signal(signal.SIGTERM, ask_to_stop)
     signal.signal(signal.SIGINT, ask_to_stop)
+    client = connect(config.redis_url)
+    holder = f"{socket.gethostname()}-{os.getpid()}"
+    # A persister that died holds its lease until it lapses: wait a little longer than that.
+    deadline = time.monotonic() + LEASE_SECONDS + 2
+    while not take_lease(config, client, holder):
+        if stop["now"]:
+            say("stopped before the prediction log was free")
+            return 0
+        if time.monotonic() >= deadline:
+            raise Refused("another `vigil predictions persist` holds the prediction log; try again later")
+        time.sleep(0.5)
     total = 0
     try:
         while True:

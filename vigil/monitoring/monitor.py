@@ -157,7 +157,11 @@ def run_monitor(settings: Settings, config: MonitorConfig | None = None) -> Moni
             )
     versions = set(predictions["version"].astype(str)) - {""}
     result.performance = daily_performance(
-        predictions, read_labels(settings), expected_ap(settings, versions), config.ap_tolerance, config.min_frauds
+        predictions,
+        read_labels(settings, str(predictions["tx_datetime"].min().date())),
+        expected_ap(settings, versions),
+        config.ap_tolerance,
+        config.min_frauds,
     )
     result.performance_alerts = [day for day in result.performance if day.alert]
     for day in result.performance_alerts:

@@ -16,6 +16,7 @@ import pandas as pd
 from sklearn.metrics import average_precision_score, roc_auc_score
 
 from vigil.lifecycle.evaluation import card_precision_at_k
+from vigil.offline.eventlog import read_log
 from vigil.settings import Settings
 
 
@@ -35,14 +36,11 @@ class DayPerformance:
         return asdict(self)
 
 
-def read_labels(settings: Settings) -> pd.DataFrame:
-    """Every label event ingested so far, one per transaction (the latest wins)."""
-    folder = settings.offline_dir / "labels"
-    parts = sorted(folder.glob("part-*.parquet")) if folder.exists() else []
-    if not parts:
-        return pd.DataFrame({"transaction_id": pd.Series(dtype=np.int64), "tx_fraud": pd.Series(dtype=np.int64)})
-    labels = pd.concat([pd.read_parquet(p, columns=["transaction_id", "tx_fraud"]) for p in parts])
-    return labels.drop_duplicates("transaction_id", keep="last")
+def read_labels(settings: Settings, first_day: str | None = None) -> pd.DataFrame:
+    """Every label event ingested so far (of transactions from `first_day` on), one per
+    transaction (the latest wins)."""
+    labels = read_log(settings.offline_dir, "labels", first=first_day)
+    return labels[["transaction_id", "tx_fraud"]]
 
 
 def daily_performance(

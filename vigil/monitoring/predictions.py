@@ -47,7 +47,7 @@ READ_COUNT = 200  # entries per read; the service's entries hold up to 2,000 ans
 # The scoring service's entries: many answers each, as JSON columns.
 ENTRY_FORMAT = "columns-v1"
 PARTITION = "date="
-LEASE_SECONDS = 30
+LEASE_SECONDS = 10
 
 
 def predictions_dir(settings: Settings) -> Path:
