@@ -23,7 +23,7 @@ from fastapi.openapi.docs import get_redoc_html, get_swagger_ui_html
 from fastapi.responses import JSONResponse
 from fastapi.security import APIKeyHeader
 from prometheus_client import CONTENT_TYPE_LATEST, generate_latest
-from pydantic import BaseModel, Field, StrictInt
+from pydantic import BaseModel, Field
 
 from scoring.decisions import list_key
 from scoring.fastpath import NO_KEY, NO_MODEL_YET, UNSUPPORTED, FastScoreRoutes, json_content, problems
@@ -88,9 +88,10 @@ class ListMembers(BaseModel):
     members: list[int]
 
 
+STORE_AWAY = "the store (Redis) is unavailable: nothing was recorded; retry"
 Which = Annotated[Literal["allow", "block"], Path(description="allow or block")]
 Kind = Annotated[Literal["customer", "terminal"], Path(description="customer or terminal")]
-EntityId = Annotated[StrictInt, Path(ge=0, le=2**63 - 1)]
+EntityId = Annotated[int, Path(ge=0, le=2**63 - 1, description="a customer or terminal id")]
 
 
 def create_app(settings: Settings | None = None) -> FastAPI:
@@ -140,7 +141,7 @@ def create_app(settings: Settings | None = None) -> FastAPI:
         413: {"model": Problem, "description": "body or batch too large"},
         415: {"model": Problem, "description": "the body is not JSON"},
         422: {"model": Problem, "description": "a field is missing or invalid: `loc` names it"},
-        503: {"model": Problem, "description": "no model is promoted yet"},
+        503: {"model": Problem, "description": "no model is promoted yet, or the store is away (retry)"},
     }
     keyed = [Depends(require_key)]
     body_rules = [Depends(require_key), Depends(require_json)]
@@ -178,28 +179,40 @@ def create_app(settings: Settings | None = None) -> FastAPI:
                 await pipe.execute()
         except Exception as error:  # not written: not accepted, the caller retries
             log.warning("labels not recorded: %s", type(error).__name__)
-            raise HTTPException(status_code=503, detail="the event stream is unavailable; retry") from None
+            raise HTTPException(status_code=503, detail=STORE_AWAY, headers={"Retry-After": "1"}) from None
         request.app.state.metrics.labels_accepted.inc(len(batch.labels))
         return as_json({"accepted": len(batch.labels)}, 202)
+
+    async def on_lists(request: Request, change: str, key: str, entity_id: int = 0) -> list[int]:
+        client, lists = request.app.state.redis, request.app.state.lists
+        try:
+            if change == "add":
+                await client.sadd(key, entity_id)
+            elif change == "remove":
+                await client.srem(key, entity_id)
+            members = await client.smembers(key)
+            await lists.refresh(client, settings.key_prefix)
+        except Exception as error:  # the store is away: nothing was changed, the caller retries
+            log.warning("lists not reachable: %s", type(error).__name__)
+            raise HTTPException(status_code=503, detail=STORE_AWAY, headers={"Retry-After": "1"}) from None
+        return sorted(int(m) for m in members)
 
     @app.get("/v1/lists/{which}/{kind}", response_model=ListMembers, dependencies=keyed, responses=errors)
     async def list_members(which: Which, kind: Kind, request: Request) -> Any:
         """The customers or terminals on the allow or block list."""
-        members = await request.app.state.redis.smembers(list_key(settings.key_prefix, which, kind))
-        return {"which": which, "kind": kind, "members": sorted(int(m) for m in members)}
+        members = await on_lists(request, "read", list_key(settings.key_prefix, which, kind))
+        return {"which": which, "kind": kind, "members": members}
 
     @app.put("/v1/lists/{which}/{kind}/{entity_id}", status_code=204, dependencies=keyed, responses=errors)
     async def list_add(which: Which, kind: Kind, entity_id: EntityId, request: Request) -> Response:
         """Put a customer or terminal on a list (every replica applies it within a second)."""
-        await request.app.state.redis.sadd(list_key(settings.key_prefix, which, kind), entity_id)
-        await request.app.state.lists.refresh(request.app.state.redis, settings.key_prefix)
+        await on_lists(request, "add", list_key(settings.key_prefix, which, kind), entity_id)
         return Response(status_code=204)
 
     @app.delete("/v1/lists/{which}/{kind}/{entity_id}", status_code=204, dependencies=keyed, responses=errors)
     async def list_remove(which: Which, kind: Kind, entity_id: EntityId, request: Request) -> Response:
         """Take a customer or terminal off a list."""
-        await request.app.state.redis.srem(list_key(settings.key_prefix, which, kind), entity_id)
-        await request.app.state.lists.refresh(request.app.state.redis, settings.key_prefix)
+        await on_lists(request, "remove", list_key(settings.key_prefix, which, kind), entity_id)
         return Response(status_code=204)
 
     @app.get("/healthz")

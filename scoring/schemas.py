@@ -24,7 +24,11 @@ INT64_MAX = 2**63 - 1  # ids are stored as 64-bit integers
 MAX_AMOUNT = 1e9  # far above any card payment, far below float32's range (features stay finite)
 EARLIEST = datetime(1970, 1, 1)
 LATEST = datetime(2200, 12, 31, 23, 59, 59, 999_999)
-DATETIME_PATTERN = r"^\d{4}-\d{2}-\d{2}T\d{2}:\d{2}:\d{2}(\.\d{1,9})?(Z|[+-]\d{2}:\d{2})?$"
+# Years 1970-2200 and zones within +-14:00, so the pattern says most of the range rule.
+DATETIME_PATTERN = (
+    r"^(19[7-9]\d|20\d\d|21\d\d|2200)-(0[1-9]|1[0-2])-(0[1-9]|[12]\d|3[01])"
+    r"T([01]\d|2[0-3]):[0-5]\d:[0-5]\d(\.\d{1,9})?(Z|[+-](0\d|1[0-4]):[0-5]\d)?$"
+)
 _DATETIME = re.compile(DATETIME_PATTERN)
 DATETIME_RULE = (
     "ISO 8601 date and time to the second (YYYY-MM-DDTHH:MM:SS, optional fraction, optional Z or +HH:MM); "

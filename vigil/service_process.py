@@ -10,6 +10,7 @@ import tempfile
 import time
 from collections.abc import Iterator
 from contextlib import contextmanager
+from pathlib import Path
 from typing import Any
 
 import httpx
@@ -46,12 +47,17 @@ def free_port() -> int:
 
 @contextmanager
 def serve_process(
-    env: dict[str, str], workers: int = 1, ready_path: str = "/readyz", timeout: float = 120
+    env: dict[str, str],
+    workers: int = 1,
+    ready_path: str = "/readyz",
+    timeout: float = 120,
+    stderr_to: Path | None = None,
 ) -> Iterator[str]:
     """Starts `vigil serve` on loopback with `env`, waits until `ready_path` answers 200,
-    yields its base URL, stops it. Its stderr goes to a file, quoted if it exits early."""
+    yields its base URL, stops it. Its stderr (its log) goes to `stderr_to` or a temporary
+    file, quoted if it exits early."""
     port = free_port()
-    with tempfile.TemporaryFile("w+") as errors:
+    with stderr_to.open("w+") if stderr_to else tempfile.TemporaryFile("w+") as errors:
         process = subprocess.Popen(
             [sys.executable, "-m", "vigil.cli", "serve", "--port", str(port), "--workers", str(workers)],
             cwd=PROJECT_ROOT,

@@ -28,9 +28,11 @@ def server_env(settings: Settings, **extra: str) -> dict[str, str]:
     return service_env(settings, **{"VIGIL_ALIAS_POLL_SECONDS": "0.5", "VIGIL_START_LOCAL_REDIS": "false", **extra})
 
 
-def running_server(env: dict[str, str], workers: int = 1, timeout: float = 90) -> AbstractContextManager[str]:
+def running_server(
+    env: dict[str, str], workers: int = 1, timeout: float = 90, stderr_to: Path | None = None
+) -> AbstractContextManager[str]:
     """A real `vigil serve`; alive is enough (some tests start it with the store away)."""
-    return serve_process(env, workers=workers, ready_path="/healthz", timeout=timeout)
+    return serve_process(env, workers=workers, ready_path="/healthz", timeout=timeout, stderr_to=stderr_to)
 
 
 class SlowNet(nn.Module):

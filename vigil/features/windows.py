@@ -26,7 +26,7 @@ FloatArray = npt.NDArray[np.float64]
 # One entity's facts (times, ids, values) as plain lists: the input of `one_transaction`.
 HistoryLists = tuple[list[int], list[int], list[float]]
 
-_TS_BITS = 32  # (ts - origin) always fits: 136 years of seconds
+_TS_BITS = 33  # (ts - origin) fits 272 years of seconds: the API admits 1970-2200; 2^30 entity ranks
 _LONGEST_WINDOW_SECONDS = max(spec.WINDOW_DAYS) * spec.DAY_SECONDS
 
 
