@@ -27,6 +27,7 @@ from typing import Any
 
 from bytewax.inputs import FixedPartitionedSource, StatefulSourcePartition
 
+from flows import stopping
 from flows.acks import KafkaToken, done_key
 from vigil.events import ALL_FIELDS, DeadLetter, RawBatch, records_to_batch
 from vigil.online.connection import connect
@@ -47,6 +48,8 @@ class _KafkaPartition(StatefulSourcePartition[RawBatch, Any]):
     def next_batch(self) -> list[RawBatch]:
         from bytewax.connectors.kafka import KafkaError
 
+        if stopping.requested():
+            raise StopIteration
         now = time.monotonic()
         if now - self._last_commit >= COMMIT_SECONDS:
             self._commit()

@@ -17,6 +17,7 @@ import pandas as pd
 import redis
 from bytewax.inputs import DynamicSource, FixedPartitionedSource, StatefulSourcePartition, StatelessSourcePartition
 
+from flows import stopping
 from flows.acks import RedisToken
 from vigil.events import ALL_FIELDS, LABEL, TRANSACTION, DeadLetter, RawBatch, records_to_batch, validate
 from vigil.features.spec import DAY_SECONDS
@@ -82,6 +83,8 @@ class _ReplayPartition(StatefulSourcePartition[RawBatch, int]):
         self._first_event = int(valid[0]) if valid.size else 0
 
     def next_batch(self) -> list[RawBatch]:
+        if stopping.requested():
+            raise StopIteration
         if self.unparsed:
             batch = RawBatch(self.events.iloc[0:0], self.source, unparsed=self.unparsed)
             self.unparsed = []
@@ -178,6 +181,8 @@ class _RedisStreamPartition(StatelessSourcePartition[RawBatch]):
                 raise
 
     def next_batch(self) -> list[RawBatch]:
+        if stopping.requested():
+            raise StopIteration
         source = self.source
         # First re-read entries this consumer was given but never acknowledged (a crash).
         start = ">" if self._pending_done else "0"

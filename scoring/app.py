@@ -23,7 +23,7 @@ from fastapi.openapi.docs import get_redoc_html, get_swagger_ui_html
 from fastapi.responses import JSONResponse
 from fastapi.security import APIKeyHeader
 from prometheus_client import CONTENT_TYPE_LATEST, generate_latest
-from pydantic import BaseModel, Field
+from pydantic import BaseModel, Field, StrictInt
 
 from scoring.decisions import list_key
 from scoring.fastpath import NO_KEY, NO_MODEL_YET, UNSUPPORTED, FastScoreRoutes, json_content, problems
@@ -71,7 +71,7 @@ class Label(BaseModel):
     transaction_id: Id = Field(..., examples=[123])
     terminal_id: Id = Field(..., examples=[7])
     tx_datetime: TxDateTime = Field(..., examples=["2018-08-08T10:31:00"], description="the transaction's own time")
-    tx_fraud: Literal[0, 1] = Field(..., examples=[1], description="1: fraud, 0: genuine")
+    tx_fraud: Annotated[StrictInt, Field(ge=0, le=1)] = Field(..., examples=[1], description="1: fraud, 0: genuine")
 
 
 class LabelBatch(BaseModel):

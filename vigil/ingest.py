@@ -20,6 +20,7 @@ from bytewax.inputs import Source
 from bytewax.run import cli_main
 from tqdm import tqdm
 
+from flows import stopping
 from flows.features import build_flow, default_sinks
 from flows.sinks import FlowStats
 from vigil.events import RawBatch
@@ -89,6 +90,7 @@ def _worker(
     """Runs one flow process; puts (stats, interrupted, error) on `results` however it ends."""
     stats = FlowStats()
     interrupted, error = False, None
+    stopping.install()  # Ctrl-C / SIGTERM: the sources end, the sinks write what they hold
     try:
         flow = build_flow(make_source(processes), default_sinks(settings, stats, _SharedCounter(counter)), settings)
         cli_main(flow, process_id=index if addresses else None, addresses=addresses)
@@ -96,11 +98,7 @@ def _worker(
         interrupted = True
     except Exception as failure:  # reported by the parent, with the process that failed
         error = f"{type(failure).__name__}: {failure}"
-    results.put((stats.as_dict(), interrupted, error))
-
-
-def _terminate_gracefully(*_: Any) -> None:
-    raise KeyboardInterrupt
+    results.put((stats.as_dict(), interrupted or stopping.requested(), error))
 
 
 def run_ingest(
@@ -129,11 +127,12 @@ def run_ingest(
 
         ticker = threading.Thread(target=refresh, daemon=True)
         ticker.start()
-        previous = signal.signal(signal.SIGTERM, _terminate_gracefully)
+        handlers = {s: signal.getsignal(s) for s in (signal.SIGINT, signal.SIGTERM)}
         try:
             _worker(settings, make_source, 1, 0, None, counter, results)
         finally:
-            signal.signal(signal.SIGTERM, previous)
+            for number, handler in handlers.items():
+                signal.signal(number, handler)
             stop.set()
             ticker.join()
         _collect(result, results.get(), 0)
@@ -163,7 +162,8 @@ def run_ingest(
                             f"flow process {dead[0]} exited with status {children[dead[0]].exitcode}"
                         ) from None
         except KeyboardInterrupt:
-            # Every child got the same Ctrl-C: each stops and reports what it did.
+            # Every child got the same Ctrl-C (one process group): each stops its sources,
+            # writes what its sinks hold and reports.
             result.interrupted = True
             deadline = time.monotonic() + 10
             while collected < processes and time.monotonic() < deadline:
