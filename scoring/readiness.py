@@ -14,6 +14,7 @@ import collections
 import contextlib
 import logging
 import time
+from collections.abc import Callable
 from typing import Any
 
 from vigil.online.marker import StoreHealth
@@ -38,7 +39,7 @@ class Readiness:
         self.window_seconds, self.max_fallback_share, self.min_answers = window_seconds, max_fallback_share, min_answers
         self.health: StoreHealth | None = None
         self.store_reason: str | None = None
-        self.has_model = False
+        self.has_model: Callable[[], bool] = lambda: False
         # Per-second counts of (answers, fallbacks), newest last.
         self._seconds: collections.deque[list[int]] = collections.deque()
         self._said: str | None = "starting"
@@ -65,7 +66,7 @@ class Readiness:
 
     def reason(self) -> str | None:
         """None when ready, else one word."""
-        if not self.has_model:
+        if not self.has_model():
             return NO_MODEL
         if self.store_reason is not None:
             return self.store_reason

@@ -58,7 +58,7 @@ def lifespan(settings: Settings) -> Callable[[FastAPI], contextlib.AbstractAsync
         executor = ThreadPoolExecutor(max_workers=2, thread_name_prefix="vigil-model")
         store = AsyncOnlineHistoryStore(client, settings.feast_project, settings.redis_url)
         readiness = Readiness(store)
-        readiness.has_model = models.current is not None
+        readiness.has_model = lambda: models.current is not None
         prediction_log = PredictionLog(
             client, settings.prediction_stream, metrics, max_buffer_bytes=settings.prediction_buffer_bytes
         )
@@ -141,7 +141,6 @@ async def _follow_aliases(models: ModelManager, shadow: ModelManager, metrics: S
 
 async def _refresh(app: FastAPI, settings: Settings) -> None:
     state = app.state
-    state.readiness.has_model = state.models.current is not None
     state.rules.check()
     state.metrics.rules_loaded.set(len(state.rules.current.rules))
     state.metrics.rules_file_error.set(1 if state.rules.error else 0)

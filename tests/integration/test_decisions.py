@@ -227,4 +227,3 @@ def test_labels_through_the_api_reach_the_running_flow_like_stream_labels(world:
         flow.send_signal(signal.SIGINT)
         out, err = flow.communicate(timeout=60)
     assert "Ingested" in out.decode(), err.decode()[-2000:]  # Ctrl-C ends with the summary
-

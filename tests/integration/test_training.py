@@ -93,8 +93,14 @@ def test_register_promote_and_roll_back(ingested: Settings) -> None:
     sample = data.head(50)
     native = load_native(f"models:/{REGISTERED_MODEL}/2")
     pyfunc = mlflow.pyfunc.load_model(f"models:/{REGISTERED_MODEL}/2")
-    inputs = sample[list(native.inputs)].astype(np.float32)  # the signature's types
+    inputs = sample[list(native.inputs)]
     np.testing.assert_allclose(pyfunc.predict(inputs), native.predict_proba(sample), atol=1e-6)
+    # ...and on the model's own input example, as `mlflow models predict` would run it.
+    from mlflow.models import Model
+
+    local = mlflow.artifacts.download_artifacts(f"models:/{REGISTERED_MODEL}/2")
+    example = Model.load(local).load_input_example(local)
+    assert pyfunc.predict(example).shape == (len(example),)
     assert type(mlflow.xgboost.load_model(f"models:/{REGISTERED_MODEL}/2")).__name__ == "Booster"
     decision = promote(ingested, data)
     assert isinstance(decision, Decision) and decision.challenger == "2"
@@ -143,7 +149,8 @@ def test_register_promote_and_roll_back(ingested: Settings) -> None:
 
 
 def test_postgresql_tracking_store(ingested: Settings) -> None:
-    """The same registry calls against MLflow on the machine's PostgreSQL (skipped without one)."""
+    """The same registry calls against MLflow on the machine's PostgreSQL (skipped without one),
+    with a plain postgresql:// URI (SQLAlchemy's default driver, psycopg 3)."""
     import psycopg2
 
     try:
@@ -157,7 +164,7 @@ def test_postgresql_tracking_store(ingested: Settings) -> None:
         remote = Settings(
             **{
                 **ingested.model_dump(),
-                "mlflow_tracking_uri": f"postgresql+psycopg2://postgres@127.0.0.1:5432/{database}",
+                "mlflow_tracking_uri": f"postgresql://postgres@127.0.0.1:5432/{database}",
             }
         )
         configure(remote)
@@ -170,3 +177,39 @@ def test_postgresql_tracking_store(ingested: Settings) -> None:
         mlflow.set_tracking_uri(None)
         admin.cursor().execute(f"DROP DATABASE IF EXISTS {database} WITH (FORCE)")
         admin.close()
+
+
+def test_serve_waits_for_a_champion_and_the_cli_says_when_it_refuses(ingested: Settings) -> None:
+    """`vigil serve` starts before any version is promoted (503, ready: no), serves the first
+    champion without a restart; promote and rollback exit 1 when there is nothing to do."""
+    import time
+
+    import httpx
+
+    from tests.integration.serving_helpers import running_server, server_env, vigil
+
+    configure(ingested)  # a registry that exists, with nothing in it
+    env = server_env(ingested)
+    with running_server(env) as base:
+        ready = httpx.get(f"{base}/readyz")
+        assert ready.status_code == 503 and ready.json() == {"ready": False, "reason": "no_model"}
+        body = {"transaction_id": 1, "customer_id": 2, "terminal_id": 3, "tx_amount": 4.5,
+                "tx_datetime": "2018-04-20T10:00:00"}  # fmt: skip
+        waiting = httpx.post(f"{base}/v1/score", json=body)
+        assert waiting.status_code == 503 and "no model is promoted yet" in waiting.json()["detail"]
+        nothing = vigil("promote", env=env)
+        assert nothing.returncode == 1 and "no challenger version" in nothing.stderr + nothing.stdout
+        no_rollback = vigil("promote", "--rollback", env=env)
+        assert no_rollback.returncode == 1 and "no earlier champion" in no_rollback.stderr + no_rollback.stdout
+        train_and_register(ingested, training_set(apply_repo(ingested), ingested), "baseline", show_progress=False)
+        deadline = time.monotonic() + 30
+        while httpx.post(f"{base}/v1/score", json=body).status_code != 200 and time.monotonic() < deadline:
+            time.sleep(0.2)
+        answer = httpx.post(f"{base}/v1/score", json=body)
+        assert answer.status_code == 200 and answer.json()["model"]["version"] == "1"
+        assert httpx.get(f"{base}/readyz").status_code == 200
+    same = vigil("promote", env=env)
+    assert same.returncode == 1 and "nothing to promote" in same.stdout + same.stderr
+    no_data = vigil("evaluate", "--windows", "2019-01-01", "--bootstrap", "0", env=env)
+    assert no_data.returncode == 2 and "no data for a test window starting 2019-01-01" in no_data.stderr
+    assert "Traceback" not in no_data.stderr

@@ -190,9 +190,14 @@ def rollback(settings: Settings, alias: str = CHAMPION) -> Decision:
     """Moves `alias` back to the version that held it before the last promotion."""
     from mlflow.tracking import MlflowClient
 
+    from mlflow.exceptions import MlflowException
+
     configure(settings)
     client = MlflowClient()
-    previous = client.get_registered_model(REGISTERED_MODEL).tags.get(PREVIOUS_CHAMPION_TAG)
+    try:
+        previous = client.get_registered_model(REGISTERED_MODEL).tags.get(PREVIOUS_CHAMPION_TAG)
+    except MlflowException:  # nothing registered yet
+        return Decision(False, "no earlier champion to roll back to: nothing is registered", None, None, {})
     current = _version(client, alias)
     if previous is None or previous == current:
         return Decision(False, "no earlier champion to roll back to", current, None, {})

@@ -103,7 +103,8 @@ def train_and_register(
 
     experiment_id = configure(settings)
     client = MlflowClient()
-    example = train[list(model.inputs)].head(5).astype(np.float32)
+    # float64: a JSON input example reads back as float64, which a float32 schema refuses.
+    example = train[list(model.inputs)].head(5).astype(np.float64)
     features = model.feature_set
     with mlflow.start_run(experiment_id=experiment_id, run_name=f"{kind}-{split.train_end.date()}") as run:
         mlflow.log_params({**{f"model.{k}": v for k, v in model.params.items()}, "model.kind": kind, "device": device})
@@ -132,7 +133,7 @@ def train_and_register(
         info = model.log_model("model", example, signature)
         mlflow.log_dict(policy.as_dict(), "policy.json")
         mlflow.log_params({f"policy.{k}": v for k, v in policy.as_dict().items()})
-        fallback_example = train[list(fallback.inputs)].head(5).astype(np.float32)
+        fallback_example = train[list(fallback.inputs)].head(5).astype(np.float64)
         fallback_signature = infer_signature(fallback_example, fallback.predict_proba(fallback_example))
         fallback.log_model(FALLBACK_ARTIFACT, fallback_example, fallback_signature)
         # All of the test days' traffic, known-compromised customers included: live traffic has them.
