@@ -14,7 +14,7 @@ import numpy as np
 
 from vigil.features import spec
 from vigil.lifecycle.policy import TAG, Policy, read_policy_file, with_overrides
-from vigil.lifecycle.tracking import CHALLENGER, CHAMPION, FALLBACK_ARTIFACT, REGISTERED_MODEL
+from vigil.lifecycle.tracking import CHALLENGER, CHAMPION, FALLBACK_ARTIFACT, REGISTERED_MODEL, hush_mlflow_store
 from vigil.models.base import FraudModel, resolve_device
 from vigil.models.registry import load_native
 from vigil.settings import Settings
@@ -111,6 +111,8 @@ class ModelManager:
             from mlflow.tracking import MlflowClient
 
             os.environ.setdefault("MLFLOW_DISABLE_TELEMETRY", "true")
+            os.environ.setdefault("MLFLOW_ENABLE_ARTIFACTS_PROGRESS_BAR", "false")
+            hush_mlflow_store()
             self._mlflow = MlflowClient(
                 tracking_uri=self.settings.tracking_uri, registry_uri=self.settings.tracking_uri
             )

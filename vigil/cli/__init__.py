@@ -13,7 +13,7 @@ import sys
 from collections.abc import Callable, Sequence
 
 from vigil.cli import data, models, monitor, serving
-from vigil.cli.common import Formatter, Refused, UserError
+from vigil.cli.common import Formatter, Refused, UserError, quiet_libraries
 
 __all__ = ["Refused", "UserError", "build_parser", "main"]
 
@@ -35,6 +35,7 @@ def build_parser() -> argparse.ArgumentParser:
 
 def main(argv: Sequence[str] | None = None) -> int:
     args = build_parser().parse_args(argv)
+    quiet_libraries()
     func: Callable[[argparse.Namespace], int] = args.func
     try:
         return func(args)

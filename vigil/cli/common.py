@@ -97,6 +97,23 @@ def subcommand(sub: Any, name: str, summary: str, description: str, examples: st
     return parser
 
 
+def quiet_libraries() -> None:
+    """No warnings or progress bars from the libraries Vigil drives, in normal use: each
+    filter names the one message it hides."""
+    import logging
+    import os
+
+    from vigil.lifecycle.tracking import hush_mlflow_store
+
+    # MLflow draws a progress bar for every artifact it downloads (a model load).
+    os.environ.setdefault("MLFLOW_ENABLE_ARTIFACTS_PROGRESS_BAR", "false")
+    os.environ.setdefault("MLFLOW_DISABLE_TELEMETRY", "true")
+    hush_mlflow_store()
+    # MLflow announces the tables of a new local store, and each migration.
+    logging.getLogger("mlflow.store.db.utils").setLevel(logging.WARNING)
+    logging.getLogger("alembic.runtime.migration").setLevel(logging.WARNING)
+
+
 def say(text: str) -> None:
     print(f"vigil: {text}", file=sys.stderr)
 

@@ -53,13 +53,21 @@ vigil monitor --watch 3600 --metrics-port 9108""",
 def _print(result: MonitorResult, outcome: RetrainOutcome | None) -> None:
     print(f"prediction log: {result.rolled:,} new entries rolled to Parquet; newest transaction {result.newest}")
     for w in sorted(result.windows, key=lambda w: (w.start, w.version)):
-        flag = "  DRIFT" if w in result.drift_alerts else ""
+        flag = (
+            "  DRIFT"
+            if w in result.drift_alerts
+            else "  (warm-up: history shorter than the windows)"
+            if w.warmup
+            else ""
+        )
         drifted = ", ".join(w.drifted_columns) or "-"
         print(f"  window {w.start}  v{w.version}  {w.rows:>7,} rows  drift share {w.share:.2f}  [{drifted}]{flag}")
     for d in sorted(result.performance, key=lambda d: (d.day, d.version)):
         flag = "  DROP" if d.alert else ""
         ap = "n/a" if math.isnan(d.ap) else f"{d.ap:.3f}"
         print(f"  day {d.day}  v{d.version}  {d.transactions:>7,} labelled, {d.frauds:>4} frauds  AP {ap}{flag}")
+    if result.labels_pending_from:
+        print(f"  days from {result.labels_pending_from} on: labels not all arrived yet, not judged")
     print(
         f"alerts: {len(result.drift_alerts)} drift, {len(result.performance_alerts)} performance; "
         f"report {result.index}; gauges {result.metrics_file}"

@@ -188,9 +188,8 @@ def promote(settings: Settings, data: pd.DataFrame, alias: str = CHAMPION, force
 
 def rollback(settings: Settings, alias: str = CHAMPION) -> Decision:
     """Moves `alias` back to the version that held it before the last promotion."""
-    from mlflow.tracking import MlflowClient
-
     from mlflow.exceptions import MlflowException
+    from mlflow.tracking import MlflowClient
 
     configure(settings)
     client = MlflowClient()

@@ -15,6 +15,15 @@ CHALLENGER = "challenger"
 FALLBACK_ARTIFACT = "fallback"
 
 
+def hush_mlflow_store() -> None:
+    """MLflow's SQL store configures a relationship that SQLAlchemy 2.1 deprecates (MLflow's to
+    fix): hidden by its message. Applied again before each use, because Feast's modules reset
+    DeprecationWarning to "once" when they are imported."""
+    import warnings
+
+    warnings.filterwarnings("ignore", message=r"The ``noload`` loader strategy is deprecated")
+
+
 def configure(settings: Settings) -> str:
     """Points MLflow at the configured store and makes sure the experiment exists.
 
@@ -24,6 +33,7 @@ def configure(settings: Settings) -> str:
     """
     import os
 
+    hush_mlflow_store()
     # No network beyond the tracking store: MLflow's usage telemetry stays off.
     os.environ.setdefault("MLFLOW_DISABLE_TELEMETRY", "true")
     import mlflow

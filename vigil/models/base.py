@@ -37,6 +37,15 @@ def as_matrix(frame: pd.DataFrame, inputs: tuple[str, ...] = spec.MODEL_INPUTS) 
     return frame[list(inputs)].to_numpy(dtype=np.float32)
 
 
+def requirements(*packages: str) -> list[str]:
+    """Pinned pip requirements for a logged model, given rather than inferred: MLflow's
+    inference imports the model in a subprocess and warns about local version labels
+    (torch's `+cpu`); a requirement must name an installable release."""
+    from importlib import metadata
+
+    return [f"{name}=={metadata.version(name).split('+')[0]}" for name in packages]
+
+
 def take_inputs(data: pd.DataFrame | np.ndarray, inputs: tuple[str, ...]) -> np.ndarray:
     """A model's own inputs: columns of a frame by name, or the first len(inputs) columns of
     a matrix in spec.SERVED_INPUTS order (each feature set extends the one before it)."""

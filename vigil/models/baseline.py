@@ -14,7 +14,7 @@ from sklearn.linear_model import LogisticRegression
 from sklearn.pipeline import Pipeline
 from sklearn.preprocessing import StandardScaler
 
-from vigil.models.base import FraudModel, Progress, feature_set_of_width
+from vigil.models.base import FraudModel, Progress, feature_set_of_width, requirements
 
 
 class BaselineModel(FraudModel):
@@ -60,7 +60,13 @@ class BaselineModel(FraudModel):
             # MLflow checks the example through sklearn's pyfunc, which hands the pipeline (fitted
             # on arrays) a frame; the signature fixes the column order, so the names add nothing.
             warnings.filterwarnings("ignore", message="X has feature names", category=UserWarning)
-            return mlflow.sklearn.log_model(self.pipeline, name=name, input_example=input_example, signature=signature)
+            return mlflow.sklearn.log_model(
+                self.pipeline,
+                name=name,
+                input_example=input_example,
+                signature=signature,
+                pip_requirements=requirements("mlflow", "scikit-learn", "cloudpickle", "numpy", "pandas"),
+            )
 
     @classmethod
     def load_model(cls, uri: str) -> BaselineModel:

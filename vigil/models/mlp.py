@@ -9,7 +9,7 @@ import pandas as pd
 import torch
 from torch import nn
 
-from vigil.models.base import FraudModel, Progress, feature_set_of_width
+from vigil.models.base import FraudModel, Progress, feature_set_of_width, requirements
 
 
 class FraudNet(nn.Module):
@@ -112,6 +112,7 @@ class MLPModel(FraudModel):
             input_example=example,
             signature=infer_signature(example, self.predict_proba(example)),
             serialization_format="pickle",
+            pip_requirements=requirements("mlflow", "torch", "cloudpickle", "numpy"),
         )
 
     @classmethod

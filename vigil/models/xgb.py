@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import json
-from importlib import metadata
 from typing import Any, ClassVar
 
 import numpy as np
@@ -11,7 +10,7 @@ import pandas as pd
 import xgboost as xgb
 
 from vigil.features import spec
-from vigil.models.base import FraudModel, Progress, feature_set_of_width, take_inputs
+from vigil.models.base import FraudModel, Progress, feature_set_of_width, requirements, take_inputs
 from vigil.models.forest import Forest
 
 # Ratios the trees cannot form from the raw inputs with few splits: this payment against
@@ -270,7 +269,7 @@ class XGBoostModel(FraudModel):
             model_format="ubj",
             # Given, not inferred: MLflow infers them by predicting through its stock xgboost
             # pyfunc, which lacks the derived inputs and prints a failing traceback.
-            pip_requirements=[f"{name}=={metadata.version(name)}" for name in ("mlflow", "xgboost", "numpy", "pandas")],
+            pip_requirements=requirements("mlflow", "xgboost", "numpy", "pandas"),
         )
 
     @classmethod

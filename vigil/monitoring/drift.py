@@ -44,6 +44,7 @@ class WindowDrift:
     share: float
     columns: list[ColumnDrift] = field(default_factory=list)
     report: str | None = None
+    warmup: bool = False  # within the features' look-back of the history's start: never an alert
 
     @property
     def drifted_columns(self) -> list[str]:
@@ -71,6 +72,8 @@ def measure_drift(
     html_path: Path | None = None,
     max_rows: int = 20_000,
     seed: int = 0,
+    drift_share: float = 0.25,
+    caption: str = "",
 ) -> tuple[float, list[ColumnDrift], int]:
     """Runs Evidently's drift preset; returns (drift share, per-column results, rows compared).
 
@@ -99,9 +102,11 @@ def measure_drift(
                 num_method=METHOD_NUMERIC,
                 cat_method=METHOD_BINARY,
                 threshold=THRESHOLD,
+                drift_share=drift_share,  # Vigil's alert line, so the report's verdict is Vigil's
             )
         ],
         include_tests=True,
+        metadata={"window": caption} if caption else None,
     )
     with warnings.catch_warnings():
         # Evidently's correlation widgets warn on constant columns (a window without night payments).
@@ -110,6 +115,8 @@ def measure_drift(
     if html_path is not None:
         html_path.parent.mkdir(parents=True, exist_ok=True)
         snapshot.save_html(str(html_path))
+        if caption:
+            _add_banner(html_path, caption)
     return (*_parse(snapshot.dict(), columns), len(current))
 
 
@@ -133,3 +140,18 @@ def _parse(result: dict[str, Any], columns: list[str]) -> tuple[float, list[Colu
                 name, config["method"], float(metric["value"]), float(config["threshold"]), name in failed
             )
     return share, [by_column[c] for c in columns if c in by_column]
+
+
+def _add_banner(path: Path, caption: str) -> None:
+    """Puts what Vigil compared, and by which rule, at the top of Evidently's page."""
+    import html
+
+    banner = (
+        '<div style="font-family:sans-serif;padding:10px 16px;background:#f3f6fa;border-bottom:1px solid #ccd">'
+        f"<b>Vigil drift report</b> &mdash; {html.escape(caption)}</div>"
+    )
+    text = path.read_text(encoding="utf-8")
+    at = text.find("<body")
+    if at != -1:
+        at = text.find(">", at) + 1
+        path.write_text(text[:at] + banner + text[at:], encoding="utf-8")

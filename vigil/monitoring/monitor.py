@@ -20,7 +20,7 @@ from typing import Any
 
 import pandas as pd
 
-from vigil.monitoring.drift import WindowDrift, drift_columns, measure_drift
+from vigil.monitoring.drift import THRESHOLD, WindowDrift, drift_columns, measure_drift
 from vigil.monitoring.performance import DayPerformance, daily_performance, read_labels
 from vigil.monitoring.predictions import read_predictions, roll_predictions
 from vigil.monitoring.reference import load_reference
@@ -41,6 +41,11 @@ class MonitorConfig:
     max_rows: int = 20_000  # larger windows are sampled
     ap_tolerance: float = 0.3  # a day's AP below (1 - this) x the version's expected AP alerts
     min_frauds: int = 10
+    # Labels arrive this long after a transaction: a day is judged only once they could have.
+    label_delay_days: float = 7.0
+    # The features' longest look-back (30 days) plus the label delay: windows this close to
+    # the start of the ingested history compare half-filled windows with full ones.
+    warmup_days: float = 37.0
 
 
 @dataclass
@@ -50,6 +55,7 @@ class MonitorResult:
     drift_alerts: list[WindowDrift] = field(default_factory=list)
     performance_alerts: list[DayPerformance] = field(default_factory=list)
     rolled: int = 0
+    labels_pending_from: str | None = None  # days from this one on wait for their labels
     index: Path | None = None
     metrics_file: Path | None = None
     newest: pd.Timestamp | None = None
@@ -90,6 +96,18 @@ def expected_ap(settings: Settings, versions: set[str]) -> dict[str, float]:
     return out
 
 
+def history_start(settings: Settings) -> pd.Timestamp:
+    """The first day of the ingested history (the offline event log)."""
+    from vigil.offline.eventlog import days
+
+    first = days(settings.offline_dir, "transactions")
+    return pd.Timestamp(first[0]) if first else pd.Timestamp.min
+
+
+def began_ts(window: WindowDrift) -> pd.Timestamp:
+    return pd.Timestamp(window.start)
+
+
 def _windows(predictions: pd.DataFrame, seconds: int) -> dict[tuple[int, str], pd.DataFrame]:
     served = predictions[~predictions["fallback"].astype(bool)]  # a fallback's score is another model's
     start = served["ts"] // seconds * seconds
@@ -112,6 +130,7 @@ def run_monitor(settings: Settings, config: MonitorConfig | None = None) -> Moni
     seconds = max(int(config.window_hours * 3600), 60)
     state = load_state(settings)
     newest_ts = int(everything["ts"].max())
+    warmup_end = history_start(settings) + pd.Timedelta(days=config.warmup_days)
     references: dict[str, pd.DataFrame] = {}
     for (start, version), rows in _windows(predictions, seconds).items():
         if len(rows) < MIN_REPORT_ROWS:  # a version's first or last few answers: nothing to compare
@@ -125,12 +144,20 @@ def run_monitor(settings: Settings, config: MonitorConfig | None = None) -> Moni
                 references[version] = load_reference(settings, version)
             began = pd.Timestamp(start, unit="s")
             name = f"{began:%Y%m%d-%H%M}-{seconds // 3600}h-v{version}.html"
+            caption = (
+                f"window {began} to {began + pd.Timedelta(seconds=seconds)} (transaction time), "
+                f"model version {version}, {len(rows):,} answers against the version's training reference; "
+                f"a column drifts above {THRESHOLD:g}, the window alerts at a drift share of "
+                f"{config.drift_share_threshold:g} (and {config.min_rows:,} rows or more)"
+            )
             share, columns, compared = measure_drift(
                 references[version],
                 rows,
                 drift_columns(seconds),
                 settings.reports_dir / "drift" / name,
                 max_rows=config.max_rows,
+                drift_share=config.drift_share_threshold,
+                caption=caption,
             )
             window = WindowDrift(
                 start=str(began),
@@ -144,7 +171,10 @@ def run_monitor(settings: Settings, config: MonitorConfig | None = None) -> Moni
             )
             if complete:
                 state["windows"][key] = window.as_dict()
+        window.warmup = began_ts(window) < warmup_end
         result.windows.append(window)
+        if window.warmup:
+            continue  # reported, marked, never an alert: the history is still filling the windows
         if window.rows >= config.min_rows and window.share >= config.drift_share_threshold:
             result.drift_alerts.append(window)
             log.warning(
@@ -156,8 +186,12 @@ def run_monitor(settings: Settings, config: MonitorConfig | None = None) -> Moni
                 window.report,
             )
     versions = set(predictions["version"].astype(str)) - {""}
+    # Only days whose labels could all have arrived by the newest transaction.
+    judged_until = (result.newest - pd.Timedelta(days=config.label_delay_days)).normalize()
+    judged = predictions[predictions["tx_datetime"] < judged_until]
+    result.labels_pending_from = str(judged_until.date())
     result.performance = daily_performance(
-        predictions,
+        judged,
         read_labels(settings, str(predictions["tx_datetime"].min().date())),
         expected_ap(settings, versions),
         config.ap_tolerance,

@@ -54,8 +54,9 @@ def write_gauges(settings: Settings, result: MonitorResult) -> Path:
     return path
 
 
-def monitoring_figure(result: MonitorResult, threshold: float) -> Figure:
-    """Drift share per window (per model version) over live AP per labelled day."""
+def monitoring_figure(result: MonitorResult, threshold: float, ap_tolerance: float = 0.3) -> Figure:
+    """Drift share per window (per model version) over live AP per labelled day, with the
+    lines Vigil alerts at: the drift threshold, and (1 - tolerance) x each version's expected AP."""
     import pandas as pd
     from matplotlib.figure import Figure
 
@@ -64,20 +65,31 @@ def monitoring_figure(result: MonitorResult, threshold: float) -> Figure:
     top, bottom = fig.subplots(2, 1, sharex=True)
     for version in sorted({w.version for w in result.windows}):
         windows = [w for w in result.windows if w.version == version]
-        top.plot([pd.Timestamp(w.start) for w in windows], [w.share for w in windows], "o-", label=f"v{version}")
-    top.axhline(threshold, color="tab:red", linestyle="--", label="alert threshold")
+        line = top.plot([pd.Timestamp(w.start) for w in windows], [w.share for w in windows], "o-", label=f"v{version}")
+        warm = [w for w in windows if w.warmup]
+        if warm:  # hollow: the windows still filling up at the start of history
+            top.plot([pd.Timestamp(w.start) for w in warm], [w.share for w in warm], "o", mfc="white",
+                     color=line[0].get_color(), label=f"v{version} warm-up (no alert)")  # fmt: skip
+    top.axhline(threshold, color="tab:red", linestyle="--", label=f"drift alert at {threshold:g}")
     top.set_ylabel("drift share")
     top.set_ylim(0, 1)
     top.legend(loc="upper left", fontsize=8)
     for version in sorted({d.version for d in result.performance}):
         days = [d for d in result.performance if d.version == version]
-        bottom.plot([pd.Timestamp(d.day) for d in days], [d.ap for d in days], "s-", label=f"AP v{version}")
+        line = bottom.plot([pd.Timestamp(d.day) for d in days], [d.ap for d in days], "s-", label=f"AP v{version}")
         expected = days[0].expected_ap
         if expected is not None:
-            bottom.axhline(expected, linestyle=":", color="grey")
+            color = line[0].get_color()
+            bottom.axhline(expected, linestyle=":", color=color, label=f"v{version} expected AP {expected:.2f}")
+            alert = (1 - ap_tolerance) * expected
+            bottom.axhline(alert, linestyle="--", color="tab:red", label=f"v{version} alert below {alert:.2f}")
+    if result.labels_pending_from:
+        bottom.axvline(pd.Timestamp(result.labels_pending_from), color="grey", linewidth=0.8)
+        bottom.text(pd.Timestamp(result.labels_pending_from), 0.03, " labels pending", fontsize=8, color="grey")
     bottom.set_ylabel("live AP (labelled days)")
     bottom.set_ylim(0, 1)
-    bottom.legend(loc="lower left", fontsize=8)
+    if bottom.get_legend_handles_labels()[0]:
+        bottom.legend(loc="lower left", fontsize=8)
     fig.autofmt_xdate()
     fig.tight_layout()
     return fig
@@ -108,7 +120,7 @@ def drift_heatmap(result: MonitorResult) -> Figure:
 
 def _figure(result: MonitorResult, config: MonitorConfig) -> str:
     """The monitoring figure as an inline PNG."""
-    fig = monitoring_figure(result, config.drift_share_threshold)
+    fig = monitoring_figure(result, config.drift_share_threshold, config.ap_tolerance)
     buffer = io.BytesIO()
     fig.savefig(buffer, format="png", dpi=90)
     return base64.b64encode(buffer.getvalue()).decode()
@@ -123,7 +135,8 @@ def _cell(value: Any) -> str:
 def write_index(settings: Settings, result: MonitorResult, config: MonitorConfig, state: dict[str, Any]) -> Path:
     alerts = {id(w) for w in result.drift_alerts}
     window_rows = "".join(
-        f"<tr class='{'alert' if id(w) in alerts else ''}'><td>{_cell(w.start)}</td><td>v{_cell(w.version)}</td>"
+        f"<tr class='{'alert' if id(w) in alerts else 'warmup' if w.warmup else ''}'>"
+        f"<td>{_cell(w.start)}{' (warm-up)' if w.warmup else ''}</td><td>v{_cell(w.version)}</td>"
         f"<td>{w.rows}</td><td>{_cell(w.share)}</td><td>{_cell(', '.join(w.drifted_columns) or '-')}</td>"
         f"<td><a href='{html.escape(w.report or '')}'>report</a></td></tr>"
         for w in sorted(result.windows, key=lambda w: (w.start, w.version), reverse=True)
@@ -141,12 +154,16 @@ def write_index(settings: Settings, result: MonitorResult, config: MonitorConfig
     picture = _figure(result, config) if result.windows or result.performance else ""
     page = f"""<!doctype html><html><head><meta charset="utf-8"><title>Vigil monitoring</title>
 <style>body{{font-family:sans-serif;margin:2em;max-width:1100px}}table{{border-collapse:collapse;margin-bottom:2em}}
-td,th{{border:1px solid #ccc;padding:3px 8px;font-size:13px}}tr.alert{{background:#fdd}}</style></head><body>
+td,th{{border:1px solid #ccc;padding:3px 8px;font-size:13px}}tr.alert{{background:#fdd}}
+tr.warmup{{color:#888}}</style></head><body>
 <h1>Vigil monitoring</h1>
 <p>Newest scored transaction: {_cell(result.newest)}. Windows of {config.window_hours:g} h over the last
 {config.lookback_days:g} days; drift alert at a drift share of {config.drift_share_threshold:g} or more
 (windows of at least {config.min_rows} rows); performance alert when a day's AP is below
-{1 - config.ap_tolerance:.0%} of the version's expected AP.</p>
+{1 - config.ap_tolerance:.0%} of the version's expected AP. Windows within {config.warmup_days:g} days of the
+start of the ingested history are marked warm-up and never alert: their 30-day features are still
+filling up. Days from {_cell(result.labels_pending_from or "-")} on are not judged yet: their labels
+arrive {config.label_delay_days:g} days after the transactions.</p>
 {f'<img src="data:image/png;base64,{picture}" alt="drift share and live AP">' if picture else ""}
 <h2>Drift per window</h2><table><tr><th>window start</th><th>model</th><th>rows</th><th>drift share</th>
 <th>drifted columns</th><th>Evidently</th></tr>{window_rows}</table>
