@@ -31,6 +31,7 @@ class KafkaToken(NamedTuple):
     partition: int
     offset: int
     tracker_url: str  # the Redis where sinks record settled offsets (see flows.kafka)
+    arrived_ms: int = 0  # the message's timestamp (freshness metric)
 
 
 def done_key(group: str, topic: str, partition: int) -> str:

@@ -74,7 +74,11 @@ class _KafkaPartition(StatefulSourcePartition[RawBatch, Any]):
             self.delivered.append(offset)
             if offset in settled:
                 continue
-            token = KafkaToken(brokers, self.source.group, self.topic, self.partition, offset, self.source.tracker_url)
+            stamp = (message.msg if isinstance(message, KafkaError) else message).timestamp
+            arrived = int(stamp[1]) if stamp and stamp[0] else 0
+            token = KafkaToken(
+                brokers, self.source.group, self.topic, self.partition, offset, self.source.tracker_url, arrived
+            )
             if isinstance(message, KafkaError):
                 why = f"kafka error: {message.err}"
                 errors.append(DeadLetter(why, repr(message.msg.value), f"kafka:{self.topic}", token=token))

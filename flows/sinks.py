@@ -15,6 +15,7 @@ import pandas as pd
 from bytewax.outputs import DynamicSink, StatelessSinkPartition
 
 from flows.acks import Acknowledger
+from flows.metrics import flow_metrics
 from flows.state import UpdateBatch
 from vigil.events import DeadLetter
 from vigil.offline.eventlog import EventLogWriter, is_empty
@@ -75,8 +76,13 @@ class _OnlinePartition(StatelessSinkPartition[UpdateBatch]):
         with self.store.client.pipeline(transaction=False) as pipe:
             written = self.store.queue_writes(pipe, ((k, e, h) for (k, e), h in latest.items()))
             pipe.execute()
+        metrics = flow_metrics()
+        metrics.observe_written(tokens)  # readable now: the freshness of what came from a stream
         # Only once the writes are in (on a cluster, on every node they went to).
         self.acknowledge(tokens)
+        for kind, count in events.items():
+            if count:
+                metrics.events.labels(kind).inc(count)
         self.sink.stats.add(transactions=events["customer"], labels=events["terminal"], entity_writes=written)
         if self.sink.progress is not None:
             self.sink.progress.update(events["customer"] + events["terminal"])

@@ -19,6 +19,7 @@ from bytewax.inputs import DynamicSource, FixedPartitionedSource, StatefulSource
 
 from flows import stopping
 from flows.acks import RedisToken
+from flows.metrics import flow_metrics
 from vigil.events import ALL_FIELDS, LABEL, TRANSACTION, DeadLetter, RawBatch, records_to_batch, validate
 from vigil.features.spec import DAY_SECONDS
 from vigil.files import read_records
@@ -159,6 +160,8 @@ class FileReplaySource(FixedPartitionedSource[RawBatch, int]):
 
 # ---------------------------------------------------------------- Redis Streams
 
+LAG_SECONDS = 5.0
+
 
 def parse_stream_fields(fields: dict[bytes, bytes]) -> Any:
     """A stream entry is either one `json` field holding the event, or flat fields."""
@@ -174,6 +177,7 @@ class _RedisStreamPartition(StatelessSourcePartition[RawBatch]):
         self.consumer = consumer
         self._pending_done = False
         self._last_data = self._last_tick = time.monotonic()
+        self._last_lag = 0.0
         try:
             self.client.xgroup_create(source.stream, source.group, id="0", mkstream=True)
         except redis.ResponseError as error:
@@ -209,6 +213,17 @@ class _RedisStreamPartition(StatelessSourcePartition[RawBatch]):
         records = [parse_stream_fields(fields) for _, fields in entries]
         tokens = [RedisToken(source.url, source.stream, source.group, entry_id.decode()) for entry_id, _ in entries]
         return [records_to_batch(records, f"redis:{source.stream}", tokens)]
+
+    def _report_lag(self) -> None:
+        """The group's lag (Redis 7 reports it; older servers leave the gauge unset)."""
+        try:
+            groups = self.client.xinfo_groups(self.source.stream)
+        except redis.RedisError:
+            return
+        for group in groups:
+            name = group["name"].decode() if isinstance(group["name"], bytes) else group["name"]
+            if name == self.source.group and group.get("lag") is not None:
+                flow_metrics().lag.labels(self.source.stream, name).set(int(group["lag"]))
 
     def close(self) -> None:
         self.client.close()

@@ -48,6 +48,11 @@ class ServiceMetrics:
             "Answers waiting to be written to the prediction log, in bytes",
             registry=self.registry,
         )
+        self.prediction_log_pending = Gauge(
+            "vigil_prediction_log_pending_entries",
+            "Prediction log entries in Redis not yet persisted (`vigil predictions persist` trims them)",
+            registry=self.registry,
+        )
         self.ready = Gauge("vigil_ready", "1 when /readyz says ready", registry=self.registry)
         self.decisions = Counter(
             "vigil_decisions_total",

@@ -146,3 +146,4 @@ async def _refresh(app: FastAPI, settings: Settings) -> None:
     state.metrics.rules_file_error.set(1 if state.rules.error else 0)
     await state.lists.refresh(state.redis, settings.key_prefix)
     state.metrics.review_queue_length.set(await state.redis.xlen(settings.review_stream))
+    state.metrics.prediction_log_pending.set(await state.redis.xlen(settings.prediction_stream))

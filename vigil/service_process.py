@@ -108,7 +108,8 @@ def transaction_body(row: Any) -> dict[str, Any]:
 
 
 def score_frame(base: str, frame: pd.DataFrame, chunk: int = 1_000, api_key: str | None = None) -> pd.DataFrame:
-    """Scores every row of `frame` through `/v1/score/batch`; adds score, version, fallback, reason."""
+    """Scores every row of `frame` through `/v1/score/batch`; adds score, version, fallback,
+    reason, decision and reasons."""
     answers: list[dict[str, object]] = []
     headers = {"X-API-Key": api_key} if api_key else {}
     with httpx.Client(base_url=base, timeout=120, headers=headers) as client:
@@ -123,6 +124,8 @@ def score_frame(base: str, frame: pd.DataFrame, chunk: int = 1_000, api_key: str
         version=[a["model"]["version"] for a in answers],  # type: ignore[index]
         fallback=[a["fallback"] for a in answers],
         reason=[a["fallback_reason"] for a in answers],
+        decision=[a["decision"] for a in answers],
+        reasons=[",".join(a["reasons"]) for a in answers],  # type: ignore[arg-type]
     )
 
 

@@ -35,6 +35,10 @@ vigil ingest --source kafka://127.0.0.1:9092/transactions""",
     )
     p.add_argument("--workers", type=positive(int), default=1, help="cooperating flow processes")
     p.add_argument("--no-progress", action="store_true", help="no progress bar (off anyway when not on a terminal)")
+    p.add_argument(
+        "--metrics-port", type=int, default=None, help="serve the flow's Prometheus metrics (freshness, lag) here"
+    )
+    p.add_argument("--metrics-host", default="127.0.0.1", help="address for --metrics-port")
     p.set_defaults(func=ingest)
 
     p = subcommand(
@@ -122,6 +126,10 @@ def ingest(args: argparse.Namespace) -> int:
         raise UserError(str(error)) from None
     config = settings()
     ensure_redis(config)
+    if args.metrics_port is not None:
+        from flows.metrics import prepare_multiprocess
+
+        prepare_multiprocess()  # before prometheus_client is first imported: the flow processes share it
 
     from bytewax.inputs import Source
 
@@ -155,6 +163,10 @@ def ingest(args: argparse.Namespace) -> int:
         say(f"reading {what} until stopped (Ctrl-C)")
     from vigil.ingest import IngestFailedError
 
+    if args.metrics_port is not None:
+        from flows.metrics import serve
+
+        serve(args.metrics_port, args.metrics_host)
     progress = terminal() and not args.no_progress
     try:
         result = run_ingest(config, make_source, args.workers, expected, show_progress=progress)

@@ -47,6 +47,7 @@ vigil monitor --watch 3600 --metrics-port 9108""",
     p.add_argument("--dry-run", action="store_true", help="report and say what retraining would do, change nothing")
     p.add_argument("--watch", type=float, default=None, metavar="SECONDS", help="run again every SECONDS until stopped")
     p.add_argument("--metrics-port", type=int, default=None, help="with --watch: serve the gauges over HTTP")
+    p.add_argument("--metrics-host", default="127.0.0.1", help="address for --metrics-port")
     p.set_defaults(func=cmd_monitor)
 
 
@@ -131,7 +132,7 @@ def cmd_monitor(args: argparse.Namespace) -> int:
 
     registry = CollectorRegistry()
     if args.metrics_port is not None:
-        start_http_server(args.metrics_port, addr="127.0.0.1", registry=registry)
+        start_http_server(args.metrics_port, addr=args.metrics_host, registry=registry)
     try:
         while True:
             _once(args, config, registry)

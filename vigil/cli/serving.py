@@ -33,6 +33,21 @@ vigil serve --host 0.0.0.0 --port 8000 --workers 2""",
 
     p = subcommand(
         sub,
+        "score",
+        "score a file's transactions through a running service",
+        "Send a file's transactions to `vigil serve` (the batch endpoint, in chunks) and print what came "
+        "back: decisions, fallbacks, and, when the file has tx_fraud, how well the scores rank the frauds.",
+        """vigil score --transactions data/world.parquet --last-days 7
+vigil score --transactions new.csv --url http://scoring.internal:8000 --out answers.parquet""",
+    )
+    p.add_argument("--transactions", metavar="PATH", required=True, help="a transactions file")
+    p.add_argument("--url", default="http://127.0.0.1:8000", help="the scoring service")
+    p.add_argument("--last-days", type=int, default=None, help="only the file's last N days")
+    p.add_argument("--out", metavar="PATH", help="write the answers to Parquet")
+    p.set_defaults(func=score)
+
+    p = subcommand(
+        sub,
         "predictions",
         "persist the prediction log to Parquet, or export it",
         "`persist` moves every answer from the service's Redis stream to day-partitioned Parquet "
@@ -102,6 +117,49 @@ def serve(args: argparse.Namespace) -> int:
         from scoring.app import create_app
 
         uvicorn.run(create_app(config), **options)
+    return 0
+
+
+def score(args: argparse.Namespace) -> int:
+    from vigil.files import UnreadableFileError, read_records
+
+    config = settings()
+    try:
+        frame, _ = read_records(Path(args.transactions))
+    except UnreadableFileError as error:
+        raise UserError(str(error)) from None
+    import httpx
+    import pandas as pd
+
+    from vigil.service_process import score_frame
+
+    frame["tx_datetime"] = pd.to_datetime(frame["tx_datetime"])
+    if args.last_days:
+        first = frame["tx_datetime"].max().normalize() - pd.Timedelta(days=args.last_days - 1)
+        frame = frame[frame["tx_datetime"] >= first]
+    key = next(iter(sorted(config.api_key_set)), None)
+    try:
+        answers = score_frame(args.url, frame, api_key=key)
+    except httpx.HTTPStatusError as error:
+        raise Refused(f"the service answered {error.response.status_code}: {error.response.text[:300]}") from None
+    except httpx.HTTPError as error:
+        raise UserError(
+            f"no scoring service answers at {args.url} ({type(error).__name__}): start `vigil serve`"
+        ) from None
+    counts = answers["decision"].value_counts()
+    shown = ", ".join(f"{counts.get(d, 0):,} {d}" for d in ("allow", "review", "block"))
+    print(f"Scored {len(answers):,} transactions at {args.url}: {shown}; {int(answers['fallback'].sum()):,} fallbacks")
+    if "tx_fraud" in answers and answers["tx_fraud"].nunique() == 2:
+        from sklearn.metrics import average_precision_score, roc_auc_score
+
+        labels = answers["tx_fraud"].astype(int)
+        frauds = answers[labels == 1]
+        caught = frauds["decision"].isin(["review", "block"]).mean()
+        auc, ap = roc_auc_score(labels, answers["score"]), average_precision_score(labels, answers["score"])
+        print(f"  AUC {auc:.3f}, AP {ap:.3f}; {caught:.0%} of the {len(frauds):,} frauds sent to review or blocked")
+    if args.out:
+        answers.to_parquet(args.out, index=False)
+        print(f"  answers -> {args.out}")
     return 0
 
 
