@@ -41,10 +41,11 @@ transaction_request = RequestSource(
     ],
 )
 
-# The features (fraud_v1's, v2's and v3's) of every ingested transaction as of its own time, written by the
-# batch backfill (`vigil backfill`, run by `vigil train`) from the flow's offline event log.
+# The features (fraud_v1's, v2's and v3's) of every ingested transaction as of its own time, a
+# Parquet dataset partitioned by day (date=YYYY-MM-DD), written by the incremental backfill
+# (`vigil backfill`, run by `vigil train` for the days it needs) from the flow's event log.
 transaction_features_source = FileSource(
     name="transaction_features_offline",
-    path=f"{_OFFLINE_DIR}/transaction_features.parquet",
+    path=f"{_OFFLINE_DIR}/features",
     timestamp_field="event_timestamp",
 )

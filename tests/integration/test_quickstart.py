@@ -29,7 +29,9 @@ def test_the_readme_quick_start_runs_as_written(redis_url: str, tmp_path: Path) 
     script = quickstart()
     assert "vigil serve" in script and "curl" in script and "vigil monitor" in script
     port = str(free_port())
-    script = script.replace("8000", port)
+    # Whatever happens, the service started in the background goes when the script ends
+    # (it would hold the output pipes open).
+    script = "trap 'kill $(jobs -p) 2>/dev/null || true' EXIT\n" + script.replace("8000", port)
     name = f"q{uuid.uuid4().hex[:8]}"
     world = PROJECT_ROOT / "data" / "world.parquet"
     existed = world.exists()

@@ -79,6 +79,10 @@ def measure_drift(
 
     Windows larger than `max_rows` are sampled (uniformly, seeded) so a report takes seconds.
     """
+    # Evidently's modules warn about their own dependencies (numpy.core, litestar) on import;
+    # set here, after Feast's imports reset DeprecationWarning to "once".
+    warnings.filterwarnings("ignore", message=r"numpy\.core is deprecated")
+    warnings.filterwarnings("ignore", message=r".*Deprecated in litestar")
     from evidently import DataDefinition, Dataset, Report
     from evidently.presets import DataDriftPreset
 

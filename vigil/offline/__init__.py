@@ -13,7 +13,7 @@ _EXPORTS = {
     "training_set": "vigil.offline.training",
     "read_events": "vigil.offline.training",
     "backfill": "vigil.offline.training",
-    "features_path": "vigil.offline.training",
+    "logged_days": "vigil.offline.training",
     "OfflineStoreEmptyError": "vigil.offline.training",
 }
 
