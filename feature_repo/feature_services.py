@@ -5,6 +5,7 @@ from features import (
     FRAUD_V1_SCHEMA,
     FRAUD_V2_EXTRA_SCHEMA,
     transaction_features,
+    transaction_features_spark,
     transaction_features_v1,
     transaction_features_v2_offline,
     transaction_features_v3_offline,
@@ -56,5 +57,13 @@ fraud_v3_training = FeatureService(
     name="fraud_v3_training",
     features=[transaction_features_v1, transaction_features_v2_offline, transaction_features_v3_offline],
     description="fraud_v3's features (and tx_amount) for point-in-time training sets",
+    tags={"version": "3", "serves": "fraud_v3"},
+)
+
+# fraud_v3_training on Feast's Spark offline store (`vigil train --engine spark`).
+fraud_v3_training_spark = FeatureService(
+    name="fraud_v3_training_spark",
+    features=[transaction_features_spark],
+    description="fraud_v3_training's features through Feast's Spark offline store",
     tags={"version": "3", "serves": "fraud_v3"},
 )

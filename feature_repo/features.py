@@ -2,11 +2,13 @@
 computed from them as of the request's own time."""
 
 from datetime import timedelta
+from typing import Any
 
 from data_sources import (
     customer_history_push,
     terminal_history_push,
     transaction_features_source,
+    transaction_features_spark_source,
     transaction_request,
 )
 from entities import customer, terminal, transaction
@@ -94,7 +96,7 @@ def transaction_features(inputs: dict) -> dict:
     return transaction_features(inputs)
 
 
-def _backfilled(name: str, schema: list[Field]) -> FeatureView:
+def _backfilled(name: str, schema: list[Field], source: Any = transaction_features_source) -> FeatureView:
     """An offline-only view on the backfilled table: every ingested transaction's features
     as of its own time, for point-in-time training sets (get_historical_features)."""
     return FeatureView(
@@ -102,7 +104,7 @@ def _backfilled(name: str, schema: list[Field]) -> FeatureView:
         entities=[transaction],
         ttl=timedelta(0),
         schema=schema,
-        source=transaction_features_source,
+        source=source,
         online=False,
     )
 
@@ -113,3 +115,10 @@ transaction_features_v1 = _backfilled(
 )
 transaction_features_v2_offline = _backfilled("transaction_features_v2_offline", FRAUD_V2_EXTRA_SCHEMA)
 transaction_features_v3_offline = _backfilled("transaction_features_v3_offline", FRAUD_V3_EXTRA_SCHEMA)
+
+# Every training input in one view on the Spark source (Feast's Spark offline store).
+transaction_features_spark = _backfilled(
+    "transaction_features_spark",
+    [Field(name="tx_amount", dtype=Float64), *FRAUD_V1_SCHEMA, *FRAUD_V2_EXTRA_SCHEMA, *FRAUD_V3_EXTRA_SCHEMA],
+    transaction_features_spark_source,
+)

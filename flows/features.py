@@ -58,11 +58,11 @@ class FlowSinks:
 def default_sinks(settings: Settings, stats: FlowStats | None = None, progress: Any = None) -> FlowSinks:
     stats = stats or FlowStats()
     return FlowSinks(
-        online=OnlineStoreSink(settings.redis_url, settings.feast_project, stats, progress, settings.offline_dir),
+        online=OnlineStoreSink(settings.redis_url, settings.feast_project, stats, progress, settings.event_log),
         dead_letters=DeadLetterSink(
             settings.redis_url, settings.deadletter_stream, settings.data_dir / "deadletter.jsonl", stats
         ),
-        offline=OfflineEventSink(settings.offline_dir),
+        offline=OfflineEventSink(settings.event_log),
     )
 
 

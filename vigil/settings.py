@@ -51,6 +51,9 @@ class Settings(BaseSettings):
     reports_dir: Path = Field(
         PROJECT_ROOT / "reports", validation_alias=AliasChoices("VIGIL_REPORTS_DIR", "reports_dir")
     )
+    # Where the offline event log lives when not under VIGIL_DATA_DIR: any URL pyarrow writes
+    # (s3://bucket/prefix; an S3-compatible endpoint from AWS_ENDPOINT_URL).
+    offline_url: str | None = Field(None, validation_alias=AliasChoices("VIGIL_OFFLINE_URL", "offline_url"))
     # Prefix of Vigil's own Redis keys (streams, dead letters), so tests and tenants can share a server.
     key_prefix: str = Field("vigil", validation_alias=AliasChoices("VIGIL_KEY_PREFIX", "key_prefix"))
     # Feast project name: the online store's keys end with it.
@@ -143,4 +146,10 @@ class Settings(BaseSettings):
 
     @property
     def offline_dir(self) -> Path:
+        """Local offline data: the backfilled feature table (and the event log by default)."""
         return self.data_dir / "offline"
+
+    @property
+    def event_log(self) -> str | Path:
+        """The event log's root: VIGIL_OFFLINE_URL, or offline_dir."""
+        return self.offline_url or self.offline_dir

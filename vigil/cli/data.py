@@ -7,7 +7,18 @@ import time
 from pathlib import Path
 from typing import Any
 
-from vigil.cli.common import Refused, UserError, ensure_redis, positive, say, settings, subcommand, terminal
+from vigil.cli.common import (
+    Refused,
+    UserError,
+    day,
+    days_in_order,
+    ensure_redis,
+    positive,
+    say,
+    settings,
+    subcommand,
+    terminal,
+)
 
 
 def add_parsers(sub: Any) -> None:
@@ -84,12 +95,63 @@ vigil features --transactions slice.parquet --backfill --reference features_refe
 
     p = subcommand(
         sub,
+        "backfill",
+        "compute the feature table of the event log's days (incremental: only days whose inputs changed)",
+        "Computes every feature of the ingested transactions of days [--start, --end] (all by default) into "
+        "the offline feature table, reading only those days and their look-back (37 days). A day already "
+        "computed is skipped unless its inputs changed (new events, late labels). `vigil train` runs it for "
+        "the days it needs. --engine spark runs the same feature code on a Spark cluster.",
+        """vigil backfill
+vigil backfill --start 2018-06-01 --end 2018-06-30
+vigil backfill --engine spark --spark-master 'local[2]'""",
+    )
+    p.add_argument("--start", metavar="DATE", type=day, help="first day (default: the first logged)")
+    p.add_argument("--end", metavar="DATE", type=day, help="last day (default: the last logged)")
+    p.add_argument("--engine", choices=["local", "spark"], default="local", help="where the features are computed")
+    p.add_argument("--spark-master", default="local[*]", help="spark.master for --engine spark")
+    p.add_argument("--force", action="store_true", help="compute the days again even if their inputs did not change")
+    p.add_argument(
+        "--migrate", action="store_true", help="first rewrite an event log from before the day partitions into them"
+    )
+    p.set_defaults(func=backfill)
+
+    p = subcommand(
+        sub,
         "apply",
         "register the Feast repo (entities, views, feature services)",
         "What `feast apply` does, on Vigil's settings (project, registry, Redis).",
         "vigil apply",
     )
     p.set_defaults(func=apply)
+
+
+def backfill(args: argparse.Namespace) -> int:
+    days_in_order(args.start, args.end, "--start/--end")
+    if args.engine == "spark":
+        from vigil.offline.spark_engine import SparkUnavailableError, check_spark
+
+        try:
+            check_spark()
+        except SparkUnavailableError as error:
+            raise UserError(str(error)) from None
+    config = settings()
+    from vigil.offline import OfflineStoreEmptyError
+    from vigil.offline.training import backfill as run_backfill
+
+    if args.migrate:
+        from vigil.offline.eventlog import migrate
+
+        print(f"Moved {migrate(config.event_log):,} parts into day partitions")
+    try:
+        report = run_backfill(
+            config, args.start, args.end, args.force, terminal(), engine=args.engine, spark_master=args.spark_master
+        )
+    except OfflineStoreEmptyError as error:
+        raise UserError(str(error)) from None
+    print(report.summary())
+    if report.computed:
+        print(f"  days computed: {report.computed[0]}..{report.computed[-1]} -> {config.offline_dir / 'features'}")
+    return 0
 
 
 def apply(args: argparse.Namespace) -> int:

@@ -79,19 +79,41 @@ vigil evaluate --worlds 30""",
     p.set_defaults(func=evaluate)
 
 
-def training_data(config: Settings) -> pd.DataFrame:
+def training_data(
+    config: Settings,
+    first: str | None = None,
+    last: str | None = None,
+    engine: str = "local",
+    spark_master: str | None = None,
+) -> pd.DataFrame:
+    """The point-in-time training set of days [first, last] (only those days are read)."""
     from vigil.offline import OfflineStoreEmptyError, training_set
     from vigil.online.feast_store import apply_repo
 
     ensure_redis(config)
     store = apply_repo(config)
     try:
-        return training_set(store, config, progress=terminal())
+        return training_set(
+            store, config, first, last, progress=terminal(), log=say, engine=engine, spark_master=spark_master
+        )
+    except OfflineStoreEmptyError as error:
+        raise UserError(str(error)) from None
+
+
+def _last_days(config: Settings, days: int) -> str:
+    """The first of the log's last `days` days (a training set that needs only those)."""
+    from vigil.offline import OfflineStoreEmptyError, logged_days
+    from vigil.offline.backfill import shift
+
+    try:
+        return shift(logged_days(config)[-1], -(days - 1))
     except OfflineStoreEmptyError as error:
         raise UserError(str(error)) from None
 
 
 def train(args: argparse.Namespace) -> int:
+    import pandas as pd
+
     days_in_order(args.train_start, args.train_end, "--train-start/--train-end")
     try:
         params = json.loads(args.params) if args.params else None
@@ -108,8 +130,17 @@ def train(args: argparse.Namespace) -> int:
         MODEL_KINDS[args.model](params)  # a wrong parameter fails now, not after the data is read
     except ValueError as error:
         raise UserError(str(error)) from None
+    if args.engine == "spark":
+        from vigil.offline.spark_engine import SparkUnavailableError, check_spark
+
+        try:
+            check_spark()
+        except SparkUnavailableError as error:
+            raise UserError(str(error)) from None
     config = settings()
-    data = training_data(config)
+    # The days the split needs: training, then a 7-day delay and the 7-day test week.
+    last = str((pd.Timestamp(args.train_end) + pd.Timedelta(days=15)).date()) if args.train_end else None
+    data = training_data(config, args.train_start, last, args.engine, args.spark_master)
     try:
         report = train_and_register(
             config,
@@ -164,7 +195,8 @@ def promote(args: argparse.Namespace) -> int:
     else:
         # Asked of the registry first (seconds): no training data is read to say nothing changed.
         early = nothing_to_promote(config, args.to)
-        decision = early or promote(config, training_data(config), args.to, args.force)
+        # The gate's week and the book week before its delay: the last 21 days are enough.
+        decision = early or promote(config, training_data(config, _last_days(config, 21)), args.to, args.force)
     for name, figures in decision.figures.items():
         if name.startswith("policy"):
             print(f"  {name}: {describe_policy(figures)}")

@@ -100,7 +100,7 @@ def history_start(settings: Settings) -> pd.Timestamp:
     """The first day of the ingested history (the offline event log)."""
     from vigil.offline.eventlog import days
 
-    first = days(settings.offline_dir, "transactions")
+    first = days(settings.event_log, "transactions")
     return pd.Timestamp(first[0]) if first else pd.Timestamp.min
 
 

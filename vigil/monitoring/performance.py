@@ -39,7 +39,7 @@ class DayPerformance:
 def read_labels(settings: Settings, first_day: str | None = None) -> pd.DataFrame:
     """Every label event ingested so far (of transactions from `first_day` on), one per
     transaction (the latest wins)."""
-    labels = read_log(settings.offline_dir, "labels", first=first_day)
+    labels = read_log(settings.event_log, "labels", first=first_day)
     return labels[["transaction_id", "tx_fraud"]]
 
 

@@ -91,10 +91,10 @@ class BackfillReport:
         )
 
 
-def chunk_features(offline_dir: Path, first: str, last: str) -> pd.DataFrame:
+def chunk_features(log_root: str | Path, first: str, last: str) -> pd.DataFrame:
     """The feature rows of days [first, last], from that span's look-back of the log only."""
-    transactions = read_log(offline_dir, "transactions", shift(first, -TRANSACTION_LOOKBACK_DAYS), last)
-    labels = read_log(offline_dir, "labels", shift(first, -LABEL_WINDOW[1]), shift(last, -LABEL_WINDOW[0]))
+    transactions = read_log(log_root, "transactions", shift(first, -TRANSACTION_LOOKBACK_DAYS), last)
+    labels = read_log(log_root, "labels", shift(first, -LABEL_WINDOW[1]), shift(last, -LABEL_WINDOW[0]))
     return features_table(transactions, labels, first, last)
 
 
@@ -146,6 +146,7 @@ def _chunks(days: list[str]) -> list[tuple[str, str]]:
 
 
 def backfill_days(
+    log_root: str | Path,
     offline_dir: Path,
     first: str | None = None,
     last: str | None = None,
@@ -154,12 +155,13 @@ def backfill_days(
     spark_master: str | None = None,
     progress: Callable[[int], None] | None = None,
 ) -> BackfillReport:
-    """Computes the features of the log's days in [first, last] whose inputs changed."""
+    """Computes the features of the log's days in [first, last] whose inputs changed, into
+    `offline_dir`/features (the log itself may be anywhere pyarrow reads: `log_root`)."""
     started = time.perf_counter()
-    transactions, labels = list_parts(offline_dir, "transactions"), list_parts(offline_dir, "labels")
+    transactions, labels = list_parts(log_root, "transactions"), list_parts(log_root, "labels")
     logged = sorted({p.day for p in transactions if p.day is not None})
     if any(p.day is None for p in transactions):  # parts from before the day partitions
-        logged = sorted(set(logged) | set(_unpartitioned_days(offline_dir)))
+        logged = sorted(set(logged) | set(_unpartitioned_days(log_root)))
     days = [d for d in logged if (first is None or d >= first) and (last is None or d <= last)]
     folder = features_dir(offline_dir)
     folder.mkdir(parents=True, exist_ok=True)
@@ -175,10 +177,10 @@ def backfill_days(
     if engine == "spark":
         from vigil.offline.spark_engine import compute_chunks
 
-        report.rows = compute_chunks(offline_dir, chunks, folder, spark_master, progress)
+        report.rows = compute_chunks(log_root, chunks, folder, spark_master, progress)
     else:
         for chunk_first, chunk_last in chunks:
-            table = chunk_features(offline_dir, chunk_first, chunk_last)
+            table = chunk_features(log_root, chunk_first, chunk_last)
             report.rows += write_days(folder, table) if not table.empty else 0
             if progress is not None:
                 progress(len(day_range(chunk_first, chunk_last)))
@@ -192,8 +194,8 @@ def backfill_days(
     return report
 
 
-def _unpartitioned_days(offline_dir: Path) -> list[str]:
-    frame = read_log(offline_dir, "transactions")
+def _unpartitioned_days(log_root: str | Path) -> list[str]:
+    frame = read_log(log_root, "transactions")
     return sorted(set(pd.to_datetime(frame["ts"], unit="s").dt.strftime("%Y-%m-%d")))
 
 

@@ -71,9 +71,14 @@ def _schema(names: tuple[str, ...]) -> str:
     return ", ".join(["transaction_id long", *(f"{n} {'long' if n in CALENDAR else 'double'}" for n in names)])
 
 
-def _days(root: Path, kind: str, first: str, last: str) -> list[str]:
-    folder = root / kind
-    return sorted(str(p) for p in folder.glob("date=*") if p.is_dir() and first <= p.name.removeprefix("date=") <= last)
+def _days(root: str | Path, kind: str, first: str, last: str) -> list[str]:
+    """The log's day folders of `kind` in [first, last], as Spark names them (s3:// is s3a://)."""
+    from vigil.offline.eventlog import filesystem, list_parts
+
+    _, base = filesystem(root)
+    days = sorted({p.day for p in list_parts(root, kind) if p.day is not None and first <= p.day <= last})
+    prefix = "s3a://" if str(root).startswith("s3://") else ""
+    return [f"{prefix}{base}/{kind}/date={day}" for day in days]
 
 
 def _times(frame: pd.DataFrame) -> pd.DataFrame:
@@ -81,7 +86,7 @@ def _times(frame: pd.DataFrame) -> pd.DataFrame:
 
 
 def compute_chunks(
-    offline_dir: Path,
+    log_root: str | Path,
     chunks: list[tuple[str, str]],
     folder: Path,
     master: str | None,
@@ -105,15 +110,16 @@ def compute_chunks(
             runs.append((first, last))
     written = 0
     for first, last in runs:
-        tx_paths = _days(offline_dir, "transactions", shift(first, -TRANSACTION_LOOKBACK_DAYS), last)
-        label_paths = _days(offline_dir, "labels", shift(first, -LABEL_WINDOW[1]), shift(last, -LABEL_WINDOW[0]))
+        tx_paths = _days(log_root, "transactions", shift(first, -TRANSACTION_LOOKBACK_DAYS), last)
+        label_paths = _days(log_root, "labels", shift(first, -LABEL_WINDOW[1]), shift(last, -LABEL_WINDOW[0]))
         if not tx_paths:
             continue
-        reader = spark.read.option("basePath", str(offline_dir / "transactions"))
+        base = tx_paths[0].rsplit("/", 1)[0]
+        reader = spark.read.option("basePath", base)
         transactions = reader.parquet(*tx_paths).dropDuplicates(["transaction_id"])
         if label_paths:
             labels = (
-                spark.read.option("basePath", str(offline_dir / "labels"))
+                spark.read.option("basePath", label_paths[0].rsplit("/", 1)[0])
                 .parquet(*label_paths)
                 .dropDuplicates(["transaction_id"])
             )

@@ -11,6 +11,7 @@ training set serves a model of any). Only the days asked for, and their look-bac
 from __future__ import annotations
 
 import sys
+import warnings
 from collections.abc import Callable
 
 import numpy as np
@@ -32,10 +33,10 @@ class OfflineStoreEmptyError(RuntimeError):
 
 def logged_days(settings: Settings) -> list[str]:
     """The days the event log holds transactions of (cheap: the partition names)."""
-    found = days(settings.offline_dir, "transactions")
+    found = days(settings.event_log, "transactions")
     if not found:
         raise OfflineStoreEmptyError(
-            f"no ingested transactions under {settings.offline_dir}: run `vigil ingest --transactions PATH` first"
+            f"no ingested transactions under {settings.event_log}: run `vigil ingest --transactions PATH` first"
         )
     return found
 
@@ -45,12 +46,12 @@ def read_events(
 ) -> tuple[pd.DataFrame, pd.DataFrame]:
     """Ingested transactions and labels of days [first, last], one row per transaction id,
     times as datetimes."""
-    transactions = read_log(settings.offline_dir, "transactions", first, last)
+    transactions = read_log(settings.event_log, "transactions", first, last)
     if transactions.empty:
         raise OfflineStoreEmptyError(
-            f"no ingested transactions under {settings.offline_dir}: run `vigil ingest --transactions PATH` first"
+            f"no ingested transactions under {settings.event_log}: run `vigil ingest --transactions PATH` first"
         )
-    labels = read_log(settings.offline_dir, "labels", first, last)
+    labels = read_log(settings.event_log, "labels", first, last)
     transactions = transactions.sort_values(["ts", "transaction_id"])
     transactions["tx_datetime"] = pd.to_datetime(transactions["ts"], unit="s")
     labels["tx_datetime"] = pd.to_datetime(labels["ts"], unit="s")
@@ -73,7 +74,9 @@ def backfill(
         def advance(days: int) -> None:
             bar.update(days)
 
-        report = backfill_days(settings.offline_dir, first, last, force, engine, spark_master, progress=advance)
+        report = backfill_days(
+            settings.event_log, settings.offline_dir, first, last, force, engine, spark_master, progress=advance
+        )
         bar.update(len(report.skipped))
     return report
 
@@ -89,14 +92,18 @@ def training_set(
     end: str | pd.Timestamp | None = None,
     progress: bool = False,
     log: Callable[[str], None] | None = None,
+    engine: str = "local",
+    spark_master: str | None = None,
 ) -> pd.DataFrame:
     """Point-in-time training rows for transactions in [start, end] (dates inclusive).
 
     Columns: transaction_id, tx_datetime, customer_id, terminal_id, spec.SERVED_INPUTS
-    and tx_fraud (from the label events; unlabelled transactions are left out).
+    and tx_fraud (from the label events; unlabelled transactions are left out). With
+    `engine="spark"` the backfill runs on Spark and the point-in-time join through Feast's
+    Spark offline store (the feature service `fraud_v3_training_spark`).
     """
     first, last = _day(start), _day(end)
-    report = backfill(settings, first, last, progress=progress)
+    report = backfill(settings, first, last, progress=progress, engine=engine, spark_master=spark_master)
     if log is not None:
         log(report.summary())
     transactions, labels = read_events(settings, first, last)
@@ -116,8 +123,17 @@ def training_set(
             tx_datetime=pd.Series(dtype="datetime64[ns]"),
             **{name: pd.Series(dtype=float) for name in spec.SERVED_INPUTS},
         )
-    job = store.get_historical_features(entity_df=entity_df, features=store.get_feature_service(TRAINING_SERVICE))
-    frame = job.to_df()
+    if engine == "spark":
+        from vigil.online.feast_store import open_feature_store
+
+        spark_store = open_feature_store(settings, spark_master or "local[*]")
+        service = spark_store.get_feature_service(f"{TRAINING_SERVICE}_spark")
+        with warnings.catch_warnings():
+            warnings.filterwarnings("ignore", message="The spark offline store is an experimental feature")
+            frame = spark_store.get_historical_features(entity_df=entity_df, features=service).to_df()
+    else:
+        job = store.get_historical_features(entity_df=entity_df, features=store.get_feature_service(TRAINING_SERVICE))
+        frame = job.to_df()
     frame["tx_datetime"] = pd.to_datetime(frame["event_timestamp"]).dt.tz_convert("UTC").dt.tz_localize(None)
     frame = frame.sort_values(["tx_datetime", "transaction_id"]).reset_index(drop=True)
     if log is not None:

@@ -22,20 +22,38 @@ def registry_path(settings: Settings) -> Path:
     return settings.data_dir / f"{settings.feast_project}-registry.db"
 
 
-def repo_config(settings: Settings) -> RepoConfig:
-    """feature_store.yaml with Vigil's settings: project, registry and Redis URL."""
+def repo_config(settings: Settings, spark_master: str | None = None) -> RepoConfig:
+    """feature_store.yaml with Vigil's settings: project, registry and Redis URL (and, given a
+    `spark_master`, Feast's Spark offline store on that cluster instead of the file store)."""
     raw = yaml.safe_load((settings.feature_repo / "feature_store.yaml").read_text())
     raw["project"] = settings.feast_project
     raw["registry"] = {**raw.get("registry", {}), "path": str(registry_path(settings))}
     raw["online_store"] = {**raw.get("online_store", {}), "url": settings.redis_url}
+    if spark_master is not None:
+        raw["offline_store"] = {
+            "type": "spark",
+            "spark_conf": {
+                "spark.master": spark_master,
+                "spark.ui.enabled": "false",
+                "spark.sql.session.timeZone": "UTC",
+                "spark.sql.execution.arrow.pyspark.enabled": "true",
+            },
+        }
     config = RepoConfig(**raw)
     config.repo_path = settings.feature_repo
     return config
 
 
-def open_feature_store(settings: Settings) -> FeatureStore:
+def quiet_feast() -> None:
+    """Feast warns that its Spark data source is experimental each time the registry
+    deserializes one (the training views' Spark twin): said once, in the repo."""
+    warnings.filterwarnings("ignore", message="The spark data source API is an experimental feature")
+
+
+def open_feature_store(settings: Settings, spark_master: str | None = None) -> FeatureStore:
     """A Feast FeatureStore on Vigil's repo (run `vigil apply` once first)."""
-    return FeatureStore(repo_path=str(settings.feature_repo), config=repo_config(settings))
+    quiet_feast()
+    return FeatureStore(repo_path=str(settings.feature_repo), config=repo_config(settings, spark_master))
 
 
 def apply_repo(settings: Settings) -> FeatureStore:
