@@ -15,7 +15,7 @@ help: ## Show this help
 $(STAMP): pyproject.toml constraints.txt
 	@test -x $(BIN)/python || $(PYTHON) -m venv $(VENV)
 	$(BIN)/python -m pip install --quiet --upgrade pip
-	$(BIN)/python -m pip install --quiet -c constraints.txt -e ".[dev]"
+	$(BIN)/python -m pip install --quiet -c constraints.txt -e ".[dev,spark]"
 	@touch $(STAMP)
 
 setup: $(STAMP) ## Create .venv with the project installed (.venv/bin/vigil)

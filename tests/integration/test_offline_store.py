@@ -183,3 +183,28 @@ def handbook_or_world(small_world: pd.DataFrame) -> pd.DataFrame:
         return small_world
     frame = pd.read_parquet(path)
     return frame[(frame["tx_datetime"] >= "2018-06-01") & (frame["tx_datetime"] < "2018-08-01")].reset_index(drop=True)
+
+
+def test_a_training_set_through_feasts_spark_offline_store_equals_the_file_store(
+    settings: Settings, small_world: pd.DataFrame, tmp_path: Path
+) -> None:
+    pytest.importorskip("pyspark")
+    if shutil.which("java") is None and not os.environ.get("JAVA_HOME"):
+        pytest.skip("the Spark engine needs Java 17")
+    from vigil.offline import training_set
+    from vigil.online.feast_store import apply_repo
+
+    ingest(settings, small_world, tmp_path)
+    store = apply_repo(settings)
+    days = sorted(small_world["tx_datetime"].dt.strftime("%Y-%m-%d").unique())
+    local = training_set(store, settings, days[-14], days[-1])
+    shutil.rmtree(settings.offline_dir / "features")  # the Spark engine computes them again
+    spark = training_set(store, settings, days[-14], days[-1], engine="spark", spark_master="local[2]")
+    assert len(spark) == len(local) > 0
+    spark = spark.set_index("transaction_id").loc[local["transaction_id"]]
+    for name in spec.SERVED_INPUTS:
+        np.testing.assert_allclose(spark[name].to_numpy(np.float64), local[name].to_numpy(np.float64), atol=1e-9)
+    assert (spark["tx_fraud"].to_numpy() == local["tx_fraud"].to_numpy()).all()
+    from vigil.offline.spark_engine import session
+
+    session(None).stop()

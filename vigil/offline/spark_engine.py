@@ -58,6 +58,7 @@ def session(master: str | None) -> Any:
         SparkSession.builder.master(master or "local[*]")
         .appName("vigil-backfill")
         .config("spark.ui.enabled", "false")
+        .config("spark.ui.showConsoleProgress", "false")
         .config("spark.sql.shuffle.partitions", str(BUCKETS // 4))
         .config("spark.sql.session.timeZone", "UTC")
         .config("spark.sql.execution.arrow.pyspark.enabled", "true")

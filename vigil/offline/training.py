@@ -134,7 +134,8 @@ def training_set(
     else:
         job = store.get_historical_features(entity_df=entity_df, features=store.get_feature_service(TRAINING_SERVICE))
         frame = job.to_df()
-    frame["tx_datetime"] = pd.to_datetime(frame["event_timestamp"]).dt.tz_convert("UTC").dt.tz_localize(None)
+    times = pd.to_datetime(frame["event_timestamp"])
+    frame["tx_datetime"] = times.dt.tz_convert("UTC").dt.tz_localize(None) if times.dt.tz is not None else times
     frame = frame.sort_values(["tx_datetime", "transaction_id"]).reset_index(drop=True)
     if log is not None:
         log(f"training set: {len(frame):,} labelled transactions of {first or 'the first day'}..{last or 'the last'}")

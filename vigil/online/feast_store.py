@@ -35,6 +35,7 @@ def repo_config(settings: Settings, spark_master: str | None = None) -> RepoConf
             "spark_conf": {
                 "spark.master": spark_master,
                 "spark.ui.enabled": "false",
+                "spark.ui.showConsoleProgress": "false",
                 "spark.sql.session.timeZone": "UTC",
                 "spark.sql.execution.arrow.pyspark.enabled": "true",
             },
