@@ -6,6 +6,7 @@ worker, wired together on loopback (`-i/-a` in bytewax.run terms).
 
 from __future__ import annotations
 
+import gc
 import multiprocessing as mp
 import queue
 import signal
@@ -93,6 +94,10 @@ def _worker(
     stopping.install()  # Ctrl-C / SIGTERM: the sources end, the sinks write what they hold
     try:
         flow = build_flow(make_source(processes), default_sinks(settings, stats, _SharedCounter(counter)), settings)
+        # What is loaded now (Feast, pandas, Bytewax: ~300k objects) lives as long as the
+        # process; frozen, a full collection does not walk it (a pause in freshness's tail).
+        gc.collect()
+        gc.freeze()
         cli_main(flow, process_id=index if addresses else None, addresses=addresses)
     except KeyboardInterrupt:
         interrupted = True

@@ -1,0 +1,268 @@
+"""Freshness: how long an event takes from the stream to being readable for scoring.
+
+    python -m benchmarks.freshness [--runs 5] [--rate 2000] [--seconds 10] [--api]
+
+The feature flow (`vigil ingest --source`), the producer and the probe run as separate
+processes, so the harness does not share an interpreter (or its pauses) with what it
+measures. The producer sends transactions to a Redis stream at `rate` a second; every
+tenth is a probe, whose send time goes to the prober; the prober polls the customer's
+stored history until the probe's id is in it. With `--api`, a `vigil serve` runs too and
+the prober asks it instead: `/v1/score?explain=true` for a later transaction of the same
+customer, until its 1-day count includes the probe (what a fraud check sees).
+
+Prints p50 / p99 / max per run against the targets, draws the latency histogram
+(bench-results/freshness.png) and writes bench-results/freshness.json.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import multiprocessing as mp
+import os
+import signal
+import subprocess
+import sys
+import time
+import uuid
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+
+TARGETS = {"p99_ms": 10.0, "max_ms": 50.0}
+API_TARGET_P99_MS = 15.0
+
+
+def produce(url: str, stream: str, rows: list[dict[str, Any]], rate: float, probes: Any) -> None:
+    """Sends `rows` at `rate` a second; every tenth's (id, customer, time) goes to `probes`."""
+    from vigil.online.connection import connect
+
+    client = connect(url)
+    started = time.perf_counter()
+    for i, row in enumerate(rows):
+        due = started + i / rate
+        while (wait := due - time.perf_counter()) > 0:
+            time.sleep(min(wait, 0.0005))
+        sent = time.perf_counter()
+        client.xadd(stream, row)
+        if i % 10 == 0:
+            probes.put((int(row["transaction_id"]), int(row["customer_id"]), row["tx_datetime"], sent))
+    probes.put(None)
+    client.close()
+
+
+def probe_store(url: str, project: str, probes: Any, results: Any) -> None:
+    """Polls the online store until each probe's transaction is in its customer's history."""
+    from feast.protos.feast.types.Value_pb2 import Value
+
+    from vigil.online.connection import connect
+    from vigil.online.layout import OnlineLayout
+
+    client = connect(url)
+    view = OnlineLayout.for_project(project).customer
+    field = view.field_keys[1]  # transaction ids
+    waiting: dict[int, tuple[int, float]] = {}
+    finished = False
+    latencies: list[float] = []
+    deadline = None
+    while not (finished and not waiting):
+        while not probes.empty():
+            item = probes.get()
+            if item is None:
+                finished, deadline = True, time.perf_counter() + 10
+            else:
+                waiting[item[0]] = (item[1], item[3])
+        if not waiting:
+            time.sleep(0.0002)
+            continue
+        items = list(waiting.items())
+        with client.pipeline(transaction=False) as pipe:
+            for _, (customer, _) in items:
+                pipe.hget(view.redis_key(customer), field)
+            replies = pipe.execute()
+        now = time.perf_counter()
+        for (tx, (_, sent)), raw in zip(items, replies, strict=True):
+            if raw is not None and tx in Value.FromString(raw).int64_list_val.val:
+                latencies.append((now - sent) * 1000)
+                waiting.pop(tx)
+        if deadline is not None and now > deadline:
+            break
+    results.put({"latencies_ms": latencies, "unseen": len(waiting)})
+
+
+def probe_api(base: str, probes: Any, results: Any) -> None:
+    """Asks the scoring service, for a later payment of the probe's customer, until its
+    1-day count includes the probe."""
+    import httpx
+
+    latencies: list[float] = []
+    unseen = 0
+    with httpx.Client(base_url=base, timeout=5) as client:
+        while (item := probes.get()) is not None:
+            tx, customer, when, sent = item
+            later = {"transaction_id": 10**15 + tx, "customer_id": customer, "terminal_id": 0, "tx_amount": 1.0,
+                     "tx_datetime": when}  # fmt: skip
+            before = client.post("/v1/score?explain=true", json=later).json()["features"]
+            count = before["customer_id_nb_tx_1day_window"]
+            give_up = sent + 5
+            while True:
+                now = time.perf_counter()
+                features = client.post("/v1/score?explain=true", json=later).json()["features"]
+                if features["customer_id_nb_tx_1day_window"] > count or now > give_up:
+                    break
+            if now > give_up:
+                unseen += 1
+            else:
+                latencies.append((time.perf_counter() - sent) * 1000)
+            # Probes are taken one at a time: skip those sent while this one was watched.
+            while not probes.empty():
+                if probes.get() is None:
+                    results.put({"latencies_ms": latencies, "unseen": unseen})
+                    return
+    results.put({"latencies_ms": latencies, "unseen": unseen})
+
+
+def one_run(rate: float, seconds: float, api: bool) -> dict[str, Any]:
+    import pandas as pd
+
+    from vigil.online.store import delete_namespace
+    from vigil.settings import PROJECT_ROOT, Settings
+    from vigil.simulate import SimulationConfig, simulate
+    from vigil.stream_out import event_fields
+
+    name = f"fresh{uuid.uuid4().hex[:6]}"
+    settings = Settings(feast_project=name, key_prefix=name, data_dir=PROJECT_ROOT / "data" / "bench" / name)
+    stream = f"{name}:events"
+    env = {**os.environ, "VIGIL_FEAST_PROJECT": name, "VIGIL_KEY_PREFIX": name,
+           "VIGIL_DATA_DIR": str(settings.data_dir), "REDIS_URL": settings.redis_url}  # fmt: skip
+    source = f"{settings.redis_url.rsplit('/', 1)[0]}/{stream}"
+    flow = subprocess.Popen(
+        [sys.executable, "-m", "vigil.cli", "ingest", "--source", source, "--no-progress"],
+        env=env, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL,
+    )  # fmt: skip
+    world = simulate(SimulationConfig(customers=5_000, terminals=10_000, days=30, seed=3))
+    rows = world.iloc[: int(rate * seconds)]
+    fields = event_fields(rows[["transaction_id", "tx_datetime", "customer_id", "terminal_id", "tx_amount"]])
+    for f, when in zip(fields, rows["tx_datetime"], strict=True):
+        f["tx_datetime"] = pd.Timestamp(when).isoformat()
+    from vigil.online.connection import connect
+
+    client = connect(settings.redis_url)
+    deadline = time.monotonic() + 60
+    while time.monotonic() < deadline:  # the flow's consumer group exists: it is up
+        try:
+            if client.exists(stream) and client.xinfo_groups(stream):
+                break
+        except Exception:
+            pass
+        time.sleep(0.1)
+    ctx = mp.get_context("spawn")
+    probes, results = ctx.Queue(), ctx.Queue()
+    service = None
+    try:
+        if api:
+            service, base = _service(settings)
+            prober = ctx.Process(target=probe_api, args=(base, probes, results))
+        else:
+            prober = ctx.Process(target=probe_store, args=(settings.redis_url, name, probes, results))
+        prober.start()
+        producer = ctx.Process(target=produce, args=(settings.redis_url, stream, fields, rate, probes))
+        started = time.perf_counter()
+        producer.start()
+        producer.join()
+        achieved = len(fields) / (time.perf_counter() - started)
+        outcome = results.get(timeout=60)
+        prober.join(timeout=10)
+    finally:
+        if service is not None:
+            service.__exit__(None, None, None)
+        flow.send_signal(signal.SIGINT)
+        try:
+            flow.wait(timeout=20)
+        except subprocess.TimeoutExpired:
+            flow.kill()
+        delete_namespace(settings.redis_url, name, name)
+        client.close()
+    seen = np.asarray(outcome["latencies_ms"])
+    return {
+        "achieved_events_per_s": round(achieved),
+        "samples": int(seen.size),
+        "unseen": outcome["unseen"],
+        "p50_ms": round(float(np.percentile(seen, 50)), 2),
+        "p99_ms": round(float(np.percentile(seen, 99)), 2),
+        "max_ms": round(float(seen.max()), 2),
+        "latencies_ms": seen.round(3).tolist(),
+    }
+
+
+def _service(settings: Any) -> tuple[Any, str]:
+    """A `vigil serve` on the run's namespace, with a baseline model trained on a small world."""
+    import tempfile
+
+    from flows.sources import FileReplaySource
+    from vigil.ingest import run_ingest
+    from vigil.lifecycle.training import train_and_register
+    from vigil.offline import training_set
+    from vigil.online.feast_store import apply_repo
+    from vigil.service_process import background_service
+    from vigil.simulate import SimulationConfig, simulate
+
+    tmp = Path(tempfile.mkdtemp())
+    history = simulate(SimulationConfig(customers=500, terminals=1_000, days=28, seed=9))
+    history.to_parquet(tmp / "h.parquet")
+    local = settings.model_copy(update={"mlflow_tracking_uri": f"sqlite:///{tmp}/mlflow.db",
+                                        "mlflow_artifacts_dir": tmp / "artifacts"})  # fmt: skip
+    run_ingest(local, lambda n: FileReplaySource(tmp / "h.parquet"), 1, show_progress=False)
+    train_and_register(local, training_set(apply_repo(local), local), "baseline", show_progress=False)
+    context = background_service(local)
+    return context, context.__enter__()
+
+
+def histogram(runs: list[dict[str, Any]], path: Path, title: str) -> None:
+    from matplotlib.figure import Figure
+
+    fig = Figure(figsize=(8, 4))
+    ax = fig.subplots()
+    bins = np.logspace(np.log10(0.5), np.log10(500), 60)
+    for i, run in enumerate(runs):
+        ax.hist(run["latencies_ms"], bins=bins, histtype="step", label=f"run {i + 1}: p99 {run['p99_ms']} ms")
+    ax.axvline(TARGETS["p99_ms"], color="tab:red", linestyle="--", label="p99 target 10 ms")
+    ax.set_xscale("log")
+    ax.set_xlabel("stream to readable (ms)")
+    ax.set_ylabel("probes")
+    ax.set_title(title)
+    ax.legend(fontsize=8)
+    fig.tight_layout()
+    fig.savefig(path, dpi=100)
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--runs", type=int, default=5)
+    parser.add_argument("--rate", type=float, default=2_000)
+    parser.add_argument("--seconds", type=float, default=10)
+    parser.add_argument("--api", action="store_true", help="measure through the scoring service")
+    args = parser.parse_args()
+    runs = [one_run(args.rate, args.seconds, args.api) for _ in range(args.runs)]
+    target = API_TARGET_P99_MS if args.api else TARGETS["p99_ms"]
+    what = "through the API" if args.api else "stream to online store"
+    print(f"freshness at {args.rate:,.0f} events/s, {what} (target p99 <= {target} ms" +
+          ("" if args.api else f", max <= {TARGETS['max_ms']} ms") + ")")  # fmt: skip
+    for i, run in enumerate(runs):
+        ok = run["p99_ms"] <= target and (args.api or run["max_ms"] <= TARGETS["max_ms"])
+        print(f"  run {i + 1}: p50 {run['p50_ms']} ms, p99 {run['p99_ms']} ms, max {run['max_ms']} ms "
+              f"({run['samples']} probes, {run['unseen']} unseen, {run['achieved_events_per_s']} events/s) "
+              f"{'OK' if ok else 'MISSED'}")  # fmt: skip
+    out = Path("bench-results")
+    out.mkdir(exist_ok=True)
+    name = "freshness_api" if args.api else "freshness"
+    histogram(runs, out / f"{name}.png", f"freshness at {args.rate:,.0f} events/s, {what}")
+    summary = [{k: v for k, v in run.items() if k != "latencies_ms"} for run in runs]
+    (out / f"{name}.json").write_text(
+        json.dumps({"rate": args.rate, "target_p99_ms": target, "runs": summary}, indent=2)
+    )
+
+
+if __name__ == "__main__":
+    main()
