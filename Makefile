@@ -39,9 +39,15 @@ lint: $(STAMP) ## ruff and mypy
 
 ci: lint test ## What CI runs (.ci/run calls this)
 
-bench: redis ## Benchmarks vs the stock paths, same run (bench-results/features.json, serving.json)
+bench: redis ## Every benchmark beside its target and same-run baseline (bench-results/, about 40 min)
 	$(BIN)/python -m benchmarks.features
+	$(BIN)/python -m benchmarks.freshness --runs 5
+	$(BIN)/python -m benchmarks.freshness --runs 1 --api
 	$(BIN)/python -m benchmarks.serving
+	$(BIN)/python -m benchmarks.cluster_read
+	$(BIN)/python -m benchmarks.capacity
+	$(BIN)/python -m benchmarks.offline
+	$(BIN)/python -m benchmarks.report
 
 lab: $(STAMP) ## JupyterLab on notebooks/ with the project's environment
 	$(BIN)/jupyter lab --notebook-dir=notebooks

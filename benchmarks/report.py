@@ -1,0 +1,64 @@
+"""Prints what `make bench` measured, every figure beside its target and its same-run
+baseline, from bench-results/*.json (and writes bench-results/summary.txt)."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+from typing import Any
+
+RESULTS = Path("bench-results")
+
+
+def read(name: str) -> dict[str, Any] | None:
+    path = RESULTS / f"{name}.json"
+    return json.loads(path.read_text()) if path.exists() else None
+
+
+def lines() -> list[str]:
+    out: list[str] = []
+    if features := read("features"):
+        for row in features.get("replay", []):
+            target = " (target >= 50,000)" if row["workers"] == 2 else ""
+            out.append(f"replay, {row['workers']} worker(s): {row['transactions_per_s']:,} tx/s{target}")
+        if stock := features.get("stock_feast"):
+            out.append(f"stock Feast, same run: {stock}")
+    for name, label in (("freshness", "stream -> online store"), ("freshness_api", "through the API")):
+        if fresh := read(name):
+            for i, run in enumerate(fresh["runs"]):
+                out.append(
+                    f"freshness {label}, run {i + 1}: p50 {run['p50_ms']} / p99 {run['p99_ms']} / max {run['max_ms']}"
+                    f" ms (target p99 <= {fresh['target_p99_ms']} ms)"
+                )
+    if serving := read("serving"):
+        out += serving.get("summary", [])
+    if cluster := read("cluster_read"):
+        for where, figures in cluster.items():
+            for client, t in figures.items():
+                out.append(f"feature read, {where}, {client}: p50 {t['p50_us']:.0f} / p99 {t['p99_us']:.0f} us")
+    if capacity := read("capacity"):
+        at = capacity["at_100m_a_day"]
+        out.append(
+            f"capacity at 100 M tx/day: {at['online_state_bytes'] / 1024**3:,.0f} GiB of online state, "
+            f"{at['redis_primaries_at_25gib']} primaries at 25 GiB, "
+            f"{at['bytes_read_per_request']:,.0f} bytes read a request"
+        )
+    if offline := read("offline"):
+        for engine, figures in offline.get("backfill", {}).items():
+            out.append(f"backfill {engine}: {figures['rows_per_s']:,} rows/s ({figures['days']} days)")
+        for name, figures in offline.get("train_last_30_days", {}).items():
+            out.append(f"vigil train, last 30 days, {name}: {figures['seconds']} s, peak {figures['peak_rss_mib']} MiB")
+        if "peak_memory_ratio_120_over_60" in offline:
+            out.append(f"peak memory 120 / 60 days: {offline['peak_memory_ratio_120_over_60']} (target <= 1.2)")
+    return out
+
+
+def main() -> None:
+    text = "\n".join(lines())
+    print(text)
+    RESULTS.mkdir(exist_ok=True)
+    (RESULTS / "summary.txt").write_text(text + "\n")
+
+
+if __name__ == "__main__":
+    main()
