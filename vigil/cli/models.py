@@ -36,6 +36,8 @@ vigil train --params '{"n_estimators": 300, "max_depth": 6}'""",
     p.add_argument("--params", metavar="JSON", help="hyperparameters overriding the model's defaults")
     p.add_argument("--review-budget", type=float, default=100.0, help="policy: cards sent to review a day")
     p.add_argument("--block-precision", type=float, default=0.9, help="policy: block only above a score this precise")
+    p.add_argument("--engine", choices=["local", "spark"], default="local", help="where the training set is built")
+    p.add_argument("--spark-master", default="local[*]", help="spark.master for --engine spark")
     p.set_defaults(func=train)
 
     p = subcommand(
