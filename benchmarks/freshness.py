@@ -62,9 +62,12 @@ def probe_store(url: str, project: str, probes: Any, results: Any) -> None:
     client = connect(url)
     view = OnlineLayout.for_project(project).customer
     field = view.field_keys[1]  # transaction ids
+    client.ping()
+    results.put("ready")  # imports done: the producer may start
     waiting: dict[int, tuple[int, float]] = {}
     finished = False
     latencies: list[float] = []
+    sent_at: list[float] = []
     deadline = None
     while not (finished and not waiting):
         while not probes.empty():
@@ -85,10 +88,11 @@ def probe_store(url: str, project: str, probes: Any, results: Any) -> None:
         for (tx, (_, sent)), raw in zip(items, replies, strict=True):
             if raw is not None and tx in Value.FromString(raw).int64_list_val.val:
                 latencies.append((now - sent) * 1000)
+                sent_at.append(sent)
                 waiting.pop(tx)
         if deadline is not None and now > deadline:
             break
-    results.put({"latencies_ms": latencies, "unseen": len(waiting)})
+    results.put({"latencies_ms": latencies, "sent": sent_at, "unseen": len(waiting)})
 
 
 def probe_api(base: str, probes: Any, results: Any) -> None:
@@ -99,6 +103,8 @@ def probe_api(base: str, probes: Any, results: Any) -> None:
     latencies: list[float] = []
     unseen = 0
     with httpx.Client(base_url=base, timeout=5) as client:
+        client.get("/healthz")
+        results.put("ready")  # imports done: the producer may start
         while (item := probes.get()) is not None:
             tx, customer, when, sent = item
             later = {"transaction_id": 10**15 + tx, "customer_id": customer, "terminal_id": 0, "tx_amount": 1.0,
@@ -167,6 +173,8 @@ def one_run(rate: float, seconds: float, api: bool) -> dict[str, Any]:
         else:
             prober = ctx.Process(target=probe_store, args=(settings.redis_url, name, probes, results))
         prober.start()
+        if results.get(timeout=120) != "ready":
+            raise RuntimeError("the prober did not start")
         producer = ctx.Process(target=produce, args=(settings.redis_url, stream, fields, rate, probes))
         started = time.perf_counter()
         producer.start()
@@ -193,7 +201,14 @@ def one_run(rate: float, seconds: float, api: bool) -> dict[str, Any]:
         "p99_ms": round(float(np.percentile(seen, 99)), 2),
         "max_ms": round(float(seen.max()), 2),
         "latencies_ms": seen.round(3).tolist(),
+        "sent_s": _since_first(outcome.get("sent", [])),
     }
+
+
+def _since_first(times: list[float]) -> list[float]:
+    """Send times as seconds since the run's first probe (the timeline's x axis)."""
+    sent = np.asarray(times)
+    return (sent - sent.min()).round(4).tolist() if sent.size else []
 
 
 def _service(settings: Any) -> tuple[Any, str]:
@@ -222,8 +237,8 @@ def _service(settings: Any) -> tuple[Any, str]:
 def histogram(runs: list[dict[str, Any]], path: Path, title: str) -> None:
     from matplotlib.figure import Figure
 
-    fig = Figure(figsize=(8, 4))
-    ax = fig.subplots()
+    fig = Figure(figsize=(12, 4))
+    ax, timeline = fig.subplots(1, 2)
     bins = np.logspace(np.log10(0.5), np.log10(500), 60)
     for i, run in enumerate(runs):
         ax.hist(run["latencies_ms"], bins=bins, histtype="step", label=f"run {i + 1}: p99 {run['p99_ms']} ms")
@@ -233,6 +248,16 @@ def histogram(runs: list[dict[str, Any]], path: Path, title: str) -> None:
     ax.set_ylabel("probes")
     ax.set_title(title)
     ax.legend(fontsize=8)
+    # When the slow probes were sent: a start-up burst, a periodic pause (a flush, a
+    # snapshot) or spread evenly tell different stories.
+    for i, run in enumerate(runs):
+        if run.get("sent_s"):
+            timeline.scatter(run["sent_s"], run["latencies_ms"], s=3, label=f"run {i + 1}")
+    timeline.axhline(TARGETS["p99_ms"], color="tab:red", linestyle="--")
+    timeline.set_yscale("log")
+    timeline.set_xlabel("probe sent (s since the first)")
+    timeline.set_ylabel("stream to readable (ms)")
+    timeline.set_title("latency over the run")
     fig.tight_layout()
     fig.savefig(path, dpi=100)
 
@@ -258,7 +283,7 @@ def main() -> None:
     out.mkdir(exist_ok=True)
     name = "freshness_api" if args.api else "freshness"
     histogram(runs, out / f"{name}.png", f"freshness at {args.rate:,.0f} events/s, {what}")
-    summary = [{k: v for k, v in run.items() if k != "latencies_ms"} for run in runs]
+    summary = [{k: v for k, v in run.items() if k not in ("latencies_ms", "sent_s")} for run in runs]
     (out / f"{name}.json").write_text(
         json.dumps({"rate": args.rate, "target_p99_ms": target, "runs": summary}, indent=2)
     )

@@ -7,6 +7,7 @@ import os
 import threading
 import time
 from collections import defaultdict
+from concurrent.futures import Future, ThreadPoolExecutor
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -181,6 +182,12 @@ class OfflineBatch:
 
 
 class _OfflinePartition(StatelessSinkPartition[OfflineBatch]):
+    """Buffers events and writes parts on a writer thread, so a part being encoded and
+    written never holds up the worker (the online path shares it: a synchronous write put
+    ~100 ms on the freshness tail every flush). One write at a time, in order; a failed
+    write fails the next `write_batch`, so the flow stops instead of losing events, and
+    nothing is acknowledged before the part holding it is durable."""
+
     def __init__(self, sink: OfflineEventSink, worker: int) -> None:
         self.writer = EventLogWriter(sink.root, worker)
         self.sink = sink
@@ -189,8 +196,11 @@ class _OfflinePartition(StatelessSinkPartition[OfflineBatch]):
         self.tokens: list[Any] = []
         self.since: float | None = None
         self.acknowledge = Acknowledger()
+        self.background = ThreadPoolExecutor(max_workers=1, thread_name_prefix="vigil-offline-writer")
+        self.pending: Future[None] | None = None
 
     def write_batch(self, items: list[OfflineBatch]) -> None:
+        self._check_pending(wait=False)
         for batch in items:
             for kind, frame in (("transactions", batch.transactions), ("labels", batch.labels)):
                 if not frame.empty:
@@ -201,18 +211,33 @@ class _OfflinePartition(StatelessSinkPartition[OfflineBatch]):
                 self.since = time.monotonic()
         due = self.since is not None and time.monotonic() - self.since >= self.sink.flush_seconds
         if self.rows >= self.sink.flush_rows or due:
+            if self.pending is not None and self.rows < 2 * self.sink.flush_rows:
+                return  # the previous part is still being written: keep buffering a while
+            self._check_pending(wait=True)  # bounded memory: at most one part in flight
             self.flush()
 
     def flush(self) -> None:
-        for kind in list(self.buffers):
-            frames = self.buffers.pop(kind)
+        buffers, tokens = dict(self.buffers), self.tokens
+        self.buffers, self.tokens, self.rows, self.since = defaultdict(list), [], 0, None
+        if buffers or tokens:
+            self.pending = self.background.submit(self._write, buffers, tokens)
+
+    def _write(self, buffers: dict[str, list[pd.DataFrame]], tokens: list[Any]) -> None:
+        for kind, frames in buffers.items():
             self.writer.write(kind, pd.concat(frames, ignore_index=True))
         # The events are in the log (on disk, or published): now their sources may forget them.
-        self.acknowledge(self.tokens)
-        self.tokens, self.rows, self.since = [], 0, None
+        self.acknowledge(tokens)
+
+    def _check_pending(self, wait: bool) -> None:
+        if self.pending is not None and (wait or self.pending.done()):
+            pending, self.pending = self.pending, None
+            pending.result()  # re-raises a failed write here, on the worker
 
     def close(self) -> None:
+        self._check_pending(wait=True)
         self.flush()
+        self._check_pending(wait=True)
+        self.background.shutdown()
         self.acknowledge.close()
 
 

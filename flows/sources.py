@@ -176,7 +176,7 @@ class _RedisStreamPartition(StatelessSourcePartition[RawBatch]):
         self.client = connect(source.url)
         self.consumer = consumer
         self._pending_done = False
-        self._last_data = self._last_tick = time.monotonic()
+        self._last_data = self._last_tick = self._last_read = time.monotonic()
         self._last_lag = 0.0
         self._idle = False
         try:
@@ -189,16 +189,25 @@ class _RedisStreamPartition(StatelessSourcePartition[RawBatch]):
         if stopping.requested():
             raise StopIteration
         source = self.source
+        if self._idle and source.idle_poll is not None and time.monotonic() - self._last_read < source.idle_poll:
+            # Not `next_awake`: Bytewax 0.21 then stalls every epoch close for longer the
+            # longer the flow runs (measured: +20 ms per second of a 2,000 events/s stream).
+            return []
+        self._last_read = time.monotonic()
         # First re-read entries this consumer was given but never acknowledged (a crash).
         start = ">" if self._pending_done else "0"
         # Never blocks: a blocked read would hold the whole worker (every operator runs on its
-        # thread). An empty read is polled again by Bytewax 1 ms later (or `idle_poll` later).
+        # thread). An empty read is polled again by Bytewax 1 ms later.
         reply = self.client.xreadgroup(source.group, self.consumer, {source.stream: start}, count=source.batch_size)
         entries: list[Any] = reply[0][1] if reply else []
         if start == "0" and not entries:
             self._pending_done = True
         now = time.monotonic()
-        self._idle = not entries
+        if now - self._last_lag >= LAG_SECONDS:
+            self._last_lag = now
+            self._report_lag()
+        # Caught up (less than a full batch): a patient group may wait before the next read.
+        self._idle = len(entries) < source.batch_size
         if not entries:
             if source.idle_timeout is not None and now - self._last_data > source.idle_timeout:
                 raise StopIteration
@@ -211,11 +220,6 @@ class _RedisStreamPartition(StatelessSourcePartition[RawBatch]):
         records = [parse_stream_fields(fields) for _, fields in entries]
         tokens = [RedisToken(source.url, source.stream, source.group, entry_id.decode()) for entry_id, _ in entries]
         return [records_to_batch(records, f"redis:{source.stream}", tokens)]
-
-    def next_awake(self) -> datetime | None:
-        if self._idle and self.source.idle_poll is not None:
-            return datetime.now(UTC) + timedelta(seconds=self.source.idle_poll)
-        return None  # Bytewax's default: again at once, or 1 ms after an empty read
 
     def _report_lag(self) -> None:
         """The group's lag (Redis 7 reports it; older servers leave the gauge unset)."""
@@ -239,7 +243,9 @@ class RedisStreamSource(DynamicSource[RawBatch]):
     their effect is durable, so a crash re-delivers them (at-least-once; the updates are
     idempotent). `idle_timeout` (seconds) ends the source after that long without data
     (tests, bench); `tick_seconds` sends an empty batch that often while idle; `idle_poll`
-    (seconds) waits that long after an empty read (None: Bytewax's 1 ms, for freshness).
+    (seconds) waits that long after a read that caught up with the stream (less than a full
+    batch), so a patient group reads fewer, larger batches; None: read again at once (or
+    Bytewax's 1 ms after an empty read), for freshness.
     """
 
     def __init__(
@@ -258,8 +264,9 @@ class RedisStreamSource(DynamicSource[RawBatch]):
 
     def with_group(self, group: str, tick_seconds: float | None = 1.0) -> RedisStreamSource:
         """The same stream through another consumer group (another output's own position):
-        the offline log's, which is not in a hurry (polled every 20 ms when idle)."""
-        return RedisStreamSource(self.url, self.stream, group, self.batch_size, self.idle_timeout, tick_seconds, 0.02)
+        the offline log's, which is not in a hurry: once caught up it reads every 50 ms, in
+        larger batches, leaving the worker to the online path (validation costs per batch)."""
+        return RedisStreamSource(self.url, self.stream, group, self.batch_size, self.idle_timeout, tick_seconds, 0.05)
 
     def build(self, step_id: str, worker_index: int, worker_count: int) -> _RedisStreamPartition:
         return _RedisStreamPartition(self, f"{self.group}-{worker_index}")

@@ -89,24 +89,29 @@ def _raw_json(row: dict[str, Any]) -> str:
     return json.dumps({k: clean(v) for k, v in row.items() if v is not None and v is not pd.NA}, default=str)
 
 
-def _as_int(column: pd.Series) -> tuple[np.ndarray, np.ndarray]:
+def _as_int(column: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
     """Integer values and a mask of entries that are not integers (missing ones included)."""
-    if pd.api.types.is_integer_dtype(column.dtype):
+    if column.dtype.kind in "iu":
         # Typed int64 (Parquet) stays exact, even beyond float precision.
-        return column.to_numpy(np.int64), np.zeros(len(column), bool)
-    values = pd.to_numeric(column, errors="coerce").to_numpy(dtype=np.float64, na_value=np.nan)
-    ok = np.isfinite(values) & (np.floor(values) == values) & (np.abs(values) < 2**62)
+        return column.astype(np.int64, copy=False), np.zeros(len(column), bool)
+    values = np.asarray(pd.to_numeric(column, errors="coerce"), dtype=np.float64)
+    with np.errstate(invalid="ignore"):
+        ok = np.isfinite(values) & (np.floor(values) == values) & (np.abs(values) < 2**62)
     return np.where(ok, values, 0).astype(np.int64), ~ok
 
 
-def _as_seconds(column: pd.Series) -> tuple[np.ndarray, np.ndarray]:
+def _as_float(column: np.ndarray) -> np.ndarray:
+    return np.asarray(pd.to_numeric(column, errors="coerce"), dtype=np.float64)
+
+
+def _as_seconds(column: pd.Series | np.ndarray) -> tuple[np.ndarray, np.ndarray]:
     """Unix seconds of naive (or UTC-converted) times, and a mask of unparseable ones."""
-    if pd.api.types.is_datetime64_any_dtype(column.dtype):
-        parsed = column
+    if isinstance(column, pd.Series) and pd.api.types.is_datetime64_any_dtype(column.dtype):
+        parsed = pd.DatetimeIndex(column)
     else:
-        parsed = pd.to_datetime(column, errors="coerce", format="ISO8601")
-    if getattr(parsed.dt, "tz", None) is not None:
-        parsed = parsed.dt.tz_convert("UTC").dt.tz_localize(None)
+        parsed = pd.DatetimeIndex(pd.to_datetime(np.asarray(column), errors="coerce", format="ISO8601"))
+    if parsed.tz is not None:
+        parsed = parsed.tz_convert("UTC").tz_localize(None)
     values = parsed.to_numpy(dtype="datetime64[s]")
     bad = np.isnat(values)
     return np.where(bad, 0, values.astype(np.int64)), bad
@@ -125,11 +130,15 @@ def validate(raw: RawBatch) -> ValidatedBatch:
     def flag(mask: np.ndarray, why: str) -> None:
         reason[mask & (reason == "")] = why
 
-    def column(name: str) -> pd.Series:
-        return frame[name] if name in frame else pd.Series([None] * n, index=frame.index, dtype=object)
+    # Plain numpy columns: pandas' per-Series overhead would dominate a ten-event batch.
+    none = np.full(n, None, dtype=object)
+    columns = {name: frame[name].to_numpy() if name in frame else none for name in ALL_FIELDS}
 
-    missing = {name: column(name).isna().to_numpy() for name in ALL_FIELDS}
-    kind = np.where(missing["kind"], TRANSACTION, column("kind").astype(str).to_numpy())
+    def column(name: str) -> np.ndarray:
+        return columns[name]
+
+    missing = {name: pd.isna(values) for name, values in columns.items()}
+    kind = np.where(missing["kind"], TRANSACTION, column("kind").astype(str))
     flag(~np.isin(kind, KINDS), "unknown event kind (expected transaction or label)")
     is_tx = kind == TRANSACTION
     is_label = kind == LABEL
@@ -142,17 +151,17 @@ def validate(raw: RawBatch) -> ValidatedBatch:
     for name in INT_FIELDS:
         typed[name], bad = _as_int(column(name))
         flag(bad & ~missing[name], f"field {name} is not an integer")
-    typed["ts"], bad_time = _as_seconds(column("tx_datetime"))
+    typed["ts"], bad_time = _as_seconds(frame.get("tx_datetime", none))
     flag(bad_time & ~missing["tx_datetime"], "unparseable tx_datetime")
 
-    amount = pd.to_numeric(column("tx_amount"), errors="coerce").to_numpy(dtype=np.float64, na_value=np.nan)
+    amount = _as_float(column("tx_amount"))
     present = ~missing["tx_amount"] & is_tx
     flag(present & np.isnan(amount), "field tx_amount is not a number")
     flag(present & np.isinf(amount), "tx_amount is not finite")
     flag(present & (amount < 0), "tx_amount is negative")
 
     # A label must be 0/1; a transaction may carry one (a file row), and then it must be 0/1 too.
-    fraud = pd.to_numeric(column("tx_fraud"), errors="coerce").to_numpy(dtype=np.float64, na_value=np.nan)
+    fraud = _as_float(column("tx_fraud"))
     flag(~missing["tx_fraud"] & ~np.isin(fraud, (0.0, 1.0)), "tx_fraud must be 0 or 1")
 
     good = reason == ""

@@ -13,6 +13,7 @@ from bytewax.testing import run_main
 
 from flows.features import build_flow, default_sinks
 from flows.kafka import KafkaEventSource
+from flows.metrics import flow_metrics
 from flows.sinks import FlowStats
 from flows.sources import RedisStreamSource
 from tests.integration.serving_helpers import server_env
@@ -53,6 +54,8 @@ def test_redis_stream_is_consumed_acknowledged_and_exact(
     assert stats.dead_letters == 2
     assert redis_client.xpending(stream, "g")["pending"] == 0  # every entry acknowledged after its write
     assert_exact(settings, frame)
+    lag = {tuple(s.labels.values()): s.value for m in flow_metrics().lag.collect() for s in m.samples}
+    assert (stream, "g") in lag  # the consumer-lag gauge is reported (Redis 7 knows the lag)
 
 
 def test_unacknowledged_entries_are_redelivered_after_a_crash(
