@@ -54,6 +54,11 @@ class ServiceMetrics:
             registry=self.registry,
         )
         self.ready = Gauge("vigil_ready", "1 when /readyz says ready", registry=self.registry)
+        self.row_seconds = Gauge(
+            "vigil_score_row_seconds",
+            "Recent seconds per row of batch requests (their deadlines follow it)",
+            registry=self.registry,
+        )
         self.decisions = Counter(
             "vigil_decisions_total",
             "Decisions, by outcome (allow, review, block)",

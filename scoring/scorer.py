@@ -15,6 +15,7 @@ import numpy as np
 import redis
 
 from scoring.batching import MicroBatcher
+from scoring.deadlines import BatchDeadlines
 from scoring.decisions import Decider, Lists
 from scoring.metrics import ServiceMetrics
 from scoring.models import LoadedModel, ModelManager
@@ -70,7 +71,7 @@ class Scorer:
         self.readiness = readiness
         self.decider = decider or Decider(RulesFile(None), Lists(), metrics)
         self.review = review
-        self.budget, self.row_budget = budget_seconds, row_budget_seconds
+        self.deadlines = BatchDeadlines(budget_seconds, row_budget_seconds)
         self.executor = executor
         self.prediction_log = prediction_log
         self.batcher = batcher
@@ -159,7 +160,7 @@ class Scorer:
 
     async def score(self, txs: Sequence[TransactionFields], explain: bool = False) -> list[dict[str, Any]]:
         started = time.perf_counter()
-        deadline = started + self.budget + self.row_budget * (len(txs) - 1)
+        deadline = started + self.deadlines.allowance(len(txs))
         model = self.models.current
         if model is None:
             raise NoModelError("no model is promoted yet: train one and promote it to champion")
@@ -174,6 +175,9 @@ class Scorer:
             self.metrics.stage_seconds.labels("fallback").observe(time.perf_counter() - fallback_started)
             self.metrics.fallbacks.labels(reason).inc(len(txs))
         latency_ms = (time.perf_counter() - started) * 1000
+        if reason in (None, TIMEOUT):
+            self.deadlines.observe(len(txs), latency_ms / 1000)
+            self.metrics.row_seconds.set(self.deadlines.row_seconds)
         self.metrics.stage_seconds.labels("total").observe(latency_ms / 1000)
         self.metrics.scored.inc(len(txs))
         if self.readiness is not None:

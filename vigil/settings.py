@@ -62,9 +62,8 @@ class Settings(BaseSettings):
     score_budget_ms: float = Field(
         25.0, gt=0, validation_alias=AliasChoices("VIGIL_SCORE_BUDGET_MS", "score_budget_ms")
     )
-    # A batch's deadline: the budget plus this much per transaction after the first (a
-    # 1,000-row batch takes ~90 ms of work; one budget for all of it sent every large
-    # batch to the fallback).
+    # A batch's deadline follows the time a row takes on this machine, measured on recent
+    # batches (scoring/deadlines.py); this is the first estimate, and the least it may be.
     score_row_budget_ms: float = Field(
         0.25, ge=0, validation_alias=AliasChoices("VIGIL_SCORE_ROW_BUDGET_MS", "score_row_budget_ms")
     )
