@@ -41,7 +41,7 @@ def derived_inputs(raw: np.ndarray) -> np.ndarray:
 # The recent-week companion (recent_days > 0): the handbook's best XGBoost settings (fraud_v1
 # inputs, the last 7 training days), blended into the long-history model's probability. It
 # ranks the bulk of genuine payments better (June: AUC +0.010 at equal AP without the floor
-# below, +0.003 with it, at 0.0003 less AP): the default until session 7, an option since.
+# below, +0.003 with it, at 0.0003 less AP): an option, off by default.
 RECENT_PARAMS: dict[str, Any] = {
     "max_depth": 3,
     "learning_rate": 0.3,
