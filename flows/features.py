@@ -102,8 +102,8 @@ class HistoryCache(StatefulLogic[EntityEvents, UpdateBatch, None]):
     cache there: tens of milliseconds every 10 s, on the freshness tail.)
     """
 
-    def __init__(self, load: HistoryLoader) -> None:
-        self.state = PartitionState()
+    def __init__(self, load: HistoryLoader, max_entities: int | None) -> None:
+        self.state = PartitionState(max_entities=max_entities)
         self.load = load
 
     def on_item(self, value: EntityEvents) -> tuple[list[UpdateBatch], bool]:
@@ -171,7 +171,8 @@ def build_flow(
     dead = op.flat_map("dead_letters", checked, lambda batch: batch.dead)
     op.output("dead_letter_out", dead, sinks.dead_letters)
     keyed = op.flat_map("partition", checked, split_by_partition)
-    updates = op.stateful("histories", keyed, lambda _resume: HistoryCache(load))
+    cache = settings.flow_cache_entities
+    updates = op.stateful("histories", keyed, lambda _resume: HistoryCache(load, cache))
     op.output("online_out", op.key_rm("unkey", updates), sinks.online)
     if sinks.offline is not None:
         from flows.kafka import KafkaEventSource

@@ -5,10 +5,17 @@ partition key to one worker, so one entity is always updated by one worker. A
 partition's state caches the histories of its entities; an entity seen for the first
 time in this run is loaded from the online store first, so a restarted flow continues
 from what was written (updates are idempotent set unions).
+
+The cache is bounded (`max_entities` per partition): past it, the entities updated least
+recently are dropped, and reloaded from the store if they come back, exactly as after a
+restart. Never those of the batch at hand; the ones dropped were last updated at least
+`max_entities` other entities ago, long written by the online sink, which follows this
+step on the same worker.
 """
 
 from __future__ import annotations
 
+import itertools
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
 from typing import Any
@@ -60,7 +67,9 @@ class UpdateBatch:
 
 @dataclass
 class PartitionState:
+    # Least recently updated first (an update moves its entity to the end).
     histories: dict[int, EntityHistory] = field(default_factory=dict)
+    max_entities: int | None = None
 
 
 Loader = Callable[[str, Sequence[int]], list[EntityHistory]]
@@ -83,7 +92,19 @@ def apply_events(state: PartitionState, events: EntityEvents, load: Loader) -> U
     horizon = spec.CUSTOMER_HORIZON_SECONDS if events.kind == CUSTOMER else spec.TERMINAL_HORIZON_SECONDS
     updates = []
     for e, lo, hi in zip(entities, starts.tolist(), ends.tolist(), strict=True):
-        history = merge(state.histories[e], ts[lo:hi], tx_id[lo:hi], value[lo:hi], horizon)
+        history = merge(state.histories.pop(e), ts[lo:hi], tx_id[lo:hi], value[lo:hi], horizon)
         state.histories[e] = history
         updates.append(HistoryUpdate(events.kind, e, history))
+    if state.max_entities is not None:
+        evict_least_recent(state.histories, keep=max(state.max_entities, len(entities)))
     return UpdateBatch(events.kind, updates, list(events.tokens), len(events))
+
+
+def evict_least_recent(histories: dict[int, EntityHistory], keep: int) -> int:
+    """Drops the least recently updated histories beyond `keep`; returns how many."""
+    excess = len(histories) - keep
+    if excess <= 0:
+        return 0
+    for entity in list(itertools.islice(histories, excess)):
+        del histories[entity]
+    return excess

@@ -110,12 +110,18 @@ class ModelManager:
 
             from mlflow.tracking import MlflowClient
 
+            import mlflow
+
             os.environ.setdefault("MLFLOW_DISABLE_TELEMETRY", "true")
             os.environ.setdefault("MLFLOW_ENABLE_ARTIFACTS_PROGRESS_BAR", "false")
             hush_mlflow_store()
-            self._mlflow = MlflowClient(
-                tracking_uri=self.settings.tracking_uri, registry_uri=self.settings.tracking_uri
-            )
+            uri = self.settings.tracking_uri
+            # Loading `models:/…` goes through MLflow's global URIs: they must name this store
+            # too, whatever MLFLOW_REGISTRY_URI the environment holds (MLflow exports it to
+            # child processes; a stale one resolved version 1 in another registry).
+            mlflow.set_tracking_uri(uri)
+            mlflow.set_registry_uri(uri)
+            self._mlflow = MlflowClient(tracking_uri=uri, registry_uri=uri)
         return self._mlflow
 
     def alias_version(self, alias: str | None = None) -> tuple[str, str] | None:

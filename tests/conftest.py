@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import os
 import uuid
 from collections.abc import Iterator
 from pathlib import Path
@@ -17,6 +18,20 @@ from vigil.settings import PROJECT_ROOT, Settings
 from vigil.simulate import SimulationConfig, simulate
 
 HANDBOOK = PROJECT_ROOT.parent / "shared" / "data" / "handbook"
+
+
+@pytest.fixture(autouse=True)
+def mlflow_environment() -> Iterator[None]:
+    """MLflow exports the URIs a test points it at to the environment (for child processes):
+    put them back after each test, so a later test's commands do not inherit another's store."""
+    names = ("MLFLOW_TRACKING_URI", "MLFLOW_REGISTRY_URI")
+    before = {name: os.environ.get(name) for name in names}
+    yield
+    for name, value in before.items():
+        if value is None:
+            os.environ.pop(name, None)
+        else:
+            os.environ[name] = value
 
 
 @pytest.fixture(scope="session")

@@ -75,6 +75,7 @@ class LocalRedis:
     process: subprocess.Popen[bytes] | None = field(default=None, repr=False)
 
     def __post_init__(self) -> None:
+        self._port_chosen = not self.port  # a port of our choosing may be changed on a clash
         self.port = self.port or free_ports(1)[0]
         self.binary = self.binary or find_server_binary() or system_binary()
         if self.binary is None:
@@ -101,18 +102,29 @@ class LocalRedis:
             args += ["--requirepass", self.password]
         return [*args, *self.extra]
 
-    def start(self, timeout: float = 10) -> LocalRedis:
+    def start(self, timeout: float = 10, attempts: int = 3) -> LocalRedis:
+        """Starts the server; when it exits at once on a port this object chose (taken
+        meanwhile by another process), tries again on another port, up to `attempts` times."""
         self.workdir.mkdir(parents=True, exist_ok=True)
-        self.process = subprocess.Popen(self.command(), stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
-        deadline = time.monotonic() + timeout
-        while time.monotonic() < deadline:
-            if self.process.poll() is not None:
-                log = self.workdir / f"redis-{self.port}.log"
-                raise RuntimeError(f"redis-server exited: {log.read_text()[-2000:] if log.exists() else ''}")
-            if self._answers():
-                return self
-            time.sleep(0.05)
-        raise RuntimeError(f"redis-server on port {self.port} did not answer in {timeout:.0f} s")
+        for attempt in range(attempts):
+            output = self.workdir / f"redis-{self.port}.out"
+            with output.open("wb") as out:
+                self.process = subprocess.Popen(self.command(), stdout=out, stderr=subprocess.STDOUT)
+            deadline = time.monotonic() + timeout
+            while time.monotonic() < deadline:
+                if self.process.poll() is not None:
+                    break
+                if self._answers():
+                    return self
+                time.sleep(0.05)
+            else:
+                raise RuntimeError(f"redis-server on port {self.port} did not answer in {timeout:.0f} s")
+            log = self.workdir / f"redis-{self.port}.log"
+            said = "".join(f.read_text()[-2000:] for f in (log, output) if f.exists()).strip()
+            if attempt == attempts - 1 or not self._port_chosen:
+                raise RuntimeError(f"redis-server exited: {said or 'without a word'}")
+            self.port = free_ports(1)[0]
+        raise AssertionError("unreachable")
 
     def _answers(self) -> bool:
         try:

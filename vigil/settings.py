@@ -71,6 +71,11 @@ class Settings(BaseSettings):
     max_body_bytes: int = Field(
         8 * 1024 * 1024, gt=0, validation_alias=AliasChoices("VIGIL_MAX_BODY_BYTES", "max_body_bytes")
     )
+    # The feature flow's cache of entity histories, per partition (64 per kind): past it, the
+    # least recently updated are dropped and reloaded from the online store when they return.
+    flow_cache_entities: int = Field(
+        100_000, gt=0, validation_alias=AliasChoices("VIGIL_FLOW_CACHE_ENTITIES", "flow_cache_entities")
+    )
     batch_max_rows: int = Field(64, gt=0, validation_alias=AliasChoices("VIGIL_BATCH_MAX_ROWS", "batch_max_rows"))
     # How long a request may wait for others to share its model call (0 turns micro-batching off).
     batch_max_wait_ms: float = Field(

@@ -60,6 +60,21 @@ def test_replay_gives_exact_features(
     assert max(diffs.values()) <= 1e-9, diffs
 
 
+def test_a_bounded_history_cache_gives_the_same_features(
+    settings: Settings, small_world: pd.DataFrame, tmp_path: Path
+) -> None:
+    """Entities dropped from a tiny cache come back from the online store, as after a restart."""
+    frame = four_weeks(small_world)
+    path = tmp_path / "tx.parquet"
+    frame.to_parquet(path)
+    small = settings.model_copy(update={"flow_cache_entities": 2})
+    stats = FlowStats()
+    run_main(build_flow(FileReplaySource(path, batch_size=50), default_sinks(small, stats), small))
+    assert stats.transactions == len(frame)
+    diffs = max_differences(online_features(frame, store_for(settings)), compute_features(frame))
+    assert max(diffs.values()) <= 1e-9, diffs
+
+
 def test_second_replay_changes_nothing(
     settings: Settings, small_world: pd.DataFrame, tmp_path: Path, redis_client: redis.Redis
 ) -> None:
