@@ -9,8 +9,6 @@ measured, `VIGIL_SCORE_ROW_BUDGET_MS` is the estimate; the estimate never goes b
 
 from __future__ import annotations
 
-import threading
-
 # Batches smaller than this say little about a row's cost (the fixed part dominates).
 MIN_MEASURED_ROWS = 50
 
@@ -19,7 +17,6 @@ class BatchDeadlines:
     def __init__(self, budget_seconds: float, row_seconds: float, margin: float = 3.0, weight: float = 0.2) -> None:
         self.budget, self.floor, self.margin, self.weight = budget_seconds, row_seconds, margin, weight
         self.row_seconds = row_seconds  # recent seconds per row (exponentially weighted)
-        self._lock = threading.Lock()
 
     def allowance(self, rows: int) -> float:
         """Seconds a request of `rows` transactions may take."""
@@ -32,5 +29,4 @@ class BatchDeadlines:
         grows, and the next batches get more time)."""
         if rows < MIN_MEASURED_ROWS:
             return
-        with self._lock:
-            self.row_seconds += self.weight * (seconds / rows - self.row_seconds)
+        self.row_seconds += self.weight * (seconds / rows - self.row_seconds)

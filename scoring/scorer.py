@@ -72,6 +72,7 @@ class Scorer:
         self.decider = decider or Decider(RulesFile(None), Lists(), metrics)
         self.review = review
         self.deadlines = BatchDeadlines(budget_seconds, row_budget_seconds)
+        metrics.row_seconds.set_function(lambda: self.deadlines.row_seconds)  # read at scrape time
         self.executor = executor
         self.prediction_log = prediction_log
         self.batcher = batcher
@@ -177,7 +178,6 @@ class Scorer:
         latency_ms = (time.perf_counter() - started) * 1000
         if reason in (None, TIMEOUT):
             self.deadlines.observe(len(txs), latency_ms / 1000)
-            self.metrics.row_seconds.set(self.deadlines.row_seconds)
         self.metrics.stage_seconds.labels("total").observe(latency_ms / 1000)
         self.metrics.scored.inc(len(txs))
         if self.readiness is not None:

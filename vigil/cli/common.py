@@ -61,6 +61,18 @@ def days_in_order(first: str | None, last: str | None, what: str) -> None:
         raise UserError(f"{what}: the start {first} is after the end {last}")
 
 
+def spark_ready(engine: str) -> None:
+    """For `--engine spark`: PySpark and Java are there, or the user is told what to install."""
+    if engine != "spark":
+        return
+    from vigil.offline.spark_engine import SparkUnavailableError, check_spark
+
+    try:
+        check_spark()
+    except SparkUnavailableError as error:
+        raise UserError(str(error)) from None
+
+
 def positive(kind: Callable[[str], Any]) -> Callable[[str], Any]:
     def check(text: str) -> Any:
         try:

@@ -16,6 +16,7 @@ from vigil.cli.common import (
     positive,
     say,
     settings,
+    spark_ready,
     subcommand,
     terminal,
 )
@@ -127,13 +128,7 @@ vigil backfill --engine spark --spark-master 'local[2]'""",
 
 def backfill(args: argparse.Namespace) -> int:
     days_in_order(args.start, args.end, "--start/--end")
-    if args.engine == "spark":
-        from vigil.offline.spark_engine import SparkUnavailableError, check_spark
-
-        try:
-            check_spark()
-        except SparkUnavailableError as error:
-            raise UserError(str(error)) from None
+    spark_ready(args.engine)
     config = settings()
     from vigil.offline import OfflineStoreEmptyError
     from vigil.offline.training import backfill as run_backfill

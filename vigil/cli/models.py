@@ -6,7 +6,18 @@ import argparse
 import json
 from typing import TYPE_CHECKING, Any
 
-from vigil.cli.common import Refused, UserError, day, days_in_order, ensure_redis, say, settings, subcommand, terminal
+from vigil.cli.common import (
+    Refused,
+    UserError,
+    day,
+    days_in_order,
+    ensure_redis,
+    say,
+    settings,
+    spark_ready,
+    subcommand,
+    terminal,
+)
 from vigil.settings import Settings
 
 if TYPE_CHECKING:
@@ -114,8 +125,6 @@ def _last_days(config: Settings, days: int) -> str:
 
 
 def train(args: argparse.Namespace) -> int:
-    import pandas as pd
-
     days_in_order(args.train_start, args.train_end, "--train-start/--train-end")
     try:
         params = json.loads(args.params) if args.params else None
@@ -125,6 +134,7 @@ def train(args: argparse.Namespace) -> int:
         raise UserError("--params must be a JSON object, e.g. '{\"max_depth\": 4}'")
     if args.review_budget <= 0 or not 0 < args.block_precision <= 1:
         raise UserError("--review-budget must be positive and --block-precision within (0, 1]")
+    from vigil.lifecycle.evaluation import Split
     from vigil.lifecycle.training import train_and_register
     from vigil.models.registry import MODEL_KINDS
 
@@ -132,16 +142,10 @@ def train(args: argparse.Namespace) -> int:
         MODEL_KINDS[args.model](params)  # a wrong parameter fails now, not after the data is read
     except ValueError as error:
         raise UserError(str(error)) from None
-    if args.engine == "spark":
-        from vigil.offline.spark_engine import SparkUnavailableError, check_spark
-
-        try:
-            check_spark()
-        except SparkUnavailableError as error:
-            raise UserError(str(error)) from None
+    spark_ready(args.engine)
     config = settings()
-    # The days the split needs: training, then a 7-day delay and the 7-day test week.
-    last = str((pd.Timestamp(args.train_end) + pd.Timedelta(days=15)).date()) if args.train_end else None
+    # The days the split needs: training, then the delay and the test week.
+    last = str(Split.after(args.train_end).test_end.date()) if args.train_end else None
     data = training_data(config, args.train_start, last, args.engine, args.spark_master)
     try:
         report = train_and_register(

@@ -51,6 +51,12 @@ class Split:
             train_end - pd.Timedelta(days=train_days - 1), train_end, start, start + pd.Timedelta(days=test_days - 1)
         )
 
+    @staticmethod
+    def after(train_end: str | pd.Timestamp, delay_days: int = 7, test_days: int = 7) -> Split:
+        """The book's split whose training ends on `train_end`: the test week follows the delay."""
+        end = pd.Timestamp(train_end).normalize()
+        return Split.book(end + pd.Timedelta(days=delay_days + 1), delay_days=delay_days, test_days=test_days)
+
     def with_train_start(self, start: str | pd.Timestamp) -> Split:
         return Split(pd.Timestamp(start).normalize(), self.train_end, self.test_start, self.test_end)
 

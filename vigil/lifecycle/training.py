@@ -48,9 +48,7 @@ def default_split(data: pd.DataFrame, train_start: str | None, train_end: str | 
     if train_end is None:
         split = Split.book(last - pd.Timedelta(days=6))
         return split.with_train_start(train_start or first)
-    end = pd.Timestamp(train_end).normalize()
-    split = Split.book(end + pd.Timedelta(days=8))
-    return split.with_train_start(train_start or first)
+    return Split.after(train_end).with_train_start(train_start or first)
 
 
 def fit_with_progress(model: FraudModel, frame: pd.DataFrame, labels: np.ndarray, show: bool = True) -> FraudModel:

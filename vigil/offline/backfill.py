@@ -134,11 +134,11 @@ def write_days(folder: Path, table: pd.DataFrame) -> int:
     return rows
 
 
-def _chunks(days: list[str]) -> list[tuple[str, str]]:
-    """Runs of consecutive days, cut every CHUNK_DAYS."""
+def _chunks(days: list[str], most: int | None = CHUNK_DAYS) -> list[tuple[str, str]]:
+    """Runs of consecutive days, cut every `most` days (None: never)."""
     out: list[tuple[str, str]] = []
     for day in days:
-        if out and shift(out[-1][1], 1) == day and len(day_range(out[-1][0], day)) <= CHUNK_DAYS:
+        if out and shift(out[-1][1], 1) == day and (most is None or len(day_range(out[-1][0], day)) <= most):
             out[-1] = (out[-1][0], day)
         else:
             out.append((day, day))
@@ -173,13 +173,14 @@ def backfill_days(
     for day in days:
         current = has_day(folder, day) and manifest.get(day) == wanted[day]
         (report.skipped if current and not force else todo).append(day)
-    chunks = _chunks(todo)
     if engine == "spark":
         from vigil.offline.spark_engine import compute_chunks
 
-        report.rows = compute_chunks(log_root, chunks, folder, spark_master, progress)
+        # Whole runs of days: Spark partitions by entity, so its memory follows a bucket of
+        # entities, not the span of days.
+        report.rows = compute_chunks(log_root, _chunks(todo, None), folder, spark_master, progress)
     else:
-        for chunk_first, chunk_last in chunks:
+        for chunk_first, chunk_last in _chunks(todo):
             table = chunk_features(log_root, chunk_first, chunk_last)
             report.rows += write_days(folder, table) if not table.empty else 0
             if progress is not None:

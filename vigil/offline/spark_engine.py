@@ -25,6 +25,7 @@ from pathlib import Path
 from typing import Any
 
 import pandas as pd
+import pyarrow.parquet as pq
 
 from vigil.features import spec
 from vigil.features.backfill import CALENDAR, CUSTOMER, TERMINAL, customer_features, terminal_features
@@ -93,7 +94,8 @@ def compute_chunks(
     master: str | None,
     progress: Callable[[int], None] | None = None,
 ) -> int:
-    """Computes the features of each run of days in `chunks` on Spark; returns rows written."""
+    """Computes the features of each run of days in `chunks` on Spark, one job a run;
+    returns the rows written."""
     if not chunks:
         return 0
     from pyspark.sql import functions as F
@@ -101,16 +103,8 @@ def compute_chunks(
     from vigil.offline.backfill import LABEL_WINDOW, TRANSACTION_LOOKBACK_DAYS, day_range, shift
 
     spark = session(master)
-    # Consecutive chunks are one job: Spark partitions by entity, so memory follows the
-    # entities of a bucket, not the span of days.
-    runs: list[tuple[str, str]] = []
-    for first, last in chunks:
-        if runs and shift(runs[-1][1], 1) == first:
-            runs[-1] = (runs[-1][0], last)
-        else:
-            runs.append((first, last))
     written = 0
-    for first, last in runs:
+    for first, last in chunks:
         tx_paths = _days(log_root, "transactions", shift(first, -TRANSACTION_LOOKBACK_DAYS), last)
         label_paths = _days(log_root, "labels", shift(first, -LABEL_WINDOW[1]), shift(last, -LABEL_WINDOW[0]))
         if not tx_paths:
@@ -169,9 +163,7 @@ def compute_chunks(
                 if target.exists():
                     shutil.rmtree(target)
                 day_folder.rename(target)
-                written += sum(
-                    pd.read_parquet(f, columns=["transaction_id"]).shape[0] for f in target.glob("*.parquet")
-                )
+                written += sum(pq.read_metadata(f).num_rows for f in target.glob("*.parquet"))
         if progress is not None:
             progress(len(day_range(first, last)))
     return written

@@ -20,7 +20,7 @@ from feast import FeatureStore
 from tqdm import tqdm
 
 from vigil.features import spec
-from vigil.offline.backfill import BackfillReport, backfill_days, day_range, features_dir
+from vigil.offline.backfill import BackfillReport, backfill_days
 from vigil.offline.eventlog import days, read_log
 from vigil.settings import Settings
 
@@ -142,4 +142,4 @@ def training_set(
     return frame[["transaction_id", "tx_datetime", "customer_id", "terminal_id", *spec.SERVED_INPUTS, "tx_fraud"]]
 
 
-__all__ = ["OfflineStoreEmptyError", "backfill", "day_range", "features_dir", "read_events", "training_set"]
+__all__ = ["OfflineStoreEmptyError", "backfill", "logged_days", "read_events", "training_set"]
