@@ -94,10 +94,11 @@ class Decider:
                 scores >= policy.block_threshold if policy.block_threshold is not None else np.zeros(len(results), bool)
             )
         rules = self.rules.current.rules
+        listed = any(self.lists.members.values())
         counts: collections.Counter[str] = collections.Counter()
         for i, (result, tx) in enumerate(zip(results, txs, strict=True)):
-            blocked = self.lists.hit("block", tx.customer_id, tx.terminal_id)
-            allowed = self.lists.hit("allow", tx.customer_id, tx.terminal_id)
+            blocked = self.lists.hit("block", tx.customer_id, tx.terminal_id) if listed else []
+            allowed = self.lists.hit("allow", tx.customer_id, tx.terminal_id) if listed else []
             matched = self._matching(rules, tx, inputs[i], result["score"], fallback) if rules else []
             reasons = [*blocked, *allowed, *(f"rule:{r.name}" for r in matched)]
             actions = {r.action for r in matched}

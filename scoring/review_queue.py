@@ -1,11 +1,13 @@
 """The review queue: `review` and `block` decisions, with what an analyst needs to judge them,
 appended to the Redis stream `<prefix>:review` off the response path.
 
-Each entry is one JSON field: the transaction, score, decision, reasons, model version,
-the model inputs and, when the model can say, the top contributions (computed here in the
-background, only for the answers that go to review). While Redis is away entries wait
-in memory (bounded in bytes; the oldest dropped past it, and counted).
-`vigil review` reads the queue and records verdicts, which become labels.
+Each entry is one JSON field: the transaction, score, decision, reasons, model version and
+the model inputs. The top contributions are not computed here but where the queue is read
+(`vigil.monitoring.review.explain`): an exact TreeSHAP of the 500-tree booster takes about
+1.8 ms a row on one core, more than scoring the row, and the service would spend it on every
+review and block whether anyone reads it or not. While Redis is away entries wait in memory
+(bounded in bytes; the oldest dropped past it, and counted). `vigil review` reads the queue
+and records verdicts, which become labels.
 """
 
 from __future__ import annotations
@@ -15,7 +17,6 @@ import collections
 import contextlib
 import logging
 from collections.abc import Sequence
-from concurrent.futures import ThreadPoolExecutor
 from typing import Any
 
 import numpy as np
@@ -34,28 +35,26 @@ class ReviewQueue:
         client: Any,
         stream: str,
         metrics: ServiceMetrics,
-        executor: ThreadPoolExecutor,
         max_buffer_bytes: int = 16 * 1024 * 1024,
         flush_seconds: float = 0.05,
     ) -> None:
-        self.client, self.stream, self.metrics, self.executor = client, stream, metrics, executor
+        self.client, self.stream, self.metrics = client, stream, metrics
         self.max_buffer_bytes, self.flush_seconds = max_buffer_bytes, flush_seconds
-        self._pending: list[tuple[list[dict[str, Any]], Sequence[Any], np.ndarray, Any]] = []
+        self._pending: list[tuple[list[dict[str, Any]], Sequence[Any], np.ndarray]] = []
         self._unsent: collections.deque[bytes] = collections.deque()
         self._unsent_bytes = 0
         self._task: asyncio.Task[None] | None = None
 
-    def append(self, results: list[dict[str, Any]], txs: Sequence[Any], inputs: np.ndarray, model: Any) -> None:
+    def append(self, results: list[dict[str, Any]], txs: Sequence[Any], inputs: np.ndarray) -> None:
         """Queues the answers among `results` whose decision is review or block."""
-        rows = [i for i, r in enumerate(results) if r.get("decision") in ("review", "block")]
+        rows = [i for i, r in enumerate(results) if r["decision"] != "allow"]
         if rows:
-            self._pending.append(([results[i] for i in rows], [txs[i] for i in rows], inputs[rows], model))
+            self._pending.append(([results[i] for i in rows], [txs[i] for i in rows], inputs[rows]))
 
     def _entries(self) -> list[bytes]:
         pending, self._pending = self._pending, []
         out = []
-        for results, txs, inputs, model in pending:
-            contributions = _contributions(model, inputs, [r["fallback"] for r in results])
+        for results, txs, inputs in pending:
             for i, (result, tx) in enumerate(zip(results, txs, strict=True)):
                 entry = {
                     "transaction_id": tx.transaction_id,
@@ -70,16 +69,14 @@ class ReviewQueue:
                     "fallback": result["fallback"],
                     "fallback_reason": result["fallback_reason"],
                     "features": dict(zip(spec.SERVED_INPUTS, inputs[i].tolist(), strict=True)),
-                    "contributions": contributions[i] if contributions is not None else None,
                 }
                 out.append(orjson.dumps(entry))
         return out
 
     async def flush(self) -> None:
         if self._pending:
-            loop = asyncio.get_running_loop()
             try:
-                entries = await loop.run_in_executor(self.executor, self._entries)
+                entries = self._entries()
             except Exception:
                 log.exception("review queue entries could not be built")
                 entries = []
@@ -121,22 +118,3 @@ class ReviewQueue:
             with contextlib.suppress(asyncio.CancelledError):
                 await self._task
         await self.flush()
-
-
-def _contributions(model: Any, inputs: np.ndarray, fallback: list[bool], top: int = 5) -> list[Any] | None:
-    """Top contributions of the champion's score (None for fallback answers and models without them)."""
-    contribs = getattr(model.primary, "contributions", None) if model is not None else None
-    if contribs is None:
-        return None
-    from scoring.scorer import model_matrix
-
-    values = contribs(model_matrix(inputs))[:, :-1]
-    names = list(getattr(model.primary, "input_names", model.primary.inputs))
-    out: list[Any] = []
-    for row, was_fallback in zip(values, fallback, strict=True):
-        if was_fallback:
-            out.append(None)
-            continue
-        order = np.argsort(-np.abs(row))[:top]
-        out.append({names[j]: float(row[j]) for j in order})
-    return out

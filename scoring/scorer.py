@@ -29,12 +29,12 @@ from vigil.features.feast_transform import to_epoch_seconds
 from vigil.features.history import EntityHistory
 from vigil.features.rollup import TransactionFacts, features_for_stacked, stack
 from vigil.features.windows import HistoryLists, one_transaction
+from vigil.models.base import model_matrix, top_contributions
 from vigil.online.store import AsyncOnlineHistoryStore
 
 log = logging.getLogger("vigil.scoring")
 
 TIMEOUT, MODEL_ERROR, FEATURES_UNAVAILABLE = "timeout", "model_error", "features_unavailable"
-FLOAT32_MAX = float(np.finfo(np.float32).max)
 INLINE_ROWS = 8  # small requests to a model measured fast run on the event loop
 ROW_BY_ROW = 4  # requests up to this many rows get their features in plain Python
 _NO_FACTS: HistoryLists = ([], [], [])
@@ -43,11 +43,6 @@ _H = TypeVar("_H")
 
 class NoModelError(RuntimeError):
     """No version holds the champion alias yet (the service waits for one)."""
-
-
-def model_matrix(features: np.ndarray) -> np.ndarray:
-    """The float32 matrix models take: every value finite (out-of-range values clipped)."""
-    return np.clip(np.nan_to_num(features, nan=0.0), -FLOAT32_MAX, FLOAT32_MAX).astype(np.float32)
 
 
 class Scorer:
@@ -182,7 +177,7 @@ class Scorer:
         self.metrics.scored.inc(len(txs))
         if self.readiness is not None:
             self.readiness.record(len(txs), len(txs) if reason is not None else 0)
-        contributions = self._contributions(model, matrix) if explain and reason is None else None
+        contributions = top_contributions(model.primary, matrix) if explain and reason is None else None
         floor_of = getattr(model.primary, "score_floor", None)
         floors = floor_of(matrix) if explain and reason is None and floor_of is not None else None
         ref = {"name": "fraud-detector", "version": model.version, "alias": model.alias}
@@ -218,7 +213,7 @@ class Scorer:
             results.append(result)
         self.decider.decide(results, txs, exact, model.policy, fallback=reason is not None)
         if self.review is not None:
-            self.review.append(results, txs, exact, model)
+            self.review.append(results, txs, exact)
         self._log(results, matrix, txs, ts)
         if reason is None and self.shadow is not None:
             self._score_in_shadow(results, matrix, model)
@@ -256,19 +251,6 @@ class Scorer:
         task = asyncio.get_running_loop().create_task(run())
         self._background.add(task)
         task.add_done_callback(self._background.discard)
-
-    @staticmethod
-    def _contributions(model: LoadedModel, matrix: np.ndarray, top: int = 5) -> list[dict[str, float]] | None:
-        contribs = getattr(model.primary, "contributions", None)
-        if contribs is None:
-            return None
-        values = contribs(matrix)[:, :-1]  # last column: the bias
-        names = list(getattr(model.primary, "input_names", model.primary.inputs))
-        out = []
-        for row in values:
-            order = np.argsort(-np.abs(row))[:top]
-            out.append({names[j]: round(float(row[j]), 6) for j in order})
-        return out
 
     def _log(
         self, results: list[dict[str, Any]], matrix: np.ndarray, txs: Sequence[TransactionFields], ts: np.ndarray

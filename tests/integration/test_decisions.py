@@ -152,6 +152,8 @@ def test_reviews_go_to_the_queue_and_a_verdict_becomes_a_label(world: World) -> 
     assert wait_for(lambda: "77000001" in listed().stdout)
     entry = listed().stdout
     assert "rule:huge_amount" in entry
+    # Explained on read, by the version that scored it (not computed in the service).
+    assert "top contributions: " in entry.split("77000001", 1)[1]
     verdict = vigil("review", "verdict", "--transaction-id", "77000001", "--fraud", env=world.env)
     assert verdict.returncode == 0, verdict.stderr
     assert "77000001" not in listed().stdout  # judged: off the list

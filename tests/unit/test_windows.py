@@ -198,7 +198,7 @@ def test_backfill_keeps_row_order_and_counts_duplicates_once(small_world: pd.Dat
     pd.testing.assert_frame_equal(with_dupes.iloc[: len(plain)].reset_index(drop=True), plain)
 
 
-@pytest.mark.parametrize("copies", [1, 5])  # 4 payloads: protobuf's parser; 20: the numpy pass
+@pytest.mark.parametrize("copies", [1, 5])
 def test_batch_decode_equals_the_reference_decoder(copies: int) -> None:
     """The columnar decoder (serving's batch path) and the list decoder (its one-row path)
     read what HistoryView.decode reads."""
@@ -230,7 +230,7 @@ def test_batch_decode_takes_any_int64_and_empty_lists() -> None:
     """Varints of 1 to 10 bytes (negative ids are 10), empty lists, missing fields."""
     from feast.protos.feast.types.Value_pb2 import Int64List, Value
 
-    from vigil.online.columns import int64_lists
+    from vigil.online.columns import stacked_facts
 
     samples = [
         [0, 1, 127, 128, 16_383, 16_384, 2**35, 2**62, -1, -(2**63), 2**63 - 1],
@@ -238,9 +238,48 @@ def test_batch_decode_takes_any_int64_and_empty_lists() -> None:
         [5] * 300,
         list(range(-50, 50)),
     ]
-    payloads: list[bytes | None] = [Value(int64_list_val=Int64List(val=v)).SerializeToString() for v in samples]
-    payloads += [None] * 3 + payloads  # more than the small-request threshold
-    values, counts = int64_lists(payloads)
+
+    def payload(values: list[int]) -> bytes:
+        return Value(int64_list_val=Int64List(val=values)).SerializeToString()
+
+    replies: list[list[bytes | None]] = [[payload(list(range(len(v)))), payload(v), payload(v)] for v in samples]
+    replies += [[None, None, None]] * 3 + replies
+    facts = stacked_facts(replies, False)
     expected = samples + [[]] * 3 + samples
-    assert counts.tolist() == [len(v) for v in expected]
-    assert values.tolist() == [x for v in expected for x in v]
+    assert np.bincount(facts.entity, minlength=len(expected)).tolist() == [len(v) for v in expected]
+    assert facts.tx_id.tolist() == [x for v in expected for x in v]
+    assert facts.value.tolist() == [float(x) for v in expected for x in v]
+
+
+@pytest.mark.parametrize(
+    "payload",
+    [b"\x7a\x02\x0a\x00", b"\x72\x05\x0a\x03\x01", b"\x72\x03\x0a\x01\x80", b"\x72\x01\x12"],
+    ids=["wrong type", "short list", "cut varint", "not packed"],
+)
+def test_batch_decode_refuses_a_corrupt_entry(payload: bytes) -> None:
+    from vigil.online.columns import stacked_facts
+
+    with pytest.raises(ValueError, match="corrupt history entry"):
+        stacked_facts([[payload, payload, payload]], False)
+
+
+def test_batch_decode_refuses_lists_of_unequal_length() -> None:
+    from feast.protos.feast.types.Value_pb2 import Int64List, Value
+
+    from vigil.online.columns import stacked_facts
+
+    two, three = (Value(int64_list_val=Int64List(val=list(range(k)))).SerializeToString() for k in (2, 3))
+    with pytest.raises(ValueError, match="unequal length"):
+        stacked_facts([[two, three, two]], False)
+
+
+def test_batch_decode_sorts_an_unsorted_history() -> None:
+    from feast.protos.feast.types.Value_pb2 import Int64List, Value
+
+    from vigil.online.columns import stacked_facts
+
+    def payload(values: list[int]) -> bytes:
+        return Value(int64_list_val=Int64List(val=values)).SerializeToString()
+
+    facts = stacked_facts([[payload([30, 10, 20]), payload([3, 1, 2]), payload([1, 0, 0])]], False)
+    assert facts.ts.tolist() == [10, 20, 30] and facts.tx_id.tolist() == [1, 2, 3] and facts.value.tolist() == [0, 0, 1]

@@ -247,13 +247,14 @@ def predictions(args: argparse.Namespace) -> int:
 def review(args: argparse.Namespace) -> int:
     config = settings()
     ensure_redis(config)
-    from vigil.monitoring.review import queue, record_verdict
+    from vigil.monitoring.review import explain, queue, record_verdict
 
     if args.action == "list":
         entries = queue(config, count=args.count, include_judged=args.all)
         if not entries:
             print("the review queue is empty")
             return 0
+        explain(config, entries)
         for entry in entries:
             reasons = ", ".join(entry["reasons"])
             judged = f"  verdict: {entry['verdict']}" if entry.get("verdict") else ""

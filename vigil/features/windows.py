@@ -27,6 +27,7 @@ FloatArray = npt.NDArray[np.float64]
 HistoryLists = tuple[list[int], list[int], list[float]]
 
 _TS_BITS = 33  # (ts - origin) fits 272 years of seconds: the API admits 1970-2200; 2^30 entity ranks
+_MAX_RANK = 1 << (63 - _TS_BITS)
 _LONGEST_WINDOW_SECONDS = max(spec.WINDOW_DAYS) * spec.DAY_SECONDS
 
 
@@ -57,9 +58,14 @@ class _Keys:
 
     def __init__(self, facts: SortedFacts, query_entity: IntArray, query_ts: IntArray) -> None:
         all_entities = np.concatenate([facts.entity, query_entity])
-        self.entities, ranks = np.unique(all_entities, return_inverse=True)
-        self.fact_rank = ranks[: len(facts)].astype(np.int64)
-        self.query_rank = ranks[len(facts) :].astype(np.int64)
+        if all_entities.size == 0 or (all_entities.min() >= 0 and all_entities.max() < _MAX_RANK):
+            # Already small non-negative keys (the request-time stack numbers its entities
+            # 0..n-1): they order like their ranks, and ranking them (a sort) is skipped.
+            self.fact_rank, self.query_rank = facts.entity, query_entity.astype(np.int64)
+        else:
+            _, ranks = np.unique(all_entities, return_inverse=True)
+            self.fact_rank = ranks[: len(facts)].astype(np.int64)
+            self.query_rank = ranks[len(facts) :].astype(np.int64)
         lowest = min(
             int(facts.ts.min()) if len(facts) else 0,
             int(query_ts.min()) if query_ts.size else 0,

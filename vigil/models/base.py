@@ -11,6 +11,29 @@ import pandas as pd
 
 from vigil.features import spec
 
+FLOAT32_MAX = float(np.finfo(np.float32).max)
+
+
+def model_matrix(features: np.ndarray) -> np.ndarray:
+    """The float32 matrix models take: every value finite (out-of-range values clipped)."""
+    return np.clip(np.nan_to_num(features, nan=0.0), -FLOAT32_MAX, FLOAT32_MAX).astype(np.float32)
+
+
+def top_contributions(model: Any, matrix: np.ndarray, top: int = 5) -> list[dict[str, float]] | None:
+    """Each row's `top` largest contributions to the score (by size), by input name; None
+    for a model that cannot attribute its score."""
+    contributions = getattr(model, "contributions", None)
+    if contributions is None:
+        return None
+    values = contributions(matrix)[:, :-1]  # last column: the bias
+    names = list(getattr(model, "input_names", model.inputs))
+    out = []
+    for row in values:
+        order = np.argsort(-np.abs(row))[:top]
+        out.append({names[j]: round(float(row[j]), 6) for j in order})
+    return out
+
+
 Progress = Callable[[int], None]  # called with how many units (rounds, epochs) just finished
 
 

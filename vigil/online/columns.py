@@ -2,12 +2,17 @@
 
 A stored list is a serialized `feast.types.Value`: tag 0x72 (int64_list_val) or 0x7a
 (double_list_val), a length, then the inner list message: tag 0x0a, a length, and the
-packed values (varints, or 8-byte little-endian doubles). Decoding every entity of a
-request batch in one numpy pass costs a few microseconds per entity instead of a
-protobuf parse and a list conversion per field; `HistoryView.decode` stays the
-reference (tests compare the two). A single request's few payloads are the opposite
-case: the numpy pass's fixed cost (~35 us a list) dwarfs protobuf's C parser (~5 us),
-so up to SMALL payloads go through protobuf.
+packed values (varints, or 8-byte little-endian doubles). The three fields of every
+entity of a request batch are joined into one buffer and decoded by one compiled pass
+(numba) into the stacked columns. `HistoryView.decode` stays the reference (tests
+compare the two).
+
+Measured on a 1,000-row batch of the handbook (95 k customer facts, 46 k terminal
+labels): the vectorised numpy decoder it replaces took 14 ms and 4.7 ms for the two
+stacks, protobuf's C parser plus a list conversion per field is slower still (~5 us a
+list, 6,000 lists), and this pass takes about 1 ms for both. A single request's few
+payloads go through protobuf (`history_lists`), which hands the one-row path the plain
+lists it works on.
 """
 
 from __future__ import annotations
@@ -16,11 +21,14 @@ from collections.abc import Sequence
 from typing import Any
 
 import numpy as np
+from numba import njit
 
-from vigil.features.windows import HistoryLists, IntArray, SortedFacts
+from vigil.features.windows import HistoryLists, SortedFacts
 
 INT64_LIST_TAG, DOUBLE_LIST_TAG, PACKED_TAG = 0x72, 0x7A, 0x0A
-SMALL = 8
+FIELDS = 3  # times, ids, values
+_CORRUPT = "corrupt history entry: a stored list is not a Feast Int64List or DoubleList value"
+_UNEQUAL = "corrupt history entry: arrays of unequal length"
 
 
 def _list(payload: bytes | None, tag: int) -> list[Any]:
@@ -35,112 +43,116 @@ def _list(payload: bytes | None, tag: int) -> list[Any]:
     return list(value.int64_list_val.val if tag == INT64_LIST_TAG else value.double_list_val.val)
 
 
-def _small_lists(payloads: Sequence[bytes | None], tag: int, dtype: type) -> tuple[np.ndarray, IntArray]:
-    lists = [_list(payload, tag) for payload in payloads]
-    counts = np.fromiter((len(values) for values in lists), np.int64, len(lists))
-    return np.array([v for values in lists for v in values], dtype=dtype), counts
+@njit(cache=True, nogil=True)
+def _varint(data: np.ndarray, i: int, end: int) -> tuple[np.uint64, int]:  # pragma: no cover - compiled
+    """The varint at data[i] (at most 10 bytes, all before `end`) and the index after it."""
+    value = np.uint64(0)
+    shift = np.uint64(0)
+    while True:
+        if i >= end or shift > np.uint64(63):
+            raise ValueError(_CORRUPT)
+        byte = data[i]
+        i += 1
+        value |= np.uint64(byte & 0x7F) << shift
+        if byte < 0x80:
+            return value, i
+        shift += np.uint64(7)
 
 
-def _varints_at(data: np.ndarray, at: IntArray, longest: int) -> IntArray:
-    """The varint starting at each position of `at` (at most `longest` bytes), as int64.
-    One pass per byte position over the varints still going (not over the bytes): times
-    take 5 bytes, ids 3-4, labels and list lengths 1-2."""
-    byte = data[np.minimum(at, data.size - 1)]
-    bits = (byte & 0x7F).astype(np.uint64)
-    going = np.flatnonzero(byte >= 0x80)
-    for k in range(1, longest):
-        if going.size == 0:
-            break
-        byte = data[np.minimum(at[going] + k, data.size - 1)]
-        bits[going] |= (byte & 0x7F).astype(np.uint64) << np.uint64(7 * k)
-        going = going[byte >= 0x80]
-    if going.size:
-        raise ValueError("corrupt varint")
-    values: IntArray = bits.view(np.int64)
-    return values
+@njit(cache=True, nogil=True)
+def _body(data: np.ndarray, start: int, size: int, tag: int) -> tuple[int, int]:  # pragma: no cover - compiled
+    """Where the packed values of the list at data[start:start+size] begin and end."""
+    end = start + size
+    if data[start] != tag:
+        raise ValueError(_CORRUPT)
+    outer, i = _varint(data, start + 1, end)
+    if i + outer != end:
+        raise ValueError(_CORRUPT)
+    if outer == 0:  # an empty list
+        return end, end
+    if data[i] != PACKED_TAG:
+        raise ValueError(_CORRUPT)
+    inner, i = _varint(data, i + 1, end)
+    if i + inner != end:
+        raise ValueError(_CORRUPT)
+    return i, end
 
 
-def _size(length: IntArray) -> IntArray:
-    """Bytes of the varint that encodes each (non-negative, below 2**28) length."""
-    size: IntArray = 1 + (length >= 1 << 7) + (length >= 1 << 14) + (length >= 1 << 21)
-    return size
-
-
-def _bodies(payloads: Sequence[bytes | None], tag: int) -> tuple[np.ndarray, IntArray]:
-    """The packed bytes of every payload, joined, and each one's length (0 for a missing one).
-
-    Vectorised over the payloads: the headers (tag, outer length, packed tag, inner length)
-    are read at every payload's offset at once and masked out (a loop over 6,000 payloads
-    of a 1,000-row batch cost ~13 ms in Python).
-    """
-    sizes = np.fromiter((len(p) if p else 0 for p in payloads), np.int64, len(payloads))
-    data = np.frombuffer(b"".join(p for p in payloads if p), np.uint8)
-    present = np.flatnonzero(sizes)
-    if present.size == 0:
-        return data, np.zeros(len(payloads), np.int64)
-    starts = (np.cumsum(sizes) - sizes)[present]
-    if np.any(data[starts] != tag):
-        wrong = int(data[starts][data[starts] != tag][0])
-        raise ValueError(f"unexpected value type tag {wrong:#x}")
-    outer = _varints_at(data, starts + 1, 4)  # lists up to 256 MB
-    outer_size = _size(outer)
-    inner_at = starts + 1 + outer_size  # the packed tag, when the list is not empty
-    listed = outer > 0
-    if np.any(data[np.minimum(inner_at[listed], data.size - 1)] != PACKED_TAG):
-        raise ValueError("unexpected list encoding")
-    inner = np.where(listed, _varints_at(data, inner_at + 1, 4), 0)
-    header = np.where(listed, 2 + outer_size + _size(inner), 1 + outer_size)
-    if np.any(header + inner != sizes[present]):
-        raise ValueError("corrupt list length")
-    # Drop every header byte: offsets 0 .. header-1 of each payload.
-    drop = np.repeat(starts, header) + (np.arange(int(header.sum())) - np.repeat(np.cumsum(header) - header, header))
-    keep = np.ones(data.size, bool)
-    keep[drop] = False
-    body_sizes = np.zeros(len(payloads), np.int64)
-    body_sizes[present] = inner
-    return data[keep], body_sizes
-
-
-def int64_lists(payloads: Sequence[bytes | None]) -> tuple[IntArray, IntArray]:
-    """All values of many Int64 lists (concatenated) and how many each list holds."""
-    if len(payloads) <= SMALL:
-        return _small_lists(payloads, INT64_LIST_TAG, np.int64)
-    raw, sizes = _bodies(payloads, INT64_LIST_TAG)
-    if raw.size == 0:
-        return np.zeros(0, np.int64), np.zeros(len(payloads), np.int64)
-    ends = np.flatnonzero(raw < 0x80)  # the last byte of each varint
-    starts = np.empty_like(ends)
-    starts[0], starts[1:] = 0, ends[:-1] + 1
-    values = _varints_at(raw, starts, 10)
-    byte_ends = np.cumsum(sizes)
-    counts = np.diff(np.r_[0, np.searchsorted(ends, byte_ends, "left")])
-    return values, counts.astype(np.int64)
-
-
-def double_lists(payloads: Sequence[bytes | None]) -> tuple[np.ndarray, IntArray]:
-    data, sizes = _bodies(payloads, DOUBLE_LIST_TAG)
-    return data.view("<f8").astype(np.float64), sizes // 8
+@njit(cache=True, nogil=True)
+def _decode(
+    data: np.ndarray, sizes: np.ndarray, value_is_float: bool
+) -> tuple[np.ndarray, np.ndarray, np.ndarray, np.ndarray, np.ndarray]:  # pragma: no cover - compiled
+    """Entities' (times, ids, values) lists, `sizes[e, f]` bytes each in entity-major order
+    in `data` (0: a missing field), as flat columns: entity, times, ids, value bits, and
+    whether the stack is sorted by (entity, time, id)."""
+    n = sizes.shape[0]
+    most = 0  # at most one time per byte below 0x80 in the time lists (each ends one varint)
+    at = 0
+    for e in range(n):
+        for i in range(at, at + sizes[e, 0]):
+            most += data[i] < 0x80
+        at += sizes[e, 0] + sizes[e, 1] + sizes[e, 2]
+    entity = np.empty(most, np.int64)
+    ts = np.empty(most, np.uint64)
+    ids = np.empty(most, np.uint64)
+    bits = np.empty(most, np.uint64)
+    at = 0
+    k = 0
+    ordered = True
+    value_tag = DOUBLE_LIST_TAG if value_is_float else INT64_LIST_TAG
+    for e in range(n):
+        first = k
+        counts = np.zeros(FIELDS, np.int64)
+        for f in range(FIELDS):
+            size = sizes[e, f]
+            if size == 0:
+                continue
+            i, end = _body(data, at, size, value_tag if f == 2 else INT64_LIST_TAG)
+            at += size
+            j = first
+            if f == 2 and value_is_float:
+                if (end - i) % 8:
+                    raise ValueError(_CORRUPT)
+                while i < end:
+                    word = np.uint64(0)
+                    for b in range(8):
+                        word |= np.uint64(data[i + b]) << np.uint64(8 * b)
+                    bits[j] = word
+                    i += 8
+                    j += 1
+            else:
+                column = ts if f == 0 else ids if f == 1 else bits
+                while i < end:
+                    value, i = _varint(data, i, end)
+                    column[j] = value
+                    j += 1
+            counts[f] = j - first
+        if counts[0] != counts[1] or counts[0] != counts[2]:
+            raise ValueError(_UNEQUAL)
+        k = first + counts[0]
+        for j in range(first, k):
+            entity[j] = e
+            if j > first:
+                before, now = np.int64(ts[j - 1]), np.int64(ts[j])
+                if before > now or (before == now and np.int64(ids[j - 1]) >= np.int64(ids[j])):
+                    ordered = False
+    return entity[:k], ts[:k], ids[:k], bits[:k], np.array([ordered])
 
 
 def stacked_facts(replies: Sequence[Sequence[bytes | None]], value_is_float: bool) -> SortedFacts:
     """HMGET replies (times, ids, values fields) of entities 0..n-1 as one sorted stack."""
-    ts, counts = int64_lists([r[0] for r in replies])
-    ids, id_counts = int64_lists([r[1] for r in replies])
-    if value_is_float:
-        values, value_counts = double_lists([r[2] for r in replies])
-    else:
-        ints, value_counts = int64_lists([r[2] for r in replies])
-        values = ints.astype(np.float64)
-    if not (np.array_equal(counts, id_counts) and np.array_equal(counts, value_counts)):
-        raise ValueError("corrupt history entry: arrays of unequal length")
-    entity = np.repeat(np.arange(len(replies), dtype=np.int64), counts)
-    facts = SortedFacts(entity, ts, ids, values)
-    # Vigil's writer stores each history sorted; anything else written there gets sorted here.
-    if entity.size > 1:
-        same = entity[1:] == entity[:-1]
-        later = (ts[1:] > ts[:-1]) | ((ts[1:] == ts[:-1]) & (ids[1:] > ids[:-1]))
-        if not np.all(~same | later):
-            facts = SortedFacts.build(entity, ts, ids, values)
+    if any(len(r) != FIELDS for r in replies):
+        raise ValueError(f"each reply holds {FIELDS} fields")
+    payloads = [p for r in replies for p in r]
+    sizes = np.fromiter((len(p) if p else 0 for p in payloads), np.int64, len(payloads)).reshape(-1, FIELDS)
+    data = np.frombuffer(b"".join(p for p in payloads if p), np.uint8)
+    if data.size == 0:
+        data = np.zeros(1, np.uint8)  # numba needs a buffer, even an unread one
+    entity, ts, ids, bits, ordered = _decode(data, sizes, value_is_float)
+    values = bits.view(np.float64) if value_is_float else bits.view(np.int64).astype(np.float64)
+    facts = SortedFacts(entity, ts.view(np.int64), ids.view(np.int64), values)
+    if not ordered[0]:  # Vigil's writer stores each history sorted; anything else is sorted here
+        facts = SortedFacts.build(facts.entity, facts.ts, facts.tx_id, facts.value)
     return facts
 
 

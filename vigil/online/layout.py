@@ -25,20 +25,23 @@ from google.protobuf.timestamp_pb2 import Timestamp
 from vigil.features import spec
 from vigil.features.history import EntityHistory
 
+_INT64 = struct.Struct("<q")
+
+
+def _key_head(join_key: str) -> bytes:
+    """What Feast's serialize_entity_key (version 3) puts before one Int64 join key's value."""
+    name = join_key.encode()
+    return (
+        struct.pack("<II", 1, ValueType.STRING)
+        + struct.pack("<I", len(name))
+        + name
+        + struct.pack("<II", ValueType.INT64, 8)
+    )
+
 
 def entity_key_bytes(join_key: str, value: int, project: str) -> bytes:
     """Feast's serialize_entity_key (version 3) for one Int64 join key, plus the project."""
-    name = join_key.encode()
-    return b"".join(
-        (
-            struct.pack("<II", 1, ValueType.STRING),
-            struct.pack("<I", len(name)),
-            name,
-            struct.pack("<II", ValueType.INT64, 8),
-            struct.pack("<q", value),
-            project.encode(),
-        )
-    )
+    return _key_head(join_key) + _INT64.pack(value) + project.encode()
 
 
 @dataclass(frozen=True)
@@ -65,6 +68,11 @@ class HistoryView:
 
     def redis_key(self, entity_id: int) -> bytes:
         return entity_key_bytes(self.join_key, entity_id, self.project)
+
+    def redis_keys(self, entity_ids: Sequence[int]) -> list[bytes]:
+        """`redis_key` of each id (a batch's keys: the constant parts built once)."""
+        head, tail, pack = _key_head(self.join_key), self.project.encode(), _INT64.pack
+        return [head + pack(int(e)) + tail for e in entity_ids]
 
     def encode(self, history: EntityHistory) -> dict[bytes, bytes]:
         """The hash fields that store `history` (timestamp: its newest fact)."""

@@ -207,6 +207,18 @@ def hmget(key: bytes, tail: bytes, fields: int) -> bytes:
     return b"*%d\r\n$5\r\nHMGET\r\n$%d\r\n%s\r\n%s" % (fields + 2, len(key), key, tail)
 
 
+def hmgets(keys: Sequence[bytes], tail: bytes, fields: int) -> list[bytes]:
+    """`hmget` on each key, for keys of one length (one view's keys): the parts around the
+    key are built once."""
+    if not keys:
+        return []
+    head = b"*%d\r\n$5\r\nHMGET\r\n$%d\r\n" % (fields + 2, len(keys[0]))
+    after = b"\r\n" + tail
+    if any(len(k) != len(keys[0]) for k in keys):
+        return [hmget(k, tail, fields) for k in keys]
+    return [head + k + after for k in keys]
+
+
 def field_tail(fields: Sequence[bytes]) -> bytes:
     return b"".join(b"$%d\r\n%s\r\n" % (len(f), f) for f in fields)
 

@@ -11,7 +11,7 @@ from vigil.online.columns import history_lists, stacked_facts
 from vigil.online.connection import AsyncClient, SyncClient, connect, is_cluster
 from vigil.online.layout import HistoryView, OnlineLayout
 from vigil.online.marker import StoreHealth, marker_keys
-from vigil.online.resp import ClusterReader, NodeReader, command, field_tail, hmget
+from vigil.online.resp import ClusterReader, NodeReader, command, field_tail, hmgets
 
 
 class OnlineHistoryStore:
@@ -79,10 +79,12 @@ class AsyncOnlineHistoryStore:
         self._fields = len(self.layout.customer.field_keys)
 
     async def _replies(self, customers: Sequence[int], terminals: Sequence[int]) -> list[Any]:
-        keys = [self.layout.customer.redis_key(int(c)) for c in customers]
-        keys += [self.layout.terminal.redis_key(int(t)) for t in terminals]
-        n, fields = len(customers), self._fields
-        commands = [hmget(k, self._customer_tail if i < n else self._terminal_tail, fields) for i, k in enumerate(keys)]
+        keys = self.layout.customer.redis_keys(customers)
+        n = len(keys)
+        keys += self.layout.terminal.redis_keys(terminals)
+        commands = hmgets(keys[:n], self._customer_tail, self._fields) + hmgets(
+            keys[n:], self._terminal_tail, self._fields
+        )
         return await self.reader.execute(keys, commands)
 
     async def read_stacked(self, customers: Sequence[int], terminals: Sequence[int]) -> tuple[SortedFacts, SortedFacts]:
