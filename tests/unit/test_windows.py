@@ -63,6 +63,36 @@ def test_already_ingested_transaction_counts_once_with_request_values() -> None:
     assert f[spec.customer_avg_name(1)] == 15.0
 
 
+def test_a_copy_stored_at_another_time_is_dropped() -> None:
+    customer = history([T0 - 3 * DAY, T0 - 10], [2, 1], [500.0, 10.0])  # id 2: the request, stored earlier
+    f = one(customer, EntityHistory.empty(), 2, T0, 30.0)
+    assert f[spec.customer_count_name(7)] == 2
+    assert f[spec.customer_avg_name(7)] == 20.0
+
+
+def test_a_batch_with_ties_and_copies_equals_the_one_row_path() -> None:
+    """Many requests at once (the vectorised path), each with same-second facts of lower and
+    higher ids and, for some, their own stored copy, against the one-row path row by row."""
+    rng = np.random.default_rng(11)
+    customers, requests = [], []
+    for i in range(300):
+        ts = sorted(rng.integers(T0 - 40 * DAY, T0, size=int(rng.integers(0, 30))).tolist())
+        ts += [T0] * int(rng.integers(0, 4))
+        ids = rng.permutation(np.r_[0:1_000, 2_000:3_000])[: len(ts)].tolist()  # below and above the request ids
+        tx_id = 1_000 + i
+        if rng.random() < 0.5:  # the flow ingested the request already (sometimes at another time)
+            ts.append(T0 if rng.random() < 0.7 else T0 - DAY)
+            ids.append(tx_id)
+        amounts = rng.uniform(1, 500, size=len(ts)).tolist()
+        customers.append(history(ts, ids, amounts))
+        requests.append((tx_id, T0, float(rng.uniform(1, 500))))
+    txs = TransactionFacts(*(np.array(column) for column in zip(*requests, strict=True)))
+    batch = features_as_of(customers, [EntityHistory.empty()] * len(customers), txs)
+    for i, (customer, (tx_id, ts, amount)) in enumerate(zip(customers, requests, strict=True)):
+        expected = one_transaction(lists(customer), ([], [], []), tx_id, ts, amount)
+        assert {k: float(v[i]) for k, v in batch.items()} == pytest.approx(expected, abs=1e-9), i
+
+
 def test_terminal_window_uses_labels_delayed_by_a_week() -> None:
     labels = history([T0 - 7 * DAY, T0 - 8 * DAY, T0 - 7 * DAY + 1, T0 - 37 * DAY], [1, 2, 3, 4], [1.0, 0.0, 1.0, 1.0])
     f = one(EntityHistory.empty(), labels, 9, T0, 1.0)

@@ -14,7 +14,7 @@ import numpy as np
 
 from vigil.features import windows
 from vigil.features.history import EntityHistory
-from vigil.features.windows import FloatArray, IntArray, SortedFacts
+from vigil.features.windows import CustomerQueries, FloatArray, IntArray, SortedFacts
 
 
 @dataclass(frozen=True)
@@ -41,28 +41,34 @@ def stack(histories: Sequence[EntityHistory]) -> SortedFacts:
     )
 
 
-def _customer_facts(customers: SortedFacts, txs: TransactionFacts) -> tuple[SortedFacts, IntArray]:
-    """Each request's customer history plus the request itself (an ingested copy of the
-    request is dropped first, so it counts once with the request's own values), and where
-    each request's row ended up.
+def _customer_queries(customers: SortedFacts, txs: TransactionFacts) -> tuple[SortedFacts, CustomerQueries]:
+    """Request i as a query on customer i's stored facts, which it is not among: where its
+    earlier facts end. A stored copy of the request (the flow ingested it) is never earlier
+    (same time and id), so it is not counted and the request's own values count instead; a
+    copy stored at another time is dropped first.
 
-    The histories are sorted and each entity gains one row, so the row is inserted where
-    it belongs (a linear pass) instead of re-sorting the whole stack (a 1,000-row batch
-    spent 14 ms in that sort).
+    No fact is moved: inserting each request into the stack cost four array copies of every
+    fact of the batch (about a third of the batch's feature time).
     """
-    keep = customers.tx_id != txs.tx_id[customers.entity]
-    entity, ts, tx_id, value = customers.entity[keep], customers.ts[keep], customers.tx_id[keep], customers.value[keep]
     n = len(txs)
-    own_ts, own_id = txs.ts[entity], txs.tx_id[entity]
-    earlier = (ts < own_ts) | ((ts == own_ts) & (tx_id < own_id))
-    at = np.searchsorted(entity, np.arange(n)) + np.bincount(entity[earlier], minlength=n)
-    facts = SortedFacts(
-        np.insert(entity, at, np.arange(n, dtype=np.int64)),
-        np.insert(ts, at, txs.ts),
-        np.insert(tx_id, at, txs.tx_id),
-        np.insert(value, at, txs.amount),
-    )
-    return facts, at + np.arange(n, dtype=np.int64)
+    copy = customers.tx_id == txs.tx_id[customers.entity]
+    if copy.any() and np.any(customers.ts[copy] != txs.ts[customers.entity[copy]]):
+        keep = ~copy
+        c = customers
+        customers = SortedFacts(c.entity[keep], c.ts[keep], c.tx_id[keep], c.value[keep])
+    entities = np.arange(n, dtype=np.int64)
+    keys = windows.SortKeys(customers, entities, txs.ts)
+    query_keys = keys.query_keys(txs.ts)
+    before = np.searchsorted(keys.fact_keys, query_keys, "left")  # facts of earlier seconds
+    same_second = np.searchsorted(keys.fact_keys, query_keys, "right") - before
+    tied = np.flatnonzero(same_second)
+    if tied.size:  # of the same second, the lower ids are earlier
+        lengths = same_second[tied]
+        offsets = np.cumsum(lengths) - lengths
+        at = np.repeat(before[tied] - offsets, lengths) + np.arange(int(lengths.sum()))
+        lower = customers.tx_id[at] < np.repeat(txs.tx_id[tied], lengths)
+        before[tied] += np.add.reduceat(lower.astype(np.int64), offsets)
+    return customers, CustomerQueries(entities, txs.ts, txs.amount, before)
 
 
 def features_for_stacked(
@@ -71,9 +77,9 @@ def features_for_stacked(
     """Features of transaction i from the facts of entity i in each stack, as of txs.ts[i]."""
     n = len(txs)
     out: dict[str, FloatArray] = dict(windows.calendar(txs.ts))
-    facts, position = _customer_facts(customers, txs)
-    out.update(windows.customer_windows(facts, position))
-    out.update(windows.customer_habits(facts, position))
+    facts, queries = _customer_queries(customers, txs)
+    out.update(windows.customer_windows(facts, queries))
+    out.update(windows.customer_habits(facts, queries))
     entities = np.arange(n, dtype=np.int64)
     out.update(windows.terminal_windows(terminals, entities, txs.ts))
     out.update(windows.terminal_streaks(terminals, entities, txs.ts))

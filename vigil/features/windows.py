@@ -53,7 +53,7 @@ class SortedFacts:
         return int(self.ts.shape[0])
 
 
-class _Keys:
+class SortKeys:
     """Packs (entity rank, seconds since origin) into sortable int64 keys."""
 
     def __init__(self, facts: SortedFacts, query_entity: IntArray, query_ts: IntArray) -> None:
@@ -85,29 +85,46 @@ def _prefix_sums(values: FloatArray) -> npt.NDArray[np.longdouble]:
     return out
 
 
-def customer_windows(facts: SortedFacts, query_pos: IntArray) -> dict[str, FloatArray]:
-    """Count and mean amount of the customer's transactions in (t - n days, t].
+@dataclass(frozen=True)
+class CustomerQueries:
+    """The transactions whose customer features are asked for: each one's customer (as in
+    the facts), time and amount, and `before`: the index in the facts where its earlier
+    facts end (those of its customer with a lower (ts, tx_id); its own stored copy is never
+    among them). The window ends there, so a same-second transaction with a lower id is
+    seen and one with a higher id is not; the transaction itself always counts, once.
 
-    Every query is itself a fact (the current transaction), at position `query_pos`
-    in `facts`; the window ends at that position, so a same-second transaction with a
-    lower id is seen and one with a higher id is not.
+    In the backfill each transaction is itself the fact at `before` (`listed`); a request
+    being scored is not among its customer's facts (`vigil.features.rollup`).
     """
-    keys = _Keys(facts, facts.entity[query_pos], facts.ts[query_pos])
+
+    entity: IntArray
+    ts: IntArray
+    amount: FloatArray
+    before: IntArray
+
+    @staticmethod
+    def listed(facts: SortedFacts, position: IntArray) -> CustomerQueries:
+        return CustomerQueries(facts.entity[position], facts.ts[position], facts.value[position], position)
+
+
+def customer_windows(facts: SortedFacts, queries: CustomerQueries) -> dict[str, FloatArray]:
+    """Count and mean amount of the customer's transactions in (t - n days, t]."""
+    keys = SortKeys(facts, queries.entity, queries.ts)
     sums = _prefix_sums(facts.value)
-    hi = query_pos + 1
+    before = queries.before
     out: dict[str, FloatArray] = {}
-    q_ts = facts.ts[query_pos]
     for days in spec.WINDOW_DAYS:
-        lo = np.searchsorted(keys.fact_keys, keys.query_keys(q_ts - days * spec.DAY_SECONDS), "right")
-        count = (hi - lo).astype(np.float64)
+        lo = np.searchsorted(keys.fact_keys, keys.query_keys(queries.ts - days * spec.DAY_SECONDS), "right")
+        count = (before - lo + 1).astype(np.float64)
         out[spec.customer_count_name(days)] = count
-        out[spec.customer_avg_name(days)] = np.asarray((sums[hi] - sums[lo]) / count, dtype=np.float64)
+        total = (sums[before] - sums[lo]) + queries.amount
+        out[spec.customer_avg_name(days)] = np.asarray(total / count, dtype=np.float64)
     return out
 
 
 def terminal_windows(labels: SortedFacts, query_entity: IntArray, query_ts: IntArray) -> dict[str, FloatArray]:
     """Count and fraud rate of labelled transactions in (t - delay - n days, t - delay]."""
-    keys = _Keys(labels, query_entity, query_ts)
+    keys = SortKeys(labels, query_entity, query_ts)
     frauds = _prefix_sums(labels.value)
     end = query_ts - spec.TERMINAL_DELAY_DAYS * spec.DAY_SECONDS
     hi = np.searchsorted(keys.fact_keys, keys.query_keys(end), "right")
@@ -121,17 +138,17 @@ def terminal_windows(labels: SortedFacts, query_entity: IntArray, query_ts: IntA
     return out
 
 
-def customer_habits(facts: SortedFacts, query_pos: IntArray, chunk_cells: int = 1 << 22) -> dict[str, FloatArray]:
+def customer_habits(facts: SortedFacts, queries: CustomerQueries, chunk_cells: int = 1 << 22) -> dict[str, FloatArray]:
     """fraud_v2's customer features: the amount against the customer's habit.
 
     The habit is the median amount of the customer's earlier transactions (the ones
     `customer_windows` counts, less the current one) over spec.HABIT_DAYS; with none,
-    the current amount. Per query, the earlier amounts sit in [lo, pos) of `facts`; they
+    the current amount. Per query, the earlier amounts sit in [lo, before) of `facts`; they
     are laid out as rows of a padded matrix (in chunks of about `chunk_cells` cells) and
     sorted along the row, so the median is read at the middle of each row.
     """
-    keys = _Keys(facts, facts.entity[query_pos], facts.ts[query_pos])
-    q_ts = facts.ts[query_pos]
+    keys = SortKeys(facts, queries.entity, queries.ts)
+    q_ts, query_pos, amount = queries.ts, queries.before, queries.amount
 
     def window_start(days: int) -> IntArray:
         found = np.searchsorted(keys.fact_keys, keys.query_keys(q_ts - days * spec.DAY_SECONDS), "right")
@@ -141,7 +158,7 @@ def customer_habits(facts: SortedFacts, query_pos: IntArray, chunk_cells: int = 
     lo, lo_max = starts[spec.HABIT_DAYS], starts[spec.MAX_RATIO_DAYS]
     count = query_pos - lo
     n = query_pos.shape[0]
-    median = facts.value[query_pos].copy()
+    median = amount.copy()
     high = {d: np.zeros(n) for d in spec.HIGH_AMOUNT_DAYS}
     biggest = np.zeros(n)
     width = int(count.max(initial=0))
@@ -161,7 +178,7 @@ def customer_habits(facts: SortedFacts, query_pos: IntArray, chunk_cells: int = 
             high[days][a:b] = np.count_nonzero(above & (idx >= starts[days][a:b, None]), axis=1)
         recent = np.where(valid & (idx >= lo_max[a:b, None]), amounts, -np.inf).max(axis=1)
         biggest[a:b] = np.maximum(recent, 0.0)
-    out = {spec.AMOUNT_OVER_MEDIAN: facts.value[query_pos] / (median + 1.0)}
+    out = {spec.AMOUNT_OVER_MEDIAN: amount / (median + 1.0)}
     for days in spec.HIGH_AMOUNT_DAYS:
         out[spec.customer_high_name(days)] = high[days]
     out[spec.MAX_RATIO] = biggest / (median + 1.0)
@@ -178,7 +195,7 @@ def terminal_streaks(labels: SortedFacts, query_entity: IntArray, query_ts: IntA
         out = {name: zeros.copy() for name in spec.STREAK_FEATURES}
         out[spec.LABEL_AGE] = np.full(query_ts.shape[0], spec.NO_LABEL_AGE_DAYS)
         return out
-    keys = _Keys(labels, query_entity, query_ts)
+    keys = SortKeys(labels, query_entity, query_ts)
     end = query_ts - spec.TERMINAL_DELAY_DAYS * spec.DAY_SECONDS
     hi = np.searchsorted(keys.fact_keys, keys.query_keys(end), "right")
     lo = np.searchsorted(keys.fact_keys, keys.query_keys(end - _LONGEST_WINDOW_SECONDS), "right")
