@@ -36,6 +36,7 @@ from scoring.review_queue import ReviewQueue
 from scoring.rules import RulesFile
 from scoring.scorer import Scorer
 from vigil.events import RawBatch, ValidatedBatch, validate
+from vigil.online.columns import compile_decoder
 from vigil.online.connection import connect, connect_async
 from vigil.online.store import AsyncOnlineHistoryStore
 from vigil.settings import Settings
@@ -57,13 +58,14 @@ class StreamScorer:
         settings = self.settings
         models = ModelManager(settings)
         models.load()
+        compile_decoder()
         client = connect_async(settings.redis_url, socket_timeout=1.0)
         store = AsyncOnlineHistoryStore(client, settings.feast_project, settings.redis_url)
         metrics = ServiceMetrics()
         executor = ThreadPoolExecutor(max_workers=1)
         # Flushed after every batch (no background task: the loop runs only while scoring).
         self._log = PredictionLog(client, settings.prediction_stream, metrics)
-        self._review = ReviewQueue(client, settings.review_stream, metrics, executor)
+        self._review = ReviewQueue(client, settings.review_stream, metrics)
         self._rules, self._lists, self._client = RulesFile(settings.rules_file), Lists(), client
         return Scorer(
             store,
