@@ -26,9 +26,8 @@ from scoring.rules import RulesFile
 from scoring.schemas import TransactionFields
 from vigil.features import spec
 from vigil.features.feast_transform import to_epoch_seconds
-from vigil.features.history import EntityHistory
-from vigil.features.rollup import TransactionFacts, features_for_stacked, stack
-from vigil.features.windows import HistoryLists, one_transaction
+from vigil.features.kernel import served_inputs
+from vigil.features.rollup import stack
 from vigil.models.base import model_matrix, top_contributions
 from vigil.online.store import AsyncOnlineHistoryStore
 
@@ -36,8 +35,7 @@ log = logging.getLogger("vigil.scoring")
 
 TIMEOUT, MODEL_ERROR, FEATURES_UNAVAILABLE = "timeout", "model_error", "features_unavailable"
 INLINE_ROWS = 8  # small requests to a model measured fast run on the event loop
-ROW_BY_ROW = 4  # requests up to this many rows get their features in plain Python
-_NO_FACTS: HistoryLists = ([], [], [])
+_NO_FACTS = stack([])
 _H = TypeVar("_H")
 
 
@@ -103,28 +101,13 @@ class Scorer:
         # A store that lost the flow's data is not read: what it would say is not the history.
         trusted = store_reason not in DATA_REASONS
         reason: str | None = None if trusted else store_reason
-        if len(txs) <= ROW_BY_ROW:
-            lists = None
-            if trusted:
-                lists, reason = await self._read(self.store.read_lists, txs, deadline)
-            customers, terminals = lists or ([_NO_FACTS] * len(txs), [_NO_FACTS] * len(txs))
-            rows = []
-            for i, tx in enumerate(txs):
-                f = one_transaction(customers[i], terminals[i], tx.transaction_id, int(ts[i]), tx.tx_amount)
-                rows.append([tx.tx_amount, *(f[name] for name in spec.ALL_FEATURES)])
-            return np.array(rows, np.float64), reason
-        facts = TransactionFacts(
-            tx_id=np.fromiter((t.transaction_id for t in txs), np.int64, len(txs)),
-            ts=ts,
-            amount=np.fromiter((t.tx_amount for t in txs), np.float64, len(txs)),
-        )
         stacked = None
         if trusted:
             stacked, reason = await self._read(self.store.read_stacked, txs, deadline)
-        histories = stacked or (stack([EntityHistory.empty()] * len(txs)),) * 2
-        features = features_for_stacked(histories[0], histories[1], facts)
-        matrix = np.column_stack([facts.amount, *(features[n] for n in spec.ALL_FEATURES)]).astype(np.float64)
-        return matrix, reason
+        customers, labels = stacked or (_NO_FACTS, _NO_FACTS)
+        tx_id = np.fromiter((t.transaction_id for t in txs), np.int64, len(txs))
+        amount = np.fromiter((t.tx_amount for t in txs), np.float64, len(txs))
+        return served_inputs(customers, labels, tx_id, ts, amount), reason
 
     async def _primary(self, model: LoadedModel, matrix: np.ndarray, deadline: float) -> np.ndarray | str:
         started = time.perf_counter()

@@ -1,4 +1,5 @@
-"""The window arithmetic: bounds, ties, quiet entities, and rollup == backfill."""
+"""The window arithmetic: bounds, ties, quiet entities, and the request-time features (the
+compiled kernel) equal to the backfill's (the vectorised windows) on every feature."""
 
 from __future__ import annotations
 
@@ -10,7 +11,6 @@ from vigil.features import spec
 from vigil.features.backfill import compute_features, epoch_seconds
 from vigil.features.history import EntityHistory, merge
 from vigil.features.rollup import TransactionFacts, features_as_of
-from vigil.features.windows import HistoryLists, one_transaction
 
 DAY = spec.DAY_SECONDS
 T0 = 1_525_132_800  # 2018-05-01 00:00:00, a Tuesday
@@ -20,19 +20,52 @@ def history(ts: list[int], ids: list[int], values: list[float]) -> EntityHistory
     return merge(EntityHistory.empty(), np.array(ts, np.int64), np.array(ids, np.int64), np.array(values))
 
 
-def lists(history: EntityHistory) -> HistoryLists:
-    return history.ts.tolist(), history.tx_id.tolist(), history.value.tolist()
+def _times(seconds: list[int]) -> pd.Series:
+    return pd.Series(pd.to_datetime(np.asarray(seconds, np.int64), unit="s"))
+
+
+def backfilled(
+    customers: list[EntityHistory], terminals: list[EntityHistory], requests: list[tuple[int, int, float]]
+) -> list[dict[str, float]]:
+    """The backfill's features of each request (tx_id, ts, amount) as one more transaction of
+    customer i at terminal i, with customer i's facts and terminal i's labels."""
+    rows, labels = [], []
+    for i, (customer, terminal, (tx_id, ts, amount)) in enumerate(zip(customers, terminals, requests, strict=True)):
+        rows.append(
+            pd.DataFrame(
+                {
+                    "transaction_id": [*customer.tx_id.tolist(), tx_id],
+                    "tx_datetime": _times([*customer.ts.tolist(), ts]),
+                    "customer_id": i,
+                    "terminal_id": i,
+                    "tx_amount": [*customer.value.tolist(), amount],
+                }
+            )
+        )
+        labels.append(
+            pd.DataFrame(
+                {
+                    "transaction_id": terminal.tx_id,
+                    "tx_datetime": _times(terminal.ts.tolist()),
+                    "terminal_id": i,
+                    "tx_fraud": terminal.value,
+                }
+            )
+        )
+    # A request's stored copy comes first, so the request's own values are the ones kept.
+    out = compute_features(pd.concat(rows, ignore_index=True), pd.concat(labels, ignore_index=True))
+    out = out.drop_duplicates("transaction_id").set_index("transaction_id")
+    return [{k: float(v) for k, v in out.loc[tx_id].items()} for tx_id, _, _ in requests]
 
 
 def one(customer: EntityHistory, terminal: EntityHistory, tx_id: int, ts: int, amount: float) -> dict[str, float]:
-    """Both implementations of the windows (vectorised and one-row) on one transaction;
-    they must agree exactly."""
+    """The request-time features of one transaction, checked against the backfill's."""
     out = features_as_of(
         [customer], [terminal], TransactionFacts(np.array([tx_id]), np.array([ts]), np.array([amount]))
     )
-    vectorised = {k: float(v[0]) for k, v in out.items()}
-    assert one_transaction(lists(customer), lists(terminal), tx_id, ts, amount) == pytest.approx(vectorised, abs=1e-12)
-    return vectorised
+    served = {k: float(v[0]) for k, v in out.items()}
+    assert served == pytest.approx(backfilled([customer], [terminal], [(tx_id, ts, amount)])[0], abs=1e-9)
+    return served
 
 
 def test_quiet_customer_sees_only_the_current_transaction() -> None:
@@ -70,27 +103,32 @@ def test_a_copy_stored_at_another_time_is_dropped() -> None:
     assert f[spec.customer_avg_name(7)] == 20.0
 
 
-def test_a_batch_with_ties_and_copies_equals_the_one_row_path() -> None:
-    """Many requests at once (the vectorised path), each with same-second facts of lower and
-    higher ids and, for some, their own stored copy, against the one-row path row by row."""
+def test_a_batch_with_ties_and_copies_equals_the_backfill() -> None:
+    """Many requests at once, each with same-second facts of lower and higher ids and, for
+    some, their own stored copy, and labels of every kind, against the backfill row by row."""
     rng = np.random.default_rng(11)
-    customers, requests = [], []
+    customers, terminals, requests = [], [], []
     for i in range(300):
         ts = sorted(rng.integers(T0 - 40 * DAY, T0, size=int(rng.integers(0, 30))).tolist())
         ts += [T0] * int(rng.integers(0, 4))
-        ids = rng.permutation(np.r_[0:1_000, 2_000:3_000])[: len(ts)].tolist()  # below and above the request ids
-        tx_id = 1_000 + i
+        tx_id = 10_000 * i + 5_000  # ids unique across customers, some below the request's, some above
+        ids = (10_000 * i + rng.permutation(np.r_[0:5_000, 5_001:10_000])[: len(ts)]).tolist()
         if rng.random() < 0.5:  # the flow ingested the request already (sometimes at another time)
             ts.append(T0 if rng.random() < 0.7 else T0 - DAY)
             ids.append(tx_id)
         amounts = rng.uniform(1, 500, size=len(ts)).tolist()
         customers.append(history(ts, ids, amounts))
         requests.append((tx_id, T0, float(rng.uniform(1, 500))))
+        # Labels of the terminal: runs of frauds at the window's end or not, some before its start.
+        k = int(rng.integers(0, 25))
+        labelled = sorted(rng.integers(T0 - 50 * DAY, T0 - 6 * DAY, size=k).tolist())
+        frauds = (rng.random(k) < rng.choice([0.1, 0.9])).astype(float).tolist()
+        terminals.append(history(labelled, (10_000_000 + 100 * i + np.arange(k)).tolist(), frauds))
     txs = TransactionFacts(*(np.array(column) for column in zip(*requests, strict=True)))
-    batch = features_as_of(customers, [EntityHistory.empty()] * len(customers), txs)
-    for i, (customer, (tx_id, ts, amount)) in enumerate(zip(customers, requests, strict=True)):
-        expected = one_transaction(lists(customer), ([], [], []), tx_id, ts, amount)
-        assert {k: float(v[i]) for k, v in batch.items()} == pytest.approx(expected, abs=1e-9), i
+    batch = features_as_of(customers, terminals, txs)
+    expected = backfilled(customers, terminals, requests)
+    for i in range(len(requests)):
+        assert {k: float(v[i]) for k, v in batch.items()} == pytest.approx(expected[i], abs=1e-9), i
 
 
 def test_terminal_window_uses_labels_delayed_by_a_week() -> None:
@@ -200,20 +238,15 @@ def test_rollup_equals_backfill_on_a_simulated_world(small_world: pd.DataFrame) 
         sample["tx_amount"].to_numpy(np.float64),
     )
     rolled = features_as_of(customers, terminals, txs)
-    row_by_row = [
-        one_transaction(lists(c), lists(t), int(i), int(ts), float(a))
-        for c, t, i, ts, a in zip(customers, terminals, txs.tx_id, txs.ts, txs.amount, strict=True)
-    ]
     expected = backfill.loc[sample["transaction_id"]]
     for name in spec.ALL_FEATURES:
         np.testing.assert_allclose(rolled[name], expected[name].to_numpy(np.float64), rtol=0, atol=1e-9, err_msg=name)
-        np.testing.assert_allclose([r[name] for r in row_by_row], rolled[name], rtol=0, atol=1e-9, err_msg=name)
 
 
-def test_one_row_path_takes_unordered_ties_and_a_reingested_copy() -> None:
-    """Same-second facts stored in any id order, plus the request's own ingested copy."""
-    customer = ([T0 - 5, T0, T0, T0], [1, 9, 2, 7], [10.0, 40.0, 20.0, 99.0])
-    f = one_transaction(customer, ([], [], []), 7, T0, 30.0)
+def test_same_second_ties_in_any_id_order_and_a_reingested_copy() -> None:
+    """Same-second facts written in any id order, plus the request's own ingested copy."""
+    customer = history([T0 - 5, T0, T0, T0], [1, 9, 2, 7], [10.0, 40.0, 20.0, 99.0])
+    f = one(customer, EntityHistory.empty(), 7, T0, 30.0)
     assert f[spec.customer_count_name(1)] == 3  # ids 1, 2 and the request; 9 is later, 7 is the request itself
     assert f[spec.customer_avg_name(1)] == pytest.approx(20.0)
 
@@ -230,9 +263,8 @@ def test_backfill_keeps_row_order_and_counts_duplicates_once(small_world: pd.Dat
 
 @pytest.mark.parametrize("copies", [1, 5])
 def test_batch_decode_equals_the_reference_decoder(copies: int) -> None:
-    """The columnar decoder (serving's batch path) and the list decoder (its one-row path)
-    read what HistoryView.decode reads."""
-    from vigil.online.columns import history_lists, stacked_facts
+    """The compiled decoder (serving's read path) reads what HistoryView.decode reads."""
+    from vigil.online.columns import stacked_facts
     from vigil.online.layout import OnlineLayout
 
     rng = np.random.default_rng(3)
@@ -253,7 +285,6 @@ def test_batch_decode_equals_the_reference_decoder(copies: int) -> None:
         assert facts.ts.tolist() == [t for h in reference for t in h.ts.tolist()]
         assert facts.tx_id.tolist() == [t for h in reference for t in h.tx_id.tolist()]
         assert facts.value.tolist() == [v for h in reference for v in h.value.tolist()]
-        assert [history_lists(r, view.value_is_float) for r in replies] == [lists(h) for h in reference]
 
 
 def test_batch_decode_takes_any_int64_and_empty_lists() -> None:

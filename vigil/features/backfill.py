@@ -47,9 +47,8 @@ def customer_features(transactions: pd.DataFrame) -> pd.DataFrame:
     position = np.empty_like(order)
     position[order] = np.arange(order.shape[0])
     columns = windows.calendar(ts)
-    queries = windows.CustomerQueries.listed(facts, position)
-    columns.update(windows.customer_windows(facts, queries))
-    columns.update(windows.customer_habits(facts, queries))
+    columns.update(windows.customer_windows(facts, position))
+    columns.update(windows.customer_habits(facts, position))
     out = pd.DataFrame({"transaction_id": tx_id})
     for name in (*CALENDAR, *CUSTOMER):
         out[name] = columns[name]

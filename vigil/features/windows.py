@@ -1,8 +1,8 @@
-"""Vectorised window aggregates: the arithmetic behind every handbook feature.
+"""Vectorised window aggregates: the arithmetic behind every handbook feature, over a
+whole file of transactions at once (the backfill, local or on Spark).
 
-Both the batch backfill (all transactions of a file at once) and the request-time
-rollup (one transaction against one entity's stored history) call these functions, so
-there is exactly one implementation of each window's bounds and tie-breaking rule.
+The request-time path computes the same features one transaction at a time, compiled
+(`vigil.features.kernel`); the tests hold the two equal on every feature.
 
 A history is a set of facts sorted by (entity, ts, tx_id). Entities are re-coded to
 dense ranks so that (entity, ts) packs into one int64 key that `np.searchsorted` can
@@ -11,9 +11,7 @@ bisect for every query at once.
 
 from __future__ import annotations
 
-from bisect import bisect_left, bisect_right
 from dataclasses import dataclass
-from math import fsum
 
 import numpy as np
 import numpy.typing as npt
@@ -22,9 +20,6 @@ from vigil.features import spec
 
 IntArray = npt.NDArray[np.int64]
 FloatArray = npt.NDArray[np.float64]
-
-# One entity's facts (times, ids, values) as plain lists: the input of `one_transaction`.
-HistoryLists = tuple[list[int], list[int], list[float]]
 
 _TS_BITS = 33  # (ts - origin) fits 272 years of seconds: the API admits 1970-2200; 2^30 entity ranks
 _MAX_RANK = 1 << (63 - _TS_BITS)
@@ -53,7 +48,7 @@ class SortedFacts:
         return int(self.ts.shape[0])
 
 
-class SortKeys:
+class _Keys:
     """Packs (entity rank, seconds since origin) into sortable int64 keys."""
 
     def __init__(self, facts: SortedFacts, query_entity: IntArray, query_ts: IntArray) -> None:
@@ -85,46 +80,29 @@ def _prefix_sums(values: FloatArray) -> npt.NDArray[np.longdouble]:
     return out
 
 
-@dataclass(frozen=True)
-class CustomerQueries:
-    """The transactions whose customer features are asked for: each one's customer (as in
-    the facts), time and amount, and `before`: the index in the facts where its earlier
-    facts end (those of its customer with a lower (ts, tx_id); its own stored copy is never
-    among them). The window ends there, so a same-second transaction with a lower id is
-    seen and one with a higher id is not; the transaction itself always counts, once.
+def customer_windows(facts: SortedFacts, query_pos: IntArray) -> dict[str, FloatArray]:
+    """Count and mean amount of the customer's transactions in (t - n days, t].
 
-    In the backfill each transaction is itself the fact at `before` (`listed`); a request
-    being scored is not among its customer's facts (`vigil.features.rollup`).
+    Every query is itself a fact (the current transaction), at position `query_pos`
+    in `facts`; the window ends at that position, so a same-second transaction with a
+    lower id is seen and one with a higher id is not.
     """
-
-    entity: IntArray
-    ts: IntArray
-    amount: FloatArray
-    before: IntArray
-
-    @staticmethod
-    def listed(facts: SortedFacts, position: IntArray) -> CustomerQueries:
-        return CustomerQueries(facts.entity[position], facts.ts[position], facts.value[position], position)
-
-
-def customer_windows(facts: SortedFacts, queries: CustomerQueries) -> dict[str, FloatArray]:
-    """Count and mean amount of the customer's transactions in (t - n days, t]."""
-    keys = SortKeys(facts, queries.entity, queries.ts)
+    keys = _Keys(facts, facts.entity[query_pos], facts.ts[query_pos])
     sums = _prefix_sums(facts.value)
-    before = queries.before
+    hi = query_pos + 1
     out: dict[str, FloatArray] = {}
+    q_ts = facts.ts[query_pos]
     for days in spec.WINDOW_DAYS:
-        lo = np.searchsorted(keys.fact_keys, keys.query_keys(queries.ts - days * spec.DAY_SECONDS), "right")
-        count = (before - lo + 1).astype(np.float64)
+        lo = np.searchsorted(keys.fact_keys, keys.query_keys(q_ts - days * spec.DAY_SECONDS), "right")
+        count = (hi - lo).astype(np.float64)
         out[spec.customer_count_name(days)] = count
-        total = (sums[before] - sums[lo]) + queries.amount
-        out[spec.customer_avg_name(days)] = np.asarray(total / count, dtype=np.float64)
+        out[spec.customer_avg_name(days)] = np.asarray((sums[hi] - sums[lo]) / count, dtype=np.float64)
     return out
 
 
 def terminal_windows(labels: SortedFacts, query_entity: IntArray, query_ts: IntArray) -> dict[str, FloatArray]:
     """Count and fraud rate of labelled transactions in (t - delay - n days, t - delay]."""
-    keys = SortKeys(labels, query_entity, query_ts)
+    keys = _Keys(labels, query_entity, query_ts)
     frauds = _prefix_sums(labels.value)
     end = query_ts - spec.TERMINAL_DELAY_DAYS * spec.DAY_SECONDS
     hi = np.searchsorted(keys.fact_keys, keys.query_keys(end), "right")
@@ -138,17 +116,17 @@ def terminal_windows(labels: SortedFacts, query_entity: IntArray, query_ts: IntA
     return out
 
 
-def customer_habits(facts: SortedFacts, queries: CustomerQueries, chunk_cells: int = 1 << 22) -> dict[str, FloatArray]:
+def customer_habits(facts: SortedFacts, query_pos: IntArray, chunk_cells: int = 1 << 22) -> dict[str, FloatArray]:
     """fraud_v2's customer features: the amount against the customer's habit.
 
     The habit is the median amount of the customer's earlier transactions (the ones
     `customer_windows` counts, less the current one) over spec.HABIT_DAYS; with none,
-    the current amount. Per query, the earlier amounts sit in [lo, before) of `facts`; they
+    the current amount. Per query, the earlier amounts sit in [lo, pos) of `facts`; they
     are laid out as rows of a padded matrix (in chunks of about `chunk_cells` cells) and
     sorted along the row, so the median is read at the middle of each row.
     """
-    keys = SortKeys(facts, queries.entity, queries.ts)
-    q_ts, query_pos, amount = queries.ts, queries.before, queries.amount
+    keys = _Keys(facts, facts.entity[query_pos], facts.ts[query_pos])
+    q_ts = facts.ts[query_pos]
 
     def window_start(days: int) -> IntArray:
         found = np.searchsorted(keys.fact_keys, keys.query_keys(q_ts - days * spec.DAY_SECONDS), "right")
@@ -158,7 +136,7 @@ def customer_habits(facts: SortedFacts, queries: CustomerQueries, chunk_cells: i
     lo, lo_max = starts[spec.HABIT_DAYS], starts[spec.MAX_RATIO_DAYS]
     count = query_pos - lo
     n = query_pos.shape[0]
-    median = amount.copy()
+    median = facts.value[query_pos].copy()
     high = {d: np.zeros(n) for d in spec.HIGH_AMOUNT_DAYS}
     biggest = np.zeros(n)
     width = int(count.max(initial=0))
@@ -178,7 +156,7 @@ def customer_habits(facts: SortedFacts, queries: CustomerQueries, chunk_cells: i
             high[days][a:b] = np.count_nonzero(above & (idx >= starts[days][a:b, None]), axis=1)
         recent = np.where(valid & (idx >= lo_max[a:b, None]), amounts, -np.inf).max(axis=1)
         biggest[a:b] = np.maximum(recent, 0.0)
-    out = {spec.AMOUNT_OVER_MEDIAN: amount / (median + 1.0)}
+    out = {spec.AMOUNT_OVER_MEDIAN: facts.value[query_pos] / (median + 1.0)}
     for days in spec.HIGH_AMOUNT_DAYS:
         out[spec.customer_high_name(days)] = high[days]
     out[spec.MAX_RATIO] = biggest / (median + 1.0)
@@ -195,7 +173,7 @@ def terminal_streaks(labels: SortedFacts, query_entity: IntArray, query_ts: IntA
         out = {name: zeros.copy() for name in spec.STREAK_FEATURES}
         out[spec.LABEL_AGE] = np.full(query_ts.shape[0], spec.NO_LABEL_AGE_DAYS)
         return out
-    keys = SortKeys(labels, query_entity, query_ts)
+    keys = _Keys(labels, query_entity, query_ts)
     end = query_ts - spec.TERMINAL_DELAY_DAYS * spec.DAY_SECONDS
     hi = np.searchsorted(keys.fact_keys, keys.query_keys(end), "right")
     lo = np.searchsorted(keys.fact_keys, keys.query_keys(end - _LONGEST_WINDOW_SECONDS), "right")
@@ -228,98 +206,3 @@ def calendar(query_ts: IntArray) -> dict[str, FloatArray]:
         spec.WEEKEND: (weekday >= 5).astype(np.float64),
         spec.NIGHT: (hour <= spec.NIGHT_LAST_HOUR).astype(np.float64),
     }
-
-
-# Window lengths and feature names for the one-row path, built once (not per request).
-_CUSTOMER_WINDOWS = tuple(
-    (d * spec.DAY_SECONDS, spec.customer_count_name(d), spec.customer_avg_name(d)) for d in spec.WINDOW_DAYS
-)
-_TERMINAL_WINDOWS = tuple(
-    (d * spec.DAY_SECONDS, spec.terminal_count_name(d), spec.terminal_risk_name(d)) for d in spec.WINDOW_DAYS
-)
-_HIGH_WINDOWS = tuple((d * spec.DAY_SECONDS, spec.customer_high_name(d)) for d in spec.HIGH_AMOUNT_DAYS)
-
-
-def one_transaction(
-    customer: HistoryLists,
-    labels: HistoryLists,
-    tx_id: int,
-    ts: int,
-    amount: float,
-) -> dict[str, float]:
-    """The features of one transaction (spec.ALL_FEATURES) from one customer's and one terminal's facts.
-
-    The same bounds as `calendar`, `customer_windows` and `terminal_windows` (the tests
-    hold the two equal), in plain Python: a single request pays 250-400 us for the
-    vectorised path's fixed costs (sorting, ranking, packing keys) and 20-25 us here.
-    `customer` is (times, ids, amounts) and `labels` (times, ids, fraud 0/1), each with
-    its times in ascending order; the ids of one customer are distinct.
-    """
-    c_ts, c_id, c_amount = customer
-    if tx_id in c_id:  # an ingested copy of this transaction: the request's values count instead
-        k = c_id.index(tx_id)
-        c_ts, c_id, c_amount = c_ts[:k] + c_ts[k + 1 :], c_id[:k] + c_id[k + 1 :], c_amount[:k] + c_amount[k + 1 :]
-    # The window ends at the transaction: earlier seconds, and lower ids of the same
-    # second (taken by id, so a history that does not order its ties still counts right).
-    first, after = bisect_left(c_ts, ts), bisect_right(c_ts, ts)
-    before = [c_amount[j] for j in range(first, after) if c_id[j] < tx_id]
-    days = ts // spec.DAY_SECONDS
-    out = {
-        spec.WEEKEND: float((days + 3) % 7 >= 5),
-        spec.NIGHT: float((ts - days * spec.DAY_SECONDS) // 3600 <= spec.NIGHT_LAST_HOUR),
-    }
-    for seconds, count_name, avg_name in _CUSTOMER_WINDOWS:
-        lo = bisect_right(c_ts, ts - seconds)
-        in_window = c_amount[lo:first] + before
-        count = len(in_window) + 1
-        out[count_name] = float(count)
-        out[avg_name] = (fsum(in_window) + amount) / count
-    l_ts, _, l_fraud = labels
-    end = ts - spec.TERMINAL_DELAY_DAYS * spec.DAY_SECONDS
-    l_hi = bisect_right(l_ts, end)
-    for seconds, count_name, risk_name in _TERMINAL_WINDOWS:
-        lo = bisect_right(l_ts, end - seconds)
-        count = l_hi - lo
-        out[count_name] = float(count)
-        out[risk_name] = fsum(l_fraud[lo:l_hi]) / count if count else 0.0
-    _habits_of_one(out, c_ts, c_amount, first, before, ts, amount)
-    _streaks_of_one(out, l_ts, l_fraud, l_hi, bisect_right(l_ts, end - _LONGEST_WINDOW_SECONDS), ts)
-    return out
-
-
-def _habits_of_one(
-    out: dict[str, float],
-    c_ts: list[int],
-    c_amount: list[float],
-    first: int,
-    before: list[float],
-    ts: int,
-    amount: float,
-) -> None:
-    """`customer_habits` for one transaction, into `out`; `first` and `before` as in `one_transaction`."""
-    lo = bisect_right(c_ts, ts - spec.HABIT_DAYS * spec.DAY_SECONDS)
-    earlier = c_amount[lo:first] + before  # oldest first; the same-second ones last
-    ordered = sorted(earlier)
-    c = len(ordered)
-    median = (ordered[(c - 1) // 2] + ordered[c // 2]) / 2 if c else amount
-    limit = spec.HIGH_AMOUNT_FACTOR * median
-    out[spec.AMOUNT_OVER_MEDIAN] = amount / (median + 1.0)
-    # Shorter windows are suffixes of `earlier` (their start is later; `before` is in all).
-    for seconds, name in _HIGH_WINDOWS:
-        start = bisect_right(c_ts, ts - seconds, lo) - lo
-        out[name] = float(len([a for a in earlier[start:] if a > limit]))
-    start = bisect_right(c_ts, ts - spec.MAX_RATIO_DAYS * spec.DAY_SECONDS, lo) - lo
-    out[spec.MAX_RATIO] = max(max(earlier[start:], default=0.0), 0.0) / (median + 1.0)
-
-
-def _streaks_of_one(out: dict[str, float], l_ts: list[int], l_fraud: list[float], hi: int, lo: int, ts: int) -> None:
-    """`terminal_streaks` for one transaction, into `out`: the labels in [lo, hi) form its window."""
-    j = hi - 1
-    while j >= lo and l_fraud[j] > 0.5:
-        j -= 1
-    streak = hi - 1 - j
-    newest = next((i for i in range(hi - 1, lo - 1, -1) if l_fraud[i] > 0.5), None)
-    out[spec.FRAUD_STREAK] = float(streak)
-    out[spec.STREAK_AGE] = (ts - l_ts[j + 1]) / spec.DAY_SECONDS if streak else 0.0
-    out[spec.LAST_FRAUD_AGE] = (ts - l_ts[newest]) / spec.DAY_SECONDS if newest is not None else 0.0
-    out[spec.LABEL_AGE] = (ts - l_ts[hi - 1]) / spec.DAY_SECONDS if hi > lo else spec.NO_LABEL_AGE_DAYS

@@ -10,37 +10,23 @@ compare the two).
 Measured on a 1,000-row batch of the handbook (95 k customer facts, 46 k terminal
 labels): the vectorised numpy decoder it replaces took 14 ms and 4.7 ms for the two
 stacks, protobuf's C parser plus a list conversion per field is slower still (~5 us a
-list, 6,000 lists), and this pass takes about 1 ms for both. A single request's few
-payloads go through protobuf (`history_lists`), which hands the one-row path the plain
-lists it works on.
+list, 6,000 lists), and this pass takes about 1 ms for both; a single request's read
+costs a few microseconds.
 """
 
 from __future__ import annotations
 
 from collections.abc import Sequence
-from typing import Any
 
 import numpy as np
 from numba import njit
 
-from vigil.features.windows import HistoryLists, SortedFacts
+from vigil.features.windows import SortedFacts
 
 INT64_LIST_TAG, DOUBLE_LIST_TAG, PACKED_TAG = 0x72, 0x7A, 0x0A
 FIELDS = 3  # times, ids, values
 _CORRUPT = "corrupt history entry: a stored list is not a Feast Int64List or DoubleList value"
 _UNEQUAL = "corrupt history entry: arrays of unequal length"
-
-
-def _list(payload: bytes | None, tag: int) -> list[Any]:
-    """One stored list through protobuf's C parser (empty for a missing field)."""
-    from feast.protos.feast.types.Value_pb2 import Value
-
-    if not payload:
-        return []
-    if payload[0] != tag:
-        raise ValueError(f"unexpected value type tag {payload[0]:#x}")
-    value = Value.FromString(payload)
-    return list(value.int64_list_val.val if tag == INT64_LIST_TAG else value.double_list_val.val)
 
 
 @njit(cache=True, nogil=True)
@@ -160,16 +146,3 @@ def compile_decoder() -> None:
     """Compiles (or loads numba's cached build of) the decoder before the first request
     needs it: about 2 s the first time, 0.3 s from the cache."""
     stacked_facts([], True)
-
-
-def history_lists(reply: Sequence[bytes | None], value_is_float: bool) -> HistoryLists:
-    """One HMGET reply (times, ids, values fields) as plain lists sorted by time: the
-    input of `windows.one_transaction`, for requests too small to pay for numpy."""
-    ts, ids = _list(reply[0], INT64_LIST_TAG), _list(reply[1], INT64_LIST_TAG)
-    values = _list(reply[2], DOUBLE_LIST_TAG if value_is_float else INT64_LIST_TAG)
-    if not len(ts) == len(ids) == len(values):
-        raise ValueError("corrupt history entry: arrays of unequal length")
-    if sorted(ts) != ts:  # Vigil's writer stores each history sorted; anything else is sorted here
-        rows = sorted(zip(ts, ids, values, strict=True))
-        ts, ids, values = [r[0] for r in rows], [r[1] for r in rows], [r[2] for r in rows]
-    return ts, ids, values

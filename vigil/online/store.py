@@ -6,8 +6,8 @@ from collections.abc import Iterable, Sequence
 from typing import Any
 
 from vigil.features.history import EntityHistory
-from vigil.features.windows import HistoryLists, SortedFacts
-from vigil.online.columns import history_lists, stacked_facts
+from vigil.features.windows import SortedFacts
+from vigil.online.columns import stacked_facts
 from vigil.online.connection import AsyncClient, SyncClient, connect, is_cluster
 from vigil.online.layout import HistoryView, OnlineLayout
 from vigil.online.marker import StoreHealth, marker_keys
@@ -92,15 +92,6 @@ class AsyncOnlineHistoryStore:
         replies = await self._replies(customers, terminals)
         n = len(customers)
         return stacked_facts(replies[:n], True), stacked_facts(replies[n:], False)
-
-    async def read_lists(
-        self, customers: Sequence[int], terminals: Sequence[int]
-    ) -> tuple[list[HistoryLists], list[HistoryLists]]:
-        """The same read for a request of a few rows, decoded to plain lists (see
-        `windows.one_transaction`)."""
-        replies = await self._replies(customers, terminals)
-        n = len(customers)
-        return [history_lists(r, True) for r in replies[:n]], [history_lists(r, False) for r in replies[n:]]
 
     async def health(self) -> StoreHealth:
         """Whether every node answers, and whether the store still holds what the flow wrote."""
