@@ -11,9 +11,8 @@ routes, so `/openapi.json` documents them.
 
 from __future__ import annotations
 
-from dataclasses import dataclass
 from datetime import datetime
-from typing import Any
+from typing import Any, NamedTuple
 from urllib.parse import parse_qs
 
 import orjson
@@ -29,9 +28,9 @@ BATCH_CHUNK = 2_048  # large batches go through the model in chunks
 _TRUE, _FALSE = {"1", "true", "on", "yes"}, {"0", "false", "off", "no"}
 
 
-@dataclass(frozen=True, slots=True)
-class ParsedTransaction:
-    """A transaction that passed the field checks (what the scorer reads)."""
+class ParsedTransaction(NamedTuple):
+    """A transaction that passed the field checks (what the scorer reads). A tuple: a
+    1,000-row batch makes a thousand, and a frozen dataclass took 1 us each to build."""
 
     transaction_id: int
     customer_id: int

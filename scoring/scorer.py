@@ -171,14 +171,15 @@ class Scorer:
         derive = getattr(model.primary, "derived_values", None) if explain and reason is None else None
         derived = derive(exact) if derive is not None else None
         results = []
+        fallback, latency, score_values = reason is not None, round(latency_ms, 3), scores.tolist()
         for i, tx in enumerate(txs):
             result: dict[str, Any] = {
                 "transaction_id": tx.transaction_id,
-                "score": float(scores[i]),
+                "score": score_values[i],
                 "model": ref,
-                "fallback": reason is not None,
+                "fallback": fallback,
                 "fallback_reason": reason,
-                "latency_ms": round(latency_ms, 3),
+                "latency_ms": latency,
             }
             if explain:
                 # As computed (float64), the amount as the request gave it: no float32 artefacts.
@@ -194,7 +195,7 @@ class Scorer:
                 if floors is not None:
                     result["score_floor"] = float(floors[i])
             results.append(result)
-        self.decider.decide(results, txs, exact, model.policy, fallback=reason is not None)
+        self.decider.decide(results, txs, exact, model.policy, fallback=fallback)
         if self.review is not None:
             self.review.append(results, txs, exact)
         self._log(results, matrix, txs, ts)
