@@ -34,9 +34,8 @@ from scoring.models import ModelManager
 from scoring.prediction_log import PredictionLog
 from scoring.review_queue import ReviewQueue
 from scoring.rules import RulesFile
-from scoring.scorer import Scorer
+from scoring.scorer import Scorer, compile_hot_path
 from vigil.events import RawBatch, ValidatedBatch, validate
-from vigil.online.columns import compile_decoder
 from vigil.online.connection import connect, connect_async
 from vigil.online.store import AsyncOnlineHistoryStore
 from vigil.settings import Settings
@@ -58,7 +57,7 @@ class StreamScorer:
         settings = self.settings
         models = ModelManager(settings)
         models.load()
-        compile_decoder()
+        compile_hot_path()
         client = connect_async(settings.redis_url, socket_timeout=1.0)
         store = AsyncOnlineHistoryStore(client, settings.feast_project, settings.redis_url)
         metrics = ServiceMetrics()

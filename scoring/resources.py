@@ -22,9 +22,8 @@ from scoring.prediction_log import PredictionLog
 from scoring.readiness import Readiness
 from scoring.review_queue import ReviewQueue
 from scoring.rules import RulesFile
-from scoring.scorer import Scorer
+from scoring.scorer import Scorer, compile_hot_path
 from vigil.lifecycle.tracking import CHALLENGER
-from vigil.online.columns import compile_decoder
 from vigil.online.connection import connect_async
 from vigil.online.store import AsyncOnlineHistoryStore
 from vigil.settings import Settings
@@ -55,7 +54,7 @@ def lifespan(settings: Settings) -> Callable[[FastAPI], contextlib.AbstractAsync
             metrics.model.info({k: str(v) for k, v in loaded.describe().items() if k != "policy"})
         except ModelUnavailableError as error:
             log.warning("%s; serving 503 until a version is promoted to champion", error)
-        await loop.run_in_executor(None, compile_decoder)
+        await loop.run_in_executor(None, compile_hot_path)
         client = connect_async(settings.redis_url, socket_timeout=1.0, socket_connect_timeout=0.5)
         executor = ThreadPoolExecutor(max_workers=2, thread_name_prefix="vigil-model")
         store = AsyncOnlineHistoryStore(client, settings.feast_project, settings.redis_url)

@@ -26,10 +26,10 @@ from scoring.rules import RulesFile
 from scoring.schemas import TransactionFields
 from vigil.features import spec
 from vigil.features.feast_transform import to_epoch_seconds
-from vigil.features.kernel import served_inputs
+from vigil.features.kernel import compile_kernel, served_inputs
 from vigil.features.rollup import stack
 from vigil.models.base import model_matrix, top_contributions
-from vigil.online.store import AsyncOnlineHistoryStore
+from vigil.online.store import AsyncOnlineHistoryStore, compile_readers
 
 log = logging.getLogger("vigil.scoring")
 
@@ -37,6 +37,13 @@ TIMEOUT, MODEL_ERROR, FEATURES_UNAVAILABLE = "timeout", "model_error", "features
 INLINE_ROWS = 8  # small requests to a model measured fast run on the event loop
 _NO_FACTS = stack([])
 _H = TypeVar("_H")
+
+
+def compile_hot_path() -> None:
+    """Compiles (or loads the cached builds of) the read path and the feature kernel, so the
+    first request does not wait seconds for numba."""
+    compile_readers()
+    compile_kernel()
 
 
 class NoModelError(RuntimeError):

@@ -66,23 +66,20 @@ def _body(data: np.ndarray, start: int, size: int, tag: int) -> tuple[int, int]:
 
 @njit(cache=True, nogil=True)
 def _decode(
-    data: np.ndarray, sizes: np.ndarray, value_is_float: bool
+    data: np.ndarray, starts: np.ndarray, sizes: np.ndarray, value_is_float: bool
 ) -> tuple[np.ndarray, np.ndarray, np.ndarray, np.ndarray, np.ndarray]:  # pragma: no cover - compiled
-    """Entities' (times, ids, values) lists, `sizes[e, f]` bytes each in entity-major order
-    in `data` (0: a missing field), as flat columns: entity, times, ids, value bits, and
-    whether the stack is sorted by (entity, time, id)."""
+    """Entities' (times, ids, values) lists, field f of entity e at `data[starts[e, f]:]`,
+    `sizes[e, f]` bytes long (0: a missing field), as flat columns: entity, times, ids,
+    value bits, and whether the stack is sorted by (entity, time, id)."""
     n = sizes.shape[0]
     most = 0  # at most one time per byte below 0x80 in the time lists (each ends one varint)
-    at = 0
     for e in range(n):
-        for i in range(at, at + sizes[e, 0]):
+        for i in range(starts[e, 0], starts[e, 0] + sizes[e, 0]):
             most += data[i] < 0x80
-        at += sizes[e, 0] + sizes[e, 1] + sizes[e, 2]
     entity = np.empty(most, np.int64)
     ts = np.empty(most, np.uint64)
     ids = np.empty(most, np.uint64)
     bits = np.empty(most, np.uint64)
-    at = 0
     k = 0
     ordered = True
     value_tag = DOUBLE_LIST_TAG if value_is_float else INT64_LIST_TAG
@@ -93,8 +90,7 @@ def _decode(
             size = sizes[e, f]
             if size == 0:
                 continue
-            i, end = _body(data, at, size, value_tag if f == 2 else INT64_LIST_TAG)
-            at += size
+            i, end = _body(data, starts[e, f], size, value_tag if f == 2 else INT64_LIST_TAG)
             j = first
             if f == 2 and value_is_float:
                 if (end - i) % 8:
@@ -131,18 +127,18 @@ def stacked_facts(replies: Sequence[Sequence[bytes | None]], value_is_float: boo
         raise ValueError(f"each reply holds {FIELDS} fields")
     payloads = [p for r in replies for p in r]
     sizes = np.fromiter((len(p) if p else 0 for p in payloads), np.int64, len(payloads)).reshape(-1, FIELDS)
-    data = np.frombuffer(b"".join(p for p in payloads if p), np.uint8)
+    starts = (np.cumsum(sizes) - sizes.ravel()).reshape(-1, FIELDS)
+    return stacked_at(np.frombuffer(b"".join(p for p in payloads if p), np.uint8), starts, sizes, value_is_float)
+
+
+def stacked_at(data: np.ndarray, starts: np.ndarray, sizes: np.ndarray, value_is_float: bool) -> SortedFacts:
+    """The stack of entities 0..n-1 whose (times, ids, values) lists lie in `data` at
+    `starts[e, f]`, `sizes[e, f]` bytes long (0: missing), e.g. inside raw HMGET replies."""
     if data.size == 0:
         data = np.zeros(1, np.uint8)  # numba needs a buffer, even an unread one
-    entity, ts, ids, bits, ordered = _decode(data, sizes, value_is_float)
+    entity, ts, ids, bits, ordered = _decode(data, starts, sizes, value_is_float)
     values = bits.view(np.float64) if value_is_float else bits.view(np.int64).astype(np.float64)
     facts = SortedFacts(entity, ts.view(np.int64), ids.view(np.int64), values)
     if not ordered[0]:  # Vigil's writer stores each history sorted; anything else is sorted here
         facts = SortedFacts.build(facts.entity, facts.ts, facts.tx_id, facts.value)
     return facts
-
-
-def compile_decoder() -> None:
-    """Compiles (or loads numba's cached build of) the decoder before the first request
-    needs it: about 2 s the first time, 0.3 s from the cache."""
-    stacked_facts([], True)

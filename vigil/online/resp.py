@@ -34,11 +34,13 @@ from collections.abc import Sequence
 from typing import Any
 
 import hiredis
+import numpy as np
 import redis
 from redis.asyncio.connection import SSLConnection, parse_url
 from redis.crc import key_slot
 
 from vigil.online.connection import tls_context
+from vigil.online.respscan import INCOMPLETE, NOT_RESP, replies_end
 
 
 def command(*args: bytes | str | int) -> bytes:
@@ -54,8 +56,9 @@ class _Protocol(asyncio.Protocol):
     def __init__(self, reply_timeout: float) -> None:
         self.reader = hiredis.Reader()
         self.reply_timeout = reply_timeout
-        # (caller's future, replies so far, replies expected, when sent), oldest first
-        self.waiting: collections.deque[tuple[asyncio.Future[list[Any]], list[Any], int, float]] = collections.deque()
+        # (caller's future, raw bytes wanted, replies expected, when sent), oldest first
+        self.waiting: collections.deque[tuple[asyncio.Future[Any], bool, int, float]] = collections.deque()
+        self.buffer = bytearray()
         self.transport: asyncio.Transport | None = None
         self.lost: Exception | None = None
 
@@ -63,21 +66,30 @@ class _Protocol(asyncio.Protocol):
         self.transport = transport  # type: ignore[assignment]
 
     def data_received(self, data: bytes) -> None:
-        self.reader.feed(data)
-        try:
-            while (reply := self.reader.gets()) is not False:
-                self._deliver(reply)
-        except (hiredis.ProtocolError, IndexError):  # not RESP, or a reply nobody asked for
+        self.buffer += data
+        while self.waiting:
+            future, raw, expected, _ = self.waiting[0]
+            end = replies_end(np.frombuffer(self.buffer, np.uint8), expected)
+            if end == INCOMPLETE:
+                return
+            if end == NOT_RESP:
+                assert self.transport is not None
+                self.transport.abort()
+                return
+            with memoryview(self.buffer) as view:
+                payload = bytes(view[:end])
+            del self.buffer[:end]
+            self.waiting.popleft()
+            if future.done():  # a cancelled caller's replies are dropped
+                continue
+            if raw:
+                future.set_result(payload)
+            else:
+                self.reader.feed(payload)
+                future.set_result([self.reader.gets() for _ in range(expected)])
+        if self.buffer:  # a reply nobody asked for
             assert self.transport is not None
             self.transport.abort()
-
-    def _deliver(self, reply: Any) -> None:
-        future, replies, expected, _ = self.waiting[0]
-        replies.append(reply)
-        if len(replies) == expected:
-            self.waiting.popleft()
-            if not future.done():  # a cancelled caller's replies are dropped
-                future.set_result(replies)
 
     def connection_lost(self, exc: Exception | None) -> None:
         self.lost = redis.ConnectionError(f"connection to Redis lost: {exc or 'closed by the server'}")
@@ -87,7 +99,7 @@ class _Protocol(asyncio.Protocol):
             if not future.done():
                 future.set_exception(self.lost)
 
-    def send(self, payload: bytes, replies: int) -> asyncio.Future[list[Any]]:
+    def send(self, payload: bytes, replies: int, raw: bool = False) -> asyncio.Future[Any]:
         if self.transport is None or self.transport.is_closing():
             raise self.lost or redis.ConnectionError("not connected to Redis")
         now = time.monotonic()
@@ -96,8 +108,8 @@ class _Protocol(asyncio.Protocol):
             # socket): drop the connection, failing what waits on it; the next call reconnects.
             self.transport.abort()
             raise redis.TimeoutError(f"Redis did not answer in {self.reply_timeout} s")
-        future: asyncio.Future[list[Any]] = asyncio.get_running_loop().create_future()
-        self.waiting.append((future, [], replies, now))
+        future: asyncio.Future[Any] = asyncio.get_running_loop().create_future()
+        self.waiting.append((future, raw, replies, now))
         self.transport.write(payload)
         return future
 
@@ -133,6 +145,15 @@ class RespConnection:
         if protocol is None or protocol.transport is None:
             protocol = await self._connect()
         return await protocol.send(payload, replies)
+
+    async def execute_bytes(self, payload: bytes, replies: int) -> bytes:
+        """Like `execute_raw`, the replies as the raw RESP bytes they came in (for a
+        compiled reader: `vigil.online.respscan`)."""
+        protocol = self._protocol
+        if protocol is None or protocol.transport is None:
+            protocol = await self._connect()
+        answer: bytes = await protocol.send(payload, replies, raw=True)
+        return answer
 
     async def _connect(self) -> _Protocol:
         # Concurrent callers wait for one connection attempt instead of opening several.
@@ -236,6 +257,10 @@ class NodeReader:
     async def execute(self, keys: Sequence[bytes], commands: Sequence[bytes]) -> list[Any]:
         """Replies to `commands` (one reply each; `keys`: the key of each, unused here)."""
         return await self.connection.execute(b"".join(commands), len(commands))
+
+    async def execute_bytes(self, commands: Sequence[bytes]) -> bytes:
+        """The replies to `commands` as raw RESP, in order."""
+        return await self.connection.execute_bytes(b"".join(commands), len(commands))
 
     async def ping(self) -> dict[str, str | None]:
         """Each node's address and the error reading it (None: it answered)."""
