@@ -30,7 +30,9 @@ ENV PATH=/opt/vigil/bin:$PATH \
     VIGIL_FEATURE_REPO=/app/feature_repo \
     VIGIL_DATA_DIR=/data \
     VIGIL_REPORTS_DIR=/data/reports \
-    VIGIL_START_LOCAL_REDIS=false
+    VIGIL_START_LOCAL_REDIS=false \
+    # numba's compiled read path and feature kernel, cached where the user can write
+    NUMBA_CACHE_DIR=/data/numba-cache
 WORKDIR /app
 USER vigil
 EXPOSE 8000
