@@ -1,5 +1,6 @@
 """One request's feature read (a customer's and a terminal's HMGET) through Vigil's reader
-and through redis-py's asyncio clients, on one node and on a 3-node cluster, same run.
+(`read_fields`, as the scoring service reads) and through redis-py's asyncio clients, on
+one node and on a 3-node cluster, same run.
 
     python -m benchmarks.cluster_read [--requests 3000]
 
@@ -55,7 +56,7 @@ async def _measure(url: str, cluster: bool, requests: int) -> dict[str, dict[str
 
     async def ours(i: int) -> Any:
         keys = [f"c:{i}".encode(), f"t:{(i * 7) % ENTITIES}".encode()]
-        return await reader.execute(keys, [hmget(k, tail, len(FIELDS)) for k in keys])
+        return await reader.read_fields(keys, [hmget(k, tail, len(FIELDS)) for k in keys], len(FIELDS))
 
     client: Any = connect_async(url)
 

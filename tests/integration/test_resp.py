@@ -11,7 +11,7 @@ import pytest
 import redis
 
 from vigil.online.connection import connect
-from vigil.online.resp import RespConnection, command, hmget_many
+from vigil.online.resp import RespConnection, command
 from vigil.settings import Settings
 
 
@@ -42,7 +42,8 @@ def test_pipelined_hmgets_match_redis_py(settings: Settings, keys: tuple[bytes, 
     async def run() -> list[object]:
         connection = RespConnection(settings.redis_url)
         try:
-            return await connection.execute(hmget_many([first, second, missing], [b"x", b"y"]), 3)
+            hmgets = b"".join(command("HMGET", k, "x", "y") for k in (first, second, missing))
+            return await connection.execute(hmgets, 3)
         finally:
             connection.close()
 
@@ -56,7 +57,7 @@ def test_the_url_chooses_the_database(settings: Settings, keys: tuple[bytes, byt
     async def run() -> list[object]:
         connection = RespConnection(_with_db(settings.redis_url, 5))
         try:
-            return await connection.execute(hmget_many([keys[0]], [b"x"]), 1)
+            return await connection.execute(command("HMGET", keys[0], "x"), 1)
         finally:
             connection.close()
 

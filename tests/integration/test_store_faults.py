@@ -4,6 +4,7 @@ redis-server processes of the tests' own, killed by pid."""
 
 from __future__ import annotations
 
+import asyncio
 import subprocess
 import time
 import uuid
@@ -11,23 +12,29 @@ from collections.abc import Iterator
 from pathlib import Path
 
 import httpx
+import numpy as np
 import pandas as pd
 import pytest
+import redis
+from redis.crc import key_slot
 
 from flows.sources import FileReplaySource, RedisStreamSource
 from tests.integration.serving_helpers import running_server, server_env, vigil
 from vigil.features import spec
 from vigil.features.backfill import compute_features
+from vigil.features.history import EntityHistory
 from vigil.features.online import max_differences, online_features
+from vigil.features.windows import SortedFacts
 from vigil.ingest import run_ingest
 from vigil.lifecycle.training import train_and_register
 from vigil.local_redis import LocalRedis, LocalRedisCluster, system_binary
 from vigil.monitoring.predictions import read_predictions
 from vigil.offline import training_set
-from vigil.online.connection import connect
+from vigil.online.connection import connect, connect_async
 from vigil.online.feast_store import apply_repo, feast_features
 from vigil.online.marker import MARKERS, count_markers
-from vigil.online.store import OnlineHistoryStore
+from vigil.online.resp import ClusterReader
+from vigil.online.store import AsyncOnlineHistoryStore, OnlineHistoryStore
 from vigil.redis_server import find_server_binary
 from vigil.service_process import transaction_body
 from vigil.settings import Settings
@@ -121,6 +128,66 @@ def test_everything_runs_on_a_cluster(
     monitored = vigil("monitor", "--retrain", "never", "--min-rows", "10", env=server_env(local))
     assert monitored.returncode == 0, monitored.stderr
     client.close()
+
+
+def test_reads_follow_a_slot_while_it_moves(settings: Settings, cluster: LocalRedisCluster) -> None:
+    """The scoring service's reads follow ASK (a slot half moved to another primary) and
+    MOVED (the slot moved after the reader learned the map), and read what redis-py reads."""
+    client = connect(cluster.url)
+    writer = OnlineHistoryStore(client, settings.feast_project)
+    customers, terminals = [1, 2, 3, 4, 999], [10, 11, 12, 13, 998]  # the last two hold nothing
+
+    def history(n: int, value: float) -> EntityHistory:
+        ts = np.arange(n, dtype=np.int64) + 1_600_000_000
+        return EntityHistory(ts, ts - 1_599_000_000, np.full(n, value))
+
+    writer.write([("customer", c, history(c, 1.5 * c)) for c in customers[:-1]])
+    writer.write([("terminal", t, history(t % 4 + 1, 1.0)) for t in terminals[:-1]])
+    expected = writer.read_stacked(customers, terminals)
+    moving = writer.view("customer").redis_key(2)
+    slot = key_slot(moving)
+    nodes = [redis.Redis(port=n.port) for n in cluster.nodes]
+    source = next(n for n in nodes if n.execute_command("CLUSTER COUNTKEYSINSLOT", slot))
+    target = next(n for n in nodes if n is not source)
+    source_id, target_id = (n.execute_command("CLUSTER MYID") for n in (source, target))
+
+    def asking_calls() -> int:
+        return int(target.info("commandstats").get("cmdstat_asking", {}).get("calls", 0))
+
+    async def run() -> None:
+        store = AsyncOnlineHistoryStore(connect_async(cluster.url), settings.feast_project, cluster.url)
+        try:
+            same(await store.read_stacked(customers, terminals), expected)  # the reader learns the map
+            target.execute_command("CLUSTER SETSLOT", slot, "IMPORTING", source_id)
+            source.execute_command("CLUSTER SETSLOT", slot, "MIGRATING", target_id)
+            target_port = target.connection_pool.connection_kwargs["port"]
+            source.execute_command("MIGRATE", "127.0.0.1", target_port, moving, 0, 5000)
+            asked = asking_calls()
+            same(await store.read_stacked(customers, terminals), expected)  # ASK, then ASKING there
+            assert asking_calls() == asked + 1
+            for node in nodes:  # the move completes; the reader's map is now stale
+                node.execute_command("CLUSTER SETSLOT", slot, "NODE", target_id)
+            same(await store.read_stacked(customers, terminals), expected)  # MOVED, then a new map
+            assert isinstance(store.reader, ClusterReader)
+            assert store.reader.slots[slot][1] == target.connection_pool.connection_kwargs["port"]
+        finally:
+            store.close()
+            await store.client.aclose()
+
+    try:
+        asyncio.run(run())
+    finally:
+        keys = [writer.view("customer").redis_key(e) for e in customers]
+        client.delete(*keys, *[writer.view("terminal").redis_key(e) for e in terminals])
+        client.close()
+        for node in nodes:
+            node.close()
+
+
+def same(got: tuple[SortedFacts, SortedFacts], expected: tuple[SortedFacts, SortedFacts]) -> None:
+    for ours, theirs in zip(got, expected, strict=True):
+        for column in ("entity", "ts", "tx_id", "value"):
+            np.testing.assert_array_equal(getattr(ours, column), getattr(theirs, column))
 
 
 def test_a_node_killed_under_load_falls_back_and_recovers(

@@ -6,7 +6,7 @@ from __future__ import annotations
 import numpy as np
 import pytest
 
-from vigil.online.respscan import INCOMPLETE, NOT_RESP, error_message, hmget_fields, replies_end
+from vigil.online.respscan import INCOMPLETE, NOT_RESP, error_text, hmget_fields, replies_end
 
 REPLIES = [
     b"+OK\r\n",
@@ -37,15 +37,18 @@ def test_bytes_that_are_not_resp_are_said_to_be() -> None:
     assert scan(b"HTTP/1.1 200 OK\r\n", 1) == NOT_RESP
 
 
-def test_hmget_fields_point_at_the_values_and_name_the_first_error() -> None:
-    raw = b"*3\r\n$2\r\nab\r\n$-1\r\n$0\r\n\r\n" + b"*3\r\n$1\r\nx\r\n$3\r\nyz!\r\n$-1\r\n" + b"-WRONGTYPE no\r\n"
+def test_hmget_fields_point_at_the_values_and_at_every_error() -> None:
+    raw = b"*3\r\n$2\r\nab\r\n$-1\r\n$0\r\n\r\n" + b"-MOVED 12 127.0.0.1:7001\r\n"
+    raw += b"*3\r\n$1\r\nx\r\n$3\r\nyz!\r\n$-1\r\n" + b"-WRONGTYPE no\r\n"
     data = np.frombuffer(raw, np.uint8)
-    starts, sizes, error = hmget_fields(data, 3, 3)
-    assert error == 2 and error_message(raw, 2) == "WRONGTYPE no"
-    assert sizes[:2].tolist() == [[2, 0, 0], [1, 3, 0]]
-    assert raw[starts[0, 0] : starts[0, 0] + 2] == b"ab" and raw[starts[1, 1] : starts[1, 1] + 3] == b"yz!"
-    _, _, error = hmget_fields(data, 2, 3)
-    assert error == -1
+    starts, sizes, errors = hmget_fields(data, 4, 3)
+    assert errors.tolist() == [1, 3]
+    assert error_text(data, starts, sizes, 1) == "MOVED 12 127.0.0.1:7001"
+    assert error_text(data, starts, sizes, 3) == "WRONGTYPE no"
+    assert sizes[[0, 2]].tolist() == [[2, 0, 0], [1, 3, 0]]
+    assert raw[starts[0, 0] : starts[0, 0] + 2] == b"ab" and raw[starts[2, 1] : starts[2, 1] + 3] == b"yz!"
+    _, _, errors = hmget_fields(data, 1, 3)
+    assert errors.size == 0
 
 
 def test_a_reply_of_another_shape_is_refused() -> None:

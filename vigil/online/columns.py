@@ -4,9 +4,9 @@ A stored list is a serialized `feast.types.Value`: tag 0x72 (int64_list_val) or 
 (double_list_val), a length, then the inner list message: tag 0x0a, a length, and the
 packed values (varints, or 8-byte little-endian doubles). Every entity's three fields
 are decoded by one compiled pass (numba) into the stacked columns, where they lie: inside
-the raw HMGET replies of one Redis server (`stacked_at`), or joined from parsed replies
-(`stacked_facts`, a cluster). `HistoryView.decode` stays the reference (tests compare the
-two).
+the raw HMGET replies of the scoring service's reads (`stacked_at`, one server or a
+cluster), or joined from redis-py's parsed replies (`stacked_facts`). `HistoryView.decode`
+stays the reference (tests compare the two).
 
 Measured on a 1,000-row batch of the handbook (95 k customer facts, 46 k terminal labels),
 customers + terminals: 14.1 + 4.7 ms for a vectorised numpy decoder, 2.3 + 1.3 ms for this

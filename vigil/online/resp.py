@@ -10,7 +10,10 @@ come and the replies come back in order (RESP), each to its caller's future.
 Errors are redis-py's, so callers handle one family: `redis.ConnectionError` when the
 server is away (the next call reconnects), `redis.ResponseError` for an error reply.
 A caller that stops waiting (a deadline) leaves its future cancelled; its replies are
-still read and dropped, so the stream stays aligned.
+still read and dropped, so the stream stays aligned. The feature reads (`read_fields`)
+skip the parse: the connection finds where a caller's replies end, and the stored lists
+are decoded where they lie in the raw bytes (`vigil.online.respscan`); other commands'
+replies are parsed by hiredis.
 
 On a Redis Cluster (`ClusterReader`) a request's keys sit on several nodes: the reader
 keeps the slot map (`CLUSTER SLOTS`), one such connection per primary, sends each node
@@ -31,7 +34,7 @@ import collections
 import ssl
 import time
 from collections.abc import Sequence
-from typing import Any
+from typing import Any, NamedTuple
 
 import hiredis
 import numpy as np
@@ -40,7 +43,7 @@ from redis.asyncio.connection import SSLConnection, parse_url
 from redis.crc import key_slot
 
 from vigil.online.connection import tls_context
-from vigil.online.respscan import INCOMPLETE, NOT_RESP, replies_end
+from vigil.online.respscan import INCOMPLETE, NOT_RESP, error_text, hmget_fields, replies_end
 
 
 def command(*args: bytes | str | int) -> bytes:
@@ -212,13 +215,6 @@ class RespConnection:
         self._protocol = None
 
 
-def hmget_many(keys: Sequence[bytes], fields: Sequence[bytes]) -> bytes:
-    """HMGET of the same fields on every key, as one buffer."""
-    tail = b"".join(b"$%d\r\n%s\r\n" % (len(f), f) for f in fields)
-    head = b"*%d\r\n$5\r\nHMGET\r\n" % (len(fields) + 2)
-    return b"".join(b"%s$%d\r\n%s\r\n%s" % (head, len(k), k, tail) for k in keys)
-
-
 def _error(reply: hiredis.ReplyError) -> redis.RedisError:
     return redis.ResponseError(str(reply))
 
@@ -229,15 +225,24 @@ def hmget(key: bytes, tail: bytes, fields: int) -> bytes:
 
 
 def hmgets(keys: Sequence[bytes], tail: bytes, fields: int) -> list[bytes]:
-    """`hmget` on each key, for keys of one length (one view's keys): the parts around the
-    key are built once."""
+    """`hmget` on each key, for keys of one length (one view's keys are: a serialized
+    entity key and the project's name): the parts around the key are built once."""
     if not keys:
         return []
+    if len(set(map(len, keys))) != 1:
+        raise ValueError("hmgets builds commands for keys of one length")
     head = b"*%d\r\n$5\r\nHMGET\r\n$%d\r\n" % (fields + 2, len(keys[0]))
     after = b"\r\n" + tail
-    if any(len(k) != len(keys[0]) for k in keys):
-        return [hmget(k, tail, fields) for k in keys]
     return [head + k + after for k in keys]
+
+
+class FieldReplies(NamedTuple):
+    """HMGET replies as the raw RESP they came in: field f of reply r lies in `data` at
+    `starts[r, f]`, `sizes[r, f]` bytes long (0: the field is missing)."""
+
+    data: np.ndarray
+    starts: np.ndarray
+    sizes: np.ndarray
 
 
 def field_tail(fields: Sequence[bytes]) -> bytes:
@@ -258,9 +263,15 @@ class NodeReader:
         """Replies to `commands` (one reply each; `keys`: the key of each, unused here)."""
         return await self.connection.execute(b"".join(commands), len(commands))
 
-    async def execute_bytes(self, commands: Sequence[bytes]) -> bytes:
-        """The replies to `commands` as raw RESP, in order."""
-        return await self.connection.execute_bytes(b"".join(commands), len(commands))
+    async def read_fields(self, keys: Sequence[bytes], commands: Sequence[bytes], fields: int) -> FieldReplies:
+        """The replies to `commands` (HMGETs of `fields` fields each), raw; an error reply
+        raises `redis.ResponseError`."""
+        raw = await self.connection.execute_bytes(b"".join(commands), len(commands))
+        data = np.frombuffer(raw, np.uint8)
+        starts, sizes, errors = hmget_fields(data, len(commands), fields)
+        if errors.size:
+            raise redis.ResponseError(error_text(data, starts, sizes, int(errors[0])))
+        return FieldReplies(data, starts, sizes)
 
     async def ping(self) -> dict[str, str | None]:
         """Each node's address and the error reading it (None: it answered)."""
@@ -338,33 +349,56 @@ class ClusterReader:
             task = asyncio.ensure_future(self.refresh())
             task.add_done_callback(lambda f: f.cancelled() or f.exception())
 
-    async def execute(self, keys: Sequence[bytes], commands: Sequence[bytes]) -> list[Any]:
-        """Replies to `commands` in order; command i touches only `keys[i]`."""
+    async def _scatter(
+        self, keys: Sequence[bytes], commands: Sequence[bytes], raw: bool
+    ) -> list[tuple[list[int], Any]]:
+        """Sends each node its share of `commands` (command i touches only `keys[i]`) at once,
+        and returns each share's indexes with its replies (parsed, or raw RESP bytes)."""
         if not self.slots:
             await self.refresh()
         groups: dict[Node, list[int]] = {}
         for i, key in enumerate(keys):
             groups.setdefault(self.slots[key_slot(key)], []).append(i)
-        results: list[Any] = [None] * len(commands)
 
-        async def read(node: Node, indexes: list[int]) -> None:
+        async def read(node: Node, indexes: list[int]) -> Any:
+            connection = self._connection(node)
             payload = b"".join(commands[i] for i in indexes)
             try:
-                answers = await self._connection(node).execute_raw(payload, len(indexes))
+                if raw:
+                    return await connection.execute_bytes(payload, len(indexes))
+                return await connection.execute_raw(payload, len(indexes))
             except (redis.ConnectionError, OSError):
                 self._refresh_soon()
                 raise
-            for i, answer in zip(indexes, answers, strict=True):
-                results[i] = answer
 
         if len(groups) == 1:
             ((node, indexes),) = groups.items()
-            await read(node, indexes)
-        else:
-            outcomes = await asyncio.gather(*(read(n, ix) for n, ix in groups.items()), return_exceptions=True)
-            for outcome in outcomes:
-                if isinstance(outcome, BaseException):
-                    raise outcome
+            return [(indexes, await read(node, indexes))]
+        outcomes = await asyncio.gather(*(read(n, ix) for n, ix in groups.items()), return_exceptions=True)
+        for outcome in outcomes:
+            if isinstance(outcome, BaseException):
+                raise outcome
+        return list(zip(groups.values(), outcomes, strict=True))
+
+    async def _follow(self, redirect: str, payload: bytes, raw: bool) -> Any:
+        """The reply to one command (`payload`) sent where a MOVED or ASK reply points."""
+        kind, _, target = redirect.split()
+        host, port = target.rsplit(":", 1)
+        connection = self._connection((host, int(port)))
+        if kind == "MOVED":
+            return await (connection.execute_bytes(payload, 1) if raw else connection.execute_raw(payload, 1))
+        payload = command("ASKING") + payload  # once, to the node that imports the slot
+        if not raw:
+            return (await connection.execute_raw(payload, 2))[1]
+        both = await connection.execute_bytes(payload, 2)
+        return both[replies_end(np.frombuffer(both, np.uint8), 1) :]
+
+    async def execute(self, keys: Sequence[bytes], commands: Sequence[bytes]) -> list[Any]:
+        """Replies to `commands` in order; command i touches only `keys[i]`."""
+        results: list[Any] = [None] * len(commands)
+        for indexes, answers in await self._scatter(keys, commands, raw=False):
+            for i, answer in zip(indexes, answers, strict=True):
+                results[i] = answer
         for _ in range(self.MAX_REDIRECTS):
             redirected = [i for i, r in enumerate(results) if _redirect(r)]
             if not redirected:
@@ -372,17 +406,44 @@ class ClusterReader:
             if any(str(results[i]).startswith("MOVED") for i in redirected):
                 await self.refresh()
             for i in redirected:
-                kind, _, target = str(results[i]).split()
-                host, port = target.rsplit(":", 1)
-                connection = self._connection((host, int(port)))
-                if kind == "ASK":
-                    results[i] = (await connection.execute_raw(command("ASKING") + commands[i], 2))[1]
-                else:
-                    results[i] = (await connection.execute_raw(commands[i], 1))[0]
+                results[i] = await self._follow(str(results[i]), commands[i], raw=False)
         for answer in results:
             if isinstance(answer, hiredis.ReplyError):
                 raise _error(answer)
         return results
+
+    async def read_fields(self, keys: Sequence[bytes], commands: Sequence[bytes], fields: int) -> FieldReplies:
+        """The replies to `commands` (HMGETs of `fields` fields each; command i touches only
+        `keys[i]`), raw: each node's replies where they came in, MOVED and ASK followed."""
+        starts = np.zeros((len(commands), fields), np.int64)
+        sizes = np.zeros((len(commands), fields), np.int64)
+        chunks: list[bytes] = []
+        failed: list[tuple[int, str]] = []  # (command, error text)
+        offset = 0
+
+        def place(indexes: list[int], raw: bytes) -> None:
+            nonlocal offset
+            data = np.frombuffer(raw, np.uint8)
+            where, size, errors = hmget_fields(data, len(indexes), fields)
+            rows = np.asarray(indexes)
+            starts[rows], sizes[rows] = where + offset, size
+            failed.extend((indexes[e], error_text(data, where, size, e)) for e in errors.tolist())
+            chunks.append(raw)
+            offset += len(raw)
+
+        for indexes, raw in await self._scatter(keys, commands, raw=True):
+            place(indexes, raw)
+        for _ in range(self.MAX_REDIRECTS):
+            if not failed or not all(text.startswith(_REDIRECTS) for _, text in failed):
+                break
+            redirected, failed = failed, []
+            if any(text.startswith("MOVED") for _, text in redirected):
+                await self.refresh()
+            for i, text in redirected:
+                place([i], await self._follow(text, commands[i], raw=True))
+        if failed:
+            raise redis.ResponseError(failed[0][1])
+        return FieldReplies(np.frombuffer(b"".join(chunks), np.uint8), starts, sizes)
 
     async def ping(self) -> dict[str, str | None]:
         """Every primary's address and the error reading it (None: it answered)."""
@@ -408,8 +469,11 @@ class ClusterReader:
         self.connections.clear()
 
 
+_REDIRECTS = ("MOVED ", "ASK ")
+
+
 def _redirect(reply: Any) -> bool:
-    return isinstance(reply, hiredis.ReplyError) and str(reply).startswith(("MOVED ", "ASK "))
+    return isinstance(reply, hiredis.ReplyError) and str(reply).startswith(_REDIRECTS)
 
 
 def _address(options: dict[str, Any]) -> str:

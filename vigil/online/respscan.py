@@ -84,16 +84,23 @@ def replies_end(buf: np.ndarray, count: int) -> int:  # pragma: no cover - compi
 @njit(cache=True, nogil=True)
 def hmget_fields(
     buf: np.ndarray, replies: int, fields: int
-) -> tuple[np.ndarray, np.ndarray, int]:  # pragma: no cover - compiled
+) -> tuple[np.ndarray, np.ndarray, np.ndarray]:  # pragma: no cover - compiled
     """Where each field's value of `replies` HMGET replies lies in `buf`: its start and size
-    (size 0 for a missing field), and the index of the first error reply (-1: none)."""
+    (size 0 for a missing field), and the indexes of the error replies. An error reply's
+    text (after the '-') lies at starts[r, 0], sizes[r, 0] bytes long (`error_text`)."""
     starts = np.zeros((replies, fields), np.int64)
     sizes = np.zeros((replies, fields), np.int64)
+    errors = np.empty(replies, np.int64)
+    failed = 0
     i = 0
     for r in range(replies):
-        if buf[i] == _ERROR:
-            return starts, sizes, r
         end = _line_end(buf, i + 1)
+        if buf[i] == _ERROR:
+            starts[r, 0], sizes[r, 0] = i + 1, end - i - 1
+            errors[failed] = r
+            failed += 1
+            i = end + 2
+            continue
         if buf[i] != _ARRAY or _number(buf, i + 1, end) != fields:
             raise ValueError("not an HMGET reply")
         i = end + 2
@@ -106,15 +113,10 @@ def hmget_fields(
                 sizes[r, f] = size
             if size >= 0:
                 i += size + 2
-    return starts, sizes, -1
+    return starts, sizes, errors[:failed]
 
 
-def error_message(buf: bytes, index: int) -> str:
-    """The text of error reply `index` (its line, without the leading '-')."""
-    import hiredis
-
-    reader = hiredis.Reader()
-    reader.feed(buf)
-    for _ in range(index):
-        reader.gets()
-    return str(reader.gets())
+def error_text(buf: np.ndarray, starts: np.ndarray, sizes: np.ndarray, reply: int) -> str:
+    """The text of error reply `reply` as `hmget_fields` located it."""
+    start = int(starts[reply, 0])
+    return bytes(buf[start : start + int(sizes[reply, 0])]).decode(errors="replace")

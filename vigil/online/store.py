@@ -6,7 +6,6 @@ from collections.abc import Iterable, Sequence
 from typing import Any
 
 import numpy as np
-import redis
 
 from vigil.features.history import EntityHistory
 from vigil.features.windows import SortedFacts
@@ -15,7 +14,7 @@ from vigil.online.connection import AsyncClient, SyncClient, connect, is_cluster
 from vigil.online.layout import HistoryView, OnlineLayout
 from vigil.online.marker import StoreHealth, marker_keys
 from vigil.online.resp import ClusterReader, NodeReader, command, field_tail, hmgets
-from vigil.online.respscan import error_message, hmget_fields, replies_end
+from vigil.online.respscan import hmget_fields, replies_end
 
 
 def compile_readers() -> None:
@@ -97,20 +96,13 @@ class AsyncOnlineHistoryStore:
         terminal_keys = self.layout.terminal.redis_keys(terminals)
         commands = hmgets(customer_keys, self._customer_tail, self._fields)
         commands += hmgets(terminal_keys, self._terminal_tail, self._fields)
+        replies = await self.reader.read_fields(customer_keys + terminal_keys, commands, self._fields)
+        # The stored lists are decoded where they lie inside the raw replies.
         n = len(customers)
-        if isinstance(self.reader, NodeReader):
-            # One server: the replies stay raw bytes, and the stored lists are read inside them.
-            raw = await self.reader.execute_bytes(commands)
-            data = np.frombuffer(raw, np.uint8)
-            starts, sizes, error = hmget_fields(data, len(commands), self._fields)
-            if error >= 0:
-                raise redis.ResponseError(error_message(raw, error))
-            return (
-                stacked_at(data, starts[:n], sizes[:n], True),
-                stacked_at(data, starts[n:], sizes[n:], False),
-            )
-        replies = await self.reader.execute(customer_keys + terminal_keys, commands)
-        return stacked_facts(replies[:n], True), stacked_facts(replies[n:], False)
+        return (
+            stacked_at(replies.data, replies.starts[:n], replies.sizes[:n], True),
+            stacked_at(replies.data, replies.starts[n:], replies.sizes[n:], False),
+        )
 
     async def health(self) -> StoreHealth:
         """Whether every node answers, and whether the store still holds what the flow wrote."""
