@@ -16,7 +16,7 @@ from vigil.features import spec
 from vigil.lifecycle.policy import TAG, Policy, read_policy_file, with_overrides
 from vigil.lifecycle.tracking import CHALLENGER, CHAMPION, FALLBACK_ARTIFACT, REGISTERED_MODEL, hush_mlflow_store
 from vigil.models.base import FraudModel, resolve_device
-from vigil.models.registry import load_native
+from vigil.models.loading import load_native
 from vigil.settings import Settings
 
 log = logging.getLogger("vigil.scoring.models")
@@ -85,6 +85,10 @@ def missing_sqlite_store(uri: str) -> str | None:
 class ModelManager:
     """Holds the version behind an alias and follows the alias as it moves."""
 
+    # A version that failed to load is tried again after this long (an artifact store that
+    # was away), not on every poll of the alias.
+    RETRY_FAILED_SECONDS = 60.0
+
     def __init__(self, settings: Settings, alias: str = CHAMPION, on_reload_failure: Any = None) -> None:
         self.settings = settings
         self.alias = alias
@@ -93,6 +97,7 @@ class ModelManager:
         self._lock = threading.Lock()
         self._mlflow: Any = None
         self._on_reload_failure = on_reload_failure
+        self._failed: tuple[str, float] | None = None  # a version that would not load, and when
 
     def check_store(self) -> None:
         """A local registry that does not exist is an error (never a new, empty one)."""
@@ -157,39 +162,55 @@ class ModelManager:
         """Like `load`, but None when no version holds the alias (a challenger is optional)."""
         try:
             return self.load()
-        except ModelUnavailableError:
+        except ModelUnavailableError as error:
+            if self._failed is not None:  # held by a version that does not load: say so
+                log.error("%s; no %s is served", error, self.alias)
             return None
 
     def load(self) -> LoadedModel:
+        """Loads the alias's version; `ModelUnavailableError` (saying why) when no version holds
+        the alias or it cannot be loaded."""
         found = self.alias_version()
         if found is None:
             raise ModelUnavailableError(
                 f"no version of {REGISTERED_MODEL!r} holds alias {self.alias!r}: run `vigil train` first"
             )
-        self.current = self.load_version(*found)
+        self.current = self._load(*found)
         return self.current
+
+    def _load(self, version: str, run_id: str) -> LoadedModel:
+        try:
+            loaded = self.load_version(version, run_id)
+        except Exception as error:
+            self._failed = (version, time.monotonic())
+            if self._on_reload_failure is not None:
+                self._on_reload_failure(version)
+            raise ModelUnavailableError(
+                f"{REGISTERED_MODEL!r} version {version} ({self.alias}) could not be loaded: "
+                f"{type(error).__name__}: {str(error)[:300]}; promote a version that loads"
+            ) from error
+        self._failed = None
+        return loaded
 
     def refresh(self) -> bool:
         """Loads the alias's version if it moved; returns True when it swapped models.
 
-        A version that fails to load or warm up is not served: the old one stays, the
-        failure is logged and reported.
+        A version that fails to load or warm up is not served: the old one stays (or none,
+        and the service is not ready), the failure is logged and counted, and that version
+        is tried again only after `RETRY_FAILED_SECONDS`.
         """
         found = self.alias_version()
         if found is None or (self.current is not None and found[0] == self.current.version):
             return False
+        failed = self._failed
+        if failed is not None and failed[0] == found[0] and time.monotonic() - failed[1] < self.RETRY_FAILED_SECONDS:
+            return False
         with self._lock:
             try:
-                loaded = self.load_version(*found)
-            except Exception:
-                log.exception(
-                    "could not load %s version %s; keeping version %s",
-                    REGISTERED_MODEL,
-                    found[0],
-                    self.current.version if self.current else None,
-                )
-                if self._on_reload_failure is not None:
-                    self._on_reload_failure(found[0])
+                loaded = self._load(*found)
+            except ModelUnavailableError as error:
+                kept = self.current.version if self.current else None
+                log.error("%s; keeping version %s", error, kept)
                 return False
             self.current = loaded  # one reference assignment: requests see the old or the new model
         log.info("now serving %s version %s (%s)", REGISTERED_MODEL, loaded.version, self.alias)

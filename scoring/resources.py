@@ -52,8 +52,8 @@ def lifespan(settings: Settings) -> Callable[[FastAPI], contextlib.AbstractAsync
         try:
             loaded = await loop.run_in_executor(None, models.load)
             metrics.model.info({k: str(v) for k, v in loaded.describe().items() if k != "policy"})
-        except ModelUnavailableError as error:
-            log.warning("%s; serving 503 until a version is promoted to champion", error)
+        except ModelUnavailableError as error:  # none promoted, or one that does not load
+            log.error("%s; not ready (503) until a champion loads", error)
         await loop.run_in_executor(None, compile_hot_path)
         client = connect_async(settings.redis_url, socket_timeout=1.0, socket_connect_timeout=0.5)
         executor = ThreadPoolExecutor(max_workers=2, thread_name_prefix="vigil-model")

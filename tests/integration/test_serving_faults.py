@@ -105,14 +105,19 @@ def test_alias_moves_are_picked_up_and_broken_versions_are_not(
         assert set(statuses) == {200}
         # A broken version is promoted: the old one keeps serving, the failure is counted.
         broken = register_raw(settings, write_broken_model(tmp_path / "broken"), fallback_from_version="1")
-        assert wait_for(
-            lambda: (
-                "vigil_model_reload_failures_total 1.0" in httpx.get(f"{base}/metrics").text
-                or "vigil_model_reload_failures_total 2.0" in httpx.get(f"{base}/metrics").text
-            )
-        )
+        assert wait_for(lambda: "vigil_model_reload_failures_total 1.0" in httpx.get(f"{base}/metrics").text)
         answer = httpx.post(f"{base}/v1/score", json=body)
         assert answer.status_code == 200 and answer.json()["model"]["version"] == "2" and broken == "3"
+        time.sleep(2.0)  # four polls of the alias: the broken version is not tried on each
+        assert "vigil_model_reload_failures_total 1.0" in httpx.get(f"{base}/metrics").text
+    # A service started while the champion does not load: up, not ready, 503s, one clear log line.
+    log = tmp_path / "broken-start.log"
+    with running_server(server_env(settings), stderr_to=log) as base:
+        ready = httpx.get(f"{base}/readyz")
+        assert ready.status_code == 503 and ready.json()["reason"] == "no_model"
+        assert httpx.post(f"{base}/v1/score", json=body).status_code == 503
+    said = log.read_text()
+    assert "version 3 (champion) could not be loaded" in said and "Traceback" not in said
 
 
 def test_a_model_slower_than_the_budget_answers_from_the_fallback(
