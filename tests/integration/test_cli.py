@@ -17,7 +17,7 @@ from tests.integration.serving_helpers import vigil
 from vigil.features.backfill import compute_features
 from vigil.features.online import max_differences, online_features
 from vigil.online.connection import connect
-from vigil.online.store import OnlineHistoryStore
+from vigil.online.store import OnlineHistoryStore, delete_namespace
 from vigil.service_process import service_env
 from vigil.settings import Settings
 from vigil.simulate import SimulationConfig, simulate
@@ -156,9 +156,7 @@ def test_kill_minus_nine_mid_replay_then_restart(settings: Settings, tmp_path: P
         assert vigil(*args[3:], env={**env, "VIGIL_FEAST_PROJECT": other}).returncode == 0
         uninterrupted = snapshot(redis_client, other)
     finally:
-        keys = list(redis_client.scan_iter(match=f"*{other}"))
-        if keys:
-            redis_client.delete(*keys)
+        delete_namespace(settings.redis_url, other, other)
     assert len(partial) < len(uninterrupted)
     assert restarted == uninterrupted
 

@@ -17,7 +17,7 @@ from vigil.events import records_to_batch
 from vigil.features.backfill import compute_features
 from vigil.features.online import max_differences, online_features
 from vigil.online.connection import connect
-from vigil.online.store import OnlineHistoryStore
+from vigil.online.store import OnlineHistoryStore, delete_namespace
 from vigil.settings import Settings
 
 pytestmark = pytest.mark.integration
@@ -103,8 +103,7 @@ def test_crash_mid_replay_then_restart_equals_uninterrupted(
             k[: -len(reference.feast_project)]: v for k, v in snapshot(redis_client, reference.feast_project).items()
         }
     finally:
-        keys = list(redis_client.scan_iter(match=f"*{reference.feast_project}"))
-        redis_client.delete(*keys)
+        delete_namespace(settings.redis_url, reference.feast_project, reference.feast_project)
 
     class CrashingSource(FileReplaySource):
         """Dies after a few batches, as a killed process would."""
