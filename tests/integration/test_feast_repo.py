@@ -21,7 +21,7 @@ from vigil.features.history import EntityHistory
 from vigil.features.online import max_differences, online_features
 from vigil.online.connection import connect
 from vigil.online.feast_store import apply_repo, feast_features
-from vigil.online.layout import entity_key_bytes
+from vigil.online.layout import OnlineLayout, entity_key_bytes
 from vigil.online.store import OnlineHistoryStore
 from vigil.settings import Settings
 
@@ -32,6 +32,14 @@ def test_entity_key_matches_feast() -> None:
     for value in (0, 7, 4999, 2**40 + 3):
         proto = EntityKey(join_keys=["customer_id"], entity_values=[Value(int64_val=value)])
         assert entity_key_bytes("customer_id", value, "p") == serialize_entity_key(proto, 3) + b"p"
+
+
+def test_field_names_match_feast() -> None:
+    from feast.infra.online_stores.helpers import _mmh3
+
+    layout = OnlineLayout.for_project("p")
+    for view in (layout.customer, layout.terminal):
+        assert view.field_keys == [_mmh3(f"{view.name}:{feature}") for feature in view.features]
 
 
 def test_apply_registers_the_feature_service(settings: Settings) -> None:

@@ -10,7 +10,8 @@ from vigil.features import spec
 from vigil.features.backfill import compute_features
 from vigil.lifecycle.tracking import configure
 from vigil.models.base import FraudModel, resolve_device
-from vigil.models.registry import MODEL_KINDS, load_native
+from vigil.models.loading import FLAVOR_CLASSES, load_native
+from vigil.models.registry import MODEL_KINDS
 from vigil.settings import Settings
 
 pytestmark = pytest.mark.integration
@@ -81,6 +82,11 @@ def test_a_tiny_batch_can_be_overfit(training_frame: pd.DataFrame) -> None:
         scores = cls(params[kind]).fit(tiny, labels).predict_proba(tiny)
         accuracy = float(np.mean((scores > 0.5) == labels))
         assert accuracy >= 0.9, (kind, accuracy)
+
+
+def test_every_kind_loads_by_its_flavor() -> None:
+    """The loader's flavor table (imports one framework at a time) names every kind's class."""
+    assert {c.mlflow_flavor: f"{c.__module__}.{c.__name__}" for c in MODEL_KINDS.values()} == FLAVOR_CLASSES
 
 
 def test_mlflow_round_trip_loads_natively_with_the_same_scores(

@@ -18,7 +18,7 @@ from vigil.features import spec
 from vigil.features.backfill import compute_features
 from vigil.lifecycle.tracking import REGISTERED_MODEL, configure
 from vigil.lifecycle.training import train_and_register
-from vigil.models.registry import load_native
+from vigil.models.loading import load_native
 from vigil.monitoring.predictions import read_predictions, roll_predictions
 from vigil.offline import training_set
 from vigil.online.feast_store import apply_repo

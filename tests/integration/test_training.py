@@ -21,7 +21,7 @@ from vigil.lifecycle.evaluation import book_week_test_set
 from vigil.lifecycle.promotion import Decision, evaluation_window, promote, rollback
 from vigil.lifecycle.tracking import CHALLENGER, CHAMPION, REGISTERED_MODEL, configure
 from vigil.lifecycle.training import train_and_register
-from vigil.models.registry import load_native
+from vigil.models.loading import load_native
 from vigil.offline import training_set
 from vigil.online.connection import connect
 from vigil.online.feast_store import apply_repo
@@ -136,7 +136,7 @@ def test_register_promote_and_roll_back(ingested: Settings) -> None:
 
     # A fresh process loads the champion by alias, natively.
     code = (
-        "from vigil.models.registry import load_native; from vigil.settings import Settings; "
+        "from vigil.models.loading import load_native; from vigil.settings import Settings; "
         "from vigil.lifecycle.tracking import configure; import sys; "
         "configure(Settings(mlflow_tracking_uri=sys.argv[1])); "
         "m = load_native('models:/fraud-detector@champion'); print(type(m).__name__)"

@@ -24,7 +24,7 @@ from vigil.lifecycle.evaluation import Metrics, Split, book_week_test_set, evalu
 from vigil.lifecycle.policy import TAG as POLICY_TAG
 from vigil.lifecycle.policy import Policy, outcome
 from vigil.lifecycle.tracking import CHALLENGER, CHAMPION, REGISTERED_MODEL, configure
-from vigil.models.registry import load_native
+from vigil.models.loading import load_native
 from vigil.settings import Settings
 
 TOLERANCE = 0.01

@@ -96,7 +96,7 @@ def explain(settings: Settings, entries: list[dict[str, Any]], top: int = TOP) -
     are, with a warning."""
     from vigil.lifecycle.tracking import REGISTERED_MODEL, hush_mlflow_store
     from vigil.models.base import model_matrix, top_contributions
-    from vigil.models.registry import load_native
+    from vigil.models.loading import load_native
 
     wanted: dict[str, list[dict[str, Any]]] = {}
     for entry in entries:

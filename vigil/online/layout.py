@@ -6,8 +6,12 @@ Feast (0.67, `RedisOnlineStore`) stores one Redis hash per entity key:
   field = "_ts:<view>"                -> serialized `google.protobuf.Timestamp`
 We write and read exactly that, so any Feast client (`get_online_features`) reads
 what the flow writes, but we compute the field hashes once and skip Feast's per-value
-type conversion. tests/integration/test_online_layout.py proves the equivalence with
-Feast's own reader and writer.
+type conversion. tests/integration/test_feast_repo.py proves the equivalence with
+Feast's own reader, and its first tests the keys and field names.
+
+Feast's protobuf classes are imported where values are encoded or decoded, not here:
+importing any part of the `feast` package imports all of it (5.5 s measured), and the
+scoring service needs only the keys and field names (its decoder is `columns`).
 """
 
 from __future__ import annotations
@@ -16,27 +20,26 @@ import struct
 from collections.abc import Sequence
 from dataclasses import dataclass
 
+import mmh3
 import numpy as np
-from feast.infra.online_stores.helpers import _mmh3
-from feast.protos.feast.types.Value_pb2 import DoubleList, Int64List, ValueType
-from feast.protos.feast.types.Value_pb2 import Value as ValueProto
-from google.protobuf.timestamp_pb2 import Timestamp
 
 from vigil.features import spec
 from vigil.features.history import EntityHistory
 
 _INT64 = struct.Struct("<q")
+_STRING, _INT64_TYPE = 2, 4  # feast.types.ValueType.Enum: STRING, INT64
 
 
 def _key_head(join_key: str) -> bytes:
     """What Feast's serialize_entity_key (version 3) puts before one Int64 join key's value."""
     name = join_key.encode()
-    return (
-        struct.pack("<II", 1, ValueType.STRING)
-        + struct.pack("<I", len(name))
-        + name
-        + struct.pack("<II", ValueType.INT64, 8)
-    )
+    return struct.pack("<II", 1, _STRING) + struct.pack("<I", len(name)) + name + struct.pack("<II", _INT64_TYPE, 8)
+
+
+def field_key(name: str) -> bytes:
+    """Feast's Redis field name for "<view>:<feature>": murmur3_32 (unsigned), 4 bytes
+    little-endian (`feast.infra.online_stores.helpers._mmh3`)."""
+    return struct.pack("<I", mmh3.hash(name, signed=False))
 
 
 def entity_key_bytes(join_key: str, value: int, project: str) -> bytes:
@@ -60,7 +63,7 @@ class HistoryView:
 
     @property
     def field_keys(self) -> list[bytes]:
-        return [_mmh3(f"{self.name}:{feature}") for feature in self.features]
+        return [field_key(f"{self.name}:{feature}") for feature in self.features]
 
     @property
     def ts_field(self) -> bytes:
@@ -76,6 +79,10 @@ class HistoryView:
 
     def encode(self, history: EntityHistory) -> dict[bytes, bytes]:
         """The hash fields that store `history` (timestamp: its newest fact)."""
+        from feast.protos.feast.types.Value_pb2 import DoubleList, Int64List
+        from feast.protos.feast.types.Value_pb2 import Value as ValueProto
+        from google.protobuf.timestamp_pb2 import Timestamp
+
         keys = self.field_keys
         values_proto = (
             ValueProto(double_list_val=DoubleList(val=history.value.tolist()))
@@ -92,6 +99,8 @@ class HistoryView:
 
     def decode(self, raw: Sequence[bytes | None]) -> EntityHistory:
         """Inverse of `encode` for the first three fields as returned by HMGET."""
+        from feast.protos.feast.types.Value_pb2 import Value as ValueProto
+
         if raw[0] is None or raw[1] is None or raw[2] is None:
             return EntityHistory.empty()
         ts = np.array(ValueProto.FromString(raw[0]).int64_list_val.val, dtype=np.int64)
