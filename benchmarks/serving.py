@@ -102,6 +102,11 @@ def env_for(settings: Settings) -> dict[str, str]:
     )
 
 
+def warm_up(single: list[list[dict[str, Any]]]) -> None:
+    """3 s at 200 requests/s before a target is measured: connections, caches, the model."""
+    load({"mode": "open", "chains": single[:500], "rate": 200, "seconds": 3})
+
+
 RATES = (500, 1000)
 FLOOR_RATIO_TARGET = 1.25
 BATCH_TARGET = 50_000
@@ -118,7 +123,7 @@ def bench_floor(requests: list[dict[str, Any]]) -> dict[str, Any]:
     try:
         wait_http(f"http://127.0.0.1:{port}/")
         single = [[{"url": f"http://127.0.0.1:{port}/v1/score", "body": b}] for b in requests]
-        load({"mode": "open", "chains": single[:500], "rate": 200, "seconds": 3})  # warm-up
+        warm_up(single)
         return {str(rate): load({"mode": "open", "chains": single, "rate": rate, "seconds": 10}) for rate in RATES}
     finally:
         stop(server)
@@ -127,7 +132,7 @@ def bench_floor(requests: list[dict[str, Any]]) -> dict[str, Any]:
 def bench_vigil(settings: Settings, requests: list[dict[str, Any]]) -> dict[str, Any]:
     with serve_process(env_for(settings), workers=2) as url:
         single = [[{"url": f"{url}/v1/score", "body": b}] for b in requests]
-        load({"mode": "open", "chains": single[:500], "rate": 200, "seconds": 3})  # warm-up
+        warm_up(single)
         out: dict[str, Any] = {"open_loop": {}}
         for rate in (50, *RATES):
             out["open_loop"][str(rate)] = load({"mode": "open", "chains": single, "rate": rate, "seconds": 10})
@@ -191,7 +196,7 @@ def bench_cluster(settings: Settings, frame_path: Path, requests: list[dict[str,
         for name, target in (("one_node", settings), ("cluster_3_primaries", on_cluster)):
             with serve_process(env_for(target), workers=2) as url:
                 single = [[{"url": f"{url}/v1/score", "body": b}] for b in requests]
-                load({"mode": "open", "chains": single[:500], "rate": 200, "seconds": 3})
+                warm_up(single)
                 out[name] = load({"mode": "open", "chains": single, "rate": 500, "seconds": 10})
     out["ratio_p99"] = out["cluster_3_primaries"]["p99_ms"] / out["one_node"]["p99_ms"]
     return out
