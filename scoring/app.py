@@ -133,7 +133,7 @@ def create_app(settings: Settings | None = None) -> FastAPI:
     def scorer_of(request: Request) -> Scorer:
         scorer: Scorer = request.app.state.scorer
         if scorer.models.current is None:
-            raise HTTPException(status_code=503, detail=NO_MODEL_YET)
+            raise HTTPException(status_code=503, detail=scorer.models.unavailable or NO_MODEL_YET)
         return scorer
 
     errors: dict[int | str, dict[str, Any]] = {

@@ -179,7 +179,7 @@ class FastScoreRoutes:
             return
         scorer = scope["app"].state.scorer
         if scorer.models.current is None:
-            await _answer(send, 503, orjson.dumps({"detail": NO_MODEL_YET}))
+            await _answer(send, 503, orjson.dumps({"detail": scorer.models.unavailable or NO_MODEL_YET}))
             return
         if path == SCORE:
             payload = orjson.dumps((await scorer.score(txs, explain))[0])

@@ -98,6 +98,7 @@ class ModelManager:
         self._mlflow: Any = None
         self._on_reload_failure = on_reload_failure
         self._failed: tuple[str, float] | None = None  # a version that would not load, and when
+        self.unavailable: str | None = None  # why no version is served (None: one is, or none is promoted)
 
     def check_store(self) -> None:
         """A local registry that does not exist is an error (never a new, empty one)."""
@@ -185,11 +186,17 @@ class ModelManager:
             self._failed = (version, time.monotonic())
             if self._on_reload_failure is not None:
                 self._on_reload_failure(version)
-            raise ModelUnavailableError(
+            failure = ModelUnavailableError(
                 f"{REGISTERED_MODEL!r} version {version} ({self.alias}) could not be loaded: "
                 f"{type(error).__name__}: {str(error)[:300]}; promote a version that loads"
-            ) from error
-        self._failed = None
+            )
+            if self.current is None:
+                self.unavailable = (
+                    f"{REGISTERED_MODEL!r} version {version} ({self.alias}) could not be loaded; "
+                    "the service log says why: promote a version that loads (`vigil promote`)"
+                )
+            raise failure from error
+        self._failed = self.unavailable = None
         return loaded
 
     def refresh(self) -> bool:
@@ -200,7 +207,10 @@ class ModelManager:
         is tried again only after `RETRY_FAILED_SECONDS`.
         """
         found = self.alias_version()
-        if found is None or (self.current is not None and found[0] == self.current.version):
+        if found is None:
+            self.unavailable = None  # nothing is promoted (any more): the plain 503 says so
+            return False
+        if self.current is not None and found[0] == self.current.version:
             return False
         failed = self._failed
         if failed is not None and failed[0] == found[0] and time.monotonic() - failed[1] < self.RETRY_FAILED_SECONDS:

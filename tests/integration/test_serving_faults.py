@@ -115,7 +115,8 @@ def test_alias_moves_are_picked_up_and_broken_versions_are_not(
     with running_server(server_env(settings), stderr_to=log) as base:
         ready = httpx.get(f"{base}/readyz")
         assert ready.status_code == 503 and ready.json()["reason"] == "no_model"
-        assert httpx.post(f"{base}/v1/score", json=body).status_code == 503
+        refused = httpx.post(f"{base}/v1/score", json=body)
+        assert refused.status_code == 503 and "version 3 (champion) could not be loaded" in refused.json()["detail"]
     said = log.read_text()
     assert "version 3 (champion) could not be loaded" in said and "Traceback" not in said
 
