@@ -30,6 +30,8 @@ from typing import Any
 
 import numpy as np
 
+from benchmarks.machine import describe, stalls
+
 TARGETS = {"p99_ms": 10.0, "max_ms": 50.0}
 API_TARGET_P99_MS = 15.0
 PROBE_CUSTOMERS = 1_000_000_000  # ids of the API probes' own customers, far from the world's
@@ -275,11 +277,13 @@ def main() -> None:
     parser.add_argument("--seconds", type=float, default=10)
     parser.add_argument("--api", action="store_true", help="measure through the scoring service")
     args = parser.parse_args()
+    machine = stalls()
     runs = [one_run(args.rate, args.seconds, args.api) for _ in range(args.runs)]
     target = API_TARGET_P99_MS if args.api else TARGETS["p99_ms"]
     what = "through the API" if args.api else "stream to online store"
     print(f"freshness at {args.rate:,.0f} events/s, {what} (target p99 <= {target} ms" +
           ("" if args.api else f", max <= {TARGETS['max_ms']} ms") + ")")  # fmt: skip
+    print(f"  {describe(machine)}")
     for i, run in enumerate(runs):
         ok = run["p99_ms"] <= target and (args.api or run["max_ms"] <= TARGETS["max_ms"])
         print(f"  run {i + 1}: p50 {run['p50_ms']} ms, p99 {run['p99_ms']} ms, max {run['max_ms']} ms "
@@ -291,7 +295,7 @@ def main() -> None:
     histogram(runs, out / f"{name}.png", f"freshness at {args.rate:,.0f} events/s, {what}")
     summary = [{k: v for k, v in run.items() if k not in ("latencies_ms", "sent_s")} for run in runs]
     (out / f"{name}.json").write_text(
-        json.dumps({"rate": args.rate, "target_p99_ms": target, "runs": summary}, indent=2)
+        json.dumps({"rate": args.rate, "target_p99_ms": target, "machine": machine, "runs": summary}, indent=2)
     )
 
 

@@ -7,6 +7,8 @@ import json
 from pathlib import Path
 from typing import Any
 
+from benchmarks.machine import describe
+
 RESULTS = Path("bench-results")
 
 
@@ -25,6 +27,8 @@ def lines() -> list[str]:
             out.append(f"stock Feast, same run: {stock}")
     for name, label in (("freshness", "stream -> online store"), ("freshness_api", "through the API")):
         if fresh := read(name):
+            if "machine" in fresh:
+                out.append(f"freshness {label}: {describe(fresh['machine'])}")
             for i, run in enumerate(fresh["runs"]):
                 out.append(
                     f"freshness {label}, run {i + 1}: p50 {run['p50_ms']} / p99 {run['p99_ms']} / max {run['max_ms']}"

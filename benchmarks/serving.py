@@ -25,6 +25,7 @@ import httpx
 import pandas as pd
 
 from benchmarks.features import HANDBOOK, RESULTS, bench_settings, cleanup
+from benchmarks.machine import describe, stalls
 from flows.sources import FileReplaySource
 from vigil.features import spec
 from vigil.ingest import run_ingest
@@ -289,6 +290,8 @@ def bench_stock(settings: Settings, requests: list[dict[str, Any]]) -> dict[str,
 def summary(results: dict[str, Any]) -> list[str]:
     """Every figure beside its target and its same-run baseline."""
     lines = [f"vigil --help: {results['help_seconds']:.2f} s (target < 1 s)"]
+    if "machine" in results:
+        lines.append(describe(results["machine"]))
     vigil, floor = results["vigil"]["open_loop"], results["floor"]
     for rate in RATES:
         v, f = vigil[str(rate)], floor[str(rate)]
@@ -333,7 +336,7 @@ def main() -> int:
         }
     )
     only = os.environ.get("VIGIL_BENCH_ONLY", "")
-    results: dict[str, Any] = {"help_seconds": help_seconds()}
+    results: dict[str, Any] = {"help_seconds": help_seconds(), "machine": stalls()}
     try:
         print("preparing: ingest, train, register ...", flush=True)
         requests = bodies(prepare(settings))
