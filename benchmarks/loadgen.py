@@ -13,6 +13,7 @@ import json
 import sys
 import threading
 import time
+from collections import Counter
 from typing import Any
 
 import aiohttp
@@ -34,9 +35,12 @@ def encode_bodies(chains: list[list[dict[str, Any]]]) -> None:
             step["encoded"] = orjson.dumps(step["body"])
 
 
-async def _call(session: aiohttp.ClientSession, chain: list[dict[str, Any]], transform: str | None) -> int:
+async def _call(
+    session: aiohttp.ClientSession, chain: list[dict[str, Any]], transform: str | None, reasons: Counter[str]
+) -> int:
     """Makes the chain's requests in sequence; returns how many answers came from a fallback
-    (Vigil says so in each answer: a fast fallback must not pass for a fast service)."""
+    (Vigil says so in each answer, and why: a fast fallback must not pass for a fast
+    service), and counts their reasons in `reasons`."""
     previous: Any = None
     for step in chain:
         data = step["encoded"]
@@ -47,7 +51,9 @@ async def _call(session: aiohttp.ClientSession, chain: list[dict[str, Any]], tra
             if response.status != 200:
                 raise RuntimeError(f"{step['url']}: {response.status} {str(previous)[:200]}")
     answers = previous.get("results", [previous]) if isinstance(previous, dict) else []
-    return sum(1 for a in answers if isinstance(a, dict) and a.get("fallback"))
+    fell_back = [a for a in answers if isinstance(a, dict) and a.get("fallback")]
+    reasons.update(str(a.get("fallback_reason")) for a in fell_back)
+    return len(fell_back)
 
 
 def feast_to_mlflow(answer: dict[str, Any], columns: list[str], extra: dict[str, list[Any]]) -> dict[str, Any]:
@@ -75,9 +81,11 @@ async def open_loop(
     connector = aiohttp.TCPConnector(limit=256)
     latencies: list[float] = []
     errors = fallbacks = 0
+    reasons: Counter[str] = Counter()
     total = int(rate * seconds)
     async with aiohttp.ClientSession(connector=connector) as session:
-        await asyncio.gather(*(_call(session, chains[i % len(chains)], transform) for i in range(_WARM_CONNECTIONS)))
+        warm = (_call(session, chains[i % len(chains)], transform, Counter()) for i in range(_WARM_CONNECTIONS))
+        await asyncio.gather(*warm)
         loop = asyncio.get_running_loop()
         running: set[asyncio.Task[None]] = set()
         sent_all = asyncio.Event()
@@ -85,7 +93,8 @@ async def open_loop(
         async def one(i: int, due: float) -> None:
             nonlocal errors, fallbacks
             try:
-                fallbacks += await asyncio.wait_for(_call(session, chains[i % len(chains)], transform), timeout=10)
+                call = _call(session, chains[i % len(chains)], transform, reasons)
+                fallbacks += await asyncio.wait_for(call, timeout=10)
                 latencies.append(time.perf_counter() - due)
             except Exception:
                 errors += 1
@@ -116,6 +125,7 @@ async def open_loop(
         "requests": total,
         "errors": errors,
         "fallback_answers": fallbacks,
+        "fallback_reasons": dict(reasons),
         "achieved_rps": round(len(latencies) / elapsed, 1),
         "p50_ms": round(float(np.percentile(ms, 50)), 3) if ms.size else None,
         "p99_ms": round(float(np.percentile(ms, 99)), 3) if ms.size else None,
@@ -137,6 +147,7 @@ async def closed_loop(
     result (two connections on one worker measure one worker).
     """
     done = errors = fallbacks = 0
+    reasons: Counter[str] = Counter()
     stop = time.perf_counter() + seconds
     connector = aiohttp.TCPConnector(limit=clients, force_close=fresh_connections)
     async with aiohttp.ClientSession(connector=connector) as session:
@@ -146,7 +157,7 @@ async def closed_loop(
             i = k
             while time.perf_counter() < stop:
                 try:
-                    fallbacks += await _call(session, chains[i % len(chains)], transform)
+                    fallbacks += await _call(session, chains[i % len(chains)], transform, reasons)
                     done += 1
                 except Exception:
                     errors += 1
@@ -161,6 +172,7 @@ async def closed_loop(
         "rows_per_s": round(done * rows_per_call / elapsed, 1),
         "errors": errors,
         "fallback_answers": fallbacks,
+        "fallback_reasons": dict(reasons),
     }
 
 

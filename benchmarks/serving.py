@@ -287,6 +287,12 @@ def bench_stock(settings: Settings, requests: list[dict[str, Any]]) -> dict[str,
         stop(model)
 
 
+def why(result: dict[str, Any]) -> str:
+    """The fallback answers' reasons, when there were any."""
+    reasons = result.get("fallback_reasons") or {}
+    return f" ({', '.join(f'{r}: {n}' for r, n in sorted(reasons.items()))})" if reasons else ""
+
+
 def summary(results: dict[str, Any]) -> list[str]:
     """Every figure beside its target and its same-run baseline."""
     lines = [f"vigil --help: {results['help_seconds']:.2f} s (target < 1 s)"]
@@ -299,12 +305,12 @@ def summary(results: dict[str, Any]) -> list[str]:
         lines.append(
             f"one transaction at {rate} req/s: p50 {v['p50_ms']:.2f} / p99 {v['p99_ms']:.2f} ms; floor (constant "
             f"answer, same server and client) p50 {f['p50_ms']:.2f} / p99 {f['p99_ms']:.2f} ms; p99 ratio "
-            f"{ratio:.2f} (target <= {FLOOR_RATIO_TARGET}); fallbacks {v['fallback_answers']}"
+            f"{ratio:.2f} (target <= {FLOOR_RATIO_TARGET}); fallbacks {v['fallback_answers']}{why(v)}"
         )
     batch = results["vigil"]["batch_1000"]
     lines.append(
         f"batch of 1,000: {batch['rows_per_s']:,.0f} transactions/s (target >= {BATCH_TARGET:,}); "
-        f"fallback answers {batch['fallback_answers']} (target 0)"
+        f"fallback answers {batch['fallback_answers']} (target 0){why(batch)}"
     )
     cluster = results.get("cluster")
     if cluster:
@@ -312,7 +318,7 @@ def summary(results: dict[str, Any]) -> list[str]:
         lines.append(
             f"500 req/s, one node p50 {one['p50_ms']:.2f} / p99 {one['p99_ms']:.2f} ms; 3-primary cluster p50 "
             f"{many['p50_ms']:.2f} / p99 {many['p99_ms']:.2f} ms; ratio {cluster['ratio_p99']:.2f} (target <= 1.25); "
-            f"fallbacks {one['fallback_answers']} / {many['fallback_answers']}"
+            f"fallbacks {one['fallback_answers']} / {many['fallback_answers']}{why(one)}{why(many)}"
         )
     stock = results.get("stock_feast_then_mlflow")
     if stock:
