@@ -28,7 +28,7 @@ demo: redis ## Run the main job end to end on a simulated world and print a summ
 	$(BIN)/python -m vigil.demo
 
 test: redis ## Run the whole test suite (unit, integration, notebooks with a per-cell time limit)
-	$(BIN)/pytest --nbmake --nbmake-timeout=300 tests notebooks
+	$(BIN)/pytest --nbmake --nbmake-timeout=600 tests notebooks
 
 test-fast: redis ## Unit tests only
 	$(BIN)/pytest -m "not integration"
