@@ -57,6 +57,15 @@ def settings(tmp_path: Path, redis_url: str) -> Iterator[Settings]:
     )
     yield value
     delete_namespace(redis_url, name, name)
+    # The Kafka tests' settled offsets are keyed by consumer group and topic; their topics
+    # are named after the test's prefix.
+    client = connect(redis_url)
+    try:
+        stale = list(client.scan_iter(match=f"vigil:kafka-done:*:{name}-*", count=1_000))
+        if stale:
+            client.delete(*stale)
+    finally:
+        client.close()
 
 
 @pytest.fixture
