@@ -164,7 +164,7 @@ class ModelManager:
         try:
             return self.load()
         except ModelUnavailableError as error:
-            if self._failed is not None:  # held by a version that does not load: say so
+            if error.__cause__ is not None:  # held by a version that does not load: say so
                 log.error("%s; no %s is served", error, self.alias)
             return None
 

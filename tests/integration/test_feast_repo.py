@@ -39,7 +39,7 @@ def test_field_names_match_feast() -> None:
 
     layout = OnlineLayout.for_project("p")
     for view in (layout.customer, layout.terminal):
-        assert view.field_keys == [_mmh3(f"{view.name}:{feature}") for feature in view.features]
+        assert list(view.field_keys) == [_mmh3(f"{view.name}:{feature}") for feature in view.features]
 
 
 def test_apply_registers_the_feature_service(settings: Settings) -> None:

@@ -33,7 +33,7 @@ import asyncio
 import collections
 import ssl
 import time
-from collections.abc import Sequence
+from collections.abc import Awaitable, Callable, Sequence
 from typing import Any, NamedTuple
 
 import hiredis
@@ -265,7 +265,7 @@ class NodeReader:
 
     async def read_fields(self, keys: Sequence[bytes], commands: Sequence[bytes], fields: int) -> FieldReplies:
         """The replies to `commands` (HMGETs of `fields` fields each), raw; an error reply
-        raises `redis.ResponseError`."""
+        raises `redis.ResponseError` (`keys`, unused on one node, keeps the cluster's signature)."""
         raw = await self.connection.execute_bytes(b"".join(commands), len(commands))
         data = np.frombuffer(raw, np.uint8)
         starts, sizes, errors = hmget_fields(data, len(commands), fields)
@@ -393,23 +393,36 @@ class ClusterReader:
         both = await connection.execute_bytes(payload, 2)
         return both[replies_end(np.frombuffer(both, np.uint8), 1) :]
 
+    async def _redirects(
+        self, failed: list[tuple[int, str]], follow: Callable[[int, str], Awaitable[list[tuple[int, str]]]]
+    ) -> list[tuple[int, str]]:
+        """Follows MOVED and ASK, at most MAX_REDIRECTS deep, while every error reply
+        (command index, text) is one; `follow(i, text)` sends command i where `text` points
+        and returns its new reply's error, if any. Returns the errors left."""
+        for _ in range(self.MAX_REDIRECTS):
+            if not failed or not all(text.startswith(_REDIRECTS) for _, text in failed):
+                break
+            redirected, failed = failed, []
+            if any(text.startswith("MOVED") for _, text in redirected):
+                await self.refresh()
+            for i, text in redirected:
+                failed.extend(await follow(i, text))
+        return failed
+
     async def execute(self, keys: Sequence[bytes], commands: Sequence[bytes]) -> list[Any]:
         """Replies to `commands` in order; command i touches only `keys[i]`."""
         results: list[Any] = [None] * len(commands)
         for indexes, answers in await self._scatter(keys, commands, raw=False):
             for i, answer in zip(indexes, answers, strict=True):
                 results[i] = answer
-        for _ in range(self.MAX_REDIRECTS):
-            redirected = [i for i, r in enumerate(results) if _redirect(r)]
-            if not redirected:
-                break
-            if any(str(results[i]).startswith("MOVED") for i in redirected):
-                await self.refresh()
-            for i in redirected:
-                results[i] = await self._follow(str(results[i]), commands[i], raw=False)
-        for answer in results:
-            if isinstance(answer, hiredis.ReplyError):
-                raise _error(answer)
+
+        async def follow(i: int, text: str) -> list[tuple[int, str]]:
+            results[i] = await self._follow(text, commands[i], raw=False)
+            return [(i, str(results[i]))] if isinstance(results[i], hiredis.ReplyError) else []
+
+        errors = [(i, str(r)) for i, r in enumerate(results) if isinstance(r, hiredis.ReplyError)]
+        if failed := await self._redirects(errors, follow):
+            raise redis.ResponseError(failed[0][1])
         return results
 
     async def read_fields(self, keys: Sequence[bytes], commands: Sequence[bytes], fields: int) -> FieldReplies:
@@ -418,30 +431,24 @@ class ClusterReader:
         starts = np.zeros((len(commands), fields), np.int64)
         sizes = np.zeros((len(commands), fields), np.int64)
         chunks: list[bytes] = []
-        failed: list[tuple[int, str]] = []  # (command, error text)
         offset = 0
 
-        def place(indexes: list[int], raw: bytes) -> None:
+        def place(indexes: list[int], raw: bytes) -> list[tuple[int, str]]:
+            """Records where each reply's fields lie; returns the error replies."""
             nonlocal offset
             data = np.frombuffer(raw, np.uint8)
             where, size, errors = hmget_fields(data, len(indexes), fields)
             rows = np.asarray(indexes)
             starts[rows], sizes[rows] = where + offset, size
-            failed.extend((indexes[e], error_text(data, where, size, e)) for e in errors.tolist())
             chunks.append(raw)
             offset += len(raw)
+            return [(indexes[e], error_text(data, where, size, e)) for e in errors.tolist()]
 
-        for indexes, raw in await self._scatter(keys, commands, raw=True):
-            place(indexes, raw)
-        for _ in range(self.MAX_REDIRECTS):
-            if not failed or not all(text.startswith(_REDIRECTS) for _, text in failed):
-                break
-            redirected, failed = failed, []
-            if any(text.startswith("MOVED") for _, text in redirected):
-                await self.refresh()
-            for i, text in redirected:
-                place([i], await self._follow(text, commands[i], raw=True))
-        if failed:
+        async def follow(i: int, text: str) -> list[tuple[int, str]]:
+            return place([i], await self._follow(text, commands[i], raw=True))
+
+        errors = [e for indexes, raw in await self._scatter(keys, commands, raw=True) for e in place(indexes, raw)]
+        if failed := await self._redirects(errors, follow):
             raise redis.ResponseError(failed[0][1])
         return FieldReplies(np.frombuffer(b"".join(chunks), np.uint8), starts, sizes)
 
@@ -470,10 +477,6 @@ class ClusterReader:
 
 
 _REDIRECTS = ("MOVED ", "ASK ")
-
-
-def _redirect(reply: Any) -> bool:
-    return isinstance(reply, hiredis.ReplyError) and str(reply).startswith(_REDIRECTS)
 
 
 def _address(options: dict[str, Any]) -> str:
