@@ -8,6 +8,7 @@ simulated world of the same size.
 
 from __future__ import annotations
 
+import argparse
 import json
 import os
 import sys
@@ -137,6 +138,8 @@ def whole_file_check(frame: pd.DataFrame, settings: Settings, reference: pd.Data
 
 
 def main() -> int:
+    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.parse_args()  # --help answers before minutes of work
     RESULTS.mkdir(exist_ok=True)
     if (HANDBOOK / "transactions.parquet").exists():
         path, label = HANDBOOK / "transactions.parquet", "handbook (1.17 M transactions)"

@@ -94,7 +94,10 @@ async def open_loop(
             nonlocal errors, fallbacks
             try:
                 call = _call(session, chains[i % len(chains)], transform, reasons)
-                fallbacks += await asyncio.wait_for(call, timeout=10)
+                # Awaited first: `fallbacks += await …` reads the count before the await, and
+                # calls finishing meanwhile were lost (1 fallback counted where 15 came back).
+                fell_back = await asyncio.wait_for(call, timeout=10)
+                fallbacks += fell_back
                 latencies.append(time.perf_counter() - due)
             except Exception:
                 errors += 1
@@ -157,7 +160,8 @@ async def closed_loop(
             i = k
             while time.perf_counter() < stop:
                 try:
-                    fallbacks += await _call(session, chains[i % len(chains)], transform, reasons)
+                    fell_back = await _call(session, chains[i % len(chains)], transform, reasons)
+                    fallbacks += fell_back
                     done += 1
                 except Exception:
                     errors += 1

@@ -3,6 +3,7 @@ baseline, from bench-results/*.json (and writes bench-results/summary.txt)."""
 
 from __future__ import annotations
 
+import argparse
 import json
 from pathlib import Path
 from typing import Any
@@ -58,6 +59,8 @@ def lines() -> list[str]:
 
 
 def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.parse_args()  # --help answers before minutes of work
     text = "\n".join(lines())
     print(text)
     RESULTS.mkdir(exist_ok=True)

@@ -13,6 +13,7 @@ Writes bench-results/serving.json."""
 
 from __future__ import annotations
 
+import argparse
 import json
 import os
 import subprocess
@@ -332,6 +333,8 @@ def summary(results: dict[str, Any]) -> list[str]:
 
 
 def main() -> int:
+    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.parse_args()  # --help answers before minutes of work
     RESULTS.mkdir(exist_ok=True)
     settings = bench_settings("serve")
     settings = Settings(
