@@ -93,12 +93,14 @@ def run_retraining(
     every_days: float | None = None,
     train_days: int = 28,
     model: str = "xgboost",
+    params: dict[str, Any] | None = None,
     dry_run: bool = False,
     force: bool = False,
     show_progress: bool = True,
 ) -> RetrainOutcome:
     """Decides, and unless `dry_run`, retrains, registers and gates. `data`: the training
-    set (built from the feature store when not given)."""
+    set (built from the feature store when not given); `params`: the model's own (e.g. the
+    champion's), over the kind's defaults."""
     from vigil.lifecycle.evaluation import Split
 
     champion_end, newest_end = registry_windows(settings)
@@ -129,7 +131,7 @@ def run_retraining(
     from vigil.lifecycle.training import train_and_register
 
     log.warning("retraining: %s; %s", "; ".join(reasons), plan)
-    report = train_and_register(settings, data, model, show_progress=show_progress, split=split)
+    report = train_and_register(settings, data, model, params=params, show_progress=show_progress, split=split)
     _tag_version(settings, report.version, reasons)
     decision = promote(settings, data)
     outcome = RetrainOutcome(
