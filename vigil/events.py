@@ -106,14 +106,19 @@ def _as_float(column: np.ndarray) -> np.ndarray:
 
 def _as_seconds(column: pd.Series | np.ndarray) -> tuple[np.ndarray, np.ndarray]:
     """Unix seconds of naive (or UTC-converted) times, and a mask of unparseable ones."""
+    words = None
     if isinstance(column, pd.Series) and pd.api.types.is_datetime64_any_dtype(column.dtype):
         parsed = pd.DatetimeIndex(column)
     else:
-        parsed = pd.DatetimeIndex(pd.to_datetime(np.asarray(column), errors="coerce", format="ISO8601"))
+        raw = np.asarray(column)
+        parsed = pd.DatetimeIndex(pd.to_datetime(raw, errors="coerce", format="ISO8601"))
+        # pandas reads "now" and "today" as the wall-clock time: an ISO 8601 time starts
+        # with its year's digits, so any other text is unparseable here.
+        words = np.fromiter((isinstance(v, str) and not v.lstrip()[:1].isdigit() for v in raw), bool, len(raw))
     if parsed.tz is not None:
         parsed = parsed.tz_convert("UTC").tz_localize(None)
     values = parsed.to_numpy(dtype="datetime64[s]")
-    bad = np.isnat(values)
+    bad = np.isnat(values) if words is None else np.isnat(values) | words
     return np.where(bad, 0, values.astype(np.int64)), bad
 
 

@@ -19,6 +19,9 @@ GOOD = {
     ("record", "reason"),
     [
         ({**GOOD, "tx_datetime": "yesterday"}, "unparseable tx_datetime"),
+        # pandas alone reads these two as the wall-clock time
+        ({**GOOD, "tx_datetime": "now"}, "unparseable tx_datetime"),
+        ({**GOOD, "tx_datetime": " Today"}, "unparseable tx_datetime"),
         ({**GOOD, "customer_id": "abc"}, "field customer_id is not an integer"),
         ({**GOOD, "transaction_id": 1.5}, "field transaction_id is not an integer"),
         ({**GOOD, "tx_amount": -3}, "tx_amount is negative"),
