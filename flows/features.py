@@ -73,7 +73,12 @@ def source_from_uri(uri: str, settings: Settings, label_delay_days: float = 7.0)
     if stream is None:
         return FileReplaySource(uri.removeprefix("file://"), label_delay_days)
     if stream.kind == "redis":
-        return RedisStreamSource(stream.address, stream.name, idle_timeout=1.0 if settings.stop_at_end else None)
+        return RedisStreamSource(
+            stream.address,
+            stream.name,
+            idle_timeout=1.0 if settings.stop_at_end else None,
+            claim_idle=settings.stream_claim_idle_seconds,
+        )
     from flows.kafka import KafkaEventSource
 
     return KafkaEventSource(stream.address.split(","), stream.name, settings.redis_url, tail=not settings.stop_at_end)
@@ -145,7 +150,11 @@ def offline_events(batch: ValidatedBatch) -> list[OfflineBatch]:
     letters' too: the log's consumer group must settle them as well)."""
     tokens = [t for frame in (batch.transactions, batch.labels) for t in frame["token"].tolist() if t is not None]
     tokens += [letter.token for letter in batch.dead if letter.token is not None]
-    return [OfflineBatch(batch.transactions.drop(columns=["token"]), batch.labels.drop(columns=["token"]), tokens)]
+    return [
+        OfflineBatch(
+            batch.transactions.drop(columns=["token"]), batch.labels.drop(columns=["token"]), tokens, batch.redelivered
+        )
+    ]
 
 
 def build_flow(

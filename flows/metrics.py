@@ -6,6 +6,8 @@
 - `vigil_flow_consumer_lag`: entries of the stream its consumer group has not read yet
   (Redis 7's XINFO GROUPS `lag`).
 - `vigil_flow_events_total`: events written to the online store, by kind.
+- `vigil_flow_claimed_entries_total`: pending entries taken over from consumers that were
+  gone (a worker or process that crashed or was not restarted).
 
 `vigil ingest --metrics-port` serves them. Its flow processes are forked, so the values go
 through prometheus_client's multiprocess mode (`PROMETHEUS_MULTIPROC_DIR`, set before the
@@ -40,6 +42,11 @@ class FlowMetrics:
             "Stream entries the consumer group has not read yet",
             ["stream", "group"],
             multiprocess_mode="max",
+        )
+        self.claimed = Counter(
+            "vigil_flow_claimed_entries_total",
+            "Pending stream entries taken over from consumers that were gone",
+            ["stream", "group"],
         )
 
     def observe_written(self, tokens: list[Any], now: float | None = None) -> None:

@@ -19,7 +19,7 @@ from flows.acks import Acknowledger
 from flows.metrics import flow_metrics
 from flows.state import UpdateBatch
 from vigil.events import DeadLetter
-from vigil.offline.eventlog import EventLogWriter, is_empty
+from vigil.offline.eventlog import EventLogWriter, is_empty, not_in_log
 from vigil.online.connection import connect
 from vigil.online.marker import mark_new_store, write_markers
 from vigil.online.store import OnlineHistoryStore
@@ -176,6 +176,8 @@ class OfflineBatch:
     transactions: pd.DataFrame
     labels: pd.DataFrame
     tokens: list[Any] = field(default_factory=list)
+    # Delivered before (a crash left them unacknowledged): their part may already be written.
+    redelivered: bool = False
 
     def __len__(self) -> int:
         return len(self.transactions) + len(self.labels)
@@ -192,6 +194,7 @@ class _OfflinePartition(StatelessSinkPartition[OfflineBatch]):
         self.writer = EventLogWriter(sink.root, worker)
         self.sink = sink
         self.buffers: dict[str, list[pd.DataFrame]] = defaultdict(list)
+        self.redelivered: dict[str, list[pd.DataFrame]] = defaultdict(list)
         self.rows = 0
         self.tokens: list[Any] = []
         self.since: float | None = None
@@ -202,9 +205,10 @@ class _OfflinePartition(StatelessSinkPartition[OfflineBatch]):
     def write_batch(self, items: list[OfflineBatch]) -> None:
         self._check_pending(wait=False)
         for batch in items:
+            buffers = self.redelivered if batch.redelivered else self.buffers
             for kind, frame in (("transactions", batch.transactions), ("labels", batch.labels)):
                 if not frame.empty:
-                    self.buffers[kind].append(frame)
+                    buffers[kind].append(frame)
                     self.rows += len(frame)
             self.tokens.extend(batch.tokens)
             if (batch.tokens or len(batch)) and self.since is None:
@@ -217,12 +221,19 @@ class _OfflinePartition(StatelessSinkPartition[OfflineBatch]):
             self.flush()
 
     def flush(self) -> None:
-        buffers, tokens = dict(self.buffers), self.tokens
-        self.buffers, self.tokens, self.rows, self.since = defaultdict(list), [], 0, None
-        if buffers or tokens:
-            self.pending = self.background.submit(self._write, buffers, tokens)
+        buffers, again, tokens = dict(self.buffers), dict(self.redelivered), self.tokens
+        self.buffers, self.redelivered = defaultdict(list), defaultdict(list)
+        self.tokens, self.rows, self.since = [], 0, None
+        if buffers or again or tokens:
+            self.pending = self.background.submit(self._write, buffers, again, tokens)
 
-    def _write(self, buffers: dict[str, list[pd.DataFrame]], tokens: list[Any]) -> None:
+    def _write(
+        self, buffers: dict[str, list[pd.DataFrame]], again: dict[str, list[pd.DataFrame]], tokens: list[Any]
+    ) -> None:
+        for kind, frames in again.items():
+            # Events delivered before a crash may sit in a part written just before it.
+            fresh = not_in_log(self.sink.root, kind, pd.concat(frames, ignore_index=True))
+            buffers.setdefault(kind, []).append(fresh)
         for kind, frames in buffers.items():
             self.writer.write(kind, pd.concat(frames, ignore_index=True))
         # The events are in the log (on disk, or published): now their sources may forget them.

@@ -161,6 +161,11 @@ class FileReplaySource(FixedPartitionedSource[RawBatch, int]):
 # ---------------------------------------------------------------- Redis Streams
 
 LAG_SECONDS = 5.0
+CLAIM_SECONDS = 5.0
+
+
+def _text(value: bytes | str) -> str:
+    return value.decode() if isinstance(value, bytes) else value
 
 
 def parse_stream_fields(fields: dict[bytes, bytes]) -> Any:
@@ -171,13 +176,24 @@ def parse_stream_fields(fields: dict[bytes, bytes]) -> Any:
 
 
 class _RedisStreamPartition(StatelessSourcePartition[RawBatch]):
+    """One worker's consumer of the group.
+
+    It first reads its own backlog (entries delivered to this consumer name before a crash
+    and never acknowledged) once, from the oldest to the newest, then new entries. Every
+    `CLAIM_SECONDS` it takes over the pending entries of consumers that have not been seen
+    for `claim_idle` seconds (a worker or process that is gone: fewer workers after a
+    restart, another host), so no entry stays with a consumer nobody runs.
+    """
+
     def __init__(self, source: RedisStreamSource, consumer: str) -> None:
         self.source = source
         self.client = connect(source.url)
         self.consumer = consumer
-        self._pending_done = False
+        # Where the next read of this consumer's own backlog starts; None once it is read.
+        self._backlog_after: str | None = "0"
         self._last_data = self._last_tick = self._last_read = time.monotonic()
         self._last_lag = 0.0
+        self._last_claim = float("-inf")
         self._idle = False
         try:
             self.client.xgroup_create(source.stream, source.group, id="0", mkstream=True)
@@ -194,32 +210,90 @@ class _RedisStreamPartition(StatelessSourcePartition[RawBatch]):
             # longer the flow runs (measured: +20 ms per second of a 2,000 events/s stream).
             return []
         self._last_read = time.monotonic()
-        # First re-read entries this consumer was given but never acknowledged (a crash).
-        start = ">" if self._pending_done else "0"
-        # Never blocks: a blocked read would hold the whole worker (every operator runs on its
-        # thread). An empty read is polled again by Bytewax 1 ms later.
-        reply = self.client.xreadgroup(source.group, self.consumer, {source.stream: start}, count=source.batch_size)
-        entries: list[Any] = reply[0][1] if reply else []
-        if start == "0" and not entries:
-            self._pending_done = True
+        entries, redelivered = self._read()
         now = time.monotonic()
         if now - self._last_lag >= LAG_SECONDS:
             self._last_lag = now
             self._report_lag()
         # Caught up (less than a full batch): a patient group may wait before the next read.
-        self._idle = len(entries) < source.batch_size
+        self._idle = len(entries) < source.batch_size and self._backlog_after is None
         if not entries:
             if source.idle_timeout is not None and now - self._last_data > source.idle_timeout:
-                raise StopIteration
+                if not self._others_pending():
+                    raise StopIteration
+                self._last_data = now  # entries held by consumers that are gone: claim them first
             if source.tick_seconds is not None and now - self._last_tick >= source.tick_seconds:
                 # An empty batch lets time-based sinks (the offline log) flush on a quiet stream.
                 self._last_tick = now
                 return [RawBatch(pd.DataFrame(columns=list(ALL_FIELDS)), f"redis:{source.stream}", tokens=[])]
             return []
         self._last_data = self._last_tick = now
-        records = [parse_stream_fields(fields) for _, fields in entries]
-        tokens = [RedisToken(source.url, source.stream, source.group, entry_id.decode()) for entry_id, _ in entries]
-        return [records_to_batch(records, f"redis:{source.stream}", tokens)]
+        live = [(entry_id, fields) for entry_id, fields in entries if fields]
+        gone = [entry_id for entry_id, fields in entries if not fields]
+        if gone:
+            # Pending entries whose data was trimmed away: nothing left to deliver.
+            self.client.xack(source.stream, source.group, *gone)
+        records = [parse_stream_fields(fields) for _, fields in live]
+        tokens = [RedisToken(source.url, source.stream, source.group, _text(entry_id)) for entry_id, _ in live]
+        batch = records_to_batch(records, f"redis:{source.stream}", tokens)
+        batch.redelivered = redelivered
+        return [batch]
+
+    def _read(self) -> tuple[list[Any], bool]:
+        """Entries to deliver, and whether they were delivered before (a backlog or a claim)."""
+        source = self.source
+        # Never blocks: a blocked read would hold the whole worker (every operator runs on its
+        # thread). An empty read is polled again by Bytewax 1 ms later.
+        if self._backlog_after is not None:
+            # The backlog once, oldest first: entries with ids after the last one read.
+            reply = self.client.xreadgroup(
+                source.group, self.consumer, {source.stream: self._backlog_after}, count=source.batch_size
+            )
+            entries: list[Any] = reply[0][1] if reply else []
+            self._backlog_after = _text(entries[-1][0]) if entries else None
+            if entries:
+                return entries, True
+        if time.monotonic() - self._last_claim >= CLAIM_SECONDS:
+            self._last_claim = time.monotonic()
+            claimed = self._claim_departed()
+            if claimed:
+                return claimed, True
+        reply = self.client.xreadgroup(source.group, self.consumer, {source.stream: ">"}, count=source.batch_size)
+        return (reply[0][1] if reply else []), False
+
+    def _others_pending(self) -> bool:
+        """Whether other consumers of the group hold entries nobody has acknowledged yet."""
+        summary = self.client.xpending(self.source.stream, self.source.group)
+        return any(_text(c["name"]) != self.consumer and int(c["pending"]) for c in summary.get("consumers") or [])
+
+    def _claim_departed(self) -> list[Any]:
+        """Pending entries of consumers idle for `claim_idle` seconds, now this consumer's.
+
+        A running consumer reads at least every `idle_poll` and so is never that idle; XCLAIM's
+        own idle test makes sure that of two workers claiming at once, each entry goes to one.
+        """
+        idle_ms = int(self.source.claim_idle * 1000)
+        try:
+            consumers = self.client.xinfo_consumers(self.source.stream, self.source.group)
+        except redis.ResponseError:
+            return []
+        claimed: list[Any] = []
+        for info in consumers:
+            name = _text(info["name"])
+            if name == self.consumer or int(info["pending"]) == 0 or int(info["idle"]) < idle_ms:
+                continue
+            pending = self.client.xpending_range(
+                self.source.stream, self.source.group, "-", "+", self.source.batch_size - len(claimed), name
+            )
+            ids = [row["message_id"] for row in pending]
+            if ids:
+                claimed += self.client.xclaim(self.source.stream, self.source.group, self.consumer, idle_ms, ids)
+            if len(claimed) >= self.source.batch_size:
+                self._last_claim = float("-inf")  # more to take: again on the next read
+                break
+        if claimed:
+            flow_metrics().claimed.labels(self.source.stream, self.source.group).inc(len(claimed))
+        return claimed
 
     def _report_lag(self) -> None:
         """The group's lag (Redis 7 reports it; older servers leave the gauge unset)."""
@@ -245,7 +319,10 @@ class RedisStreamSource(DynamicSource[RawBatch]):
     (tests, bench); `tick_seconds` sends an empty batch that often while idle; `idle_poll`
     (seconds) waits that long after a read that caught up with the stream (less than a full
     batch), so a patient group reads fewer, larger batches; None: read again at once (or
-    Bytewax's 1 ms after an empty read), for freshness.
+    Bytewax's 1 ms after an empty read), for freshness. `claim_idle` (seconds): a consumer
+    of the group not seen for that long is gone, and its pending entries are taken over
+    (`VIGIL_STREAM_CLAIM_IDLE_SECONDS`, default 30: well above the longest a running
+    consumer holds an entry, the offline log's 5 s flush).
     """
 
     def __init__(
@@ -257,16 +334,20 @@ class RedisStreamSource(DynamicSource[RawBatch]):
         idle_timeout: float | None = None,
         tick_seconds: float | None = None,
         idle_poll: float | None = None,
+        claim_idle: float = 30.0,
     ) -> None:
         self.url, self.stream, self.group = url, stream, group
         self.batch_size, self.idle_timeout = batch_size, idle_timeout
         self.tick_seconds, self.idle_poll = tick_seconds, idle_poll
+        self.claim_idle = claim_idle
 
     def with_group(self, group: str, tick_seconds: float | None = 1.0) -> RedisStreamSource:
         """The same stream through another consumer group (another output's own position):
         the offline log's, which is not in a hurry: once caught up it reads every 50 ms, in
         larger batches, leaving the worker to the online path (validation costs per batch)."""
-        return RedisStreamSource(self.url, self.stream, group, self.batch_size, self.idle_timeout, tick_seconds, 0.05)
+        return RedisStreamSource(
+            self.url, self.stream, group, self.batch_size, self.idle_timeout, tick_seconds, 0.05, self.claim_idle
+        )
 
     def build(self, step_id: str, worker_index: int, worker_count: int) -> _RedisStreamPartition:
         return _RedisStreamPartition(self, f"{self.group}-{worker_index}")

@@ -62,6 +62,8 @@ class RawBatch:
     tokens: list[Any] | None = None
     # Payloads that could not even be parsed into a record (e.g. invalid JSON).
     unparsed: list[DeadLetter] = field(default_factory=list)
+    # Delivered before and never acknowledged (a crash): its events may already be written.
+    redelivered: bool = False
 
     def __len__(self) -> int:
         return len(self.frame) + len(self.unparsed)
@@ -74,6 +76,7 @@ class ValidatedBatch:
     transactions: pd.DataFrame  # transaction_id, ts, customer_id, terminal_id, tx_amount, token
     labels: pd.DataFrame  # transaction_id, ts, terminal_id, tx_fraud, token
     dead: list[DeadLetter]
+    redelivered: bool = False
 
 
 def _raw_json(row: dict[str, Any]) -> str:
@@ -201,7 +204,7 @@ def validate(raw: RawBatch) -> ValidatedBatch:
         records = frame.iloc[bad_index].to_dict("records")
         for i, record in zip(bad_index, records, strict=True):
             dead.append(DeadLetter(str(reason[i]), _raw_json(record), raw.source, token=tokens[i]))
-    return ValidatedBatch(transactions, labels, dead)
+    return ValidatedBatch(transactions, labels, dead, raw.redelivered)
 
 
 def records_to_batch(records: list[Any], source: str, tokens: list[Any] | None = None) -> RawBatch:

@@ -97,6 +97,10 @@ class Settings(BaseSettings):
     )
     # A live source (Redis stream, Kafka topic) stops once it has read everything there is:
     # a backfill from a stream, or a test. Off: it waits for more until stopped.
+    # A stream consumer not seen for this long is gone: its pending entries are taken over.
+    stream_claim_idle_seconds: float = Field(
+        30.0, gt=0, validation_alias=AliasChoices("VIGIL_STREAM_CLAIM_IDLE_SECONDS", "stream_claim_idle_seconds")
+    )
     stop_at_end: bool = Field(False, validation_alias=AliasChoices("VIGIL_STOP_AT_END", "stop_at_end"))
     start_local_redis: bool = Field(True, validation_alias=AliasChoices("VIGIL_START_LOCAL_REDIS", "start_local_redis"))
 

@@ -66,7 +66,6 @@ def test_unacknowledged_entries_are_redelivered_after_a_crash(
     write_stream(frame, f"{settings.redis_url.rsplit('/', 1)[0]}/{stream}", with_labels=False)
     source = RedisStreamSource(settings.redis_url, stream, group="g", batch_size=200, idle_timeout=1.0)
     crashed = source.build("events", 0, 1)
-    crashed.next_batch()  # pending read (nothing yet)
     assert sum(len(b) for b in crashed.next_batch()) == 200  # delivered, never written nor acknowledged
     crashed.close()
     assert redis_client.xpending(stream, "g")["pending"] == 200
@@ -192,7 +191,7 @@ def test_a_stream_consumer_killed_mid_stream_loses_nothing(settings: Settings, s
     import signal
     import time
 
-    from vigil.offline.eventlog import read_log
+    from vigil.offline.eventlog import list_parts, read_log
 
     frame = two_weeks(small_world)
     stream = f"{settings.key_prefix}:events"
@@ -224,3 +223,56 @@ def test_a_stream_consumer_killed_mid_stream_loses_nothing(settings: Settings, s
     labels = read_log(settings.offline_dir, "labels")
     assert sorted(transactions["transaction_id"]) == sorted(frame["transaction_id"])
     assert sorted(labels["transaction_id"]) == sorted(frame["transaction_id"])
+    for kind in ("transactions", "labels"):  # and once on disk: no part repeats re-delivered events
+        assert sum(len(pd.read_parquet(p.path)) for p in list_parts(settings.offline_dir, kind)) == len(frame)
+
+
+@pytest.mark.parametrize(("before", "after"), [(2, 1), (1, 2)])
+def test_a_restart_with_other_workers_leaves_nothing_pending(
+    settings: Settings, small_world: pd.DataFrame, before: int, after: int
+) -> None:
+    """`kill -9` of a flow with `before` workers, restarted with `after`: every event reaches
+    the online store and the offline log (the entries held by consumers nobody runs any more
+    are claimed), and nothing is left pending."""
+    import os
+    import signal
+    import time
+
+    from vigil.offline.eventlog import list_parts, read_log
+
+    frame = two_weeks(small_world)
+    stream = f"{settings.key_prefix}:events"
+    source = f"{settings.redis_url.rsplit('/', 1)[0]}/{stream}"
+    sent = write_stream(frame, source)
+    env = {**server_env(settings), "VIGIL_STOP_AT_END": "1", "VIGIL_STREAM_CLAIM_IDLE_SECONDS": "8"}
+    command = [sys.executable, "-m", "vigil.cli", "ingest", "--source", source, "--no-progress"]
+    client = connect(settings.redis_url)
+
+    def acknowledged(group: str) -> int:
+        groups = {g["name"].decode(): g for g in client.xinfo_groups(stream)}
+        info = groups.get(group)
+        return 0 if info is None else int(info["entries-read"] or 0) - int(info["pending"])
+
+    victim = subprocess.Popen(
+        [*command, "--workers", str(before)], env={**env, "VIGIL_STOP_AT_END": "0"}, stderr=subprocess.DEVNULL,
+        start_new_session=True,
+    )  # fmt: skip
+    deadline = time.monotonic() + 90
+    while acknowledged("vigil-features") < sent // 3 and time.monotonic() < deadline:
+        time.sleep(0.01)
+    os.killpg(victim.pid, signal.SIGKILL)  # every process of the flow, mid-stream
+    victim.wait(timeout=10)
+    held = {c["name"].decode(): c["pending"] for c in client.xinfo_consumers(stream, "vigil-features")}
+    assert 0 < acknowledged("vigil-features") < sent, held
+    restarted = subprocess.run(
+        [*command, "--workers", str(after)], env=env, capture_output=True, text=True, timeout=180
+    )
+    assert restarted.returncode == 0, restarted.stderr[-2000:]
+    for group in ("vigil-features", "vigil-features-offline"):
+        assert client.xpending(stream, group)["pending"] == 0, (group, held)
+    client.close()
+    assert_exact(settings, frame)
+    transactions = read_log(settings.offline_dir, "transactions")
+    assert sorted(transactions["transaction_id"]) == sorted(frame["transaction_id"])
+    rows = sum(len(pd.read_parquet(p.path)) for p in list_parts(settings.offline_dir, "transactions"))
+    assert rows == len(frame)  # each event once on disk too: re-delivered events are not written twice

@@ -171,6 +171,26 @@ def read_log(root: str | Path, kind: str, first: str | None = None, last: str | 
     return frame.drop_duplicates("transaction_id", keep="last").reset_index(drop=True)
 
 
+def not_in_log(root: str | Path, kind: str, frame: pd.DataFrame) -> pd.DataFrame:
+    """The rows of `frame` whose transaction id is not in the log yet (on their own days).
+
+    For events delivered a second time (a crash between a part's write and its
+    acknowledgement): only the days they fall on are read, and only their ids.
+    """
+    if frame.empty:
+        return frame
+    fs, _ = filesystem(root)
+    names = {day_name(int(d)) for d in np.unique(day_of(frame["ts"].to_numpy(np.int64)))}
+    seen: set[int] = set()
+    for part in list_parts(root, kind):
+        if part.day is None or part.day in names:
+            ids = pq.read_table(part.path, filesystem=fs, columns=["transaction_id"]).column(0)
+            seen.update(ids.to_pylist())
+    if not seen:
+        return frame
+    return frame[~frame["transaction_id"].isin(seen)]
+
+
 def is_empty(root: str | Path) -> bool:
     return not any(list_parts(root, kind) for kind in KINDS)
 
