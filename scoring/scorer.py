@@ -202,7 +202,10 @@ class Scorer:
                 if floors is not None:
                     result["score_floor"] = float(floors[i])
             results.append(result)
+        decided = time.perf_counter()
         self.decider.decide(results, txs, exact, model.policy, fallback=fallback)
+        # Rules' and lists' cost per request, beside the other stages.
+        self.metrics.stage_seconds.labels("decide").observe(time.perf_counter() - decided)
         if self.review is not None:
             self.review.append(results, txs, exact)
         self._log(results, matrix, txs, ts)

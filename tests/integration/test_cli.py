@@ -106,6 +106,26 @@ def test_ingest_mistakes_get_a_clear_message(
     assert message in result.stderr and "Traceback" not in result.stderr
 
 
+@pytest.mark.parametrize(
+    ("variable", "text", "message"),
+    [
+        ("VIGIL_RULES_FILE", "# all rules commented out\n", "write `rules: []` for no rules"),
+        ("VIGIL_POLICY_FILE", "review_threshold: [0.5\n", "not valid YAML"),
+    ],
+)
+def test_serve_refuses_a_broken_decision_file_in_one_line(
+    settings: Settings, tmp_path: Path, variable: str, text: str, message: str
+) -> None:
+    (tmp_path / "mlflow.db").touch()
+    (tmp_path / "file.yaml").write_text(text)
+    env = env_for(
+        settings, **{variable: str(tmp_path / "file.yaml"), "MLFLOW_TRACKING_URI": f"sqlite:///{tmp_path}/mlflow.db"}
+    )
+    result = vigil("serve", env=env)
+    assert result.returncode == 2 and message in result.stderr, result.stderr
+    assert "Traceback" not in result.stderr and len(result.stderr.strip().splitlines()) == 1, result.stderr
+
+
 def test_bad_redis_url_is_explained(settings: Settings) -> None:
     result = vigil("redis", env=env_for(settings, REDIS_URL="http://:secret@nowhere"))
     assert result.returncode == 2 and "REDIS_URL must look like redis://" in result.stderr

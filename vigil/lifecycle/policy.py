@@ -209,7 +209,12 @@ def read_policy_file(path: str | Path) -> dict[str, Any]:
     fallback_review_threshold; any of them, overriding the version's."""
     import yaml
 
-    data = yaml.safe_load(Path(path).read_text()) or {}
+    try:
+        data = yaml.safe_load(Path(path).read_text()) or {}
+    except yaml.YAMLError as error:
+        mark = getattr(error, "problem_mark", None)
+        where = f"line {mark.line + 1}" if mark is not None else "the file"
+        raise ValueError(f"{path}: {where}: not valid YAML ({getattr(error, 'problem', None) or error})") from None
     if not isinstance(data, dict):
         raise ValueError(f"{path}: expected a mapping of thresholds")
     known = {"review_threshold", "block_threshold", "fallback_review_threshold"}
