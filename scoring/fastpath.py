@@ -11,6 +11,7 @@ routes, so `/openapi.json` documents them.
 
 from __future__ import annotations
 
+import math
 from datetime import datetime
 from typing import Any, NamedTuple
 from urllib.parse import parse_qs
@@ -74,6 +75,8 @@ EXCERPT = 80  # characters of a refused input echoed back
 
 def excerpt(value: Any) -> Any:
     """A short, JSON-safe excerpt of a refused input (never the whole body back)."""
+    if isinstance(value, float) and not math.isfinite(value):
+        return str(value)  # NaN and Infinity are not JSON: echoed as text
     if isinstance(value, str | int | float | bool) or value is None:
         text = value if isinstance(value, str) else None
         if text is None:

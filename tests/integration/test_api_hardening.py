@@ -182,6 +182,18 @@ def test_strict_input(served: Served, change: dict[str, Any], field: str) -> Non
     assert answer.status_code == 422 and field_of(answer) == [field]
 
 
+@pytest.mark.parametrize("word", ["NaN", "Infinity", "-Infinity"])
+@pytest.mark.parametrize("field", ["tx_fraud", "transaction_id", "terminal_id"])
+def test_non_finite_numbers_in_labels_are_a_422_naming_the_field(served: Served, word: str, field: str) -> None:
+    label = {"transaction_id": 1, "terminal_id": 2, "tx_datetime": "2018-04-20T10:31:00", "tx_fraud": 1}
+    body = json.dumps({"labels": [label]}).replace(f'"{field}": {label[field]}', f'"{field}": {word}')
+    answer = httpx.post(
+        f"{served.base}/v1/labels", content=body, headers={**HEADERS, "Content-Type": "application/json"}
+    )
+    assert answer.status_code == 422 and field_of(answer) == [field], answer.text
+    assert answer.json()["detail"][0]["input"] == word.replace("Infinity", "inf").replace("NaN", "nan")
+
+
 def test_json_only(served: Served) -> None:
     body = json.dumps(served.row)
     for headers in ({"Content-Type": "text/plain"}, {}):
