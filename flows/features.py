@@ -15,6 +15,7 @@ Run it with `vigil ingest`, or `python -m bytewax.run "flows.features:build_flow
 
 from __future__ import annotations
 
+import functools
 import os
 import threading
 from collections.abc import Iterator, Sequence
@@ -39,6 +40,7 @@ from flows.state import (
     UpdateBatch,
     apply_events,
 )
+from vigil.event_clock import EventClock
 from vigil.events import DeadLetter, RawBatch, ValidatedBatch, validate
 from vigil.features.history import EntityHistory
 from vigil.online.connection import connect
@@ -174,9 +176,17 @@ def build_flow(
         sinks.online.replay = isinstance(source, FileReplaySource)
     load = HistoryLoader(settings.redis_url, settings.feast_project)
 
+    # A replay is measured against its own file's progress; a live stream against the
+    # watermark its flow keeps in Redis across restarts.
+    replay = isinstance(source, FileReplaySource)
+    clock = EventClock(
+        None if replay else settings.redis_url, settings.event_time_key, settings.event_time_tolerance_seconds
+    )
+    check = functools.partial(validate, clock=clock)
+
     flow = Dataflow("vigil_features")
     raw = op.input("events", flow, source)
-    checked = op.map("validate", raw, validate)
+    checked = op.map("validate", raw, check)
     dead = op.flat_map("dead_letters", checked, lambda batch: batch.dead)
     op.output("dead_letter_out", dead, sinks.dead_letters)
     keyed = op.flat_map("partition", checked, split_by_partition)
@@ -188,7 +198,7 @@ def build_flow(
 
         if isinstance(source, RedisStreamSource | KafkaEventSource):
             own = op.input("offline_events_in", flow, source.with_group(f"{source.group}-offline"))
-            checked_again = op.map("validate_offline", own, validate)
+            checked_again = op.map("validate_offline", own, check)
             op.output("offline_out", op.flat_map("offline_events", checked_again, offline_events), sinks.offline)
         else:
             op.output("offline_out", op.flat_map("offline_events", checked, offline_events), sinks.offline)

@@ -18,6 +18,8 @@ from typing import Any
 import numpy as np
 import pandas as pd
 
+from vigil.event_clock import EventClock
+
 TRANSACTION = "transaction"
 LABEL = "label"
 KINDS = (TRANSACTION, LABEL)
@@ -125,11 +127,12 @@ def _as_seconds(column: pd.Series | np.ndarray) -> tuple[np.ndarray, np.ndarray]
     return np.where(bad, 0, values.astype(np.int64)), bad
 
 
-def validate(raw: RawBatch) -> ValidatedBatch:
+def validate(raw: RawBatch, clock: EventClock | None = None) -> ValidatedBatch:
     """Splits a raw batch into typed transactions, typed labels and dead letters.
 
     Vectorised (numpy) so that one implementation serves million-row file replays and
-    ten-event stream batches alike; the first failing rule names the reason.
+    ten-event stream batches alike; the first failing rule names the reason. With a
+    `clock`, an event too far ahead of the stream's event-time progress is refused too.
     """
     frame = raw.frame
     n = len(frame)
@@ -171,6 +174,10 @@ def validate(raw: RawBatch) -> ValidatedBatch:
     # A label must be 0/1; a transaction may carry one (a file row), and then it must be 0/1 too.
     fraud = _as_float(column("tx_fraud"))
     flag(~missing["tx_fraud"] & ~np.isin(fraud, (0.0, 1.0)), "tx_fraud must be 0 or 1")
+
+    if clock is not None and n:
+        ahead, _ = clock.too_far_ahead(typed["ts"], reason == "")
+        flag(ahead, f"tx_datetime is more than {clock.describe()} ahead of the stream's event time")
 
     good = reason == ""
     tokens = np.empty(n, dtype=object)

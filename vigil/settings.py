@@ -101,6 +101,14 @@ class Settings(BaseSettings):
     stream_claim_idle_seconds: float = Field(
         30.0, gt=0, validation_alias=AliasChoices("VIGIL_STREAM_CLAIM_IDLE_SECONDS", "stream_claim_idle_seconds")
     )
+    # An event more than this far ahead of the stream's event-time progress is a dead letter
+    # (at most the 7 days of slack the features' horizons leave: vigil.event_clock).
+    event_time_tolerance_seconds: int = Field(
+        86_400,
+        gt=0,
+        le=7 * 86_400,
+        validation_alias=AliasChoices("VIGIL_EVENT_TIME_TOLERANCE_SECONDS", "event_time_tolerance_seconds"),
+    )
     stop_at_end: bool = Field(False, validation_alias=AliasChoices("VIGIL_STOP_AT_END", "stop_at_end"))
     start_local_redis: bool = Field(True, validation_alias=AliasChoices("VIGIL_START_LOCAL_REDIS", "start_local_redis"))
 
@@ -147,6 +155,11 @@ class Settings(BaseSettings):
     @property
     def events_stream(self) -> str:
         return f"{self.key_prefix}:events"
+
+    @property
+    def event_time_key(self) -> str:
+        """Where the feature flow keeps its event-time watermark (vigil.event_clock)."""
+        return f"{self.key_prefix}:event-time"
 
     @property
     def deadletter_stream(self) -> str:

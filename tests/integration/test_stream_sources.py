@@ -276,3 +276,32 @@ def test_a_restart_with_other_workers_leaves_nothing_pending(
     assert sorted(transactions["transaction_id"]) == sorted(frame["transaction_id"])
     rows = sum(len(pd.read_parquet(p.path)) for p in list_parts(settings.offline_dir, "transactions"))
     assert rows == len(frame)  # each event once on disk too: re-delivered events are not written twice
+
+
+def test_an_event_far_ahead_of_the_stream_changes_no_feature(
+    settings: Settings, small_world: pd.DataFrame, redis_client: redis.Redis
+) -> None:
+    """A label dated 2200 for a busy terminal, and a payment dated 2200 for a busy customer,
+    each in a run of its own after a restart: dead letters with the reason, and every
+    feature as it was (histories keep facts within a horizon of their newest one)."""
+    frame = two_weeks(small_world)
+    stream = f"{settings.key_prefix}:events"
+    write_stream(frame, f"{settings.redis_url.rsplit('/', 1)[0]}/{stream}")
+    source = RedisStreamSource(settings.redis_url, stream, idle_timeout=1.0)
+    run_main(build_flow(source, default_sinks(settings), settings))
+    store = OnlineHistoryStore(connect(settings.redis_url), settings.feast_project)
+    probe = frame.tail(200)
+    before = online_features(probe, store)
+    terminal = int(frame["terminal_id"].value_counts().index[0])
+    customer = int(frame["customer_id"].value_counts().index[0])
+    redis_client.xadd(stream, {"kind": "label", "transaction_id": "990000001", "terminal_id": str(terminal),
+                               "tx_datetime": "2200-12-31T00:00:00", "tx_fraud": "1"})  # fmt: skip
+    redis_client.xadd(stream, {"transaction_id": "990000002", "customer_id": str(customer), "terminal_id": "1",
+                               "tx_amount": "5.0", "tx_datetime": "2200-12-31T00:00:00"})  # fmt: skip
+    stats = FlowStats()
+    run_main(build_flow(source, default_sinks(settings, stats), settings))  # the watermark came from Redis
+    assert stats.dead_letters == 2 and stats.transactions == stats.labels == 0
+    assert set(stats.dead_reasons) == {"tx_datetime is more than 1 day ahead of the stream's event time"}
+    after = online_features(probe, store)
+    assert max(max_differences(after, before).values()) == 0.0
+    assert redis_client.xpending(stream, "vigil-features")["pending"] == 0

@@ -20,6 +20,9 @@ TERMINAL_DELAY_DAYS = 7
 CUSTOMER_HORIZON_SECONDS = (max(WINDOW_DAYS) + TERMINAL_DELAY_DAYS) * DAY_SECONDS
 TERMINAL_HORIZON_SECONDS = (max(WINDOW_DAYS) + 2 * TERMINAL_DELAY_DAYS) * DAY_SECONDS
 HORIZON_SECONDS = max(CUSTOMER_HORIZON_SECONDS, TERMINAL_HORIZON_SECONDS)
+# How far ahead of the others one fact may be without evicting a fact a window still needs:
+# histories keep their horizon before their newest fact, windows need 30 (+7) days of it.
+HORIZON_SLACK_SECONDS = TERMINAL_DELAY_DAYS * DAY_SECONDS
 
 # Calendar features.
 WEEKEND = "tx_during_weekend"
