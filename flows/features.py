@@ -15,20 +15,24 @@ Run it with `vigil ingest`, or `python -m bytewax.run "flows.features:build_flow
 
 from __future__ import annotations
 
-import functools
+import json
 import os
 import threading
+import time
 from collections.abc import Iterator, Sequence
 from dataclasses import dataclass
+from datetime import UTC, datetime
 from typing import Any
 
 import bytewax.operators as op
 import numpy as np
+import pandas as pd
 from bytewax.dataflow import Dataflow
 from bytewax.inputs import Source
 from bytewax.operators import StatefulLogic
 from bytewax.outputs import Sink
 
+from flows.acks import KafkaToken, RedisToken
 from flows.sinks import DeadLetterSink, FlowStats, OfflineBatch, OfflineEventSink, OnlineStoreSink
 from flows.sources import FileReplaySource, RedisStreamSource
 from flows.state import (
@@ -41,8 +45,9 @@ from flows.state import (
     apply_events,
 )
 from vigil.event_clock import EventClock
-from vigil.events import DeadLetter, RawBatch, ValidatedBatch, validate
+from vigil.events import DeadLetter, RawBatch, ValidatedBatch, label_event, validate
 from vigil.features.history import EntityHistory
+from vigil.online import seen
 from vigil.online.connection import connect
 from vigil.online.store import OnlineHistoryStore
 from vigil.settings import Settings
@@ -79,11 +84,95 @@ def source_from_uri(uri: str, settings: Settings, label_delay_days: float = 7.0)
             stream.address,
             stream.name,
             idle_timeout=1.0 if settings.stop_at_end else None,
+            tick_seconds=1.0,  # held labels are decided on a quiet stream too
             claim_idle=settings.stream_claim_idle_seconds,
         )
     from flows.kafka import KafkaEventSource
 
-    return KafkaEventSource(stream.address.split(","), stream.name, settings.redis_url, tail=not settings.stop_at_end)
+    return KafkaEventSource(
+        stream.address.split(","), stream.name, settings.redis_url, tail=not settings.stop_at_end, tick_seconds=1.0
+    )
+
+
+def arrival_seconds(token: Any, default: float) -> float:
+    """When an event reached its stream (unix seconds), from its acknowledgement token."""
+    if isinstance(token, RedisToken):
+        return int(token.entry_id.split("-", 1)[0]) / 1000
+    if isinstance(token, KafkaToken) and token.arrived_ms > 0:
+        return token.arrived_ms / 1000
+    return default
+
+
+class EventCheck:
+    """The flow's first step: `validate` (with the event-time bound), then the payments
+    recorded and the labels checked against them (`vigil.online.seen`).
+
+    A label whose time differs from its recorded payment's is a dead letter at once. One
+    whose payment is not recorded (yet) is held, unacknowledged, and checked again on every
+    later batch (after that batch's payments are recorded), for `hold_seconds`: a payment
+    may still be in flight on another partition or worker. Then it is a dead letter with the
+    reason. A stop leaves held labels unacknowledged, so they are delivered again.
+
+    Each output of a live source has its own (its own acknowledgements); both record the
+    payments, so both agree on every label. A replay's labels come from its own rows: its
+    payments are recorded, its labels not checked.
+    """
+
+    def __init__(
+        self, settings: Settings, clock: EventClock, check_labels: bool, hold_seconds: float, max_held: int = 100_000
+    ) -> None:
+        self.url, self.prefix = settings.redis_url, settings.key_prefix
+        self.clock, self.check_labels = clock, check_labels
+        self.hold_seconds, self.max_held = hold_seconds, max_held
+        self._client: Any = None
+        self._lock = threading.Lock()
+        self._held: list[tuple[float, pd.DataFrame, str]] = []  # (since, one label row with its token, source)
+
+    def __call__(self, raw: RawBatch) -> ValidatedBatch:
+        batch = validate(raw, self.clock)
+        with self._lock:
+            if batch.transactions.empty and batch.labels.empty and not self._held:
+                return batch
+            client = self._connect()
+            seen.record(client, self.prefix, batch.transactions)
+            if self.check_labels:
+                self._check(client, batch, raw.source)
+        return batch
+
+    def holding(self) -> bool:
+        """Whether labels wait for their payments (a source that reached its end lingers)."""
+        return bool(self._held)
+
+    def _check(self, client: Any, batch: ValidatedBatch, source: str) -> None:
+        now = time.time()
+        held, self._held = self._held, []
+        sources = [src for _, _, src in held] + [source] * len(batch.labels)
+        # A label's wait counts from its arrival in the stream: across restarts too.
+        arrived = [arrival_seconds(token, now) for token in batch.labels["token"].tolist()]
+        since = np.array([t for t, _, _ in held] + arrived)
+        labels = pd.concat([row for _, row, _ in held] + [batch.labels]) if held else batch.labels
+        if labels.empty:
+            return
+        reasons = seen.check(client, self.prefix, labels)
+        keep = np.array([reason is None for reason in reasons], bool)
+        for i in np.flatnonzero(~keep).tolist():
+            reason = reasons[i]
+            waited = now - since[i]
+            if reason == seen.UNKNOWN and waited < self.hold_seconds and len(self._held) < self.max_held:
+                self._held.append((since[i], labels.iloc[i : i + 1], sources[i]))
+                continue
+            row = labels.iloc[i]
+            when = datetime.fromtimestamp(int(row["ts"]), UTC)
+            payload = label_event(row["transaction_id"], row["terminal_id"], when, row["tx_fraud"])
+            if reason == seen.UNKNOWN:
+                reason = f"{reason} (held {waited:.0f} s)"
+            batch.dead.append(DeadLetter(str(reason), json.dumps(payload), sources[i], token=row["token"]))
+        batch.labels = labels[keep]
+
+    def _connect(self) -> Any:
+        if self._client is None:
+            self._client = connect(self.url)
+        return self._client
 
 
 class HistoryLoader:
@@ -172,6 +261,11 @@ def build_flow(
             settings,
         )
     sinks = sinks or default_sinks(settings)
+    # A live source that reaches its end (VIGIL_STOP_AT_END) lingers while labels wait for
+    # their payments, which other partitions or processes may still be recording.
+    holders: list[EventCheck] = []
+    if hasattr(source, "holding"):
+        source.holding = lambda: any(c.holding() for c in holders)
     if isinstance(sinks.online, OnlineStoreSink):
         sinks.online.replay = isinstance(source, FileReplaySource)
     load = HistoryLoader(settings.redis_url, settings.feast_project)
@@ -182,7 +276,8 @@ def build_flow(
     clock = EventClock(
         None if replay else settings.redis_url, settings.event_time_key, settings.event_time_tolerance_seconds
     )
-    check = functools.partial(validate, clock=clock)
+    check = EventCheck(settings, clock, check_labels=not replay, hold_seconds=settings.label_hold_seconds)
+    holders.append(check)
 
     flow = Dataflow("vigil_features")
     raw = op.input("events", flow, source)
@@ -197,8 +292,12 @@ def build_flow(
         from flows.kafka import KafkaEventSource
 
         if isinstance(source, RedisStreamSource | KafkaEventSource):
-            own = op.input("offline_events_in", flow, source.with_group(f"{source.group}-offline"))
-            checked_again = op.map("validate_offline", own, check)
+            offline_source = source.with_group(f"{source.group}-offline")
+            offline_source.holding = source.holding
+            own = op.input("offline_events_in", flow, offline_source)
+            check_again = EventCheck(settings, clock, check_labels=True, hold_seconds=settings.label_hold_seconds)
+            holders.append(check_again)
+            checked_again = op.map("validate_offline", own, check_again)
             op.output("offline_out", op.flat_map("offline_events", checked_again, offline_events), sinks.offline)
         else:
             op.output("offline_out", op.flat_map("offline_events", checked, offline_events), sinks.offline)

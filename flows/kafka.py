@@ -22,6 +22,7 @@ from __future__ import annotations
 
 import collections
 import time
+from collections.abc import Callable
 from datetime import datetime
 from typing import Any
 
@@ -29,6 +30,7 @@ from bytewax.inputs import FixedPartitionedSource, StatefulSourcePartition
 
 from flows import stopping
 from flows.acks import KafkaToken, done_key
+from flows.sources import LINGER_SECONDS
 from vigil.events import ALL_FIELDS, DeadLetter, RawBatch, records_to_batch
 from vigil.online.connection import connect
 
@@ -44,6 +46,7 @@ class _KafkaPartition(StatefulSourcePartition[RawBatch, Any]):
         self.tracker = connect(source.tracker_url)
         self.key = done_key(source.group, topic, partition)
         self._last_commit = self._last_data = time.monotonic()
+        self._ended: float | None = None
 
     def next_batch(self) -> list[RawBatch]:
         from bytewax.connectors.kafka import KafkaError
@@ -54,9 +57,17 @@ class _KafkaPartition(StatefulSourcePartition[RawBatch, Any]):
         if now - self._last_commit >= COMMIT_SECONDS:
             self._commit()
             self._last_commit = now
-        messages = list(self.inner.next_batch())
+        try:
+            messages = list(self.inner.next_batch())
+        except StopIteration:
+            # The end of the topic (tail=False): linger while the flow holds labels.
+            self._ended = self._ended or now
+            if not self.source.holding() or now - self._ended > LINGER_SECONDS:
+                raise
+            messages = []
         if not messages:
-            if self.source.tick_seconds is not None and now - self._last_data >= self.source.tick_seconds:
+            every = 0.5 if self._ended else self.source.tick_seconds
+            if every is not None and now - self._last_data >= every:
                 self._last_data = now
                 import pandas as pd
 
@@ -140,6 +151,8 @@ class KafkaEventSource(FixedPartitionedSource[RawBatch, Any]):
             add_config or {},
             tick_seconds,
         )
+        # Set by the flow: whether it holds labels that wait for their payments.
+        self.holding: Callable[[], bool] = lambda: False
 
     def with_group(self, group: str, tick_seconds: float | None = 1.0) -> KafkaEventSource:
         """The same topic through another consumer group (another output's own position)."""

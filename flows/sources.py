@@ -7,6 +7,7 @@ one set of rules and one dead-letter path.
 from __future__ import annotations
 
 import time
+from collections.abc import Callable
 from dataclasses import dataclass
 from datetime import UTC, datetime, timedelta
 from pathlib import Path
@@ -162,6 +163,12 @@ class FileReplaySource(FixedPartitionedSource[RawBatch, int]):
 
 LAG_SECONDS = 5.0
 CLAIM_SECONDS = 5.0
+# How long a source that reached its end goes on ticking while the flow holds labels.
+LINGER_SECONDS = 10.0
+
+
+def _holding_nothing() -> bool:
+    return False
 
 
 def _text(value: bytes | str) -> str:
@@ -219,10 +226,14 @@ class _RedisStreamPartition(StatelessSourcePartition[RawBatch]):
         self._idle = len(entries) < source.batch_size and self._backlog_after is None
         if not entries:
             if source.idle_timeout is not None and now - self._last_data > source.idle_timeout:
-                if not self._others_pending():
+                if self._others_pending():
+                    self._last_data = now  # entries held by consumers that are gone: claim them first
+                elif source.holding() and now - self._last_data < source.idle_timeout + LINGER_SECONDS:
+                    pass  # labels wait for payments still being recorded: ticks let them be decided
+                else:
                     raise StopIteration
-                self._last_data = now  # entries held by consumers that are gone: claim them first
-            if source.tick_seconds is not None and now - self._last_tick >= source.tick_seconds:
+            every = 0.5 if now - self._last_data > (source.idle_timeout or float("inf")) else source.tick_seconds
+            if every is not None and now - self._last_tick >= every:
                 # An empty batch lets time-based sinks (the offline log) flush on a quiet stream.
                 self._last_tick = now
                 return [RawBatch(pd.DataFrame(columns=list(ALL_FIELDS)), f"redis:{source.stream}", tokens=[])]
@@ -340,6 +351,8 @@ class RedisStreamSource(DynamicSource[RawBatch]):
         self.batch_size, self.idle_timeout = batch_size, idle_timeout
         self.tick_seconds, self.idle_poll = tick_seconds, idle_poll
         self.claim_idle = claim_idle
+        # Set by the flow: whether it holds labels that wait for their payments.
+        self.holding: Callable[[], bool] = _holding_nothing
 
     def with_group(self, group: str, tick_seconds: float | None = 1.0) -> RedisStreamSource:
         """The same stream through another consumer group (another output's own position):

@@ -3,14 +3,15 @@
 An event may arrive late (any time behind) but not far ahead: one event dated 2200
 would otherwise become its entity's newest fact, and histories keep only the facts
 within a horizon before their newest one, so a single outlier would erase the rest.
-An event whose time is more than `tolerance` seconds ahead of the reference is a dead
-letter. The reference is the newest event time accepted so far (the watermark), moved
-on by the wall-clock time since it last advanced (a live stream's quiet night is no
-reason to refuse the morning's first payment); it is shared by the workers of a
-process, kept in Redis across restarts, and taken over by every process of the flow.
-Before any event was ever accepted, the first batch's median time stands in for it.
-The saved watermark trails the one in memory by less than half the tolerance, so after a
-restart an event is refused only if it was nearly too far ahead anyway.
+An event more than `tolerance` seconds ahead of the wall clock, or of the progress before
+it, is a dead letter. The progress starts from the newest event time accepted so far (the
+watermark), moved on by the wall-clock time since it last advanced (a quiet night is no
+reason to refuse the morning's first payment), or from the median time of the batch's
+payments when that is later and the batch holds enough of them to outvote an outlier:
+several consumers of one stream each read every other slice of it, so one consumer's next
+batch may start well past its own watermark. The watermark is shared by the workers of a
+process and kept in Redis across restarts, where it trails the one in memory by less than
+half the tolerance.
 
 The tolerance is below the slack the features' horizons leave (spec.HORIZON_SLACK_SECONDS):
 an accepted event, however far ahead, never evicts a fact a window still needs.
@@ -33,6 +34,8 @@ if tonumber(ARGV[1]) > current then redis.call('SET', KEYS[1], ARGV[1]) end
 return 1
 """
 SAVE_SECONDS = 1.0
+# A batch with at least this many payments is measured against its own median too.
+MIN_BULK = 16
 
 
 class EventClock:
@@ -57,34 +60,42 @@ class EventClock:
                 return f"{count} {unit}{'s' if count != 1 else ''}"
         return f"{seconds} s"
 
-    def reference(self, fallback: np.ndarray) -> int:
-        """The time events are measured against now (the median of `fallback` if none yet)."""
+    def reference(self, bulk: np.ndarray) -> int | None:
+        """The time events are measured against now: the watermark moved on by the wall
+        clock, or the median of a batch's payments (`bulk`) when it is later and there are
+        enough of them to outvote an outlier; None when there is neither."""
         with self._lock:
             self._load()
-            if self._watermark is None:
-                return int(np.median(fallback)) if fallback.size else 0
-            return self._watermark + int(time.monotonic() - self._advanced_at)
+            known = None if self._watermark is None else self._watermark + int(time.monotonic() - self._advanced_at)
+        if bulk.size >= MIN_BULK:
+            median = int(np.median(bulk))
+            return median if known is None else max(known, median)
+        return known
 
-    def too_far_ahead(self, ts: np.ndarray, candidate: np.ndarray) -> tuple[np.ndarray, int]:
-        """Which of the events (`candidate`: valid otherwise) lie more than the tolerance ahead
-        of the progress before them, and the reference they were measured against.
+    def too_far_ahead(self, ts: np.ndarray, candidate: np.ndarray, bulk: np.ndarray) -> np.ndarray:
+        """Which events (`candidate`: valid otherwise) lie more than the tolerance ahead of
+        the progress before them, or of the wall clock.
 
-        In delivery order: each accepted event moves the watermark on for the ones after it;
+        In delivery order: each accepted event moves the progress on for the ones after it;
         a refused one does not. The mask only grows from one pass to the next, so a few
-        vectorised passes settle it.
+        vectorised passes settle it. `bulk`: the batch's payment times (see `reference`).
         """
-        start = self.reference(ts[candidate])
-        accepted = candidate.copy()
+        ahead = candidate & (ts > int(time.time()) + self.tolerance)  # never from the future
+        accepted = candidate & ~ahead
+        start = self.reference(bulk)
+        if start is None:  # nothing to measure against yet: the first events set the watermark
+            start = int(ts[accepted].max()) if accepted.any() else 0
         while True:
             progress = np.maximum.accumulate(np.where(accepted, ts, np.iinfo(np.int64).min))
             before = np.maximum(np.r_[start, progress[:-1]], start)
-            ahead = candidate & (ts > before + self.tolerance)
-            if not (accepted & ahead).any():
+            late = accepted & (ts > before + self.tolerance)
+            if not late.any():
                 break
-            accepted &= ~ahead
+            accepted &= ~late
+        ahead |= candidate & ~accepted
         if accepted.any():
             self.advance(int(ts[accepted].max()))
-        return ahead, start
+        return ahead
 
     def advance(self, newest: int) -> None:
         with self._lock:

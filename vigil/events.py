@@ -176,7 +176,8 @@ def validate(raw: RawBatch, clock: EventClock | None = None) -> ValidatedBatch:
     flag(~missing["tx_fraud"] & ~np.isin(fraud, (0.0, 1.0)), "tx_fraud must be 0 or 1")
 
     if clock is not None and n:
-        ahead, _ = clock.too_far_ahead(typed["ts"], reason == "")
+        valid = reason == ""
+        ahead = clock.too_far_ahead(typed["ts"], valid, typed["ts"][valid & is_tx])
         flag(ahead, f"tx_datetime is more than {clock.describe()} ahead of the stream's event time")
 
     good = reason == ""

@@ -109,6 +109,11 @@ class Settings(BaseSettings):
         le=7 * 86_400,
         validation_alias=AliasChoices("VIGIL_EVENT_TIME_TOLERANCE_SECONDS", "event_time_tolerance_seconds"),
     )
+    # A label whose payment the flow has not seen is held this long (a payment in flight on
+    # another partition), then it is a dead letter.
+    label_hold_seconds: float = Field(
+        600.0, ge=0, validation_alias=AliasChoices("VIGIL_LABEL_HOLD_SECONDS", "label_hold_seconds")
+    )
     stop_at_end: bool = Field(False, validation_alias=AliasChoices("VIGIL_STOP_AT_END", "stop_at_end"))
     start_local_redis: bool = Field(True, validation_alias=AliasChoices("VIGIL_START_LOCAL_REDIS", "start_local_redis"))
 

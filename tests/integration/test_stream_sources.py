@@ -268,6 +268,7 @@ def test_a_restart_with_other_workers_leaves_nothing_pending(
         [*command, "--workers", str(after)], env=env, capture_output=True, text=True, timeout=180
     )
     assert restarted.returncode == 0, restarted.stderr[-2000:]
+    assert "dead letters: 0" in restarted.stdout, restarted.stdout
     for group in ("vigil-features", "vigil-features-offline"):
         assert client.xpending(stream, group)["pending"] == 0, (group, held)
     client.close()
