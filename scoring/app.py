@@ -14,6 +14,7 @@ from __future__ import annotations
 import asyncio
 import json
 import logging
+from datetime import UTC
 from typing import Annotated, Any, Literal
 
 import orjson
@@ -33,6 +34,7 @@ from scoring.schemas import Id, Problem, Score, ScoreBatch, Transaction, Transac
 from scoring.scorer import Scorer
 from scoring.security import authorised, encoded
 from vigil.events import label_event
+from vigil.online import seen
 from vigil.settings import Settings
 
 log = logging.getLogger("vigil.scoring")
@@ -167,10 +169,32 @@ def create_app(settings: Settings | None = None) -> FastAPI:
     @app.post("/v1/labels", status_code=202, response_model=Accepted, dependencies=body_rules, responses=errors)
     async def labels(batch: LabelBatch, request: Request) -> Any:
         """Outcomes of earlier transactions (chargebacks, analysts' verdicts), appended as label
-        events to the event stream the feature flow reads. Sending a label twice changes nothing."""
+        events to the event stream the feature flow reads. Sending a label twice changes nothing.
+        A label names a payment the feature flow has read, at its terminal and time: any other is
+        a 422 naming `transaction_id` (no such payment at that terminal) or `tx_datetime`."""
         if len(batch.labels) > settings.max_batch:
             raise HTTPException(status_code=413, detail=f"at most {settings.max_batch} labels per request")
         client = request.app.state.redis
+        try:
+            verdicts = await seen.check_async(
+                client,
+                settings.key_prefix,
+                [
+                    (x.transaction_id, x.terminal_id, int(x.tx_datetime.replace(tzinfo=UTC).timestamp()))
+                    for x in batch.labels
+                ],
+            )
+        except Exception as error:  # not checked: not accepted, the caller retries
+            log.warning("labels not checked: %s", type(error).__name__)
+            raise HTTPException(status_code=503, detail=STORE_AWAY, headers={"Retry-After": "1"}) from None
+        refused = [
+            {"type": "value_error", "loc": ["labels", i, reason.split(":", 1)[0]], "msg": reason.split(": ", 1)[1]}
+            for i, reason in enumerate(verdicts)
+            if reason is not None
+        ]
+        if refused:
+            # A label moves its terminal's fraud rates: only for a payment Vigil has seen, at its time.
+            return JSONResponse({"detail": refused[:20]}, status_code=422)
         try:
             async with client.pipeline(transaction=False) as pipe:
                 for label in batch.labels:

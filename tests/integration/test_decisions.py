@@ -180,6 +180,37 @@ def test_bad_label_bodies_are_a_422_naming_the_field(world: World) -> None:
         assert answer.status_code == 422 and answer.json()["detail"][0]["loc"][-1] == field, answer.text
 
 
+def test_a_label_for_a_payment_vigil_has_not_seen_is_refused_and_changes_nothing(world: World) -> None:
+    """Made-up transaction ids on a busy terminal, a real payment at another terminal or time:
+    422 naming the field, nothing on the event stream, the terminal's features as they were."""
+    from vigil.online.connection import connect
+
+    history = world.history
+    terminal = int(history["terminal_id"].value_counts().index[0])
+    probe_row = history[history["terminal_id"] == terminal].iloc[-1]
+    probe = {**transaction_body(probe_row), "transaction_id": 88_000_002}
+    before = world.score(probe, explain=True)["features"]
+    client = connect(world.settings.redis_url)
+    stream_length = client.xlen(world.settings.events_stream)
+    when = pd.Timestamp(probe_row["tx_datetime"]) - pd.Timedelta(days=10)
+    made_up = [
+        {"transaction_id": 95_000_000 + i, "terminal_id": terminal, "tx_datetime": when.isoformat(), "tx_fraud": 1}
+        for i in range(30)
+    ]
+    real = history[history["terminal_id"] != terminal].iloc[-1]
+    elsewhere = {"transaction_id": int(real["transaction_id"]), "terminal_id": terminal,
+                 "tx_datetime": pd.Timestamp(real["tx_datetime"]).isoformat(), "tx_fraud": 1}  # fmt: skip
+    other_time = {**elsewhere, "terminal_id": int(real["terminal_id"]),
+                  "tx_datetime": (pd.Timestamp(real["tx_datetime"]) + pd.Timedelta(hours=1)).isoformat()}  # fmt: skip
+    for labels, field in ((made_up, "transaction_id"), ([elsewhere], "transaction_id"), ([other_time], "tx_datetime")):
+        answer = httpx.post(f"{world.base}/v1/labels", json={"labels": labels})
+        assert answer.status_code == 422, answer.text
+        assert {d["loc"][-1] for d in answer.json()["detail"]} == {field}, answer.text
+    assert client.xlen(world.settings.events_stream) == stream_length
+    client.close()
+    assert world.score(probe, explain=True)["features"] == before
+
+
 def test_labels_through_the_api_reach_the_running_flow_like_stream_labels(world: World) -> None:
     """A label posted to the API is read by the live feature flow and changes the terminal
     risk a later transaction sees, to the values the feature definitions give; twice, no change."""

@@ -19,6 +19,7 @@ from flows.sources import RedisStreamSource
 from tests.integration.serving_helpers import server_env
 from vigil.features.backfill import compute_features
 from vigil.features.online import max_differences, online_features
+from vigil.online import seen
 from vigil.online.connection import connect
 from vigil.online.store import OnlineHistoryStore
 from vigil.service_process import free_port
@@ -306,3 +307,38 @@ def test_an_event_far_ahead_of_the_stream_changes_no_feature(
     after = online_features(probe, store)
     assert max(max_differences(after, before).values()) == 0.0
     assert redis_client.xpending(stream, "vigil-features")["pending"] == 0
+
+
+def test_labels_on_the_stream_for_payments_never_seen_are_held_then_dead_letters(
+    settings: Settings, small_world: pd.DataFrame, redis_client: redis.Redis
+) -> None:
+    """Thirty labels for made-up ids on a busy terminal, one for a real payment at another
+    time: the terminal's features do not move, each label becomes a dead letter saying why
+    (the unknown ones after being held for their payment), and nothing stays pending."""
+    settings = settings.model_copy(update={"label_hold_seconds": 2.0})
+    frame = two_weeks(small_world)
+    stream = f"{settings.key_prefix}:events"
+    write_stream(frame, f"{settings.redis_url.rsplit('/', 1)[0]}/{stream}")
+    source = RedisStreamSource(settings.redis_url, stream, idle_timeout=1.0)
+    run_main(build_flow(source, default_sinks(settings), settings))
+    store = OnlineHistoryStore(connect(settings.redis_url), settings.feast_project)
+    terminal = int(frame["terminal_id"].value_counts().index[0])
+    probe = frame[frame["terminal_id"] == terminal].tail(5)
+    before = online_features(probe, store)
+    when = (probe["tx_datetime"].iloc[-1] - pd.Timedelta(days=10)).isoformat()
+    for i in range(30):
+        redis_client.xadd(stream, {"kind": "label", "transaction_id": str(96_000_000 + i),
+                                   "terminal_id": str(terminal), "tx_datetime": when, "tx_fraud": "1"})  # fmt: skip
+    real = frame.iloc[100]
+    redis_client.xadd(stream, {"kind": "label", "transaction_id": str(real["transaction_id"]),
+                               "terminal_id": str(real["terminal_id"]), "tx_fraud": "1",
+                               "tx_datetime": (real["tx_datetime"] + pd.Timedelta(hours=1)).isoformat()})  # fmt: skip
+    stats = FlowStats()
+    run_main(build_flow(RedisStreamSource(settings.redis_url, stream, idle_timeout=1.0, tick_seconds=0.5),
+                        default_sinks(settings, stats), settings))  # fmt: skip
+    assert stats.labels == 0 and stats.dead_letters == 31, stats.as_dict()
+    reasons = {reason.split(" (held")[0]: n for reason, n in stats.dead_reasons.items()}
+    assert reasons == {seen.UNKNOWN: 30, seen.OTHER_TIME: 1}
+    assert max(max_differences(online_features(probe, store), before).values()) == 0.0
+    for group in ("vigil-features", "vigil-features-offline"):
+        assert redis_client.xpending(stream, group)["pending"] == 0
