@@ -75,6 +75,13 @@ class Readiness:
             return MOSTLY_FALLBACKS
         return None
 
+    def lost_data(self) -> str:
+        """A request's own read found the store without the flow's data: the reason its answer
+        gives, which readiness says from now on too (until the next check finds the data)."""
+        self.store_reason = "store_lost_data" if self._had_data else "store_empty"
+        self._say()
+        return self.store_reason
+
     async def check(self) -> None:
         try:
             self.health = await asyncio.wait_for(self.store.health(), timeout=max(self.interval, 0.5))

@@ -110,7 +110,13 @@ class Scorer:
         reason: str | None = None if trusted else store_reason
         stacked = None
         if trusted:
-            stacked, reason = await self._read(self.store.read_stacked, txs, deadline)
+            checked, reason = await self._read(self.store.read_checked, txs, deadline)
+            if checked is not None:
+                stacked, holds_data = checked
+                if not holds_data:
+                    # Emptied since the last readiness check: these answers must say so.
+                    stacked = None
+                    reason = self.readiness.lost_data() if self.readiness is not None else "store_empty"
         customers, labels = stacked or (_NO_FACTS, _NO_FACTS)
         tx_id = np.fromiter((t.transaction_id for t in txs), np.int64, len(txs))
         amount = np.fromiter((t.tx_amount for t in txs), np.float64, len(txs))

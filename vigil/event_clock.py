@@ -133,6 +133,7 @@ class EventClock:
             return
 
     def _redis(self) -> Any:
+        assert self.url is not None
         if self._client is None:
             self._client = connect(self.url)
         return self._client

@@ -241,6 +241,36 @@ def test_a_redis_restarted_empty_is_not_ready_and_answers_say_so(
             assert httpx.post(f"{base}/v1/score", json=row).json()["fallback"] is False
 
 
+def test_no_answer_from_an_emptied_store_claims_to_be_the_models(
+    settings: Settings, small_world: pd.DataFrame, tmp_path: Path
+) -> None:
+    """The store emptied while 200 requests a second arrive: from the first request after, every
+    answer is a fallback saying why, before the readiness check (every second) has looked."""
+    with LocalRedis(tmp_path / "single") as server:
+        local = on(settings, server.url, tmp_path)
+        history = four_weeks(small_world)
+        ingest_file(local, history, tmp_path)
+        train_and_register(local, training_set(apply_repo(local), local), "baseline", show_progress=False)
+        rows = [transaction_body(r) for r in history.tail(400).itertuples()]
+        with running_server(server_env(local)) as base:
+            assert wait_for(lambda: httpx.get(f"{base}/readyz").status_code == 200)
+
+            async def load(rows: list[dict]) -> list[dict]:  # type: ignore[type-arg]
+                async with httpx.AsyncClient(base_url=base, timeout=10) as client:
+                    pending = []
+                    for row in rows:  # 200 a second
+                        pending.append(asyncio.ensure_future(client.post("/v1/score", json=row)))
+                        await asyncio.sleep(0.005)
+                    return [(await p).json() for p in pending]
+
+            before = asyncio.run(load(rows[:100]))
+            assert not any(a["fallback"] for a in before)
+            redis.Redis.from_url(server.url).flushall()  # emptied: restarted without its data, or a FLUSHALL
+            after = asyncio.run(load(rows[100:]))
+            assert [a["fallback_reason"] for a in after] == ["store_lost_data"] * len(after)
+            assert httpx.get(f"{base}/readyz").json() == {"ready": False, "reason": "store_lost_data"}
+
+
 def make_ca(folder: Path) -> dict[str, str]:
     """A private CA and a server certificate for 127.0.0.1, made with openssl."""
     folder.mkdir(parents=True, exist_ok=True)

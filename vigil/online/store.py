@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import asyncio
 from collections.abc import Iterable, Sequence
 from typing import Any
 
@@ -86,6 +87,7 @@ class AsyncOnlineHistoryStore:
         self.reader: NodeReader | ClusterReader = ClusterReader(url) if is_cluster(url) else NodeReader(url)
         self.layout = OnlineLayout.for_project(project)
         self.markers = marker_keys(project)
+        self._checked_markers = self.markers if isinstance(self.reader, ClusterReader) else self.markers[:1]
         self._customer_tail = field_tail(self.layout.customer.field_keys)
         self._terminal_tail = field_tail(self.layout.terminal.field_keys)
         self._fields = len(self.layout.customer.field_keys)
@@ -103,6 +105,21 @@ class AsyncOnlineHistoryStore:
             stacked_at(replies.data, replies.starts[:n], replies.sizes[:n], True),
             stacked_at(replies.data, replies.starts[n:], replies.sizes[n:], False),
         )
+
+    async def read_checked(
+        self, customers: Sequence[int], terminals: Sequence[int]
+    ) -> tuple[tuple[SortedFacts, SortedFacts], bool]:
+        """`read_stacked`, and whether the store still holds the flow's data, seen by the same
+        round trip: the markers (`vigil.online.marker`) are asked on the same connections, sent
+        right behind the reads. So no answer is computed from a store that was emptied since
+        the last readiness check. One marker on one server; all of them on a cluster (every
+        node holds at least one)."""
+        markers = self._checked_markers
+        stacked, found = await asyncio.gather(
+            self.read_stacked(customers, terminals),
+            self.reader.execute(markers, [command("EXISTS", key) for key in markers]),
+        )
+        return stacked, sum(int(n) for n in found) == len(markers)
 
     async def health(self) -> StoreHealth:
         """Whether every node answers, and whether the store still holds what the flow wrote."""
