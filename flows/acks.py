@@ -54,11 +54,13 @@ class Acknowledger:
             elif isinstance(token, KafkaToken):
                 key = done_key(token.group, token.topic, token.partition)
                 settled[(token.tracker_url, key)][str(token.offset)] = token.offset
+        from flows.metrics import redis_call  # (flows.metrics imports the token types above)
+
         for (url, stream, group), ids in streams.items():
-            self._client(url).xack(stream, group, *ids)
+            redis_call(lambda: self._client(url).xack(stream, group, *ids), "acknowledging stream entries")  # noqa: B023
         for (url, key), offsets in settled.items():
             # The reading worker commits the group's offset once a run of them is settled.
-            self._client(url).zadd(key, offsets)
+            redis_call(lambda: self._client(url).zadd(key, offsets), "recording settled offsets")  # noqa: B023
 
     def _client(self, url: str) -> Any:
         client = self._redis.get(url)

@@ -33,6 +33,7 @@ from bytewax.operators import StatefulLogic
 from bytewax.outputs import Sink
 
 from flows.acks import KafkaToken, RedisToken
+from flows.metrics import redis_call
 from flows.sinks import DeadLetterSink, FlowStats, OfflineBatch, OfflineEventSink, OnlineStoreSink
 from flows.sources import FileReplaySource, RedisStreamSource
 from flows.state import (
@@ -134,7 +135,7 @@ class EventCheck:
             if batch.transactions.empty and batch.labels.empty and not self._held:
                 return batch
             client = self._connect()
-            seen.record(client, self.prefix, batch.transactions)
+            redis_call(lambda: seen.record(client, self.prefix, batch.transactions), "recording payments")
             if self.check_labels:
                 self._check(client, batch, raw.source)
         return batch
@@ -153,7 +154,7 @@ class EventCheck:
         labels = pd.concat([row for _, row, _ in held] + [batch.labels]) if held else batch.labels
         if labels.empty:
             return
-        reasons = seen.check(client, self.prefix, labels)
+        reasons = redis_call(lambda: seen.check(client, self.prefix, labels), "checking labels")
         keep = np.array([reason is None for reason in reasons], bool)
         for i in np.flatnonzero(~keep).tolist():
             reason = reasons[i]
@@ -187,7 +188,8 @@ class HistoryLoader:
         with self._lock:
             if self._store is None:
                 self._store = OnlineHistoryStore(connect(self.url), self.project)
-            return self._store.read(kind, entities)
+            store = self._store
+            return redis_call(lambda: store.read(kind, entities), "reading entity histories")
 
 
 class HistoryCache(StatefulLogic[EntityEvents, UpdateBatch, None]):

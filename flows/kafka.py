@@ -30,6 +30,7 @@ from bytewax.inputs import FixedPartitionedSource, StatefulSourcePartition
 
 from flows import stopping
 from flows.acks import KafkaToken, done_key
+from flows.metrics import redis_call
 from flows.sources import LINGER_SECONDS
 from vigil.events import ALL_FIELDS, DeadLetter, RawBatch, records_to_batch
 from vigil.online.connection import connect
@@ -80,7 +81,10 @@ class _KafkaPartition(StatefulSourcePartition[RawBatch, Any]):
         brokers = ",".join(self.source.brokers)
         offsets = [int((m.msg.offset if isinstance(m, KafkaError) else m.offset) or 0) for m in messages]
         # Settled before a stop that came before their commit: already durable, not again.
-        settled = {int(v) for v in self.tracker.zrangebyscore(self.key, min(offsets), max(offsets))}
+        low, high = min(offsets), max(offsets)
+        settled = {
+            int(v) for v in redis_call(lambda: self.tracker.zrangebyscore(self.key, low, high), "reading offsets")
+        }
         for message, offset in zip(messages, offsets, strict=True):
             self.delivered.append(offset)
             if offset in settled:
@@ -105,7 +109,10 @@ class _KafkaPartition(StatefulSourcePartition[RawBatch, Any]):
         if not self.delivered:
             return
         last = self.delivered[-1]
-        settled = {int(v) for v in self.tracker.zrangebyscore(self.key, self.delivered[0], last)}
+        first = self.delivered[0]
+        settled = {
+            int(v) for v in redis_call(lambda: self.tracker.zrangebyscore(self.key, first, last), "reading offsets")
+        }
         upto = None
         while self.delivered and self.delivered[0] in settled:
             upto = self.delivered.popleft()
@@ -114,7 +121,7 @@ class _KafkaPartition(StatefulSourcePartition[RawBatch, Any]):
         from confluent_kafka import TopicPartition
 
         self.inner._consumer.commit(offsets=[TopicPartition(self.topic, self.partition, upto + 1)], asynchronous=False)
-        self.tracker.zremrangebyscore(self.key, "-inf", upto)
+        redis_call(lambda: self.tracker.zremrangebyscore(self.key, "-inf", upto), "forgetting offsets")
 
     def next_awake(self) -> datetime | None:
         awake: datetime | None = self.inner.next_awake()

@@ -6,6 +6,8 @@
 - `vigil_flow_consumer_lag`: entries of the stream its consumer group has not read yet
   (Redis 7's XINFO GROUPS `lag`).
 - `vigil_flow_events_total`: events written to the online store, by kind.
+- `vigil_flow_store_retries_total`, `vigil_flow_store_unavailable`: Redis calls retried
+  through a failover or a restart, and 1 while the flow waits for Redis (no progress).
 - `vigil_flow_claimed_entries_total`: pending entries taken over from consumers that were
   gone (a worker or process that crashed or was not restarted).
 
@@ -20,9 +22,14 @@ import functools
 import os
 import tempfile
 import time
-from typing import Any
+from collections.abc import Callable
+from typing import Any, TypeVar
 
+from flows import stopping
 from flows.acks import KafkaToken, RedisToken
+from vigil.online.retry import Outage, retry_transient
+
+T = TypeVar("T")
 
 FRESHNESS_BUCKETS = (0.001, 0.002, 0.005, 0.01, 0.015, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 5.0)
 
@@ -43,6 +50,14 @@ class FlowMetrics:
             ["stream", "group"],
             multiprocess_mode="max",
         )
+        self.store_retries = Counter(
+            "vigil_flow_store_retries_total", "Redis calls retried while Redis was unavailable (failover, restart)"
+        )
+        self.store_unavailable = Gauge(
+            "vigil_flow_store_unavailable",
+            "1 while the flow waits for Redis to answer again (it makes no progress meanwhile)",
+            multiprocess_mode="max",
+        )
         self.claimed = Counter(
             "vigil_flow_claimed_entries_total",
             "Pending stream entries taken over from consumers that were gone",
@@ -61,6 +76,25 @@ class FlowMetrics:
             else:
                 continue
             observe(max(now_ms - arrived, 0.0) / 1000)
+
+
+@functools.lru_cache(maxsize=1)
+def flow_outage() -> Outage:
+    """This process's view of Redis interruptions (shared by its workers)."""
+    return Outage()
+
+
+def redis_call(call: Callable[[], T], what: str) -> T:
+    """`call()` through Redis interruptions (`vigil.online.retry`), counted in the flow's metrics."""
+    outage = flow_outage()
+    retries = outage.retries
+    try:
+        return retry_transient(call, what, outage, give_up=stopping.requested)
+    finally:
+        metrics = flow_metrics()
+        if outage.retries > retries:
+            metrics.store_retries.inc(outage.retries - retries)
+        metrics.store_unavailable.set(1 if outage.down else 0)
 
 
 @functools.lru_cache(maxsize=1)

@@ -16,7 +16,7 @@ import pandas as pd
 from bytewax.outputs import DynamicSink, StatelessSinkPartition
 
 from flows.acks import Acknowledger
-from flows.metrics import flow_metrics
+from flows.metrics import flow_metrics, redis_call
 from flows.state import UpdateBatch
 from vigil.events import DeadLetter
 from vigil.offline.eventlog import EventLogWriter, is_empty, not_in_log
@@ -62,7 +62,8 @@ class _OnlinePartition(StatelessSinkPartition[UpdateBatch]):
         self.sink = sink
         self.acknowledge = Acknowledger()
         if sink.replay is False:
-            mark_new_store(self.store.client, sink.project, sink.offline_root is None or is_empty(sink.offline_root))
+            new = sink.offline_root is None or is_empty(sink.offline_root)
+            redis_call(lambda: mark_new_store(self.store.client, sink.project, new), "marking a new store")
 
     def write_batch(self, items: list[UpdateBatch]) -> None:
         # Only the newest history of an entity needs writing.
@@ -74,9 +75,14 @@ class _OnlinePartition(StatelessSinkPartition[UpdateBatch]):
                 latest[(update.kind, update.entity)] = update.history
             tokens.extend(batch.tokens)
             events[batch.kind] += batch.events
-        with self.store.client.pipeline(transaction=False) as pipe:
-            written = self.store.queue_writes(pipe, ((k, e, h) for (k, e), h in latest.items()))
-            pipe.execute()
+
+        def write() -> int:
+            with self.store.client.pipeline(transaction=False) as pipe:
+                count = self.store.queue_writes(pipe, ((k, e, h) for (k, e), h in latest.items()))
+                pipe.execute()
+            return count
+
+        written = redis_call(write, "writing entity histories")
         metrics = flow_metrics()
         metrics.observe_written(tokens)  # readable now: the freshness of what came from a stream
         # Only once the writes are in (on a cluster, on every node they went to).
@@ -91,7 +97,7 @@ class _OnlinePartition(StatelessSinkPartition[UpdateBatch]):
     def close(self) -> None:
         if self.sink.replay:
             # A replay that ran to its end: the store holds the file's history.
-            write_markers(self.store.client, self.sink.project, "replay")
+            redis_call(lambda: write_markers(self.store.client, self.sink.project, "replay"), "marking the store")
         self.acknowledge.close()
         self.store.client.close()
 
@@ -129,11 +135,16 @@ class _DeadLetterPartition(StatelessSinkPartition[DeadLetter]):
         self.acknowledge = Acknowledger()
 
     def write_batch(self, items: list[DeadLetter]) -> None:
-        if self.client is not None:
-            with self.client.pipeline(transaction=False) as pipe:
-                for letter in items:
-                    pipe.xadd(self.stream, letter.to_fields(), maxlen=self.max_len, approximate=True)
-                pipe.execute()
+        client = self.client
+        if client is not None:
+
+            def send() -> None:
+                with client.pipeline(transaction=False) as pipe:
+                    for letter in items:
+                        pipe.xadd(self.stream, letter.to_fields(), maxlen=self.max_len, approximate=True)
+                    pipe.execute()
+
+            redis_call(send, "writing dead letters")
         if self.path is not None:
             self.path.parent.mkdir(parents=True, exist_ok=True)
             with self._lock, self.path.open("a", encoding="utf-8") as out:

@@ -20,7 +20,7 @@ from bytewax.inputs import DynamicSource, FixedPartitionedSource, StatefulSource
 
 from flows import stopping
 from flows.acks import RedisToken
-from flows.metrics import flow_metrics
+from flows.metrics import flow_metrics, redis_call
 from vigil.events import ALL_FIELDS, LABEL, TRANSACTION, DeadLetter, RawBatch, records_to_batch, validate
 from vigil.features.spec import DAY_SECONDS
 from vigil.files import read_records
@@ -202,8 +202,11 @@ class _RedisStreamPartition(StatelessSourcePartition[RawBatch]):
         self._last_lag = 0.0
         self._last_claim = float("-inf")
         self._idle = False
+        redis_call(self._create_group, "creating the consumer group")
+
+    def _create_group(self) -> None:
         try:
-            self.client.xgroup_create(source.stream, source.group, id="0", mkstream=True)
+            self.client.xgroup_create(self.source.stream, self.source.group, id="0", mkstream=True)
         except redis.ResponseError as error:
             if "BUSYGROUP" not in str(error):
                 raise
@@ -217,7 +220,7 @@ class _RedisStreamPartition(StatelessSourcePartition[RawBatch]):
             # longer the flow runs (measured: +20 ms per second of a 2,000 events/s stream).
             return []
         self._last_read = time.monotonic()
-        entries, redelivered = self._read()
+        entries, redelivered = redis_call(self._read, f"reading {source.stream}")
         now = time.monotonic()
         if now - self._last_lag >= LAG_SECONDS:
             self._last_lag = now
@@ -226,7 +229,7 @@ class _RedisStreamPartition(StatelessSourcePartition[RawBatch]):
         self._idle = len(entries) < source.batch_size and self._backlog_after is None
         if not entries:
             if source.idle_timeout is not None and now - self._last_data > source.idle_timeout:
-                if self._others_pending():
+                if redis_call(self._others_pending, f"reading {source.stream}'s pending entries"):
                     self._last_data = now  # entries held by consumers that are gone: claim them first
                 elif source.holding() and now - self._last_data < source.idle_timeout + LINGER_SECONDS:
                     pass  # labels wait for payments still being recorded: ticks let them be decided
@@ -243,7 +246,7 @@ class _RedisStreamPartition(StatelessSourcePartition[RawBatch]):
         gone = [entry_id for entry_id, fields in entries if not fields]
         if gone:
             # Pending entries whose data was trimmed away: nothing left to deliver.
-            self.client.xack(source.stream, source.group, *gone)
+            redis_call(lambda: self.client.xack(source.stream, source.group, *gone), "acknowledging trimmed entries")
         records = [parse_stream_fields(fields) for _, fields in live]
         tokens = [RedisToken(source.url, source.stream, source.group, _text(entry_id)) for entry_id, _ in live]
         batch = records_to_batch(records, f"redis:{source.stream}", tokens)

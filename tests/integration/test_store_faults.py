@@ -6,6 +6,7 @@ from __future__ import annotations
 
 import asyncio
 import subprocess
+import sys
 import time
 import uuid
 from collections.abc import Iterator
@@ -316,3 +317,60 @@ def test_tls_and_a_password_on_every_path(settings: Settings, small_world: pd.Da
         refused = vigil("redis", env=server_env(local, REDIS_URL=wrong))
         assert refused.returncode == 2 and "refused the credentials" in refused.stderr
         assert "nope" not in refused.stderr and password not in refused.stdout + refused.stderr
+
+
+def test_the_flow_and_the_persister_ride_out_a_redis_restart(
+    settings: Settings, small_world: pd.DataFrame, tmp_path: Path
+) -> None:
+    """A live feature flow and `vigil predictions persist` while their Redis (append-only
+    file on) is killed and comes back 2 s later: both stay up, the flow goes on from where it
+    was, every event reaches the online store, and the features equal the definitions."""
+    import signal
+
+    with LocalRedis(tmp_path / "aof", extra=("--appendonly", "yes", "--appendfsync", "always")) as server:
+        local = on(settings, server.url, tmp_path)
+        frame = four_weeks(small_world).iloc[:4000]
+        stream = f"{local.key_prefix}:events"
+        source = f"{server.url.rsplit('/', 1)[0]}/{stream}"
+        env = server_env(local)
+        flow = subprocess.Popen(
+            [sys.executable, "-m", "vigil.cli", "ingest", "--source", source, "--no-progress"],
+            env=env, stdout=subprocess.PIPE, stderr=subprocess.PIPE,
+        )  # fmt: skip
+        persister = subprocess.Popen(
+            [sys.executable, "-m", "vigil.cli", "predictions", "persist", "--interval", "0.2"],
+            env=env, stdout=subprocess.PIPE, stderr=subprocess.PIPE,
+        )  # fmt: skip
+        try:
+            client = redis.Redis.from_url(server.url)
+            half = write_stream(frame.iloc[:2000], source, with_labels=False)
+
+            def caught_up() -> bool:
+                """The flow's group has read to the stream's end and acknowledged it all."""
+                try:
+                    groups = {g["name"].decode(): g for g in client.xinfo_groups(stream)}
+                    newest = client.xrevrange(stream, count=1)[0][0]
+                except (redis.RedisError, IndexError):
+                    return False
+                info = groups.get("vigil-features")
+                return info is not None and info["last-delivered-id"] == newest and info["pending"] == 0
+
+            assert wait_for(caught_up, timeout=90)
+            server.kill()
+            time.sleep(2)
+            server.start()  # its data back from the append-only file
+            rest = write_stream(frame.iloc[2000:], source, with_labels=False)
+            assert half + rest == len(frame)
+            assert wait_for(caught_up, timeout=90)
+            assert flow.poll() is None and persister.poll() is None
+        finally:
+            for process in (flow, persister):
+                process.send_signal(signal.SIGINT)
+            _, flow_err = flow.communicate(timeout=60)
+            _, persister_err = persister.communicate(timeout=60)
+        assert flow.returncode == 130, flow_err.decode()[-2000:]  # stopped by Ctrl-C, with its summary
+        assert persister.returncode == 0, persister_err.decode()[-2000:]
+        assert "Redis is unavailable" in flow_err.decode() and "answers again" in flow_err.decode()
+        store = OnlineHistoryStore(connect(local.redis_url), local.feast_project)
+        ours = online_features(frame, store)
+        assert max(max_differences(ours, compute_features(frame.assign(tx_fraud=None))).values()) <= 1e-9

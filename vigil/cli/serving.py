@@ -3,11 +3,13 @@
 from __future__ import annotations
 
 import argparse
+import contextlib
 import json
 import os
 import signal
 import socket
 import time
+from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
@@ -204,6 +206,7 @@ def predictions(args: argparse.Namespace) -> int:
     ensure_redis(config)
     from vigil.monitoring.predictions import LEASE_SECONDS, persist_once, release_lease, renew_lease, take_lease
     from vigil.online.connection import connect
+    from vigil.online.retry import Outage, retry_transient
 
     stop = {"now": False}
 
@@ -216,7 +219,7 @@ def predictions(args: argparse.Namespace) -> int:
     holder = f"{socket.gethostname()}-{os.getpid()}"
     # A persister that died holds its lease until it lapses: wait a little longer than that.
     deadline = time.monotonic() + LEASE_SECONDS + 2
-    while not take_lease(config, client, holder):
+    while not retry_transient(lambda: take_lease(config, client, holder), "taking the lease"):
         if stop["now"]:
             say("stopped before the prediction log was free")
             return 0
@@ -224,21 +227,29 @@ def predictions(args: argparse.Namespace) -> int:
             raise Refused("another `vigil predictions persist` holds the prediction log; try again later")
         time.sleep(0.5)
     total = 0
+    # Through a failover or a restart of Redis, the persister waits and goes on (each step is
+    # safe to repeat: readers keep one row per answer).
+    outage = Outage()
+
+    def through(call: Callable[[], Any], what: str) -> Any:
+        return retry_transient(call, what, outage, give_up=lambda: stop["now"])
+
     try:
         while True:
-            written = persist_once(config, client, holder)
+            written = through(lambda: persist_once(config, client, holder), "persisting the prediction log")
             total += written
             if written:
                 say(f"persisted {written:,} answers ({total:,} in all)")
             if args.once or stop["now"]:
                 break
-            renew_lease(config, client, holder)
+            through(lambda: renew_lease(config, client, holder), "renewing the lease")
             for _ in range(max(int(args.interval * 10), 1)):
                 if stop["now"]:
                     break
                 time.sleep(0.1)
     finally:
-        release_lease(config, client, holder)
+        with contextlib.suppress(Exception):  # a lease not released lapses by itself
+            release_lease(config, client, holder)
         client.close()
     print(f"Persisted {total:,} answers to {config.data_dir / 'predictions'}")
     return 0
