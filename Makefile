@@ -27,8 +27,10 @@ redis: $(STAMP) ## Make sure Redis answers at REDIS_URL (starts a local one on l
 demo: redis ## Run the main job end to end on a simulated world and print a summary
 	$(BIN)/python -m vigil.demo
 
-test: redis ## Run the whole test suite (unit, integration, notebooks with a per-cell time limit)
-	$(BIN)/pytest --nbmake --nbmake-timeout=600 tests notebooks
+TEST_WORKERS ?= 2
+
+test: redis ## Run the whole test suite (unit, integration, notebooks; TEST_WORKERS=2 test files at a time)
+	$(BIN)/pytest -n $(TEST_WORKERS) --dist loadfile --durations=15 --nbmake --nbmake-timeout=600 notebooks tests
 
 test-fast: redis ## Unit tests only
 	$(BIN)/pytest -m "not integration"

@@ -295,6 +295,8 @@ def build_flow(
 
         if isinstance(source, RedisStreamSource | KafkaEventSource):
             offline_source = source.with_group(f"{source.group}-offline")
+            if isinstance(source, RedisStreamSource):
+                source.trim_groups = frozenset({source.group, offline_source.group})
             offline_source.holding = source.holding
             own = op.input("offline_events_in", flow, offline_source)
             check_again = EventCheck(settings, clock, check_labels=True, hold_seconds=settings.label_hold_seconds)

@@ -6,6 +6,7 @@ one set of rules and one dead-letter path.
 
 from __future__ import annotations
 
+import logging
 import time
 from collections.abc import Callable
 from dataclasses import dataclass
@@ -161,8 +162,11 @@ class FileReplaySource(FixedPartitionedSource[RawBatch, int]):
 
 # ---------------------------------------------------------------- Redis Streams
 
+log = logging.getLogger("vigil.flow")
+
 LAG_SECONDS = 5.0
 CLAIM_SECONDS = 5.0
+TRIM_SECONDS = 10.0
 # How long a source that reached its end goes on ticking while the flow holds labels.
 LINGER_SECONDS = 10.0
 
@@ -201,6 +205,8 @@ class _RedisStreamPartition(StatelessSourcePartition[RawBatch]):
         self._last_data = self._last_tick = self._last_read = time.monotonic()
         self._last_lag = 0.0
         self._last_claim = float("-inf")
+        self._last_trim = time.monotonic()
+        self._trim_refused = False
         self._idle = False
         redis_call(self._create_group, "creating the consumer group")
 
@@ -267,6 +273,9 @@ class _RedisStreamPartition(StatelessSourcePartition[RawBatch]):
             self._backlog_after = _text(entries[-1][0]) if entries else None
             if entries:
                 return entries, True
+        if source.trim_groups and time.monotonic() - self._last_trim >= source.trim_seconds:
+            self._last_trim = time.monotonic()
+            self._trim()
         if time.monotonic() - self._last_claim >= CLAIM_SECONDS:
             self._last_claim = time.monotonic()
             claimed = self._claim_departed()
@@ -274,6 +283,32 @@ class _RedisStreamPartition(StatelessSourcePartition[RawBatch]):
                 return claimed, True
         reply = self.client.xreadgroup(source.group, self.consumer, {source.stream: ">"}, count=source.batch_size)
         return (reply[0][1] if reply else []), False
+
+    def _trim(self) -> None:
+        """Drops the entries every consumer group of the stream is done with: older than each
+        group's oldest unacknowledged entry (or, with none, its last read). Approximate trimming
+        removes only whole internal nodes below that id: never an entry a group still needs.
+        Nothing is trimmed until this flow's groups (`trim_groups`) all exist."""
+        stream = self.source.stream
+        groups = self.client.xinfo_groups(stream)
+        if not self.source.trim_groups <= {_text(g["name"]) for g in groups}:
+            return
+        bounds: list[tuple[int, int]] = []
+        for group in groups:
+            if int(group["pending"]):
+                oldest = _text(self.client.xpending(stream, _text(group["name"]))["min"])
+            else:
+                oldest = _text(group["last-delivered-id"])
+            ms, _, seq = oldest.partition("-")
+            bounds.append((int(ms), int(seq or 0)))
+        low = min(bounds)
+        if low > (0, 0):
+            try:
+                self.client.xtrim(stream, minid=f"{low[0]}-{low[1]}", approximate=True)
+            except redis.ResponseError as error:  # a server before 6.2 has no MINID: the stream stays whole
+                if not self._trim_refused:
+                    log.warning("not trimming %s: %s", stream, error)
+                    self._trim_refused = True
 
     def _others_pending(self) -> bool:
         """Whether other consumers of the group hold entries nobody has acknowledged yet."""
@@ -356,6 +391,10 @@ class RedisStreamSource(DynamicSource[RawBatch]):
         self.claim_idle = claim_idle
         # Set by the flow: whether it holds labels that wait for their payments.
         self.holding: Callable[[], bool] = _holding_nothing
+        # Set by the flow: its consumer groups; once they all exist, what every group of the
+        # stream is done with is trimmed (a bounded stream, never an entry still needed).
+        self.trim_groups: frozenset[str] = frozenset()
+        self.trim_seconds = TRIM_SECONDS
 
     def with_group(self, group: str, tick_seconds: float | None = 1.0) -> RedisStreamSource:
         """The same stream through another consumer group (another output's own position):

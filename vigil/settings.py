@@ -68,6 +68,15 @@ class Settings(BaseSettings):
         0.25, ge=0, validation_alias=AliasChoices("VIGIL_SCORE_ROW_BUDGET_MS", "score_row_budget_ms")
     )
     max_batch: int = Field(10_000, gt=0, validation_alias=AliasChoices("VIGIL_MAX_BATCH", "max_batch"))
+    # The HTTP server's own limits (scoring/http_limits.py): request line and headers, their
+    # count, and the time a client may take to send them.
+    max_header_bytes: int = Field(
+        64 * 1024, gt=0, validation_alias=AliasChoices("VIGIL_MAX_HEADER_BYTES", "max_header_bytes")
+    )
+    max_headers: int = Field(100, gt=0, validation_alias=AliasChoices("VIGIL_MAX_HEADERS", "max_headers"))
+    header_timeout_seconds: float = Field(
+        10.0, gt=0, validation_alias=AliasChoices("VIGIL_HEADER_TIMEOUT_SECONDS", "header_timeout_seconds")
+    )
     max_body_bytes: int = Field(
         8 * 1024 * 1024, gt=0, validation_alias=AliasChoices("VIGIL_MAX_BODY_BYTES", "max_body_bytes")
     )

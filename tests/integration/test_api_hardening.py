@@ -14,6 +14,7 @@ from pathlib import Path
 from typing import Any
 
 import httpx
+import numpy as np
 import pandas as pd
 import pytest
 
@@ -58,7 +59,12 @@ def served(tmp_path_factory: pytest.TempPathFactory, small_world: pd.DataFrame, 
         run_ingest(settings, lambda n: FileReplaySource(tmp / "history.parquet"), 1, show_progress=False)
         data = training_set(apply_repo(settings), settings)
         train_and_register(settings, data, "xgboost", params={"n_estimators": 20}, show_progress=False)
-        env = server_env(settings, VIGIL_API_KEYS=f"{KEY},other-key", VIGIL_MAX_BODY_BYTES=str(1024 * 1024))
+        env = server_env(
+            settings,
+            VIGIL_API_KEYS=f"{KEY},other-key",
+            VIGIL_MAX_BODY_BYTES=str(1024 * 1024),
+            VIGIL_HEADER_TIMEOUT_SECONDS="2",
+        )
         log = tmp / "serve.log"
         with running_server(env, stderr_to=log) as base:
             yield Served(base, settings, redis_server, transaction_body(history.iloc[-1]), log)
@@ -192,6 +198,84 @@ def test_non_finite_numbers_in_labels_are_a_422_naming_the_field(served: Served,
     )
     assert answer.status_code == 422 and field_of(answer) == [field], answer.text
     assert answer.json()["detail"][0]["input"] == word.replace("Infinity", "inf").replace("NaN", "nan")
+
+
+def raw_exchange(served: Served, request: bytes, wait: float = 15.0) -> bytes:
+    """Sends raw bytes on a fresh connection; returns what came back before the server closed it."""
+    host, port = served.base.removeprefix("http://").split(":")
+    with socket.create_connection((host, int(port)), timeout=wait) as conn:
+        conn.sendall(request)
+        chunks = []
+        while chunk := conn.recv(65536):
+            chunks.append(chunk)
+    return b"".join(chunks)
+
+
+@pytest.mark.parametrize(
+    ("headers", "says"),
+    [
+        ([("X-Big", "a" * (1024 * 1024))], b"larger than"),
+        ([(f"X-H{i}", "v") for i in range(10_000)], b"more than 100 request headers"),
+    ],
+)
+def test_oversized_headers_are_a_431(served: Served, headers: list[tuple[str, str]], says: bytes) -> None:
+    lines = "".join(f"{name}: {value}\r\n" for name, value in headers)
+    answer = raw_exchange(served, f"GET /healthz HTTP/1.1\r\nHost: x\r\n{lines}\r\n".encode())
+    assert answer.startswith(b"HTTP/1.1 431") and says in answer, answer[:200]
+    assert httpx.get(f"{served.base}/healthz").status_code == 200  # the server goes on
+
+
+def test_a_client_that_never_finishes_its_headers_is_cut_off(served: Served) -> None:
+    """Slowloris: connections that trickle their headers are answered 408 and closed
+    (VIGIL_HEADER_TIMEOUT_SECONDS, 2 s here), while other clients are served."""
+    host, port = served.base.removeprefix("http://").split(":")
+    slow = [socket.create_connection((host, int(port)), timeout=10) for _ in range(50)]
+    try:
+        for conn in slow:
+            conn.sendall(b"GET /healthz HTTP/1.1\r\nHost: x\r\nX-a: ")
+        assert httpx.get(f"{served.base}/healthz", timeout=5).status_code == 200
+        answers = [conn.recv(4096) for conn in slow]
+    finally:
+        for conn in slow:
+            conn.close()
+    assert all(a.startswith(b"HTTP/1.1 408") for a in answers), answers[:3]
+
+
+def test_a_big_batch_does_not_hold_up_single_scores(served: Served) -> None:
+    """A 10,000-row batch and, while it is scored, single requests at 200 a second: the
+    batch is answered whole, and the singles are not queued behind it (each waits for one
+    chunk of it at most: their p99 stays under the service's 25 ms deadline, where a batch
+    in one piece held every single request up to a second)."""
+    import asyncio
+    import time
+
+    batch = {"transactions": [{**served.row, "transaction_id": 50_000_000 + i} for i in range(10_000)]}
+
+    async def run() -> tuple[httpx.Response, list[float]]:
+        async with httpx.AsyncClient(base_url=served.base, headers=HEADERS, timeout=60) as client:
+            await client.post("/v1/score", json=served.row)  # warm
+            big = asyncio.ensure_future(client.post("/v1/score/batch", json=batch))
+            await asyncio.sleep(0.05)  # the batch is being read and scored
+
+            async def single() -> float:
+                started = time.perf_counter()
+                answer = await client.post("/v1/score", json=served.row)
+                assert answer.status_code == 200
+                return time.perf_counter() - started
+
+            singles = []
+            while not big.done():
+                singles.append(asyncio.ensure_future(single()))
+                await asyncio.sleep(0.005)
+            return await big, list(await asyncio.gather(*singles))
+
+    answer, latencies = asyncio.run(run())
+    assert answer.status_code == 200 and len(answer.json()["results"]) == 10_000
+    assert len(latencies) >= 20, len(latencies)
+    p99 = float(np.quantile(latencies, 0.99)) * 1000
+    print(f"{len(latencies)} single scores during a 10,000-row batch: p50 {np.median(latencies) * 1000:.1f} ms, "
+          f"p99 {p99:.1f} ms")  # fmt: skip
+    assert p99 < 25.0
 
 
 def test_json_only(served: Served) -> None:

@@ -39,6 +39,9 @@ WORLD = SimulationConfig(
     customers=1_000, terminals=2_000, days=77, seed=11, new_pattern_day=DRIFT_DAY, testing_cards_per_day=30
 )
 
+# The champion's size, for the challengers too (the retraining default, 500 trees, took twice as long).
+TREES = {"n_estimators": 150}
+
 
 def ingest(settings: Settings, frame: pd.DataFrame, path: Path) -> None:
     frame.to_parquet(path)
@@ -51,7 +54,7 @@ def test_drift_is_detected_and_a_retrained_champion_restores_live_ap(settings: S
     weeks = [world[(day >= first) & (day < first + 7)] for first in range(49, 77, 7)]  # 49, 56, 63, 70
     ingest(settings, world[day < 49], tmp_path / "history.parquet")
     data = training_set(apply_repo(settings), settings)
-    first = train_and_register(settings, data, "xgboost", params={"n_estimators": 150}, show_progress=False)
+    first = train_and_register(settings, data, "xgboost", params=TREES, show_progress=False)
     assert first.version == "1"
     config = MonitorConfig(window_hours=24, lookback_days=7)
     scored: list[pd.DataFrame] = []
@@ -65,7 +68,7 @@ def test_drift_is_detected_and_a_retrained_champion_restores_live_ap(settings: S
         stable = run_monitor(settings, config)
         assert len(stable.windows) == 7
         assert not stable.drift_alerts, [(w.start, w.share, w.drifted_columns) for w in stable.windows]
-        assert run_retraining(settings, stable, data, show_progress=False).action == "none"
+        assert run_retraining(settings, stable, data, params=TREES, show_progress=False).action == "none"
 
         # The new pattern starts on day 56: detected within two windows.
         ingest(settings, weeks[1], tmp_path / "week1.parquet")
@@ -83,7 +86,7 @@ def test_drift_is_detected_and_a_retrained_champion_restores_live_ap(settings: S
         promoted: str | None = None
         for week in (2, 3):
             data = training_set(apply_repo(settings), settings)
-            outcome = run_retraining(settings, drifting, data, show_progress=False)
+            outcome = run_retraining(settings, drifting, data, params=TREES, show_progress=False)
             assert outcome.action == "retrained", outcome.detail
             assert outcome.decision is not None
             if outcome.decision.promoted:

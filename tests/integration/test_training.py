@@ -181,7 +181,8 @@ def test_postgresql_tracking_store(ingested: Settings) -> None:
 
 def test_serve_waits_for_a_champion_and_the_cli_says_when_it_refuses(ingested: Settings) -> None:
     """`vigil serve` starts before any version is promoted (503, ready: no), serves the first
-    champion without a restart; promote and rollback exit 1 when there is nothing to do."""
+    champion without a restart; promote and rollback exit 1 when they refuse, promote exits 0 when
+    what it was asked is already so; mistakes are named."""
     import time
 
     import httpx
@@ -208,8 +209,17 @@ def test_serve_waits_for_a_champion_and_the_cli_says_when_it_refuses(ingested: S
         answer = httpx.post(f"{base}/v1/score", json=body)
         assert answer.status_code == 200 and answer.json()["model"]["version"] == "1"
         assert httpx.get(f"{base}/readyz").status_code == 200
-    same = vigil("promote", env=env)
-    assert same.returncode == 1 and "nothing to promote" in same.stdout + same.stderr
+    same = vigil("promote", "--to", "champion", "--force", env=env)  # already so: nothing changed, no failure
+    assert same.returncode == 0 and "UNCHANGED" in same.stdout and "nothing to promote" in same.stdout
+    future = vigil("train", "--train-start", "2030-01-01", env=env)
+    assert future.returncode == 2 and "no ingested transactions between 2030-01-01" in future.stderr, future.stderr
+    assert "the event log holds 2018-" in future.stderr
+    no_scheme = vigil("score", "--transactions", "x.parquet", "--url", "localhost:8501", env=env)
+    assert (
+        no_scheme.returncode == 2
+        and "needs a scheme" in no_scheme.stderr
+        and "http://localhost:8501" in no_scheme.stderr
+    )
     no_data = vigil("evaluate", "--windows", "2019-01-01", "--bootstrap", "0", env=env)
     assert no_data.returncode == 2 and "no data for a test window starting 2019-01-01" in no_data.stderr
     assert "Traceback" not in no_data.stderr

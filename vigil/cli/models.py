@@ -209,6 +209,10 @@ def promote(args: argparse.Namespace) -> int:
             continue
         shown = ", ".join(f"{k} {v:.4f}" if isinstance(v, float) else f"{k} {v}" for k, v in figures.items())
         print(f"  {name}: {shown}")
+    if not decision.promoted and decision.challenger is not None and decision.challenger == decision.champion:
+        # Asked for what already holds: nothing to change is not a failure.
+        print(f"UNCHANGED: {decision.reason}")
+        return 0
     verdict = ("ROLLED BACK" if args.rollback else "PROMOTED") if decision.promoted else "NOT PROMOTED"
     print(f"{verdict}: {decision.reason}; {args.to} is version {decision.champion}")
     if not decision.promoted:

@@ -109,9 +109,16 @@ def serve(args: argparse.Namespace) -> int:
     import uvicorn
 
     from scoring.app import configure_logging
+    from scoring.http_limits import LimitedHttpToolsProtocol
 
     configure_logging()
-    options: dict[str, Any] = {"host": args.host, "port": args.port, "log_level": "warning", "access_log": False}
+    options: dict[str, Any] = {
+        "host": args.host,
+        "port": args.port,
+        "log_level": "warning",
+        "access_log": False,
+        "http": LimitedHttpToolsProtocol,  # header size, count and time limits
+    }
     if args.workers > 1:
         # Each worker process builds its own app (and Settings) from the environment.
         uvicorn.run("scoring.app:create_app", factory=True, workers=args.workers, **options)
@@ -123,8 +130,13 @@ def serve(args: argparse.Namespace) -> int:
 
 
 def score(args: argparse.Namespace) -> int:
+    from urllib.parse import urlsplit
+
     from vigil.files import UnreadableFileError, read_records
 
+    parts = urlsplit(args.url)
+    if parts.scheme not in ("http", "https") or not parts.netloc:
+        raise UserError(f"--url {args.url!r} needs a scheme and a host, e.g. http://{args.url.split('://')[-1]}")
     config = settings()
     try:
         frame, _ = read_records(Path(args.transactions))

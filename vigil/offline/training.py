@@ -48,6 +48,13 @@ def read_events(
     times as datetimes."""
     transactions = read_log(settings.event_log, "transactions", first, last)
     if transactions.empty:
+        held = days(settings.event_log, "transactions")
+        if held and (first is not None or last is not None):
+            # Something was ingested, just not on those days: say what is there.
+            raise OfflineStoreEmptyError(
+                f"no ingested transactions between {first or 'the start'} and {last or 'the end'}: "
+                f"the event log holds {held[0]}..{held[-1]}"
+            )
         raise OfflineStoreEmptyError(
             f"no ingested transactions under {settings.event_log}: run `vigil ingest --transactions PATH` first"
         )
