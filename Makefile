@@ -51,10 +51,14 @@ bench: redis ## Every benchmark beside its target and same-run baseline (bench-r
 	$(BIN)/python -m benchmarks.offline
 	$(BIN)/python -m benchmarks.report
 
-lab: $(STAMP) ## JupyterLab on notebooks/ with the project's environment
-	$(BIN)/jupyter lab --notebook-dir=notebooks
+LAB_PORT ?= 8888
 
-clean: ## Remove generated data, stores and caches (keeps .venv)
+lab: $(STAMP) ## JupyterLab on notebooks/ with the project's environment (LAB_PORT=8888)
+	$(BIN)/jupyter lab --notebook-dir=notebooks --port=$(LAB_PORT) --no-browser $(if $(filter 0,$(shell id -u)),--allow-root,)
+
+clean: ## Start over: generated data, the MLflow registry, Vigil's Redis keys, caches (keeps .venv)
+	@if [ -x $(BIN)/python ]; then $(BIN)/python -m vigil.forget; fi
 	rm -rf data feature_repo/data reports bench-results .pytest_cache .mypy_cache .ruff_cache
+	rm -rf mlflow/*.db mlflow/artifacts mlflow/demo
 	@if [ -f .redis/redis-6379.pid ]; then kill $$(cat .redis/redis-6379.pid) 2>/dev/null || true; fi
 	rm -rf .redis

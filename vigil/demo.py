@@ -9,6 +9,7 @@ HTTP; print counts, latency percentiles, model metrics and where everything is.
 
 from __future__ import annotations
 
+import shutil
 import sys
 import time
 
@@ -30,33 +31,39 @@ from vigil.online.connection import connect
 from vigil.online.feast_store import apply_repo, feast_features
 from vigil.online.store import OnlineHistoryStore, delete_namespace
 from vigil.service_process import background_service, transaction_body
-from vigil.settings import Settings
+from vigil.settings import PROJECT_ROOT, Settings
 from vigil.simulate import SimulationConfig, simulate
 from vigil.stream_out import write_file
 
 
 def main() -> int:
     base = Settings()
-    # Its own Feast project, key prefix and data folder, so the demo never mixes with real data.
-    settings = base.model_copy(
-        update={
-            "feast_project": "demo",
-            "key_prefix": "demo",
-            "data_dir": base.data_dir / "demo",
-            "reports_dir": base.reports_dir / "demo",
-        }
-    )
+    # Its own Feast project, key prefix, data folder and (unless MLFLOW_TRACKING_URI names one)
+    # MLflow registry, so the demo never mixes with the quick start's or real data: after it,
+    # `vigil train` still registers version 1 in mlflow/mlflow.db.
+    updates: dict[str, object] = {
+        "feast_project": "demo",
+        "key_prefix": "demo",
+        "data_dir": base.data_dir / "demo",
+        "reports_dir": base.reports_dir / "demo",
+    }
+    if base.mlflow_tracking_uri is None:
+        registry = PROJECT_ROOT / "mlflow" / "demo"
+        shutil.rmtree(registry, ignore_errors=True)  # a rerun starts clean
+        registry.mkdir(parents=True)
+        updates["mlflow_tracking_uri"] = f"sqlite:///{registry / 'mlflow.db'}"
+        updates["mlflow_artifacts_dir"] = registry / "artifacts"
+    settings = base.model_copy(update=updates)
     delete_namespace(settings.redis_url, settings.feast_project, settings.key_prefix)  # a rerun starts clean
     for old in ("offline", "deadletter.jsonl", "predictions", "monitoring"):
         target = settings.data_dir / old
         if target.is_dir():
-            import shutil
-
             shutil.rmtree(target)
         elif target.exists():
             target.unlink()
     started = time.perf_counter()
     world_path = settings.data_dir / "transactions.parquet"
+    on_terminal = sys.stderr.isatty()  # progress bars on a terminal; a redirected log gets the lines only
     print("1/7 simulating 42 days of card transactions (2,000 customers, 4,000 terminals)")
     world = simulate(SimulationConfig(customers=2_000, terminals=4_000, days=42, seed=42))
     cut = world["tx_datetime"].min() + pd.Timedelta(days=35)
@@ -67,7 +74,11 @@ def main() -> int:
     print("2/7 registering the Feast repo and replaying 35 days through the feature flow (2 workers)")
     store = apply_repo(settings)
     result = run_ingest(
-        settings, lambda n: FileReplaySource(world_path, 7.0, shards=n), processes=2, expected_events=2 * len(history)
+        settings,
+        lambda n: FileReplaySource(world_path, 7.0, shards=n),
+        processes=2,
+        expected_events=2 * len(history),
+        show_progress=on_terminal,
     )
 
     print("3/7 checking served features against the batch backfill and Feast's get_online_features")
@@ -88,14 +99,17 @@ def main() -> int:
 
     print("4/7 training an XGBoost model on a point-in-time training set; MLflow registry and promotion gate")
     data = training_set(store, settings)
-    report = train_and_register(settings, data, "xgboost", params={"n_estimators": 200})
+    report = train_and_register(settings, data, "xgboost", params={"n_estimators": 200}, show_progress=on_terminal)
     decision = promote(settings, data)
 
     print("5/7 starting the scoring service and scoring the new week over HTTP")
     scored = new.head(3_000)
     latencies, scores, fallbacks = [], [], 0
     with background_service(settings) as url, httpx.Client(base_url=url, timeout=5) as client:
-        for row in tqdm(scored.itertuples(), total=len(scored), desc="score", unit="tx"):
+        # A bar on a terminal; a redirected log gets the summary only.
+        for row in tqdm(
+            scored.itertuples(), total=len(scored), desc="score", unit="tx", disable=not on_terminal
+        ):
             t0 = time.perf_counter()
             answer = client.post("/v1/score", json=transaction_body(row)).json()
             latencies.append((time.perf_counter() - t0) * 1000)

@@ -103,9 +103,18 @@ def test_monitor_reports_drift_and_a_dry_run_changes_nothing(
             shifted.loc[late, name] *= 3
     model = load_native(f"models:/{REGISTERED_MODEL}/1")
     log_answers(redis_client, settings, shifted, "1", model.predict_proba(shifted))
+    # One request dated years ahead (a client's clock): left out, the windows stay as they are.
+    log_answers(redis_client, settings, shifted.tail(1).assign(tx_datetime=pd.Timestamp("2026-12-04")), "1")
 
+    def everything_written() -> dict[str, bytes]:
+        files = [p for root in (settings.data_dir, settings.reports_dir) if root.exists() for p in root.rglob("*")]
+        return {str(p): p.read_bytes() for p in files if p.is_file()}
+
+    before = (everything_written(), redis_client.xlen(settings.prediction_stream))
     result = vigil("monitor", "--dry-run", "--min-rows", "100", env=server_env(settings))
     assert result.returncode == 0, result.stderr
+    assert (everything_written(), redis_client.xlen(settings.prediction_stream)) == before  # changed nothing
+    assert "1 answers dated more than a day past the bulk" in result.stdout, result.stdout
     assert "DRIFT" in result.stdout and "retraining (dry-run): would train" in result.stdout, result.stdout
     windows = [line for line in result.stdout.splitlines() if line.strip().startswith("window")]
     assert len(windows) == 7
@@ -114,6 +123,10 @@ def test_monitor_reports_drift_and_a_dry_run_changes_nothing(
     assert all("DRIFT" in w and "[tx_amount" in w for w in windows[4:]), windows
     share = [float(w.split("drift share ")[1].split()[0]) for w in windows]
     assert min(share[4:]) > float(np.mean(share[:4])), windows
+    assert "dry run: nothing written" in result.stdout
+    real = vigil("monitor", "--min-rows", "100", "--retrain", "never", env=server_env(settings))
+    assert real.returncode == 0, real.stderr
+    assert [line for line in real.stdout.splitlines() if line.strip().startswith("window")] == windows
     assert (settings.reports_dir / "index.html").exists()
     assert "vigil_drift_alert 1.0" in (settings.reports_dir / "metrics.prom").read_text()
     from mlflow.tracking import MlflowClient

@@ -18,6 +18,15 @@ from vigil.cli.common import Formatter, Refused, UserError, quiet_libraries
 __all__ = ["Refused", "UserError", "build_parser", "main"]
 
 
+def _version() -> str:
+    from importlib.metadata import PackageNotFoundError, version
+
+    try:
+        return version("vigil")
+    except PackageNotFoundError:  # run from a checkout that was not installed
+        return "unknown"
+
+
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(
         prog="vigil",
@@ -25,6 +34,7 @@ def build_parser() -> argparse.ArgumentParser:
         epilog="Run `vigil COMMAND --help` for a command's options and examples.",
         formatter_class=Formatter,
     )
+    parser.add_argument("--version", action="version", version=f"vigil {_version()}")
     sub = parser.add_subparsers(dest="command", required=True, metavar="COMMAND")
     data.add_parsers(sub)
     models.add_parsers(sub)

@@ -53,6 +53,8 @@ vigil monitor --watch 3600 --metrics-port 9108""",
 
 def _print(result: MonitorResult, outcome: RetrainOutcome | None) -> None:
     print(f"prediction log: {result.rolled:,} new entries rolled to Parquet; newest transaction {result.newest}")
+    if result.excluded:
+        print(f"  {result.excluded:,} answers dated more than a day past the bulk of the traffic left out")
     for w in sorted(result.windows, key=lambda w: (w.start, w.version)):
         flag = (
             "  DRIFT"
@@ -69,10 +71,8 @@ def _print(result: MonitorResult, outcome: RetrainOutcome | None) -> None:
         print(f"  day {d.day}  v{d.version}  {d.transactions:>7,} labelled, {d.frauds:>4} frauds  AP {ap}{flag}")
     if result.labels_pending_from:
         print(f"  days from {result.labels_pending_from} on: labels not all arrived yet, not judged")
-    print(
-        f"alerts: {len(result.drift_alerts)} drift, {len(result.performance_alerts)} performance; "
-        f"report {result.index}; gauges {result.metrics_file}"
-    )
+    where = f"report {result.index}; gauges {result.metrics_file}" if result.index else "dry run: nothing written"
+    print(f"alerts: {len(result.drift_alerts)} drift, {len(result.performance_alerts)} performance; {where}")
     if outcome is not None:
         print(f"retraining ({outcome.action}): {outcome.detail}")
         for reason in outcome.reasons:
@@ -92,7 +92,7 @@ def _once(args: argparse.Namespace, settings: Any, registry: Any = None) -> int:
         min_rows=args.min_rows,
     )
     try:
-        result = run_monitor(settings, config)
+        result = run_monitor(settings, config, dry_run=args.dry_run)
     except LookupError as error:
         raise UserError(str(error)) from None
     if result.newest is None:
@@ -112,7 +112,7 @@ def _once(args: argparse.Namespace, settings: Any, registry: Any = None) -> int:
             )
         except OfflineStoreEmptyError as error:
             raise UserError(f"cannot retrain: {error}") from None
-        if outcome.action != "none":
+        if outcome.action != "none" and not args.dry_run:
             write_index(settings, result, config, load_state(settings))
     if registry is not None:
         for collector in list(registry._collector_to_names):  # a fresh set of gauges each round

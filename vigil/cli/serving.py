@@ -112,6 +112,8 @@ def serve(args: argparse.Namespace) -> int:
     from scoring.http_limits import LimitedHttpToolsProtocol
 
     configure_logging()
+    where = f"http://{args.host if ':' not in args.host else f'[{args.host}]'}:{args.port}"
+    say(f"serving on {where} with {args.workers} worker(s) (API documentation: {where}/docs)")
     options: dict[str, Any] = {
         "host": args.host,
         "port": args.port,

@@ -13,6 +13,7 @@ from __future__ import annotations
 
 import json
 import logging
+import tempfile
 from dataclasses import dataclass, field
 from datetime import UTC, datetime
 from pathlib import Path
@@ -22,7 +23,7 @@ import pandas as pd
 
 from vigil.monitoring.drift import THRESHOLD, WindowDrift, drift_columns, measure_drift
 from vigil.monitoring.performance import DayPerformance, daily_performance, read_labels
-from vigil.monitoring.predictions import read_predictions, roll_predictions
+from vigil.monitoring.predictions import read_predictions, roll_predictions, unpersisted
 from vigil.monitoring.reference import load_reference
 from vigil.monitoring.report import write_gauges, write_index
 from vigil.online.connection import connect
@@ -46,6 +47,8 @@ class MonitorConfig:
     # The features' longest look-back (30 days) plus the label delay: windows this close to
     # the start of the ingested history compare half-filled windows with full ones.
     warmup_days: float = 37.0
+    # Answers dated further than this past the 99th percentile of scored times are left out.
+    outlier_days: float = 1.0
 
 
 @dataclass
@@ -59,6 +62,7 @@ class MonitorResult:
     index: Path | None = None
     metrics_file: Path | None = None
     newest: pd.Timestamp | None = None
+    excluded: int = 0  # answers left out as dated far past the bulk of the traffic
 
     @property
     def alerted(self) -> bool:
@@ -114,17 +118,43 @@ def _windows(predictions: pd.DataFrame, seconds: int) -> dict[tuple[int, str], p
     return {(int(s), str(v)): rows for (s, v), rows in served.groupby([start, served["version"]], sort=True)}
 
 
-def run_monitor(settings: Settings, config: MonitorConfig | None = None) -> MonitorResult:
+def beyond_the_bulk(ts: pd.Series, tolerance_seconds: float) -> pd.Series:
+    """Answers dated further than `tolerance_seconds` past the 99th percentile of the scored
+    traffic's times: a request dated years ahead (a client's clock, a typo) would otherwise
+    become the newest transaction, and every window would be cut around it, empty."""
+    if ts.empty:
+        return ts.astype(bool)
+    return ts > float(ts.quantile(0.99)) + tolerance_seconds
+
+
+def run_monitor(settings: Settings, config: MonitorConfig | None = None, dry_run: bool = False) -> MonitorResult:
+    """One run (see the module). `dry_run`: the same figures, with nothing changed: the
+    prediction log is read where it is (not rolled to Parquet), no state, report or gauge
+    is written, and the drift reports go to a temporary folder."""
     config = config or MonitorConfig()
     result = MonitorResult()
     client = connect(settings.redis_url)
     try:
-        result.rolled = roll_predictions(settings, client)
+        if dry_run:
+            pending = unpersisted(settings, client)
+        else:
+            result.rolled, pending = roll_predictions(settings, client), None
     finally:
         client.close()
-    everything = read_predictions(settings)
+    everything = read_predictions(settings, also=pending)
     if everything.empty:
         return result
+    outliers = beyond_the_bulk(everything["ts"], config.outlier_days * 86_400)
+    result.excluded = int(outliers.sum())
+    if result.excluded:
+        log.warning(
+            "%d answers dated after %s are left out (more than %g day(s) past the bulk of scored traffic)",
+            result.excluded,
+            everything.loc[~outliers, "tx_datetime"].max(),
+            config.outlier_days,
+        )
+        everything = everything[~outliers]
+    reports = Path(tempfile.mkdtemp(prefix="vigil-monitor-dry-")) if dry_run else settings.reports_dir
     result.newest = everything["tx_datetime"].max()
     predictions = everything[everything["tx_datetime"] > result.newest - pd.Timedelta(days=config.lookback_days)]
     seconds = max(int(config.window_hours * 3600), 60)
@@ -154,7 +184,7 @@ def run_monitor(settings: Settings, config: MonitorConfig | None = None) -> Moni
                 references[version],
                 rows,
                 drift_columns(seconds),
-                settings.reports_dir / "drift" / name,
+                reports / "drift" / name,
                 max_rows=config.max_rows,
                 drift_share=config.drift_share_threshold,
                 caption=caption,
@@ -213,6 +243,8 @@ def run_monitor(settings: Settings, config: MonitorConfig | None = None) -> Moni
         "drift_alerts": [w.start for w in result.drift_alerts],
         "performance_alerts": [d.day for d in result.performance_alerts],
     }
+    if dry_run:
+        return result
     save_state(settings, state)
     result.metrics_file = write_gauges(settings, result)
     result.index = write_index(settings, result, config, state)

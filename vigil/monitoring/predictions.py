@@ -206,17 +206,28 @@ def _parts(settings: Settings) -> list[Path]:
     return sorted([*folder.glob("part-*.parquet"), *folder.glob(f"{PARTITION}*/part-*.parquet")])
 
 
-def read_predictions(settings: Settings, since: pd.Timestamp | None = None) -> pd.DataFrame:
-    """Every persisted prediction (of transactions at or after `since`), one row per answer,
-    with `tx_datetime` from the transaction's own time."""
+def unpersisted(settings: Settings, client: Any) -> pd.DataFrame:
+    """The prediction log's entries not persisted yet, decoded, left where they are (a dry run)."""
+    marker: bytes | None = client.get(_marker(settings))
+    entries = client.xrange(settings.prediction_stream, min="(" + marker.decode() if marker else "-")
+    return decode_entries(entries) if entries else pd.DataFrame()
+
+
+def read_predictions(
+    settings: Settings, since: pd.Timestamp | None = None, also: pd.DataFrame | None = None
+) -> pd.DataFrame:
+    """Every persisted prediction (of transactions at or after `since`), and those of `also`
+    (decoded entries not persisted yet), one row per answer, with `tx_datetime` from the
+    transaction's own time."""
     parts = _parts(settings)
     if since is not None:
         first_day = f"{PARTITION}{since:%Y-%m-%d}"
         parts = [p for p in parts if not p.parent.name.startswith(PARTITION) or p.parent.name >= first_day]
-    if not parts:
+    extra = [also] if also is not None and not also.empty else []
+    if not parts and not extra:
         return pd.DataFrame(columns=[*COLUMNS, *spec.SERVED_INPUTS, "tx_datetime"])
     filters = [("ts", ">=", int(since.timestamp()))] if since is not None else None
-    frame = pd.concat([pd.read_parquet(p, filters=filters) for p in parts], ignore_index=True)
+    frame = pd.concat([*(pd.read_parquet(p, filters=filters) for p in parts), *extra], ignore_index=True)
     if "answer_id" not in frame:
         frame["answer_id"] = frame["stream_id"]
     frame["answer_id"] = frame["answer_id"].fillna(frame["stream_id"])

@@ -124,7 +124,8 @@ def run_retraining(
     )
     if newest_end is not None and split.train_end <= newest_end and not force:
         detail = f"no labelled day after {newest_end.date()} (the newest version's training data): would {plan}"
-        return _record(settings, result, RetrainOutcome(reasons, "skipped", detail))
+        skipped = RetrainOutcome(reasons, "skipped", detail)
+        return skipped if dry_run else _record(settings, result, skipped)
     if dry_run:
         return RetrainOutcome(reasons, "dry-run", f"would {plan}")
     from vigil.lifecycle.promotion import promote
