@@ -59,6 +59,26 @@ def test_apply_registers_the_feature_service(settings: Settings) -> None:
     assert training.name == "fraud_v1_training" and str(settings.offline_dir) in source.path  # type: ignore[attr-defined]
 
 
+def test_stock_feast_plans_and_applies_the_repo(tmp_path: Path, redis_url: str) -> None:
+    """`feast plan`, `feast apply` and `feast feature-services list`, as documented, in a copy
+    of feature_repo/ (its registry then lands in the copy's ../data, not the checkout's)."""
+    import os
+    import shutil
+    import subprocess
+    import sys
+
+    from vigil.settings import PROJECT_ROOT
+
+    repo = tmp_path / "feature_repo"
+    shutil.copytree(PROJECT_ROOT / "feature_repo", repo, ignore=shutil.ignore_patterns("__pycache__", "data"))
+    feast = str(Path(sys.executable).parent / "feast")
+    env = {**os.environ, "REDIS_URL": redis_url, "VIGIL_OFFLINE_DIR": str(tmp_path / "data" / "offline")}
+    for command in (["plan"], ["apply"], ["feature-services", "list"]):
+        run = subprocess.run([feast, *command], cwd=repo, env=env, capture_output=True, text=True, timeout=300)
+        assert run.returncode == 0, (command, run.stderr[-3000:])
+    assert "fraud_v1 " in run.stdout and "fraud_v3_training_spark" in run.stdout
+
+
 def test_our_writes_are_byte_identical_to_feasts(settings: Settings, redis_client: redis.Redis) -> None:
     store = apply_repo(settings)
     history = EntityHistory(np.array([1_522_540_831, 1_522_600_000]), np.array([3, 9]), np.array([10.5, 20.25]))
