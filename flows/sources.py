@@ -191,15 +191,17 @@ class _RedisStreamPartition(StatelessSourcePartition[RawBatch]):
 
     It first reads its own backlog (entries delivered to this consumer name before a crash
     and never acknowledged) once, from the oldest to the newest, then new entries. Every
-    `CLAIM_SECONDS` it takes over the pending entries of consumers that have not been seen
-    for `claim_idle` seconds (a worker or process that is gone: fewer workers after a
-    restart, another host), so no entry stays with a consumer nobody runs.
+    `CLAIM_SECONDS` it takes over the pending entries of the group's other consumers that
+    have not been seen for `claim_idle` seconds, unless they are names of this flow's own
+    workers (`<group>-<index>` below the worker count: each reads its own backlog): the
+    workers of a run with more workers, a process or host that is gone. So no entry stays
+    with a consumer nobody runs, and a slow worker's entries are not read twice.
     """
 
-    def __init__(self, source: RedisStreamSource, consumer: str) -> None:
+    def __init__(self, source: RedisStreamSource, consumer: str, workers: int = 1) -> None:
         self.source = source
         self.client = connect(source.url)
-        self.consumer = consumer
+        self.consumer, self.workers = consumer, workers
         # Where the next read of this consumer's own backlog starts; None once it is read.
         self._backlog_after: str | None = "0"
         self._last_data = self._last_tick = self._last_read = time.monotonic()
@@ -310,6 +312,12 @@ class _RedisStreamPartition(StatelessSourcePartition[RawBatch]):
                     log.warning("not trimming %s: %s", stream, error)
                     self._trim_refused = True
 
+    def _ours(self, name: str) -> bool:
+        """A consumer name of one of this flow's workers: it reads its own backlog when it
+        starts (a stalled worker's entries are never taken from it)."""
+        prefix, _, index = name.rpartition("-")
+        return prefix == self.source.group and index.isdigit() and int(index) < self.workers
+
     def _others_pending(self) -> bool:
         """Whether other consumers of the group hold entries nobody has acknowledged yet."""
         summary = self.client.xpending(self.source.stream, self.source.group)
@@ -329,7 +337,7 @@ class _RedisStreamPartition(StatelessSourcePartition[RawBatch]):
         claimed: list[Any] = []
         for info in consumers:
             name = _text(info["name"])
-            if name == self.consumer or int(info["pending"]) == 0 or int(info["idle"]) < idle_ms:
+            if self._ours(name) or int(info["pending"]) == 0 or int(info["idle"]) < idle_ms:
                 continue
             pending = self.client.xpending_range(
                 self.source.stream, self.source.group, "-", "+", self.source.batch_size - len(claimed), name
@@ -405,7 +413,7 @@ class RedisStreamSource(DynamicSource[RawBatch]):
         )
 
     def build(self, step_id: str, worker_index: int, worker_count: int) -> _RedisStreamPartition:
-        return _RedisStreamPartition(self, f"{self.group}-{worker_index}")
+        return _RedisStreamPartition(self, f"{self.group}-{worker_index}", worker_count)
 
 
 def __getattr__(name: str) -> Any:

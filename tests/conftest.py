@@ -86,3 +86,26 @@ def handbook() -> Path:
     if not (HANDBOOK / "transactions.parquet").exists():
         pytest.skip(f"handbook data not found at {HANDBOOK} (it ships with ../shared, not with a clone)")
     return HANDBOOK
+
+
+# The longest files, started first: with the suite spread over workers (`make test`), the
+# last file to start sets the wall time, so the long ones must not be left for the end.
+LONGEST_FIRST = (
+    "03_monitoring.ipynb",
+    "test_drift_loop.py",
+    "test_quickstart.py",
+    "test_demo.py",
+    "04_decisions.ipynb",
+    "test_offline_store.py",
+    "test_book_parity.py",
+    "test_api_hardening.py",
+    "test_store_faults.py",
+    "test_training.py",
+    "test_monitoring.py",
+    "test_prediction_log.py",
+)
+
+
+def pytest_collection_modifyitems(items: list[pytest.Item]) -> None:
+    rank = {name: i for i, name in enumerate(LONGEST_FIRST)}
+    items.sort(key=lambda item: rank.get(item.path.name, len(rank)))  # stable: the rest keep their order
