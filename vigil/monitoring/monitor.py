@@ -171,7 +171,7 @@ def run_monitor(settings: Settings, config: MonitorConfig | None = None, dry_run
             window = WindowDrift.from_dict(state["windows"][key])
         else:
             if version not in references:
-                references[version] = load_reference(settings, version)
+                references[version] = load_reference(settings, version, keep=not dry_run)
             began = pd.Timestamp(start, unit="s")
             name = f"{began:%Y%m%d-%H%M}-{seconds // 3600}h-v{version}.html"
             caption = (

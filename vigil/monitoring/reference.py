@@ -45,8 +45,9 @@ def _cache_path(settings: Settings, version: str) -> Path:
     return settings.data_dir / "monitoring" / "reference" / f"fraud-detector-v{version}.parquet"
 
 
-def load_reference(settings: Settings, version: str) -> pd.DataFrame:
-    """The reference of registered version `version` (downloaded from its run once)."""
+def load_reference(settings: Settings, version: str, keep: bool = True) -> pd.DataFrame:
+    """The reference of registered version `version` (downloaded from its run once; `keep`
+    False: not kept in the local cache, for a run that must change nothing)."""
     cached = _cache_path(settings, version)
     if cached.exists():
         return pd.read_parquet(cached)
@@ -68,6 +69,8 @@ def load_reference(settings: Settings, version: str) -> pd.DataFrame:
                 "monitor existed: train a new version with `vigil train`"
             ) from error
         reference = pd.read_parquet(local)
+    if not keep:
+        return reference
     cached.parent.mkdir(parents=True, exist_ok=True)
     reference.to_parquet(cached, index=False)
     return reference

@@ -109,11 +109,21 @@ def run_retraining(
         reasons.append("requested (--retrain always)")
     if not reasons:
         return RetrainOutcome([], "none", "no alert and no schedule due: nothing to do")
-    if data is None:
-        data = _training_data(settings)
-    # The gate's week is the last labelled one; the challenger learns from the days right
-    # before it (no gap: what matters is the newest behaviour, and the week stays unseen).
-    last = pd.to_datetime(data["tx_datetime"]).dt.normalize().max()
+    if data is None and dry_run:
+        # Saying what would happen reads no training set: building one applies the Feast repo
+        # and backfills feature days, and a dry run changes nothing.
+        from vigil.offline.eventlog import days
+
+        labelled = days(settings.event_log, "labels")
+        if not labelled:
+            return RetrainOutcome(reasons, "dry-run", "would retrain, but no label has been ingested yet")
+        last = pd.Timestamp(labelled[-1])
+    else:
+        if data is None:
+            data = _training_data(settings)
+        # The gate's week is the last labelled one; the challenger learns from the days right
+        # before it (no gap: what matters is the newest behaviour, and the week stays unseen).
+        last = pd.to_datetime(data["tx_datetime"]).dt.normalize().max()
     gate_start = last - pd.Timedelta(days=6)
     end = gate_start - pd.Timedelta(days=1)
     start = end - pd.Timedelta(days=train_days - 1)
