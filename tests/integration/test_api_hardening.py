@@ -8,6 +8,7 @@ import json
 import socket
 import subprocess
 import sys
+import time
 from collections import Counter
 from collections.abc import Iterator
 from pathlib import Path
@@ -247,12 +248,11 @@ def test_a_big_batch_does_not_hold_up_single_scores(served: Served) -> None:
     chunk of it at most: their p99 stays under the service's 25 ms deadline, where a batch
     in one piece held every single request up to a second)."""
     import asyncio
-    import time
 
     batch = {"transactions": [{**served.row, "transaction_id": 50_000_000 + i} for i in range(10_000)]}
 
-    async def run() -> tuple[httpx.Response, list[float]]:
-        async with httpx.AsyncClient(base_url=served.base, headers=HEADERS, timeout=60) as client:
+    async def run(base: str) -> tuple[httpx.Response, list[float]]:
+        async with httpx.AsyncClient(base_url=base, headers=HEADERS, timeout=60) as client:
             await client.post("/v1/score", json=served.row)  # warm
             big = asyncio.ensure_future(client.post("/v1/score/batch", json=batch))
             await asyncio.sleep(0.05)  # the batch is being read and scored
@@ -269,13 +269,35 @@ def test_a_big_batch_does_not_hold_up_single_scores(served: Served) -> None:
                 await asyncio.sleep(0.005)
             return await big, list(await asyncio.gather(*singles))
 
-    answer, latencies = asyncio.run(run())
+    with running_server(server_env(served.settings, VIGIL_API_KEYS=KEY)) as base:  # the default body limit
+        deadline = time.monotonic() + 60
+        while httpx.get(f"{base}/readyz").status_code != 200 and time.monotonic() < deadline:
+            time.sleep(0.2)
+        answer, latencies = asyncio.run(run(base))
     assert answer.status_code == 200 and len(answer.json()["results"]) == 10_000
     assert len(latencies) >= 20, len(latencies)
     p99 = float(np.quantile(latencies, 0.99)) * 1000
     print(f"{len(latencies)} single scores during a 10,000-row batch: p50 {np.median(latencies) * 1000:.1f} ms, "
           f"p99 {p99:.1f} ms")  # fmt: skip
     assert p99 < 25.0
+
+
+def test_the_first_explained_batch_after_a_start_is_scored_by_the_champion(served: Served) -> None:
+    """A fresh service: /readyz says ready only once every path is warm, and explaining a
+    scored answer never turns it into a fallback."""
+    env = server_env(served.settings, VIGIL_API_KEYS=KEY)
+    rows = [{**served.row, "transaction_id": 60_000_000 + i} for i in range(600)]
+    with running_server(env) as base:
+        deadline = time.monotonic() + 60
+        while httpx.get(f"{base}/readyz").status_code != 200 and time.monotonic() < deadline:
+            time.sleep(0.2)
+        answer = httpx.post(
+            f"{base}/v1/score/batch?explain=true", json={"transactions": rows}, headers=HEADERS, timeout=60
+        )
+    results = answer.json()["results"]
+    assert answer.status_code == 200 and len(results) == 600
+    assert [r["fallback_reason"] for r in results if r["fallback"]] == []
+    assert all(r["contributions"] for r in results)
 
 
 def test_json_only(served: Served) -> None:
