@@ -126,6 +126,23 @@ def test_serve_refuses_a_broken_decision_file_in_one_line(
     assert "Traceback" not in result.stderr and len(result.stderr.strip().splitlines()) == 1, result.stderr
 
 
+def test_a_stream_without_its_password_is_named(settings: Settings, tmp_path: Path) -> None:
+    """The flow on a password-protected Redis with the password missing from --source (or
+    wrong): one line saying what to put where, exit 2, not a panic of the dataflow."""
+    from vigil.local_redis import LocalRedis
+
+    with LocalRedis(tmp_path / "locked", password="s3cret") as server:
+        env = env_for(settings, REDIS_URL=server.url)
+        port = server.port
+        for source, says in (
+            (f"redis://127.0.0.1:{port}/vigil:events", "refused the credentials"),
+            (f"redis://:wrong@127.0.0.1:{port}/vigil:events", "refused the credentials"),
+        ):
+            result = vigil("ingest", "--source", source, env=env)
+            assert result.returncode == 2 and says in result.stderr, result.stderr
+            assert "Traceback" not in result.stderr and "panic" not in result.stderr and "wrong" not in result.stderr
+
+
 def test_bad_redis_url_is_explained(settings: Settings) -> None:
     result = vigil("redis", env=env_for(settings, REDIS_URL="http://:secret@nowhere"))
     assert result.returncode == 2 and "REDIS_URL must look like redis://" in result.stderr

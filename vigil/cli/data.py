@@ -160,6 +160,37 @@ def apply(args: argparse.Namespace) -> int:
     return 0
 
 
+def _check_stream_server(source: str) -> None:
+    """The stream's server answers with these credentials (the flow would stop on a panic)."""
+    import redis
+
+    from vigil.online.connection import connect
+    from vigil.settings import redact
+    from vigil.uris import parse_source_uri
+
+    stream = parse_source_uri(source)
+    if stream is None:
+        return
+    try:
+        client = connect(stream.address, socket_connect_timeout=2, socket_timeout=2)
+        client.ping()
+        client.close()
+    except redis.AuthenticationError:
+        raise UserError(
+            f"the Redis of {redact(source)} refused the credentials: put the password in the URL "
+            "(redis://:PASSWORD@HOST:PORT/STREAM)"
+        ) from None
+    except redis.ResponseError as error:
+        if "NOAUTH" in str(error) or "WRONGPASS" in str(error):
+            raise UserError(
+                f"the Redis of {redact(source)} asks for a password: put it in the URL "
+                "(redis://:PASSWORD@HOST:PORT/STREAM)"
+            ) from None
+        raise
+    except (redis.ConnectionError, redis.TimeoutError, OSError) as error:
+        raise UserError(f"no Redis answers at {redact(source)}: {error}") from None
+
+
 def ingest(args: argparse.Namespace) -> int:
     from vigil.files import UnreadableFileError, file_format
     from vigil.settings import redact
@@ -183,6 +214,8 @@ def ingest(args: argparse.Namespace) -> int:
         raise UserError(str(error)) from None
     config = settings()
     ensure_redis(config)
+    if args.source and args.source.startswith(("redis://", "rediss://", "unix://")):
+        _check_stream_server(args.source)
     if args.metrics_port is not None:
         from flows.metrics import prepare_multiprocess
 
