@@ -20,7 +20,7 @@ from feast import FeatureStore
 from tqdm import tqdm
 
 from vigil.features import spec
-from vigil.offline.backfill import BackfillReport, backfill_days
+from vigil.offline.backfill import BackfillReport, backfill_days, read_features
 from vigil.offline.eventlog import days, read_log
 from vigil.settings import Settings
 
@@ -63,6 +63,32 @@ def read_events(
     transactions["tx_datetime"] = pd.to_datetime(transactions["ts"], unit="s")
     labels["tx_datetime"] = pd.to_datetime(labels["ts"], unit="s")
     return transactions.reset_index(drop=True), labels.reset_index(drop=True)
+
+
+def as_of_their_times(
+    settings: Settings, entity_df: pd.DataFrame, first: str | None, last: str | None
+) -> pd.DataFrame:
+    """The training service's inputs for `entity_df`'s transactions as of their own times,
+    from the backfilled table: what `get_historical_features` on Feast's file offline store
+    returns for these rows (the Spark engine asks Feast's Spark store, and a test holds the two
+    equal). Every transaction's features are one row of the table stamped at its own time, so
+    the as-of join is a join on the id that keeps rows stamped at or before the entity row's
+    time. Feast's file store does the general as-of join with Dask: 34 s for the 63,671 rows of
+    a 63-day world of 500 cards (the largest share of the test suite's time), against well
+    under a second here, measured on this machine."""
+    logged = logged_days(settings)
+    table = read_features(settings.offline_dir, first or logged[0], last or logged[-1])
+    if table.empty:
+        return entity_df.assign(**{name: np.nan for name in spec.SERVED_INPUTS})
+    features = table[["transaction_id", "event_timestamp", *spec.SERVED_INPUTS]].rename(
+        columns={"event_timestamp": "feature_timestamp"}
+    )
+    joined = entity_df.merge(features, on="transaction_id", how="left")
+    stamped = pd.to_datetime(joined["feature_timestamp"], utc=True)
+    at = pd.to_datetime(joined["event_timestamp"], utc=True)
+    joined = joined[stamped.isna() | (stamped <= at)]
+    joined = joined.sort_values("feature_timestamp").drop_duplicates("transaction_id", keep="last")
+    return joined.drop(columns=["feature_timestamp"])
 
 
 def backfill(
@@ -139,8 +165,7 @@ def training_set(
             warnings.filterwarnings("ignore", message="The spark offline store is an experimental feature")
             frame = spark_store.get_historical_features(entity_df=entity_df, features=service).to_df()
     else:
-        job = store.get_historical_features(entity_df=entity_df, features=store.get_feature_service(TRAINING_SERVICE))
-        frame = job.to_df()
+        frame = as_of_their_times(settings, entity_df, first, last)
     times = pd.to_datetime(frame["event_timestamp"])
     frame["tx_datetime"] = times.dt.tz_convert("UTC").dt.tz_localize(None) if times.dt.tz is not None else times
     frame = frame.sort_values(["tx_datetime", "transaction_id"]).reset_index(drop=True)
