@@ -88,8 +88,10 @@ def handbook() -> Path:
     return HANDBOOK
 
 
-# The longest files, started first: with the suite spread over workers (`make test`), the
-# last file to start sets the wall time, so the long ones must not be left for the end.
+# The longest files, started first: with the suite spread over workers (`make test`, which
+# keeps this order with --no-loadscope-reorder: by default xdist starts the files with the most
+# tests first, and these single-test files came last), the last file to start sets the wall
+# time, so the long ones must not be left for the end.
 LONGEST_FIRST = (
     "03_monitoring.ipynb",
     "test_drift_loop.py",
