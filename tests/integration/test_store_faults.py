@@ -9,7 +9,7 @@ import subprocess
 import sys
 import time
 import uuid
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from pathlib import Path
 
 import httpx
@@ -319,58 +319,83 @@ def test_tls_and_a_password_on_every_path(settings: Settings, small_world: pd.Da
         assert "nope" not in refused.stderr and password not in refused.stdout + refused.stderr
 
 
+def ride_out(
+    local: Settings, frame: pd.DataFrame, stop: Callable[[], None], start: Callable[[], None], write_while_down: bool
+) -> None:
+    """A live feature flow and `vigil predictions persist` through `stop()`, 2 s, `start()`
+    (with the second half of the events sent meanwhile when the stream stays up): both stay
+    up, the flow goes on from where it was, every event reaches the online store exactly."""
+    import signal
+
+    stream = f"{local.key_prefix}:events"
+    source = f"{local.redis_url.rsplit('/', 1)[0]}/{stream}"
+    env = server_env(local)
+    flow = subprocess.Popen(
+        [sys.executable, "-m", "vigil.cli", "ingest", "--source", source, "--no-progress"],
+        env=env, stdout=subprocess.PIPE, stderr=subprocess.PIPE,
+    )  # fmt: skip
+    persister = subprocess.Popen(
+        [sys.executable, "-m", "vigil.cli", "predictions", "persist", "--interval", "0.2"],
+        env=env, stdout=subprocess.PIPE, stderr=subprocess.PIPE,
+    )  # fmt: skip
+    client = connect(local.redis_url)
+    try:
+        half = write_stream(frame.iloc[:2000], source, with_labels=False)
+
+        def caught_up() -> bool:
+            """The flow's group has read to the stream's end and acknowledged it all."""
+            try:
+                groups = {g["name"].decode(): g for g in client.xinfo_groups(stream)}
+                newest = client.xrevrange(stream, count=1)[0][0]
+            except (redis.RedisError, IndexError):
+                return False
+            info = groups.get("vigil-features")
+            return info is not None and info["last-delivered-id"] == newest and info["pending"] == 0
+
+        assert wait_for(caught_up, timeout=90)
+        stop()
+        if write_while_down:  # the flow reads them and cannot write their histories until `start`
+            rest = write_stream(frame.iloc[2000:], source, with_labels=False)
+            time.sleep(2)
+            start()
+        else:
+            time.sleep(2)
+            start()
+            rest = write_stream(frame.iloc[2000:], source, with_labels=False)
+        assert half + rest == len(frame)
+        assert wait_for(caught_up, timeout=90)
+        assert flow.poll() is None and persister.poll() is None
+    finally:
+        client.close()
+        for process in (flow, persister):
+            process.send_signal(signal.SIGINT)
+        _, flow_err = flow.communicate(timeout=60)
+        _, persister_err = persister.communicate(timeout=60)
+    assert flow.returncode == 130, flow_err.decode()[-2000:]  # stopped by Ctrl-C, with its summary
+    assert persister.returncode == 0, persister_err.decode()[-2000:]
+    store = OnlineHistoryStore(connect(local.redis_url), local.feast_project)
+    ours = online_features(frame, store)
+    assert max(max_differences(ours, compute_features(frame.assign(tx_fraud=None))).values()) <= 1e-9
+
+
 def test_the_flow_and_the_persister_ride_out_a_redis_restart(
     settings: Settings, small_world: pd.DataFrame, tmp_path: Path
 ) -> None:
-    """A live feature flow and `vigil predictions persist` while their Redis (append-only
-    file on) is killed and comes back 2 s later: both stay up, the flow goes on from where it
-    was, every event reaches the online store, and the features equal the definitions."""
-    import signal
-
+    """Their Redis (append-only file on) killed and back 2 s later."""
     with LocalRedis(tmp_path / "aof", extra=("--appendonly", "yes", "--appendfsync", "always")) as server:
-        local = on(settings, server.url, tmp_path)
-        frame = four_weeks(small_world).iloc[:4000]
-        stream = f"{local.key_prefix}:events"
-        source = f"{server.url.rsplit('/', 1)[0]}/{stream}"
-        env = server_env(local)
-        flow = subprocess.Popen(
-            [sys.executable, "-m", "vigil.cli", "ingest", "--source", source, "--no-progress"],
-            env=env, stdout=subprocess.PIPE, stderr=subprocess.PIPE,
-        )  # fmt: skip
-        persister = subprocess.Popen(
-            [sys.executable, "-m", "vigil.cli", "predictions", "persist", "--interval", "0.2"],
-            env=env, stdout=subprocess.PIPE, stderr=subprocess.PIPE,
-        )  # fmt: skip
-        try:
-            client = redis.Redis.from_url(server.url)
-            half = write_stream(frame.iloc[:2000], source, with_labels=False)
+        # Back with its data (append-only file); the flow polls the stream meanwhile.
+        ride_out(on(settings, server.url, tmp_path), four_weeks(small_world).iloc[:4000], server.kill,
+                 server.start, write_while_down=False)  # fmt: skip
 
-            def caught_up() -> bool:
-                """The flow's group has read to the stream's end and acknowledged it all."""
-                try:
-                    groups = {g["name"].decode(): g for g in client.xinfo_groups(stream)}
-                    newest = client.xrevrange(stream, count=1)[0][0]
-                except (redis.RedisError, IndexError):
-                    return False
-                info = groups.get("vigil-features")
-                return info is not None and info["last-delivered-id"] == newest and info["pending"] == 0
 
-            assert wait_for(caught_up, timeout=90)
-            server.kill()
-            time.sleep(2)
-            server.start()  # its data back from the append-only file
-            rest = write_stream(frame.iloc[2000:], source, with_labels=False)
-            assert half + rest == len(frame)
-            assert wait_for(caught_up, timeout=90)
-            assert flow.poll() is None and persister.poll() is None
-        finally:
-            for process in (flow, persister):
-                process.send_signal(signal.SIGINT)
-            _, flow_err = flow.communicate(timeout=60)
-            _, persister_err = persister.communicate(timeout=60)
-        assert flow.returncode == 130, flow_err.decode()[-2000:]  # stopped by Ctrl-C, with its summary
-        assert persister.returncode == 0, persister_err.decode()[-2000:]
-        assert "Redis is unavailable" in flow_err.decode() and "answers again" in flow_err.decode()
-        store = OnlineHistoryStore(connect(local.redis_url), local.feast_project)
-        ours = online_features(frame, store)
-        assert max(max_differences(ours, compute_features(frame.assign(tx_fraud=None))).values()) <= 1e-9
+def test_the_flow_and_the_persister_ride_out_a_cluster_master_kill(
+    settings: Settings, cluster: LocalRedisCluster, small_world: pd.DataFrame, tmp_path: Path
+) -> None:
+    """A master of the cluster (not the stream's) killed while events arrive, back 2 s later
+    with its data (append-only file): the histories on it are written once it is back."""
+    local = on(settings, cluster.url, tmp_path)
+    slot = key_slot(f"{local.key_prefix}:events".encode())
+    stream_node = min(slot // (16384 // cluster.masters), cluster.masters - 1)
+    victim = (stream_node + 1) % cluster.masters
+    ride_out(local, four_weeks(small_world).iloc[:4000], lambda: cluster.kill(victim), lambda: cluster.restart(victim),
+             write_while_down=True)  # fmt: skip
