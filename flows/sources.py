@@ -319,9 +319,14 @@ class _RedisStreamPartition(StatelessSourcePartition[RawBatch]):
         return prefix == self.source.group and index.isdigit() and int(index) < self.workers
 
     def _others_pending(self) -> bool:
-        """Whether other consumers of the group hold entries nobody has acknowledged yet."""
+        """Whether consumers that are not this flow's workers hold entries nobody has
+        acknowledged: a source at its end waits to claim them. Entries a worker of this flow
+        holds are its own to finish; its sinks may acknowledge them only when the flow ends,
+        so waiting for them would never end."""
         summary = self.client.xpending(self.source.stream, self.source.group)
-        return any(_text(c["name"]) != self.consumer and int(c["pending"]) for c in summary.get("consumers") or [])
+        return any(
+            not self._ours(_text(c["name"])) and int(c["pending"]) for c in summary.get("consumers") or []
+        )
 
     def _claim_departed(self) -> list[Any]:
         """Pending entries of consumers idle for `claim_idle` seconds, now this consumer's.
