@@ -236,6 +236,24 @@ def test_a_stream_consumer_killed_mid_stream_loses_nothing(settings: Settings, s
         assert sum(len(pd.read_parquet(p.path)) for p in list_parts(settings.offline_dir, kind)) == len(frame)
 
 
+def test_a_source_at_its_end_waits_only_for_entries_it_can_claim(settings: Settings, redis_client: redis.Redis) -> None:
+    """Entries held by another worker of the flow are that worker's to acknowledge (its sinks
+    may do so only when the flow ends): waiting for them would never end. Entries held by a
+    consumer the flow does not run are claimed, so they are waited for."""
+    stream = f"{settings.key_prefix}:events"
+    for i in range(3):
+        redis_client.xadd(stream, {"json": json.dumps({"n": i})})
+    source = RedisStreamSource(settings.redis_url, stream, idle_timeout=0.1)
+    partition = source.build("events", 0, 2)  # worker 0 of 2
+    try:
+        redis_client.xreadgroup(source.group, f"{source.group}-1", {stream: ">"}, count=1)  # worker 1 of this flow
+        assert not partition._others_pending()
+        redis_client.xreadgroup(source.group, f"{source.group}-5", {stream: ">"}, count=1)  # a run with 6 workers
+        assert partition._others_pending()
+    finally:
+        partition.close()
+
+
 @pytest.mark.parametrize(("before", "after"), [(2, 1), (1, 2)])
 def test_a_restart_with_other_workers_leaves_nothing_pending(
     settings: Settings, small_world: pd.DataFrame, before: int, after: int
