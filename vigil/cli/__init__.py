@@ -12,7 +12,7 @@ import argparse
 import sys
 from collections.abc import Callable, Sequence
 
-from vigil.cli import data, models, monitor, serving
+from vigil.cli import data, models, monitor, repo, serving
 from vigil.cli.common import Formatter, Refused, UserError, quiet_libraries
 
 __all__ = ["Refused", "UserError", "build_parser", "main"]
@@ -40,6 +40,7 @@ def build_parser() -> argparse.ArgumentParser:
     models.add_parsers(sub)
     serving.add_parsers(sub)
     monitor.add_parsers(sub)
+    repo.add_parsers(sub)
     return parser
 
 

@@ -1,0 +1,130 @@
+"""Declared-features commands: `vigil repo check` and `vigil repo compute`."""
+
+from __future__ import annotations
+
+import argparse
+from pathlib import Path
+from typing import TYPE_CHECKING, Any
+
+from vigil.cli.common import UserError, settings, subcommand
+
+if TYPE_CHECKING:
+    import pandas as pd
+
+    from vigil.declared import DeclaredFeatures
+
+
+def add_parsers(sub: Any) -> None:
+    p = subcommand(
+        sub,
+        "repo",
+        "check a declared feature repo, or compute its features for a file of events",
+        "A feature repo declares its events, entities, window aggregations, on-demand views and feature "
+        "services with Feast's own objects. `check` compiles it and lists what it declares, or names every "
+        "mistake (exit 2). `compute` gives each event of a file its features as of its own time.",
+        """vigil repo check --repo examples/handbook
+vigil repo compute --repo examples/handbook --events transactions.parquet --out features.parquet
+vigil repo compute --repo examples/handbook --events transactions.parquet --reference features_reference.parquet""",
+    )
+    actions = p.add_subparsers(dest="action", required=True, metavar="ACTION")
+    check_parser = actions.add_parser("check", help="compile the repo and list what it declares")
+    compute_parser = actions.add_parser("compute", help="the features of a file's events, each as of its own time")
+    for parser in (check_parser, compute_parser):
+        parser.add_argument("--repo", metavar="PATH", help="the Feast repo (default: VIGIL_FEATURE_REPO)")
+    compute_parser.add_argument("--events", metavar="PATH", required=True, help="events (.parquet, .csv, .jsonl)")
+    compute_parser.add_argument("--labels", metavar="PATH", help="labels (default: the label column of --events)")
+    compute_parser.add_argument("--service", metavar="NAME", help="a feature service (default: the repo's default)")
+    compute_parser.add_argument("--out", metavar="PATH", help="write the features to Parquet")
+    compute_parser.add_argument("--reference", metavar="PATH", help="compare with a file (exit 1 beyond 1e-9)")
+    check_parser.set_defaults(func=check)
+    compute_parser.set_defaults(func=compute)
+
+
+def load(args: argparse.Namespace) -> DeclaredFeatures:
+    from vigil.declared import RepoMistakes, load_declared
+
+    repo = Path(args.repo) if args.repo else settings().feature_repo
+    try:
+        return load_declared(repo)
+    except RepoMistakes as error:
+        raise UserError(str(error)) from None
+
+
+def duration(seconds: int) -> str:
+    """86400 -> "1d", 5400 -> "90m": the largest unit that divides it."""
+    for unit, size in (("d", 86400), ("h", 3600), ("m", 60)):
+        if seconds and seconds % size == 0:
+            return f"{seconds // size}{unit}"
+    return f"{seconds}s"
+
+
+def check(args: argparse.Namespace) -> int:
+    declared = load(args)
+    events = declared.events
+    print(f"Feature repo {declared.project!r}: compiled")
+    fields = ", ".join(f"{name} ({kind})" for name, kind in events.fields.items())
+    print(f"  events ({events.source}): {fields}; id {events.event_id}, time {events.time}")
+    if declared.labels is not None:
+        print(f"  labels ({declared.labels.source}): {declared.labels.label} of event {declared.labels.event_id}")
+    for a in declared.aggregations:
+        delay = f", {duration(a.delay_seconds)} late" if a.delay_seconds else ""
+        print(f"  {a.name}: {a.function}({a.column}) per {a.key} over {duration(a.window_seconds)} of {a.on}{delay}")
+    for d in declared.derived:
+        print(f"  {', '.join(d.outputs)}: on-demand view {d.name}")
+    for s in declared.services.values():
+        print(f"  service {s.name}{' (default)' if s.default else ''}: {len(s.features)} features")
+    return 0
+
+
+def read_table(path: Path, times: list[str]) -> pd.DataFrame:
+    import pandas as pd
+
+    try:
+        if path.suffix == ".parquet":
+            return pd.read_parquet(path)
+        if path.suffix == ".csv":
+            return pd.read_csv(path, parse_dates=times)
+        if path.suffix in (".jsonl", ".json"):
+            return pd.read_json(path, lines=True, convert_dates=times)
+    except (OSError, ValueError) as error:
+        raise UserError(f"{path}: {error}") from None
+    raise UserError(f"{path}: not .parquet, .csv or .jsonl")
+
+
+def compute(args: argparse.Namespace) -> int:
+    from vigil.declared.backfill import compute_declared
+
+    declared = load(args)
+    events = read_table(Path(args.events), [declared.events.time])
+    missing = [name for name in declared.events.fields if name not in events.columns]
+    if missing:
+        raise UserError(f"{args.events}: no column {', '.join(map(repr, missing))} (fields of the repo's events)")
+    labels = read_table(Path(args.labels), [declared.labels.time]) if args.labels and declared.labels else None
+    try:
+        values = compute_declared(declared, events, labels, service=args.service)
+    except KeyError as error:
+        raise UserError(str(error.args[0])) from None
+    except ValueError as error:
+        raise UserError(f"{args.events}: {error}") from None
+    if args.out:
+        values.to_parquet(args.out, index=False)
+        print(f"Wrote {values.shape[1] - 1} features of {len(values):,} events to {args.out}")
+    if args.reference:
+        return compare(values, read_table(Path(args.reference), []), declared.events.event_id)
+    return 0
+
+
+def compare(values: pd.DataFrame, reference: pd.DataFrame, event_id: str) -> int:
+    import numpy as np
+
+    joined = values.merge(reference, on=event_id, suffixes=("", " (reference)"))
+    worst = 0.0
+    for name in values.columns.drop(event_id):
+        if f"{name} (reference)" not in joined.columns:
+            continue
+        diff = float(np.nanmax(np.abs(joined[name].astype(float) - joined[f"{name} (reference)"].astype(float))))
+        worst = max(worst, diff)
+        print(f"  {name:<40} max |diff| {diff:.3g}")
+    ok = worst <= 1e-9 and len(joined) == len(values)
+    print(("MATCH" if ok else "MISMATCH") + f": {len(joined):,} events compared, largest difference {worst:.3g}")
+    return 0 if ok else 1

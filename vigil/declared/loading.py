@@ -1,0 +1,56 @@
+"""Reading a Feast repo with Feast's own loader (what `feast apply` reads)."""
+
+from __future__ import annotations
+
+import contextlib
+import sys
+import warnings
+from pathlib import Path
+from typing import Any
+
+import yaml
+
+from vigil.declared.compiler import RepoMistakes, compile_contents
+from vigil.declared.model import DeclaredFeatures
+
+
+def parse_feast_repo(repo: Path) -> Any:
+    """Feast's `RepoContents` of the repo at `repo`, read as `feast apply` reads it.
+
+    Feast's loader names modules relative to the working directory (`feast apply` runs in
+    the repo), so the repo's own `from entities import ...` lines resolve the same way.
+    A module of this repo imported before is dropped first: the repo's modules may read
+    the environment when imported, and another repo may have modules of the same name.
+    """
+    from feast.repo_operations import parse_repo
+
+    root = repo.resolve()
+    if str(root) not in sys.path:
+        sys.path.insert(0, str(root))
+    # A copy taken in one C call: other threads may import while this loop runs.
+    for name, module in sys.modules.copy().items():
+        location = getattr(module, "__file__", None)
+        if location and Path(location).resolve().parent == root:
+            del sys.modules[name]
+    with contextlib.chdir(root), warnings.catch_warnings():
+        warnings.filterwarnings("ignore", message=".*experimental.*")
+        return parse_repo(root)
+
+
+def load_declared(repo: Path | str) -> DeclaredFeatures:
+    """The repo compiled; `RepoMistakes` (a ValueError) names what stops it."""
+    root = Path(repo)
+    config = root / "feature_store.yaml"
+    if not config.is_file():
+        raise RepoMistakes(root, [f"{config}: not found (a Feast repo has a feature_store.yaml)"])
+    try:
+        project = str((yaml.safe_load(config.read_text()) or {}).get("project", ""))
+    except yaml.YAMLError as error:
+        raise RepoMistakes(root, [f"{config}: not YAML ({error})"]) from None
+    if not project:
+        raise RepoMistakes(root, [f"{config}, project: missing"])
+    try:
+        contents = parse_feast_repo(root)
+    except Exception as error:  # a repo's own Python (or Feast's checks) failed on import
+        raise RepoMistakes(root, [f"reading the repo's Python files: {type(error).__name__}: {error}"]) from None
+    return compile_contents(contents, project, root)

@@ -1,0 +1,111 @@
+"""What a declared feature repo compiles to: plain, frozen descriptions that the
+executions (the backfill here; the flow and the scoring service read the same objects)
+run without going back to Feast's objects."""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+from dataclasses import dataclass, field
+from typing import Any, Literal
+
+# The JSON kinds of Feast's types (the contract's mapping).
+Kind = Literal["integer", "number", "string", "boolean", "time"]
+# Feast's six aggregation functions.
+FUNCTIONS: tuple[str, ...] = ("count", "sum", "mean", "min", "max", "count_distinct")
+
+
+@dataclass(frozen=True)
+class EventSchema:
+    """The fields every event carries (the `RequestSource` tagged vigil.role=events)."""
+
+    source: str
+    fields: dict[str, Kind]
+    event_id: str
+    time: str
+
+
+@dataclass(frozen=True)
+class LabelSchema:
+    """How labels are told: the labelled event's id and time, and the label column."""
+
+    source: str
+    event_id: str
+    time: str
+    label: str
+
+
+@dataclass(frozen=True)
+class WindowAggregation:
+    """One declared `Aggregation`: for an event of the view's entity at time t, `function`
+    of `column` over the entity's facts with time in (t - delay - window, t - delay].
+
+    Facts are the events (`on == "events"`; the delay is 0; of two events at one time the
+    one with the lower id comes first, and an event's window holds itself) or the
+    labelled events (`on == "labels"`), at their events' own times.
+    """
+
+    name: str
+    view: str
+    entity: str
+    key: str
+    on: Literal["events", "labels"]
+    column: str
+    function: str
+    window_seconds: int
+    delay_seconds: int = 0
+
+
+@dataclass(frozen=True)
+class DerivedView:
+    """An `OnDemandFeatureView` in python mode: `transform` takes a dict of lists (the
+    features of `inputs` and the request fields) and returns a dict of lists (`outputs`)."""
+
+    name: str
+    inputs: tuple[str, ...]
+    outputs: tuple[str, ...]
+    transform: Callable[[dict[str, list[Any]]], dict[str, list[Any]]]
+    wants_request: bool
+
+
+@dataclass(frozen=True)
+class Service:
+    """A `FeatureService`: a model's inputs, in order."""
+
+    name: str
+    features: tuple[str, ...]
+    default: bool = False
+
+
+@dataclass(frozen=True)
+class DeclaredFeatures:
+    """A compiled repo: everything needed to compute its features anywhere."""
+
+    project: str
+    events: EventSchema
+    labels: LabelSchema | None
+    entities: dict[str, str]  # entity name -> its join key
+    aggregations: tuple[WindowAggregation, ...]
+    derived: tuple[DerivedView, ...]
+    services: dict[str, Service] = field(default_factory=dict)
+
+    @property
+    def default_service(self) -> Service:
+        defaults = [s for s in self.services.values() if s.default]
+        return defaults[0] if defaults else next(iter(self.services.values()))
+
+    @property
+    def feature_names(self) -> tuple[str, ...]:
+        return (*(a.name for a in self.aggregations), *(o for d in self.derived for o in d.outputs))
+
+    @property
+    def horizon_seconds(self) -> int:
+        """How far back of an entity's newest fact the windows reach."""
+        return max((a.window_seconds + a.delay_seconds for a in self.aggregations), default=0)
+
+    def service(self, name: str | None) -> Service:
+        if name is None:
+            return self.default_service
+        if name not in self.services:
+            known = ", ".join(sorted(self.services)) or "none"
+            raise KeyError(f"no feature service named {name!r} (the repo declares: {known})")
+        return self.services[name]
