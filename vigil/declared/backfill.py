@@ -76,7 +76,9 @@ def compute_declared(
     features: list[str] | None = None,
 ) -> pd.DataFrame:
     """The event id and the features of `service` (or `features`, or all) for each event."""
-    names = features or list(declared.service(service).features if service or declared.services else declared.feature_names)
+    if features is None:
+        features = list(declared.service(service).features if declared.services else declared.feature_names)
+    names = features
     wanted_derived = [d for d in declared.derived if set(d.outputs) & set(names)]
     needed = set(names) | {i for d in wanted_derived for i in d.inputs}
     values = _window_features(declared, events, labels, [a for a in declared.aggregations if a.name in needed])

@@ -11,7 +11,7 @@ from __future__ import annotations
 import re
 from collections.abc import Iterable
 from pathlib import Path
-from typing import Any
+from typing import Any, Literal, cast
 
 from vigil.declared.model import (
     FUNCTIONS,
@@ -86,7 +86,8 @@ class _Compiler:
         labels = self.label_schema(events, self.tagged(pushes, "labels"))
         entities = self.entities(events)
         roles = {s.name: (s.tags or {}).get(ROLE) for s in pushes}
-        aggregations = [a for view in self.contents.stream_feature_views for a in self.view(view, events, labels, entities, roles)]
+        views = self.contents.stream_feature_views
+        aggregations = [a for view in views for a in self.view(view, events, labels, entities, roles)]
         derived = [d for odfv in self.contents.on_demand_feature_views if (d := self.derived(odfv, events)) is not None]
         self.unique_names(aggregations, derived)
         known = {a.name for a in aggregations} | {o for d in derived for o in d.outputs}
@@ -106,7 +107,8 @@ class _Compiler:
         for f in request.schema:
             kind = _kind(f.dtype)
             if kind is None:
-                self.wrong(what, f"field {f.name!r}", f"type {f.dtype} is not one of Int64, Float64, String, Bool, UnixTimestamp")
+                why = f"type {f.dtype} is not one of Int64, Float64, String, Bool, UnixTimestamp"
+                self.wrong(what, f"field {f.name!r}", why)
             else:
                 fields[f.name] = kind
         if len(pushes) != 1:
@@ -187,7 +189,7 @@ class _Compiler:
     ) -> list[WindowAggregation]:
         what = f"stream feature view {view.name!r}"
         source = view.stream_source.name if view.stream_source is not None else None
-        on = roles.get(source or "")
+        on = cast("Literal['events', 'labels']", roles.get(source or ""))
         if on not in ROLES:
             self.wrong(what, "source", f"{source!r} is not the push source tagged {ROLE}=events or {ROLE}=labels")
             return []
@@ -213,30 +215,42 @@ class _Compiler:
             self.wrong(what, "aggregations", "none declared")
         # A label carries the event's id, time and keys, and the label: views on the labels
         # aggregate the label column.
-        columns = dict(events.fields) if on == "events" else {labels.label: "integer"}  # type: ignore[union-attr]
+        columns: dict[str, Kind] = dict(events.fields) if on == "events" else {labels.label: "integer"}  # type: ignore[union-attr]
         declared = {f.name for f in view.features}
+        key = entities[entity]
         out = []
         for aggregation in view.aggregations:
             name = aggregation.name or aggregation.resolved_name(aggregation.time_window)
-            at = f"aggregation {name!r}"
-            window = aggregation.time_window.total_seconds() if aggregation.time_window is not None else 0
-            if aggregation.function not in FUNCTIONS:
-                self.wrong(f"{what}, {at}", "function", f"{aggregation.function!r} is not one of {', '.join(FUNCTIONS)}")
-            elif aggregation.column not in columns:
-                self.wrong(f"{what}, {at}", "column", f"{aggregation.column!r} is not a field of the {on}")
-            elif columns[aggregation.column] not in ("integer", "number", "boolean") and aggregation.function not in (
-                "count",
-                "count_distinct",
-            ):
-                self.wrong(f"{what}, {at}", "column", f"{aggregation.function} needs a numeric column")
-            elif window <= 0 or window != int(window):
-                self.wrong(f"{what}, {at}", "time_window", "a whole, positive number of seconds is needed")
-            elif name not in declared:
-                self.wrong(f"{what}, {at}", "schema", f"{name!r} is not in the view's schema (as a Float64 field)")
-            else:
-                key = entities[entity]
-                out.append(WindowAggregation(name, view.name, entity, key, on, aggregation.column, aggregation.function, int(window), delay))  # type: ignore[arg-type]  # fmt: skip
+            why = self.aggregation_mistake(aggregation, name, columns, declared, on)
+            if why is not None:
+                self.wrong(f"{what}, aggregation {name!r}", *why)
+                continue
+            seconds = int(aggregation.time_window.total_seconds())
+            out.append(
+                WindowAggregation(
+                    name, view.name, entity, key, on, aggregation.column, aggregation.function, seconds, delay
+                )
+            )
         return out
+
+    @staticmethod
+    def aggregation_mistake(
+        aggregation: Any, name: str, columns: dict[str, Kind], declared: set[str], on: str
+    ) -> tuple[str, str] | None:
+        """(field, why) of what is wrong with one aggregation, or None."""
+        window = aggregation.time_window.total_seconds() if aggregation.time_window is not None else 0
+        if aggregation.function not in FUNCTIONS:
+            return "function", f"{aggregation.function!r} is not one of {', '.join(FUNCTIONS)}"
+        if aggregation.column not in columns:
+            return "column", f"{aggregation.column!r} is not a field of the {on}"
+        numeric = columns[aggregation.column] in ("integer", "number", "boolean")
+        if not numeric and aggregation.function not in ("count", "count_distinct"):
+            return "column", f"{aggregation.function} needs a numeric column"
+        if window <= 0 or window != int(window):
+            return "time_window", "a whole, positive number of seconds is needed"
+        if name not in declared:
+            return "schema", f"{name!r} is not in the view's schema (as a Float64 field)"
+        return None
 
     def derived(self, odfv: Any, events: EventSchema) -> DerivedView | None:
         what = f"on-demand feature view {odfv.name!r}"
@@ -274,8 +288,8 @@ class _Compiler:
                 self.wrong(what, "features", f"{', '.join(missing)}: not computed by a stream or on-demand view")
             services[service.name] = Service(service.name, names, tag == "true")
         if sum(s.default for s in services.values()) > 1:
-            names = ", ".join(repr(s.name) for s in services.values() if s.default)
-            self.wrong("the repo", f"tag {DEFAULT}", f"one default service at most, found {names}")
+            defaults = ", ".join(repr(s.name) for s in services.values() if s.default)
+            self.wrong("the repo", f"tag {DEFAULT}", f"one default service at most, found {defaults}")
         if not services:
             self.wrong("the repo", "feature services", "none declared: a model needs one to name its inputs")
         return services

@@ -25,13 +25,16 @@ def parse_feast_repo(repo: Path) -> Any:
     from feast.repo_operations import parse_repo
 
     root = repo.resolve()
-    if str(root) not in sys.path:
-        sys.path.insert(0, str(root))
-    # A copy taken in one C call: other threads may import while this loop runs.
+    if str(root) in sys.path:  # first on the path: its `features` before another repo's
+        sys.path.remove(str(root))
+    sys.path.insert(0, str(root))
+    # Modules of this repo, or of another repo with the same names (`features`), imported
+    # before are dropped. A copy taken in one C call: other threads may import meanwhile.
+    names = {".".join(p.relative_to(root).with_suffix("").parts) for p in root.rglob("*.py")}
     for name, module in sys.modules.copy().items():
         location = getattr(module, "__file__", None)
-        if location and Path(location).resolve().parent == root:
-            del sys.modules[name]
+        if name in names or (location and Path(location).resolve().parent == root):
+            sys.modules.pop(name, None)
     with contextlib.chdir(root), warnings.catch_warnings():
         warnings.filterwarnings("ignore", message=".*experimental.*")
         return parse_repo(root)

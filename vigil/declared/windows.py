@@ -38,7 +38,7 @@ def _first_after(ts: IntArray, ids: IntArray, start: int, end: int, t: int, tie_
 
 
 @njit(cache=True)
-def _aggregate(  # noqa: PLR0913 - one flat signature keeps the loop compiled once
+def _aggregate(
     seg_start: IntArray,
     seg_end: IntArray,
     fact_ts: IntArray,

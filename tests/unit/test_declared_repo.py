@@ -1,0 +1,187 @@
+"""A declared repo compiles, or each mistake is named: the object, the field and why."""
+
+from __future__ import annotations
+
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+
+from vigil.declared import RepoMistakes, load_declared
+from vigil.settings import PROJECT_ROOT
+
+# A small valid repo (cards and merchants, string keys); each case below changes one line.
+REPO = {
+    "feature_store.yaml": "project: cards\nprovider: local\nregistry: data/registry.db\n",
+    "sources.py": """
+from feast import Field, FileSource, PushSource, RequestSource
+from feast.types import Float64, Int64, String, UnixTimestamp
+
+event = RequestSource(name="event", schema=[
+    Field(name="id", dtype=Int64), Field(name="at", dtype=UnixTimestamp), Field(name="card", dtype=String),
+    Field(name="merchant", dtype=String), Field(name="amount", dtype=Float64)],
+    tags={"vigil.role": "events"})
+events = PushSource(name="events", batch_source=FileSource(name="events_log", path="data/e", timestamp_field="at"),
+    tags={"vigil.role": "events", "vigil.event_id": "id"})
+labels = PushSource(name="labels", batch_source=FileSource(name="labels_log", path="data/l", timestamp_field="at"),
+    tags={"vigil.role": "labels", "vigil.event_id": "id", "vigil.label": "fraud"})
+""",
+    "features.py": """
+from datetime import timedelta
+from feast import Entity, FeatureService, Field, StreamFeatureView, ValueType
+from feast.aggregation import Aggregation
+from feast.on_demand_feature_view import on_demand_feature_view
+from feast.types import Float64
+from sources import event, events, labels
+
+card = Entity(name="card", join_keys=["card"], value_type=ValueType.STRING)
+merchant = Entity(name="merchant", join_keys=["merchant"], value_type=ValueType.STRING)
+spending = StreamFeatureView(name="spending", source=events, entities=[card], timestamp_field="at",
+    schema=[Field(name="card_amount_1h", dtype=Float64), Field(name="card_merchants_1d", dtype=Float64)],
+    aggregations=[Aggregation(column="amount", function="sum", time_window=timedelta(hours=1), name="card_amount_1h"),
+        Aggregation(column="merchant", function="count_distinct", time_window=timedelta(days=1),
+            name="card_merchants_1d")])
+risk = StreamFeatureView(name="risk", source=labels, entities=[merchant], timestamp_field="at",
+    schema=[Field(name="merchant_fraud_rate_7d", dtype=Float64)], tags={"vigil.delay": "2d"},
+    aggregations=[Aggregation(column="fraud", function="mean", time_window=timedelta(days=7),
+        name="merchant_fraud_rate_7d")])
+
+@on_demand_feature_view(sources=[spending, event], schema=[Field(name="amount_share", dtype=Float64)], mode="python")
+def shares(inputs: dict) -> dict:
+    return {"amount_share": [a / t if t else 0.0 for a, t in zip(inputs["amount"], inputs["card_amount_1h"])]}
+
+model_v1 = FeatureService(name="model_v1", features=[spending, risk, shares], tags={"vigil.default": "true"})
+""",
+}
+
+
+def write_repo(root: Path, changes: dict[str, tuple[str, str]] | None = None) -> Path:
+    root.mkdir(parents=True, exist_ok=True)
+    for name, text in REPO.items():
+        change = (changes or {}).get(name)
+        if change is not None:
+            old, new = change
+            assert old in text, old
+            text = text.replace(old, new)
+        (root / name).write_text(text)
+    return root
+
+
+def test_a_valid_repo_compiles(tmp_path: Path) -> None:
+    declared = load_declared(write_repo(tmp_path / "repo"))
+    assert declared.project == "cards"
+    assert declared.entities == {"card": "card", "merchant": "merchant"}
+    assert sorted((a.name, a.function, a.window_seconds, a.delay_seconds) for a in declared.aggregations) == [
+        ("card_amount_1h", "sum", 3600, 0),
+        ("card_merchants_1d", "count_distinct", 86400, 0),
+        ("merchant_fraud_rate_7d", "mean", 7 * 86400, 2 * 86400),
+    ]
+    assert declared.default_service.features == (
+        "card_amount_1h", "card_merchants_1d", "merchant_fraud_rate_7d", "amount_share",
+    )  # fmt: skip
+    assert declared.derived[0].inputs == ("card_amount_1h", "card_merchants_1d")
+
+
+PANDAS_VIEW = """
+import pandas as pd
+
+@on_demand_feature_view(sources=[spending], schema=[Field(name="doubled", dtype=Float64)], mode="pandas")
+def doubled(df: pd.DataFrame) -> pd.DataFrame:
+    return pd.DataFrame({"doubled": df["card_amount_1h"] * 2})
+
+"""
+
+MISTAKES = {
+    "unknown function": (
+        "features.py",
+        ('function="sum"', 'function="median"'),
+        "stream feature view 'spending', aggregation 'card_amount_1h', function: 'median' is not one of",
+    ),
+    "column not in the schema": (
+        "features.py",
+        ('column="amount"', 'column="amount_eur"'),
+        "aggregation 'card_amount_1h', column: 'amount_eur' is not a field of the events",
+    ),
+    "zero window": (
+        "features.py",
+        ("timedelta(hours=1)", "timedelta(0)"),
+        "aggregation 'card_amount_1h', time_window: a whole, positive number of seconds is needed",
+    ),
+    "several entities": (
+        "features.py",
+        ("entities=[card]", "entities=[card, merchant]"),
+        "stream feature view 'spending', entities: exactly one entity is needed, found 2",
+    ),
+    "malformed delay": (
+        "features.py",
+        ('"vigil.delay": "2d"', '"vigil.delay": "two days"'),
+        "stream feature view 'risk', tag vigil.delay: 'two days' is not an integer followed by s, m, h or d",
+    ),
+    "two features with one name": (
+        "features.py",
+        ('name="card_merchants_1d")', 'name="card_amount_1h")'),
+        "feature 'card_amount_1h': also declared by stream feature view 'spending'",
+    ),
+    "entity key not a field": (
+        "features.py",
+        ('join_keys=["merchant"]', 'join_keys=["shop"]'),
+        "entity 'merchant', join_keys: 'shop' is not a field of the events",
+    ),
+    "event id not a field": (
+        "sources.py",
+        ('"vigil.event_id": "id"}', '"vigil.event_id": "event_id"}'),
+        "push source 'events', tag vigil.event_id: 'event_id' is not a field of the events",
+    ),
+    "time not a timestamp": (
+        "sources.py",
+        ('path="data/e", timestamp_field="at"', 'path="data/e", timestamp_field="amount"'),
+        "push source 'events', batch_source.timestamp_field: 'amount' is not a UnixTimestamp field",
+    ),
+    "no events source": (
+        "sources.py",
+        ('tags={"vigil.role": "events"})', "tags={})"),
+        "the repo, RequestSource tagged vigil.role=events: exactly one is needed, found none",
+    ),
+    "unknown role": (
+        "sources.py",
+        ('"vigil.role": "labels"', '"vigil.role": "label"'),
+        "data source 'labels', tag vigil.role: 'label' is not one of events, labels",
+    ),
+    "not python mode": (
+        "features.py",
+        ("model_v1 = FeatureService(", PANDAS_VIEW + "model_v1 = FeatureService("),
+        "on-demand feature view 'doubled', mode: 'pandas': Vigil runs python mode",
+    ),
+    "default tag not a boolean": (
+        "features.py",
+        ('"vigil.default": "true"', '"vigil.default": "yes"'),
+        "feature service 'model_v1', tag vigil.default: 'yes' is not true or false",
+    ),
+}
+
+
+@pytest.mark.parametrize("case", sorted(MISTAKES))
+def test_each_mistake_is_named(tmp_path: Path, case: str) -> None:
+    file, change, message = MISTAKES[case]
+    root = write_repo(tmp_path / "repo", {file: change})
+    with pytest.raises(RepoMistakes) as caught:
+        load_declared(root)
+    assert message in str(caught.value), str(caught.value)
+
+
+def test_a_repo_that_does_not_import_is_refused_with_the_error(tmp_path: Path) -> None:
+    root = write_repo(tmp_path / "repo", {"features.py": ("from sources import", "from sourcez import")})
+    with pytest.raises(RepoMistakes, match="Python files: ModuleNotFoundError: No module named 'sourcez'"):
+        load_declared(root)
+
+
+def test_the_cli_refuses_a_broken_repo_with_exit_2_and_names_the_mistake(tmp_path: Path) -> None:
+    root = write_repo(tmp_path / "repo", {"features.py": ('function="sum"', 'function="median"')})
+    done = subprocess.run(
+        [sys.executable, "-m", "vigil.cli", "repo", "check", "--repo", str(root)],
+        capture_output=True, text=True, cwd=PROJECT_ROOT, timeout=120,
+    )  # fmt: skip
+    assert done.returncode == 2, done.stderr
+    assert "function: 'median' is not one of count, sum, mean, min, max, count_distinct" in done.stderr
+    assert "Traceback" not in done.stderr

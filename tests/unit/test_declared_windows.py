@@ -1,0 +1,108 @@
+"""The declared functions' window semantics, on events small enough to count by hand."""
+
+from __future__ import annotations
+
+import numpy as np
+import pandas as pd
+import pytest
+
+from vigil.declared.backfill import compute_declared
+from vigil.declared.model import DeclaredFeatures, EventSchema, LabelSchema, Service, WindowAggregation
+
+HOUR = 3600
+
+
+def declared(*aggregations: WindowAggregation) -> DeclaredFeatures:
+    events = EventSchema(
+        "event",
+        {"id": "integer", "at": "time", "card": "string", "merchant": "string", "amount": "number"},
+        "id",
+        "at",
+    )
+    return DeclaredFeatures(
+        "test", events, LabelSchema("labels", "id", "at", "fraud"), {"card": "card"}, aggregations, (),
+        {"all": Service("all", tuple(a.name for a in aggregations), True)},
+    )  # fmt: skip
+
+
+def on_events(function: str, column: str = "amount", hours: int = 2) -> WindowAggregation:
+    return WindowAggregation(f"{function}_{column}", "v", "card", "card", "events", column, function, hours * HOUR)
+
+
+def frame(rows: list[tuple[int, float, str, str, float]]) -> pd.DataFrame:
+    """(id, hour, card, merchant, amount) rows."""
+    base = pd.Timestamp("2026-01-05T00:00:00Z")
+    return pd.DataFrame(
+        {
+            "id": [r[0] for r in rows],
+            "at": [base + pd.Timedelta(hours=r[1]) for r in rows],
+            "card": [r[2] for r in rows],
+            "merchant": [r[3] for r in rows],
+            "amount": [r[4] for r in rows],
+        }
+    )
+
+
+EVENTS = frame(
+    [
+        (1, 0.0, "a", "m1", 10.0),
+        (2, 1.0, "a", "m2", 30.0),
+        (3, 2.0, "a", "m1", 20.0),  # hour 0 is exactly 2 h before: out of (t - 2h, t]
+        (4, 2.0, "b", "m1", 5.0),
+        (5, 2.5, "a", "m3", 40.0),
+        (6, 9.0, "a", "m1", 1.0),  # alone in its window
+    ]
+)
+
+
+@pytest.mark.parametrize(
+    ("function", "column", "expected"),
+    [
+        ("count", "amount", [1, 2, 2, 1, 3, 1]),
+        ("sum", "amount", [10, 40, 50, 5, 90, 1]),
+        ("mean", "amount", [10, 20, 25, 5, 30, 1]),
+        ("min", "amount", [10, 10, 20, 5, 20, 1]),
+        ("max", "amount", [10, 30, 30, 5, 40, 1]),
+        ("count_distinct", "merchant", [1, 2, 2, 1, 3, 1]),
+    ],
+)
+def test_each_function_over_the_window_ending_at_the_event_itself(
+    function: str, column: str, expected: list[float]
+) -> None:
+    values = compute_declared(declared(on_events(function, column)), EVENTS)
+    assert values["id"].tolist() == EVENTS["id"].tolist()
+    assert np.allclose(values[f"{function}_{column}"], expected, rtol=0, atol=1e-12)
+
+
+def test_of_two_events_at_one_time_the_lower_id_comes_first() -> None:
+    events = frame([(8, 1.0, "a", "m", 3.0), (7, 1.0, "a", "m", 2.0), (9, 1.0, "a", "m", 4.0)])
+    values = compute_declared(declared(on_events("count"), on_events("sum")), events)
+    assert values["count_amount"].tolist() == [2.0, 1.0, 3.0]
+    assert values["sum_amount"].tolist() == [5.0, 2.0, 9.0]
+
+
+def test_an_event_in_a_shuffled_table_sees_the_same_window() -> None:
+    aggregations = [on_events(f) for f in ("count", "sum", "mean", "min", "max")]
+    ordered = compute_declared(declared(*aggregations), EVENTS)
+    shuffled = compute_declared(declared(*aggregations), EVENTS.sample(frac=1.0, random_state=3))
+    assert shuffled.sort_values("id").reset_index(drop=True).equals(ordered)
+
+
+def test_labels_count_in_the_window_before_their_delay() -> None:
+    """A 1 h window 2 h late: labels of events in (t - 3h, t - 2h]; empty windows give 0."""
+    late = WindowAggregation("rate", "v", "card", "card", "labels", "fraud", "mean", HOUR, 2 * HOUR)
+    counted = WindowAggregation("labelled", "v", "card", "card", "labels", "fraud", "count", HOUR, 2 * HOUR)
+    labels = pd.DataFrame({"id": [1, 2, 3], "at": EVENTS["at"][:3], "card": ["a"] * 3, "fraud": [1, 0, 0]})
+    values = compute_declared(declared(late, counted), EVENTS, labels)
+    # event 3 (hour 2): (-1, 0] holds event 1; event 5 (2.5): (-0.5, 0.5] holds 1; event 6 (9): nothing.
+    assert values["labelled"].tolist() == [0.0, 0.0, 1.0, 0.0, 1.0, 0.0]
+    assert values["rate"].tolist() == [0.0, 0.0, 1.0, 0.0, 1.0, 0.0]
+
+
+def test_labels_may_come_from_the_label_column_of_the_events() -> None:
+    counted = WindowAggregation("labelled", "v", "card", "card", "labels", "fraud", "count", 10 * HOUR, 0)
+    events = EVENTS.assign(fraud=[1, None, 0, 1, None, 0])
+    values = compute_declared(declared(counted), events)
+    assert values["labelled"].tolist() == [1.0, 1.0, 2.0, 1.0, 2.0, 3.0]
+    with pytest.raises(ValueError, match="label column 'fraud'"):
+        compute_declared(declared(counted), EVENTS)
