@@ -1,24 +1,15 @@
-"""A declared repo's features for every event of a table, each as of its own time.
-
-`compute_declared(declared, events)` is the backfill's computation: the stream feature
-views' windows (`vigil.declared.windows`), then the on-demand views, called as Feast's
-python mode calls them (a dict of lists in, a dict of lists out) on the whole table.
-"""
+"""A declared repo's features for every event of a table, each as of its own time: the
+events and their labels are the facts (`vigil.declared.compute`)."""
 
 from __future__ import annotations
 
-from typing import Any
+from collections.abc import Sequence
 
 import numpy as np
 import pandas as pd
 
-from vigil.declared.model import DeclaredFeatures, WindowAggregation
-from vigil.declared.windows import Facts, IntArray
-
-
-def _nanoseconds(times: pd.Series) -> IntArray:
-    stamps = pd.to_datetime(times, utc=True)
-    return stamps.to_numpy(dtype="datetime64[ns]").astype(np.int64)
+from vigil.declared.compute import ID, KEY, TS, feature_names, features_of, nanoseconds
+from vigil.declared.model import DeclaredFeatures
 
 
 def _labelled(declared: DeclaredFeatures, events: pd.DataFrame, labels: pd.DataFrame | None) -> pd.DataFrame:
@@ -28,44 +19,19 @@ def _labelled(declared: DeclaredFeatures, events: pd.DataFrame, labels: pd.DataF
     if labels is None:
         if schema.label not in events.columns:
             raise ValueError(f"views on the labels need the label column {schema.label!r} or a labels table")
-        labels = events[events[schema.label].notna()]
-    return labels.rename(columns={schema.event_id: declared.events.event_id, schema.time: declared.events.time})
-
-
-def _window_features(
-    declared: DeclaredFeatures, events: pd.DataFrame, labels: pd.DataFrame | None, wanted: list[WindowAggregation]
-) -> dict[str, np.ndarray]:
-    schema = declared.events
-    ts = _nanoseconds(events[schema.time])
-    ids = events[schema.event_id].to_numpy(np.int64)
-    out: dict[str, np.ndarray] = {}
-    groups: dict[tuple[str, str], list[WindowAggregation]] = {}
-    for aggregation in wanted:
-        groups.setdefault((aggregation.on, aggregation.key), []).append(aggregation)
-    for (on, key), aggregations in groups.items():
-        table = events if on == "events" else _labelled(declared, events, labels)
-        columns = {a.column: table[a.column] for a in aggregations}
-        keys = pd.Index(pd.unique(pd.concat([events[key], table[key]], ignore_index=True)))
-        facts = Facts.build(
-            table[key], _nanoseconds(table[schema.time]), table[schema.event_id].to_numpy(np.int64), columns, keys
+        return events[events[schema.label].notna()].rename(
+            columns={declared.events.event_id: schema.event_id, declared.events.time: schema.time}
         )
-        for a in aggregations:
-            window, delay = a.window_seconds * 1_000_000_000, a.delay_seconds * 1_000_000_000
-            out[a.name] = facts.aggregate(events[key], ts, ids, a.column, a.function, window, delay, on == "events")
-    return out
+    return labels
 
 
-def _request_lists(events: pd.DataFrame, declared: DeclaredFeatures) -> dict[str, list[Any]]:
-    """The events' fields as Python values, times as UTC datetimes (as Feast passes them)."""
-    lists: dict[str, list[Any]] = {}
-    for name, kind in declared.events.fields.items():
-        if name not in events.columns:
-            continue
-        if kind == "time":
-            lists[name] = list(pd.DatetimeIndex(pd.to_datetime(events[name], utc=True)).to_pydatetime())
-        else:
-            lists[name] = events[name].tolist()
-    return lists
+def fact_table(frame: pd.DataFrame, key: str, event_id: str, time: str, columns: list[str]) -> pd.DataFrame:
+    table = pd.DataFrame(
+        {KEY: frame[key].to_numpy(), TS: nanoseconds(frame[time]), ID: frame[event_id].to_numpy(np.int64)}
+    )
+    for column in columns:
+        table[column] = frame[column].to_numpy()
+    return table
 
 
 def compute_declared(
@@ -73,23 +39,16 @@ def compute_declared(
     events: pd.DataFrame,
     labels: pd.DataFrame | None = None,
     service: str | None = None,
-    features: list[str] | None = None,
+    features: Sequence[str] | None = None,
 ) -> pd.DataFrame:
     """The event id and the features of `service` (or `features`, or all) for each event."""
-    if features is None:
-        features = list(declared.service(service).features if declared.services else declared.feature_names)
-    names = features
-    wanted_derived = [d for d in declared.derived if set(d.outputs) & set(names)]
-    needed = set(names) | {i for d in wanted_derived for i in d.inputs}
-    values = _window_features(declared, events, labels, [a for a in declared.aggregations if a.name in needed])
-    if wanted_derived:
-        request = _request_lists(events, declared)
-        for view in wanted_derived:
-            inputs = {**{i: values[i].tolist() for i in view.inputs}, **(request if view.wants_request else {})}
-            result = view.transform(inputs)
-            for output in view.outputs:
-                values[output] = np.asarray(result[output])
-    frame = pd.DataFrame({declared.events.event_id: events[declared.events.event_id].to_numpy()})
-    for name in names:
-        frame[name] = values[name]
-    return frame
+    schema = declared.events
+
+    def load(on: str, key: str, columns: list[str]) -> pd.DataFrame:
+        if on == "events":
+            return fact_table(events, key, schema.event_id, schema.time, columns)
+        assert declared.labels is not None
+        table = _labelled(declared, events, labels)
+        return fact_table(table, key, declared.labels.event_id, declared.labels.time, columns)
+
+    return features_of(declared, events, load, feature_names(declared, service, features))

@@ -1,0 +1,87 @@
+"""A declared repo's features for a table of queries (events), from fact tables.
+
+The one computation every execution runs: the backfill gives it the events and labels
+themselves as facts (`vigil.declared.backfill`), the online store the facts it keeps plus
+the queries (`vigil.declared.online`). The stream feature views' windows are computed by
+`vigil.declared.windows`; the on-demand views are called as Feast's python mode calls
+them (a dict of lists in, a dict of lists out) on the whole table.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable, Sequence
+from typing import Any
+
+import numpy as np
+import pandas as pd
+
+from vigil.declared.model import DeclaredFeatures, WindowAggregation
+from vigil.declared.windows import Facts, IntArray
+
+# (on, key, columns) -> the facts of that kind: columns KEY, TS (ns), ID and `columns`.
+FactLoader = Callable[[str, str, list[str]], pd.DataFrame]
+KEY, TS, ID = "__key", "__ts", "__id"
+NS = 1_000_000_000
+
+
+def nanoseconds(times: pd.Series) -> IntArray:
+    stamps = pd.to_datetime(times, utc=True)
+    return stamps.to_numpy(dtype="datetime64[ns]").astype(np.int64)
+
+
+def feature_names(declared: DeclaredFeatures, service: str | None, features: Sequence[str] | None) -> list[str]:
+    if features is not None:
+        return list(features)
+    return list(declared.service(service).features if declared.services else declared.feature_names)
+
+
+def window_values(
+    declared: DeclaredFeatures, queries: pd.DataFrame, load: FactLoader, wanted: list[WindowAggregation]
+) -> dict[str, np.ndarray]:
+    schema = declared.events
+    ts = nanoseconds(queries[schema.time])
+    ids = queries[schema.event_id].to_numpy(np.int64)
+    out: dict[str, np.ndarray] = {}
+    groups: dict[tuple[str, str], list[WindowAggregation]] = {}
+    for aggregation in wanted:
+        groups.setdefault((aggregation.on, aggregation.key), []).append(aggregation)
+    for (on, key), aggregations in groups.items():
+        table = load(on, key, sorted({a.column for a in aggregations}))
+        keys = pd.Index(pd.unique(pd.concat([queries[key], table[KEY]], ignore_index=True)))
+        columns = {a.column: table[a.column] for a in aggregations}
+        facts = Facts.build(table[KEY], table[TS].to_numpy(np.int64), table[ID].to_numpy(np.int64), columns, keys)
+        for a in aggregations:
+            window, delay = a.window_seconds * NS, a.delay_seconds * NS
+            out[a.name] = facts.aggregate(queries[key], ts, ids, a.column, a.function, window, delay, on == "events")
+    return out
+
+
+def request_lists(events: pd.DataFrame, declared: DeclaredFeatures) -> dict[str, list[Any]]:
+    """The events' fields as Python values, times as UTC datetimes (as Feast passes them)."""
+    lists: dict[str, list[Any]] = {}
+    for name, kind in declared.events.fields.items():
+        if name not in events.columns:
+            continue
+        if kind == "time":
+            lists[name] = list(pd.DatetimeIndex(pd.to_datetime(events[name], utc=True)).to_pydatetime())
+        else:
+            lists[name] = events[name].tolist()
+    return lists
+
+
+def features_of(declared: DeclaredFeatures, queries: pd.DataFrame, load: FactLoader, names: list[str]) -> pd.DataFrame:
+    """The event id and the features `names` of each query, as of its own time."""
+    wanted_derived = [d for d in declared.derived if set(d.outputs) & set(names)]
+    needed = set(names) | {i for d in wanted_derived for i in d.inputs}
+    values = window_values(declared, queries, load, [a for a in declared.aggregations if a.name in needed])
+    if wanted_derived:
+        request = request_lists(queries, declared)
+        for view in wanted_derived:
+            inputs = {**{i: values[i].tolist() for i in view.inputs}, **(request if view.wants_request else {})}
+            result = view.transform(inputs)
+            for output in view.outputs:
+                values[output] = np.asarray(result[output])
+    frame = pd.DataFrame({declared.events.event_id: queries[declared.events.event_id].to_numpy()})
+    for name in names:
+        frame[name] = values[name]
+    return frame

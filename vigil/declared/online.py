@@ -1,0 +1,156 @@
+"""The online store of a declared repo: each entity's recent facts, in Redis, and the
+features of any event computed from them as of the event's own time.
+
+Per kind of facts (the events or the labels, per entity join key) and entity value, one
+Redis string, `<prefix>:facts:<project>:<on>:<key>:<value>`, that writers APPEND packed
+records to: the time (ns), the event id and the columns the views aggregate (8 bytes
+each: numbers as float64, strings as a 64-bit hash, enough to count them distinct). An
+append is one command for a whole batch's facts of an entity and commutes with any
+other, so two workers, or a redelivered batch, need no coordination: a fact delivered
+twice is read once (facts are unique by event id). A string grown past `COMPACT_BYTES`
+is rewritten without duplicates and without the facts older than every window needs
+(its newest fact minus the views' reach and `SLACK_SECONDS`), in a WATCH transaction.
+
+`features(events)` reads the facts of the events' entities (one pipelined GET per kind),
+adds the events themselves (an event already recorded counts once), and runs the same
+computation as the backfill (`vigil.declared.compute.features_of`).
+"""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+from typing import Any
+
+import numpy as np
+import pandas as pd
+import redis
+
+from vigil.declared.compute import ID, KEY, TS, feature_names, features_of, nanoseconds
+from vigil.declared.model import DeclaredFeatures
+
+COMPACT_BYTES = 64 * 1024
+# How far back of an entity's newest fact the store keeps more than the windows need: an
+# event may arrive this late and still find every fact its windows hold.
+SLACK_SECONDS = 7 * 86_400
+
+
+def hashed(values: pd.Series) -> np.ndarray:
+    """Strings as stable 64-bit hashes (the same in every process and every run)."""
+    return pd.util.hash_array(values.astype(str).to_numpy(dtype=object)).view(np.int64)
+
+
+class DeclaredOnlineStore:
+    """Facts kept per entity for a compiled repo, and its features read from them."""
+
+    def __init__(self, client: Any, prefix: str, declared: DeclaredFeatures) -> None:
+        self.client, self.prefix, self.declared = client, prefix, declared
+        groups: dict[tuple[str, str], set[str]] = {}
+        reach: dict[tuple[str, str], int] = {}
+        for a in declared.aggregations:
+            groups.setdefault((a.on, a.key), set()).add(a.column)
+            reach[(a.on, a.key)] = max(reach.get((a.on, a.key), 0), a.window_seconds + a.delay_seconds)
+        self.columns = {group: sorted(columns) for group, columns in groups.items()}
+        self.keep_ns = {group: (seconds + SLACK_SECONDS) * 1_000_000_000 for group, seconds in reach.items()}
+        self.dtypes = {group: self._dtype(group, columns) for group, columns in self.columns.items()}
+
+    def _dtype(self, group: tuple[str, str], columns: list[str]) -> np.dtype[Any]:
+        kinds = self.declared.events.fields
+        return np.dtype(
+            [("ts", "<i8"), ("id", "<i8"), *((c, "<i8" if kinds.get(c) == "string" else "<f8") for c in columns)]
+        )
+
+    def key(self, on: str, join_key: str, value: Any) -> str:
+        return f"{self.prefix}:facts:{self.declared.project}:{on}:{join_key}:{value}"
+
+    # ------------------------------------------------------------------ writing
+
+    def _packed(self, group: tuple[str, str], frame: pd.DataFrame, event_id: str, time: str) -> np.ndarray:
+        packed = np.empty(len(frame), self.dtypes[group])
+        packed["ts"] = nanoseconds(frame[time])
+        packed["id"] = frame[event_id].to_numpy(np.int64)
+        for column in self.columns[group]:
+            values = frame[column]
+            packed[column] = hashed(values) if packed.dtype[column] == np.int64 else values.to_numpy(np.float64)
+        return packed
+
+    def _append(self, on: str, frame: pd.DataFrame, event_id: str, time: str) -> None:
+        if frame.empty:
+            return
+        grown: list[tuple[tuple[str, str], str]] = []
+        for group in self.columns:
+            if group[0] != on:
+                continue
+            packed = self._packed(group, frame, event_id, time)
+            entity = frame[group[1]].to_numpy()
+            codes, values = pd.factorize(entity)
+            order = np.argsort(codes, kind="stable")
+            bounds = np.searchsorted(codes[order], np.arange(len(values) + 1))
+            keys = [self.key(on, group[1], v) for v in values]
+            with self.client.pipeline(transaction=False) as pipe:
+                for i, key in enumerate(keys):
+                    pipe.append(key, packed[order[bounds[i] : bounds[i + 1]]].tobytes())
+                lengths = pipe.execute()
+            grown += [(group, key) for key, length in zip(keys, lengths, strict=True) if length > COMPACT_BYTES]
+        for group, key in grown:
+            self._compact(group, key)
+
+    def record_events(self, events: pd.DataFrame) -> None:
+        """Appends the facts of a batch of valid events (any order, any repetition)."""
+        schema = self.declared.events
+        self._append("events", events, schema.event_id, schema.time)
+
+    def record_labels(self, labels: pd.DataFrame) -> None:
+        """Appends the facts of a batch of labels (event id, event time, keys, label)."""
+        if self.declared.labels is not None:
+            self._append("labels", labels, self.declared.labels.event_id, self.declared.labels.time)
+
+    def _compact(self, group: tuple[str, str], key: str) -> None:
+        """Rewrites one entity's facts without duplicates or facts no window will read."""
+        dtype = self.dtypes[group]
+        with self.client.pipeline(transaction=True) as pipe:
+            for _ in range(5):
+                try:
+                    pipe.watch(key)
+                    facts = np.frombuffer(pipe.get(key) or b"", dtype)
+                    _, first = np.unique(facts["id"], return_index=True)
+                    facts = facts[np.sort(first)]
+                    facts = facts[facts["ts"] >= facts["ts"].max() - self.keep_ns[group]]
+                    pipe.multi()
+                    pipe.set(key, facts.tobytes())
+                    pipe.execute()
+                    return
+                except redis.WatchError:  # another writer appended meanwhile: read again
+                    continue
+
+    # ------------------------------------------------------------------ reading
+
+    def _facts(self, group: tuple[str, str], queries: pd.DataFrame) -> pd.DataFrame:
+        on, join_key = group
+        dtype = self.dtypes[group]
+        values = pd.unique(queries[join_key])
+        with self.client.pipeline(transaction=False) as pipe:
+            for value in values:
+                pipe.get(self.key(on, join_key, value))
+            blobs = pipe.execute()
+        parts = [np.frombuffer(blob or b"", dtype) for blob in blobs]
+        facts = np.concatenate(parts) if parts else np.empty(0, dtype)
+        table = pd.DataFrame({KEY: np.repeat(values, [len(p) for p in parts]), TS: facts["ts"], ID: facts["id"]})
+        for column in self.columns[group]:
+            table[column] = facts[column]
+        if on == "events":  # the queries are events too: counted once, recorded or not
+            schema = self.declared.events
+            table = table[~table[ID].isin(queries[schema.event_id])]
+            own = pd.DataFrame(self._packed(group, queries, schema.event_id, schema.time))
+            own = own.rename(columns={"ts": TS, "id": ID}).assign(**{KEY: queries[join_key].to_numpy()})
+            table = pd.concat([table, own[table.columns]], ignore_index=True)
+        return table.drop_duplicates(ID, ignore_index=True)
+
+    def features(
+        self, events: pd.DataFrame, service: str | None = None, features: Sequence[str] | None = None
+    ) -> pd.DataFrame:
+        """The features of `service` (or `features`) for each event, as of its own time."""
+
+        def load(on: str, key: str, columns: list[str]) -> pd.DataFrame:
+            return self._facts((on, key), events)
+
+        return features_of(self.declared, events, load, feature_names(self.declared, service, features))
