@@ -36,7 +36,7 @@ test-fast: redis ## Unit tests only
 	$(BIN)/pytest -m "not integration"
 
 lint: $(STAMP) ## ruff and mypy
-	$(BIN)/ruff check vigil flows scoring feature_repo tests benchmarks
+	$(BIN)/ruff check vigil flows scoring feature_repo examples tests benchmarks
 	$(BIN)/mypy
 
 ci: lint test ## What CI runs (.ci/run calls this)

@@ -324,9 +324,7 @@ class _RedisStreamPartition(StatelessSourcePartition[RawBatch]):
         holds are its own to finish; its sinks may acknowledge them only when the flow ends,
         so waiting for them would never end."""
         summary = self.client.xpending(self.source.stream, self.source.group)
-        return any(
-            not self._ours(_text(c["name"])) and int(c["pending"]) for c in summary.get("consumers") or []
-        )
+        return any(not self._ours(_text(c["name"])) and int(c["pending"]) for c in summary.get("consumers") or [])
 
     def _claim_departed(self) -> list[Any]:
         """Pending entries of consumers idle for `claim_idle` seconds, now this consumer's.
