@@ -215,8 +215,10 @@ def validate(raw: RawBatch, clock: EventClock | None = None) -> ValidatedBatch:
     return ValidatedBatch(transactions, labels, dead, raw.redelivered)
 
 
-def records_to_batch(records: list[Any], source: str, tokens: list[Any] | None = None) -> RawBatch:
-    """Raw payloads (dicts, or JSON text/bytes) from a stream into a RawBatch."""
+def records_to_batch(
+    records: list[Any], source: str, tokens: list[Any] | None = None, fields: tuple[str, ...] = ALL_FIELDS
+) -> RawBatch:
+    """Raw payloads (dicts, or JSON text/bytes) from a stream into a RawBatch of `fields`."""
     rows: list[dict[str, Any]] = []
     kept_tokens: list[Any] = []
     unparsed: list[DeadLetter] = []
@@ -235,7 +237,7 @@ def records_to_batch(records: list[Any], source: str, tokens: list[Any] | None =
                 DeadLetter("payload is not a JSON object", json.dumps(parsed, default=str), source, token=token)
             )
             continue
-        rows.append({k: parsed.get(k) for k in ALL_FIELDS})
+        rows.append({k: parsed.get(k) for k in fields})
         kept_tokens.append(token)
-    frame = pd.DataFrame(rows, columns=list(ALL_FIELDS), dtype=object)
+    frame = pd.DataFrame(rows, columns=list(fields), dtype=object)
     return RawBatch(frame, source, kept_tokens if tokens is not None else None, unparsed)

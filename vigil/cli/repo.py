@@ -24,20 +24,33 @@ def add_parsers(sub: Any) -> None:
         "mistake (exit 2). `compute` gives each event of a file its features as of its own time.",
         """vigil repo check --repo examples/handbook
 vigil repo compute --repo examples/handbook --events transactions.parquet --out features.parquet
-vigil repo compute --repo examples/handbook --events transactions.parquet --reference features_reference.parquet""",
+vigil repo compute --repo examples/handbook --events transactions.parquet --reference features_reference.parquet
+vigil repo ingest --repo examples/handbook --events transactions.parquet --label-delay-days 7
+vigil repo compute --repo examples/handbook --events transactions.parquet --online""",
     )
     actions = p.add_subparsers(dest="action", required=True, metavar="ACTION")
     check_parser = actions.add_parser("check", help="compile the repo and list what it declares")
     compute_parser = actions.add_parser("compute", help="the features of a file's events, each as of its own time")
-    for parser in (check_parser, compute_parser):
+    ingest_parser = actions.add_parser("ingest", help="run the repo's feature flow on a file or a Redis stream")
+    for parser in (check_parser, compute_parser, ingest_parser):
         parser.add_argument("--repo", metavar="PATH", help="the Feast repo (default: VIGIL_FEATURE_REPO)")
     compute_parser.add_argument("--events", metavar="PATH", required=True, help="events (.parquet, .csv, .jsonl)")
     compute_parser.add_argument("--labels", metavar="PATH", help="labels (default: the label column of --events)")
     compute_parser.add_argument("--service", metavar="NAME", help="a feature service (default: the repo's default)")
     compute_parser.add_argument("--out", metavar="PATH", help="write the features to Parquet")
     compute_parser.add_argument("--reference", metavar="PATH", help="compare with a file (exit 1 beyond 1e-9)")
+    compute_parser.add_argument(
+        "--online", action="store_true", help="from the online store (what scoring reads), not a backfill of the file"
+    )
+    source = ingest_parser.add_mutually_exclusive_group(required=True)
+    source.add_argument("--events", metavar="PATH", help="replay a file of events (its label column: labels)")
+    source.add_argument("--source", metavar="URI", help="redis://HOST:PORT/STREAM (until stopped)")
+    ingest_parser.add_argument(
+        "--label-delay-days", type=float, default=7.0, help="deliver each row's label this many days after its event"
+    )
     check_parser.set_defaults(func=check)
     compute_parser.set_defaults(func=compute)
+    ingest_parser.set_defaults(func=ingest)
 
 
 def load(args: argparse.Namespace) -> DeclaredFeatures:
@@ -101,7 +114,10 @@ def compute(args: argparse.Namespace) -> int:
         raise UserError(f"{args.events}: no column {', '.join(map(repr, missing))} (fields of the repo's events)")
     labels = read_table(Path(args.labels), [declared.labels.time]) if args.labels and declared.labels else None
     try:
-        values = compute_declared(declared, events, labels, service=args.service)
+        if args.online:
+            values = online_store(declared).features(events, service=args.service)
+        else:
+            values = compute_declared(declared, events, labels, service=args.service)
     except KeyError as error:
         raise UserError(str(error.args[0])) from None
     except ValueError as error:
@@ -111,6 +127,47 @@ def compute(args: argparse.Namespace) -> int:
         print(f"Wrote {values.shape[1] - 1} features of {len(values):,} events to {args.out}")
     if args.reference:
         return compare(values, read_table(Path(args.reference), []), declared.events.event_id)
+    return 0
+
+
+def online_store(declared: DeclaredFeatures) -> Any:
+    from vigil.cli.common import ensure_redis
+    from vigil.declared.online import DeclaredOnlineStore
+    from vigil.online.connection import connect
+
+    config = settings()
+    ensure_redis(config)
+    return DeclaredOnlineStore(connect(config.redis_url), config.key_prefix, declared)
+
+
+def ingest(args: argparse.Namespace) -> int:
+    import time
+
+    from flows.declared import DeclaredReplaySource, build_flow, default_sinks, run_to_end, stream_source
+    from vigil.cli.common import ensure_redis
+
+    declared = load(args)
+    config = settings()
+    ensure_redis(config)
+    if args.events:
+        path = Path(args.events)
+        if not path.is_file():
+            raise UserError(f"{path}: no such file")
+        source: Any = DeclaredReplaySource(path, declared, args.label_delay_days)
+    else:
+        if not args.source.startswith(("redis://", "rediss://")) or "/" not in args.source.split("://", 1)[1]:
+            raise UserError(f"--source {args.source!r}: expected redis://HOST:PORT/STREAM")
+        source = stream_source(args.source, declared)
+    sinks = default_sinks(config, declared)
+    started = time.perf_counter()
+    run_to_end(build_flow(source, sinks, config, declared))
+    stats = sinks.stats
+    print(
+        f"Ingested {stats.transactions:,} events and {stats.labels:,} labels in {time.perf_counter() - started:.1f} s; "
+        f"dead letters: {stats.dead_letters:,}"
+    )
+    for reason, count in sorted(stats.dead_reasons.items(), key=lambda item: -item[1])[:10]:
+        print(f"  {count:>8,}  {reason}")
     return 0
 
 

@@ -1,0 +1,168 @@
+"""The feature flow of a declared repo (VIGIL_FEATURE_REPO): raw records checked against
+the repo's schema (dead letters name the field), then each valid event's and label's facts
+appended to the online store (`vigil.declared.online`), and only then acknowledged.
+
+    python -m bytewax.run "flows.declared:build_flow()"
+
+reads the stream VIGIL_SOURCE (default `<REDIS_URL>/<VIGIL_KEY_PREFIX>:events`).
+"""
+
+from __future__ import annotations
+
+import os
+from collections.abc import Iterable
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import bytewax.operators as op
+import numpy as np
+import pandas as pd
+from bytewax.dataflow import Dataflow
+from bytewax.inputs import FixedPartitionedSource, Source
+from bytewax.outputs import DynamicSink, StatelessSinkPartition
+
+from flows.acks import Acknowledger
+from flows.metrics import redis_call
+from flows.sinks import DeadLetterSink, FlowStats
+from flows.sources import RedisStreamSource, _ReplayPartition
+from vigil.declared import DeclaredFeatures, load_declared
+from vigil.declared.compute import nanoseconds
+from vigil.declared.events import KIND, LABEL, Checked, check_records, label_fields, record_fields
+from vigil.declared.online import DeclaredOnlineStore
+from vigil.events import DeadLetter, RawBatch
+from vigil.online.connection import connect
+from vigil.settings import Settings
+
+
+def replay_frame(
+    declared: DeclaredFeatures, rows: pd.DataFrame, label_delay_days: float
+) -> tuple[pd.DataFrame, np.ndarray]:
+    """A file's rows as the records a stream would deliver, in delivery order: each row an
+    event at its own time, and its label (when the row has one) `label_delay_days` later."""
+    fields = record_fields(declared)
+    events = rows.reindex(columns=[f for f in fields if f in declared.events.fields]).assign(**{KIND: "event"})
+    at = nanoseconds(rows[declared.events.time])
+    parts, delivery = [events], [at]
+    if declared.labels is not None and declared.labels.label in rows.columns:
+        labelled = rows[declared.labels.label].notna().to_numpy(bool)
+        schema = declared.labels
+        labels = rows.loc[labelled].rename(
+            columns={declared.events.event_id: schema.event_id, declared.events.time: schema.time}
+        )
+        parts.append(labels.reindex(columns=list(label_fields(declared))).assign(**{KIND: LABEL}))
+        delivery.append(at[labelled] + int(label_delay_days * 86_400 * 1_000_000_000))
+    frame = pd.concat(parts, ignore_index=True).reindex(columns=list(fields)).astype(object)
+    when = np.concatenate(delivery)
+    frame = frame.where(frame.notna(), None)
+    order = np.argsort(when, kind="stable")
+    return frame.iloc[order].reset_index(drop=True), when[order]
+
+
+class DeclaredReplaySource(FixedPartitionedSource[RawBatch, int]):
+    """Replays a file of a declared repo's events (with its label column), then stops."""
+
+    def __init__(
+        self, path: Path, declared: DeclaredFeatures, label_delay_days: float = 7.0, batch_size: int = 5_000
+    ) -> None:
+        self.path, self.declared = path, declared
+        self.label_delay_days, self.batch_size = label_delay_days, batch_size
+
+    def list_parts(self) -> list[str]:
+        return ["replay"]
+
+    def build_part(self, step_id: str, for_part: str, resume_state: int | None) -> _ReplayPartition:
+        from vigil.cli.repo import read_table
+
+        rows = read_table(self.path, [self.declared.events.time])
+        frame, delivery = replay_frame(self.declared, rows, self.label_delay_days)
+        return _ReplayPartition(
+            frame, delivery, resume_state or 0, self.batch_size, None, f"file:{self.path.name}", []
+        )  # fmt: skip
+
+
+@dataclass
+class DeclaredSinks:
+    facts: DynamicSink[Checked]
+    dead_letters: DynamicSink[DeadLetter]
+    stats: FlowStats = field(default_factory=FlowStats)
+
+
+class _FactsPartition(StatelessSinkPartition[Checked]):
+    def __init__(self, url: str, prefix: str, declared: DeclaredFeatures, stats: FlowStats) -> None:
+        self.client = connect(url)
+        self.store = DeclaredOnlineStore(self.client, prefix, declared)
+        self.stats = stats
+        self.acknowledge = Acknowledger()
+
+    def write_batch(self, items: list[Checked]) -> None:
+        for checked in items:
+            redis_call(lambda: self.store.record_events(checked.events), "recording events")  # noqa: B023
+            redis_call(lambda: self.store.record_labels(checked.labels), "recording labels")  # noqa: B023
+            self.acknowledge(checked.tokens)  # durable now: the source may forget them
+            self.stats.add(transactions=len(checked.events), labels=len(checked.labels))
+
+    def close(self) -> None:
+        self.acknowledge.close()
+        self.client.close()
+
+
+class DeclaredFactsSink(DynamicSink[Checked]):
+    """Appends each batch's facts to the declared online store, then acknowledges them."""
+
+    def __init__(self, settings: Settings, declared: DeclaredFeatures, stats: FlowStats) -> None:
+        self.url, self.prefix, self.declared, self.stats = settings.redis_url, settings.key_prefix, declared, stats
+
+    def build(self, step_id: str, worker_index: int, worker_count: int) -> _FactsPartition:
+        return _FactsPartition(self.url, self.prefix, self.declared, self.stats)
+
+
+def default_sinks(settings: Settings, declared: DeclaredFeatures) -> DeclaredSinks:
+    stats = FlowStats()
+    dead = DeadLetterSink(settings.redis_url, f"{settings.key_prefix}:dead-letters", stats=stats)
+    return DeclaredSinks(DeclaredFactsSink(settings, declared, stats), dead, stats)
+
+
+def stream_source(uri: str, declared: DeclaredFeatures) -> RedisStreamSource:
+    """redis://HOST:PORT/STREAM (VIGIL_STOP_AT_END=1: stop once it is read to its end)."""
+    url, _, stream = uri.rpartition("/")
+    idle = 1.0 if os.environ.get("VIGIL_STOP_AT_END") == "1" else None
+    source = RedisStreamSource(f"{url}/0", stream, group="vigil-declared", idle_timeout=idle, tick_seconds=1.0)
+    source.fields = record_fields(declared)
+    return source
+
+
+def _checked(declared: DeclaredFeatures, batch: RawBatch) -> Checked:
+    checked = check_records(declared, batch.frame, batch.source, batch.tokens)
+    checked.dead = [*batch.unparsed, *checked.dead]
+    return checked
+
+
+def _dead(checked: Checked) -> Iterable[DeadLetter]:
+    return checked.dead
+
+
+def build_flow(
+    source: Source[RawBatch] | None = None,
+    sinks: DeclaredSinks | None = None,
+    settings: Settings | None = None,
+    declared: DeclaredFeatures | None = None,
+) -> Dataflow:
+    """The declared repo's feature flow from `source` into `sinks` (defaults from settings)."""
+    settings = settings or Settings()
+    declared = declared or load_declared(settings.feature_repo)
+    if source is None:
+        default = f"{settings.redis_url.rsplit('/', 1)[0]}/{settings.key_prefix}:events"
+        source = stream_source(os.environ.get("VIGIL_SOURCE", default), declared)
+    sinks = sinks or default_sinks(settings, declared)
+    flow = Dataflow("vigil_declared")
+    checked = op.map("check", op.input("events", flow, source), lambda batch: _checked(declared, batch))
+    op.output("dead_letter_out", op.flat_map("dead_letters", checked, _dead), sinks.dead_letters)
+    op.output("facts_out", checked, sinks.facts)
+    return flow
+
+
+def run_to_end(flow: Dataflow) -> None:
+    """Runs a flow in this process until its sources end (a replay, a stream read to its end)."""
+    from bytewax.run import cli_main
+
+    cli_main(flow)

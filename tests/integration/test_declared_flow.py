@@ -1,0 +1,87 @@
+"""A declared repo's feature flow (Bytewax) on a file replay and on a Redis stream: what
+it writes online gives every event the features the backfill gives it; bad records are
+dead letters naming the field; every entry is acknowledged."""
+
+from __future__ import annotations
+
+import json
+import subprocess
+import sys
+from pathlib import Path
+
+import pandas as pd
+import redis
+from bytewax.testing import run_main
+
+from flows.declared import build_flow, default_sinks, stream_source
+from tests.declared_cards import card_events, write_repo
+from tests.integration.serving_helpers import server_env
+from vigil.declared import load_declared
+from vigil.declared.backfill import compute_declared
+from vigil.declared.online import DeclaredOnlineStore
+from vigil.settings import PROJECT_ROOT, Settings
+
+
+def vigil(settings: Settings, *args: str) -> subprocess.CompletedProcess[str]:
+    return subprocess.run(
+        [sys.executable, "-m", "vigil.cli", *args],
+        capture_output=True, text=True, cwd=PROJECT_ROOT, env=server_env(settings), timeout=600,
+    )  # fmt: skip
+
+
+def test_a_replay_through_the_cli_equals_the_backfill(settings: Settings, tmp_path: Path) -> None:
+    repo = str(write_repo(tmp_path / "cards"))
+    events = tmp_path / "cards.parquet"
+    card_events(4_000, seed=11).to_parquet(events)
+    ingested = vigil(settings, "repo", "ingest", "--repo", repo, "--events", str(events), "--label-delay-days", "2")
+    assert ingested.returncode == 0, ingested.stderr
+    assert "Ingested 4,000 events and" in ingested.stdout and "dead letters: 0" in ingested.stdout
+    backfill = tmp_path / "backfill.parquet"
+    done = vigil(settings, "repo", "compute", "--repo", repo, "--events", str(events), "--out", str(backfill))
+    assert done.returncode == 0, done.stderr
+    online = vigil(
+        settings, "repo", "compute", "--repo", repo, "--events", str(events), "--online", "--reference", str(backfill)
+    )
+    assert online.returncode == 0, online.stdout + online.stderr
+    assert "MATCH: 4,000 events compared" in online.stdout
+
+
+def as_entry(row: dict[str, object]) -> dict[str, str]:
+    return {"json": json.dumps({k: v for k, v in row.items() if v is not None and v == v}, default=str)}
+
+
+def test_a_stream_with_bad_entries_loses_nothing(settings: Settings, redis_client: redis.Redis, tmp_path: Path) -> None:
+    declared = load_declared(write_repo(tmp_path / "cards"))
+    events = card_events(2_000, seed=12)
+    stream = f"{settings.key_prefix}:events"
+    rows = events.drop(columns="fraud").assign(at=events["at"].map(pd.Timestamp.isoformat))
+    labels = events[events["fraud"].notna()]
+    with redis_client.pipeline(transaction=False) as pipe:
+        for row in rows.to_dict("records"):
+            pipe.xadd(stream, as_entry({"kind": "event", **row}))
+        for row in labels.to_dict("records"):
+            label = {"kind": "label", "id": row["id"], "at": row["at"].isoformat(), "merchant": row["merchant"]}
+            pipe.xadd(stream, as_entry({**label, "fraud": int(row["fraud"])}))
+        pipe.xadd(stream, as_entry({"kind": "event", **rows.iloc[0].to_dict(), "amount": "a lot"}))
+        wrong_label = {"kind": "label", "id": 1, "at": "2026-03-02T00:00:00", "merchant": "m001", "fraud": 2}
+        pipe.xadd(stream, as_entry(wrong_label))
+        pipe.xadd(stream, as_entry({"kind": "event", "id": 99_999, "card": "card-1"}))
+        pipe.xadd(stream, {"json": "{not json"})
+        pipe.execute()
+    source = stream_source(f"{settings.redis_url.rsplit('/', 1)[0]}/{stream}", declared)
+    source.idle_timeout = 1.0
+    sinks = default_sinks(settings, declared)
+    run_main(build_flow(source, sinks, settings, declared))
+    assert (sinks.stats.transactions, sinks.stats.labels) == (len(events), len(labels))
+    reasons = sorted(sinks.stats.dead_reasons)
+    assert reasons == [
+        "amount: not a finite number ('a lot')", "at: missing", "fraud: not 0 or 1 (2)", "payload is not valid JSON",
+    ], reasons  # fmt: skip
+    assert redis_client.xpending(stream, source.group)["pending"] == 0
+    store = DeclaredOnlineStore(redis_client, settings.key_prefix, declared)
+    ours = store.features(events)
+    expected = compute_declared(declared, events)
+    joined = ours.merge(expected, on="id", suffixes=("", "_expected"))
+    assert len(joined) == len(events)
+    for name in declared.default_service.features:
+        assert (joined[name] - joined[f"{name}_expected"]).abs().max() <= 1e-9, name

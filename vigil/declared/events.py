@@ -1,0 +1,129 @@
+"""Raw records of a declared repo's schema in, typed events and labels and dead letters out.
+
+A record is a label when its `kind` field is `label`, an event otherwise. An event has
+every field of the events' schema; a label the labelled event's id and time, the join
+keys of the views on the labels, and the label (0 or 1). JSON kinds: `integer` (an
+integer, or a string of one; not a boolean), `number` (finite), `string` (non-empty),
+`boolean`, `time` (ISO 8601; without an offset, UTC). A record that breaks one of these
+is a dead letter whose reason names the first field at fault, in schema order.
+"""
+
+from __future__ import annotations
+
+import json
+from dataclasses import dataclass, field
+from typing import Any
+
+import numpy as np
+import pandas as pd
+
+from vigil.declared.model import DeclaredFeatures, Kind
+from vigil.events import DeadLetter
+
+KIND = "kind"
+LABEL = "label"
+
+
+@dataclass
+class Checked:
+    """A batch sorted out: typed events and labels, their tokens, and the dead letters."""
+
+    events: pd.DataFrame
+    labels: pd.DataFrame
+    tokens: list[Any] = field(default_factory=list)
+    dead: list[DeadLetter] = field(default_factory=list)
+
+
+def label_fields(declared: DeclaredFeatures) -> dict[str, Kind]:
+    """What a label carries: event id, time, the label views' join keys, the label."""
+    schema = declared.labels
+    if schema is None:
+        return {}
+    keys = {a.key for a in declared.aggregations if a.on == "labels"}
+    kinds = declared.events.fields
+    return {
+        schema.event_id: "integer",
+        schema.time: "time",
+        **{k: kinds[k] for k in sorted(keys)},
+        schema.label: "integer",
+    }
+
+
+def record_fields(declared: DeclaredFeatures) -> tuple[str, ...]:
+    """Every field a stream entry or a replay row may carry."""
+    return tuple(dict.fromkeys([KIND, *declared.events.fields, *label_fields(declared)]))
+
+
+def _is(values: pd.Series, kinds: tuple[type, ...]) -> np.ndarray:
+    return values.map(lambda v: isinstance(v, kinds)).to_numpy(bool)
+
+
+def _typed(values: pd.Series, kind: Kind) -> tuple[pd.Series, np.ndarray, str]:
+    """(typed values, which rows are good, why the others are not)."""
+    present = values.notna().to_numpy(bool)
+    if kind == "time":
+        stamps = pd.to_datetime(values.astype(object), utc=True, errors="coerce", format="ISO8601")
+        return stamps, present & stamps.notna().to_numpy(bool), "not an ISO 8601 time"
+    if kind == "string":
+        good = present & _is(values, (str,)) & (values.astype(str).str.len() > 0).to_numpy(bool)
+        return values.astype(object), good, "not a non-empty string"
+    if kind == "boolean":
+        text = values.map(lambda v: str(v).lower() if isinstance(v, str | bool) else None)
+        good = present & text.isin(["true", "false"]).to_numpy(bool)
+        return (text == "true").astype(bool), good, "not a boolean"
+    numbers = pd.to_numeric(values.where(~values.map(lambda v: isinstance(v, bool))), errors="coerce")
+    finite = np.isfinite(numbers.to_numpy(np.float64, na_value=np.nan))
+    if kind == "number":
+        return numbers.astype(np.float64), present & finite, "not a finite number"
+    as_float = numbers.to_numpy(np.float64, na_value=0)
+    whole = finite & (np.floor(as_float) == as_float)
+    return numbers.fillna(0).astype(np.int64), present & whole, "not an integer"
+
+
+def _sort_out(frame: pd.DataFrame, fields: dict[str, Kind]) -> tuple[pd.DataFrame, list[str | None]]:
+    reasons: list[str | None] = [None] * len(frame)
+    typed = pd.DataFrame(index=frame.index)
+    for name, kind in fields.items():
+        values = frame[name] if name in frame.columns else pd.Series([None] * len(frame), index=frame.index)
+        column, good, why = _typed(values, kind)
+        typed[name] = column
+        missing = ~values.notna().to_numpy(bool)
+        for i in np.flatnonzero(~good).tolist():
+            if reasons[i] is None:
+                reasons[i] = f"{name}: missing" if missing[i] else f"{name}: {why} ({values.iloc[i]!r})"
+    return typed, reasons
+
+
+def check_records(
+    declared: DeclaredFeatures, frame: pd.DataFrame, source: str, tokens: list[Any] | None = None
+) -> Checked:
+    """Sorts a batch of raw records (object columns named as the fields) out."""
+    frame = frame.reset_index(drop=True)
+    tokens = tokens if tokens is not None else [None] * len(frame)
+    is_label = (frame[KIND] == LABEL).to_numpy(bool) if KIND in frame.columns else np.zeros(len(frame), bool)
+    checked = Checked(pd.DataFrame(), pd.DataFrame())
+    for label, fields in ((False, declared.events.fields), (True, label_fields(declared))):
+        rows = np.flatnonzero(is_label == label)
+        if label and declared.labels is None and len(rows):
+            for i in rows.tolist():
+                raw = json.dumps(frame.iloc[i].dropna().to_dict(), default=str)
+                checked.dead.append(DeadLetter("kind: the repo declares no labels", raw, source, token=tokens[i]))
+            continue
+        typed, reasons = _sort_out(frame.iloc[rows], fields)
+        if label and declared.labels is not None:
+            name = declared.labels.label
+            for i, value in enumerate(typed[name].tolist()):
+                if reasons[i] is None and value not in (0, 1):
+                    reasons[i] = f"{name}: not 0 or 1 ({value!r})"
+        good = np.array([r is None for r in reasons], bool)
+        for i, reason in zip(rows.tolist(), reasons, strict=True):
+            if reason is not None:
+                raw = json.dumps(frame.iloc[i].dropna().to_dict(), default=str)
+                checked.dead.append(DeadLetter(reason, raw, source, token=tokens[i]))
+        kept = typed[good].reset_index(drop=True)
+        if label:
+            checked.labels = kept
+        else:
+            checked.events = kept
+        checked.tokens += [tokens[i] for i in rows[good].tolist() if tokens[i] is not None]
+    return checked
