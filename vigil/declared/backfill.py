@@ -8,7 +8,7 @@ from collections.abc import Sequence
 import numpy as np
 import pandas as pd
 
-from vigil.declared.compute import ID, KEY, TS, feature_names, features_of, nanoseconds
+from vigil.declared.compute import ID, KEY, TS, FactTable, feature_names, features_of, nanoseconds
 from vigil.declared.model import DeclaredFeatures
 
 
@@ -25,13 +25,9 @@ def _labelled(declared: DeclaredFeatures, events: pd.DataFrame, labels: pd.DataF
     return labels
 
 
-def fact_table(frame: pd.DataFrame, key: str, event_id: str, time: str, columns: list[str]) -> pd.DataFrame:
-    table = pd.DataFrame(
-        {KEY: frame[key].to_numpy(), TS: nanoseconds(frame[time]), ID: frame[event_id].to_numpy(np.int64)}
-    )
-    for column in columns:
-        table[column] = frame[column].to_numpy()
-    return table
+def fact_table(frame: pd.DataFrame, key: str, event_id: str, time: str, columns: list[str]) -> FactTable:
+    table = {KEY: frame[key].to_numpy(), TS: nanoseconds(frame[time]), ID: frame[event_id].to_numpy(np.int64)}
+    return table | {column: frame[column].to_numpy() for column in columns}
 
 
 def compute_declared(
@@ -44,7 +40,7 @@ def compute_declared(
     """The event id and the features of `service` (or `features`, or all) for each event."""
     schema = declared.events
 
-    def load(on: str, key: str, columns: list[str]) -> pd.DataFrame:
+    def load(on: str, key: str, columns: list[str]) -> FactTable:
         if on == "events":
             return fact_table(events, key, schema.event_id, schema.time, columns)
         assert declared.labels is not None

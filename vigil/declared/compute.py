@@ -18,8 +18,9 @@ import pandas as pd
 from vigil.declared.model import DeclaredFeatures, WindowAggregation
 from vigil.declared.windows import Facts, IntArray
 
-# (on, key, columns) -> the facts of that kind: columns KEY, TS (ns), ID and `columns`.
-FactLoader = Callable[[str, str, list[str]], pd.DataFrame]
+# (on, key, columns) -> the facts of that kind: arrays KEY, TS (ns), ID and `columns`.
+FactTable = dict[str, np.ndarray]
+FactLoader = Callable[[str, str, list[str]], FactTable]
 KEY, TS, ID = "__key", "__ts", "__id"
 NS = 1_000_000_000
 
@@ -47,12 +48,14 @@ def window_values(
         groups.setdefault((aggregation.on, aggregation.key), []).append(aggregation)
     for (on, key), aggregations in groups.items():
         table = load(on, key, sorted({a.column for a in aggregations}))
-        keys = pd.Index(pd.unique(pd.concat([queries[key], table[KEY]], ignore_index=True)))
+        asked = queries[key].to_numpy()
+        keys = pd.Index(pd.unique(np.concatenate([asked, table[KEY]])))
         columns = {a.column: table[a.column] for a in aggregations}
-        facts = Facts.build(table[KEY], table[TS].to_numpy(np.int64), table[ID].to_numpy(np.int64), columns, keys)
+        facts = Facts.build(table[KEY], table[TS], table[ID], columns, keys)
+        codes = facts.codes_of(asked)
         for a in aggregations:
             window, delay = a.window_seconds * NS, a.delay_seconds * NS
-            out[a.name] = facts.aggregate(queries[key], ts, ids, a.column, a.function, window, delay, on == "events")
+            out[a.name] = facts.aggregate(codes, ts, ids, a.column, a.function, window, delay, on == "events")
     return out
 
 
@@ -81,7 +84,5 @@ def features_of(declared: DeclaredFeatures, queries: pd.DataFrame, load: FactLoa
             result = view.transform(inputs)
             for output in view.outputs:
                 values[output] = np.asarray(result[output])
-    frame = pd.DataFrame({declared.events.event_id: queries[declared.events.event_id].to_numpy()})
-    for name in names:
-        frame[name] = values[name]
-    return frame
+    event_id = declared.events.event_id
+    return pd.DataFrame({event_id: queries[event_id].to_numpy(), **{name: values[name] for name in names}})

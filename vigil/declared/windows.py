@@ -102,24 +102,28 @@ class Facts:
 
     @classmethod
     def build(
-        cls, entity: pd.Series, ts: IntArray, ids: IntArray, columns: dict[str, pd.Series], keys: pd.Index
+        cls, entity: np.ndarray, ts: IntArray, ids: IntArray, columns: dict[str, np.ndarray], keys: pd.Index
     ) -> Facts:
-        code = keys.get_indexer(entity.to_numpy())
+        code = keys.get_indexer(entity)
         order = np.lexsort((ids, ts, code))
         code = code[order]
         bounds = np.arange(len(keys) + 1)
         edges = np.searchsorted(code, bounds, side="left").astype(np.int64)
         values, codes = {}, {}
         for name, column in columns.items():
-            sorted_column = column.to_numpy()[order]
-            if pd.api.types.is_numeric_dtype(column.dtype) or pd.api.types.is_bool_dtype(column.dtype):
+            sorted_column = column[order]
+            if sorted_column.dtype.kind in "iufb":
                 values[name] = sorted_column.astype(np.float64)
             codes[name] = pd.factorize(sorted_column)[0].astype(np.int64)
         return cls(keys, edges[:-1], edges[1:], ts[order], ids[order], values, codes)
 
+    def codes_of(self, query_entity: np.ndarray) -> IntArray:
+        """The queries' entity codes (-1: an entity without facts), for `aggregate`."""
+        return self.keys.get_indexer(query_entity).astype(np.int64)
+
     def aggregate(
         self,
-        query_entity: pd.Series,
+        entity: IntArray,
         query_ts: IntArray,
         query_id: IntArray,
         column: str,
@@ -128,7 +132,6 @@ class Facts:
         delay: int,
         by_id: bool,
     ) -> FloatArray:
-        entity = self.keys.get_indexer(query_entity.to_numpy()).astype(np.int64)
         code = FUNCTION_CODES[function]
         values = self.columns.get(column, np.zeros(len(self.ts)))
         codes = self.codes[column]

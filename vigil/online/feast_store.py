@@ -2,9 +2,7 @@
 
 from __future__ import annotations
 
-import contextlib
 import os
-import sys
 import warnings
 from pathlib import Path
 from typing import Any
@@ -59,25 +57,12 @@ def open_feature_store(settings: Settings, spark_master: str | None = None) -> F
 
 def apply_repo(settings: Settings) -> FeatureStore:
     """Registers the repo's entities, views and services (what `feast apply` does)."""
-    from feast.repo_operations import parse_repo
+    from vigil.declared.loading import parse_feast_repo
 
     registry_path(settings).parent.mkdir(parents=True, exist_ok=True)
+    # The repo's modules read VIGIL_OFFLINE_DIR when imported (the loader imports them afresh).
     os.environ["VIGIL_OFFLINE_DIR"] = str(settings.offline_dir)
-    repo = str(settings.feature_repo)
-    if repo not in sys.path:
-        sys.path.insert(0, repo)
-    # parse_repo names modules relative to the working directory (`feast apply` runs in
-    # the repo), so the repo's own `from entities import ...` lines resolve the same way.
-    # The repo's modules read VIGIL_OFFLINE_DIR when imported: drop any cached import so
-    # that this project's paths are the ones registered. A copy taken in one C call: other
-    # threads (or finalizers run by the collector) may import while this loop runs, and
-    # `list(sys.modules.items())` then failed with "dictionary changed size" in CI.
-    for name, module in sys.modules.copy().items():
-        location = getattr(module, "__file__", None)
-        if location and Path(location).resolve().parent == settings.feature_repo.resolve():
-            del sys.modules[name]
-    with contextlib.chdir(settings.feature_repo):
-        contents = parse_repo(settings.feature_repo)
+    contents = parse_feast_repo(settings.feature_repo)
     store = open_feature_store(settings)
     objects: list[Any] = [
         *contents.entities,
