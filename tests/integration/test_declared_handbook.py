@@ -3,12 +3,15 @@ compiled by Vigil, its features equal the handbook's reference; stock Feast read
 
 from __future__ import annotations
 
+import os
+import re
 import shutil
 import subprocess
 import sys
 from pathlib import Path
 
-from vigil.settings import PROJECT_ROOT
+from tests.integration.serving_helpers import server_env
+from vigil.settings import PROJECT_ROOT, Settings
 
 
 def run(*args: str, cwd: Path = PROJECT_ROOT) -> subprocess.CompletedProcess[str]:
@@ -37,3 +40,26 @@ def test_stock_feast_applies_and_lists_the_declared_repo(tmp_path: Path) -> None
     checked = run(sys.executable, "-m", "vigil.cli", "repo", "check", "--repo", str(repo))
     assert checked.returncode == 0, checked.stderr
     assert "service fraud_v1 (default): 14 features" in checked.stdout
+
+
+def test_the_readme_declared_features_block_runs_as_written(settings: Settings) -> None:
+    """README's "Declaring features" commands, as written, in this test's namespace: the
+    online features the flow stored equal the backfill's for every event of the world."""
+    text = (PROJECT_ROOT / "README.md").read_text()
+    block = re.search(r"<!-- declared:begin -->\s*```bash\n(.*?)```\s*<!-- declared:end -->", text, re.S)
+    assert block, "README.md has no declared-features block"
+    # `vigil` as the README's reader has it: the environment's own (make setup installs it).
+    env = server_env(settings, PATH=f"{Path(sys.executable).parent}:{os.environ['PATH']}")
+    files = [PROJECT_ROOT / "data" / name for name in ("declared-world.parquet", "declared-features.parquet")]
+    try:
+        done = subprocess.run(
+            ["bash", "-euo", "pipefail", "-c", block.group(1)],
+            capture_output=True, text=True, cwd=PROJECT_ROOT, env=env, timeout=600,
+        )  # fmt: skip
+    finally:
+        for file in files:
+            file.unlink(missing_ok=True)
+    assert done.returncode == 0, done.stdout[-3000:] + done.stderr[-3000:]
+    assert "service fraud_v1 (default): 14 features" in done.stdout
+    assert "dead letters: 0" in done.stdout
+    assert re.search(r"MATCH: [\d,]+ events compared", done.stdout), done.stdout[-3000:]
