@@ -1,0 +1,11 @@
+"""What a payments model is trained on and asks for, in order."""
+
+from feast import FeatureService
+from features import card_velocity, device_velocity, merchant_risk, payment_context
+
+payments_v1 = FeatureService(
+    name="payments_v1",
+    features=[card_velocity, device_velocity, merchant_risk, payment_context],
+    description="Card and device velocity, merchant chargeback rate, amount against the card's habit",
+    tags={"vigil.default": "true"},
+)
