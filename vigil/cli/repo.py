@@ -26,7 +26,8 @@ def add_parsers(sub: Any) -> None:
 vigil repo compute --repo examples/handbook --events transactions.parquet --out features.parquet
 vigil repo compute --repo examples/handbook --events transactions.parquet --reference features_reference.parquet
 vigil repo ingest --repo examples/handbook --events transactions.parquet --label-delay-days 7
-vigil repo compute --repo examples/handbook --events transactions.parquet --online""",
+vigil repo compute --repo examples/handbook --events transactions.parquet --online
+vigil repo compute --repo examples/handbook --events transactions.parquet --engine spark --spark-master 'local[4]'""",
     )
     actions = p.add_subparsers(dest="action", required=True, metavar="ACTION")
     check_parser = actions.add_parser("check", help="compile the repo and list what it declares")
@@ -42,6 +43,8 @@ vigil repo compute --repo examples/handbook --events transactions.parquet --onli
     compute_parser.add_argument(
         "--online", action="store_true", help="from the online store (what scoring reads), not a backfill of the file"
     )
+    compute_parser.add_argument("--engine", choices=["local", "spark"], default="local", help="where a backfill runs")
+    compute_parser.add_argument("--spark-master", metavar="URL", help="Spark master (default local[*])")
     source = ingest_parser.add_mutually_exclusive_group(required=True)
     source.add_argument("--events", metavar="PATH", help="replay a file of events (its label column: labels)")
     source.add_argument("--source", metavar="URI", help="redis://HOST:PORT/STREAM (until stopped)")
@@ -116,6 +119,8 @@ def compute(args: argparse.Namespace) -> int:
     try:
         if args.online:
             values = online_store(declared).features(events, service=args.service)
+        elif args.engine == "spark":
+            values = on_spark(declared, Path(args.events), events, labels, args)
         else:
             values = compute_declared(declared, events, labels, service=args.service)
     except KeyError as error:
@@ -128,6 +133,21 @@ def compute(args: argparse.Namespace) -> int:
     if args.reference:
         return compare(values, read_table(Path(args.reference), []), declared.events.event_id)
     return 0
+
+
+def on_spark(
+    declared: DeclaredFeatures, path: Path, events: pd.DataFrame, labels: pd.DataFrame | None, args: argparse.Namespace
+) -> pd.DataFrame:
+    """The backfill on Spark: a Parquet file is read by Spark itself, other files through pandas."""
+    from vigil.cli.common import spark_ready
+    from vigil.declared.spark import compute_declared_spark
+    from vigil.offline.spark_engine import session
+
+    spark_ready("spark")
+    spark = session(args.spark_master)
+    frame = spark.read.parquet(str(path)) if path.suffix == ".parquet" else spark.createDataFrame(events)
+    known = spark.createDataFrame(labels) if labels is not None else None
+    return compute_declared_spark(declared, frame, known, service=args.service).toPandas()
 
 
 def online_store(declared: DeclaredFeatures) -> Any:
