@@ -257,7 +257,7 @@ class _RedisStreamPartition(StatelessSourcePartition[RawBatch]):
             redis_call(lambda: self.client.xack(source.stream, source.group, *gone), "acknowledging trimmed entries")
         records = [parse_stream_fields(fields) for _, fields in live]
         tokens = [RedisToken(source.url, source.stream, source.group, _text(entry_id)) for entry_id, _ in live]
-        batch = records_to_batch(records, f"redis:{source.stream}", tokens)
+        batch = records_to_batch(records, f"redis:{source.stream}", tokens, source.fields)
         batch.redelivered = redelivered
         return [batch]
 
@@ -406,14 +406,18 @@ class RedisStreamSource(DynamicSource[RawBatch]):
         # stream is done with is trimmed (a bounded stream, never an entry still needed).
         self.trim_groups: frozenset[str] = frozenset()
         self.trim_seconds = TRIM_SECONDS
+        # The fields of an entry the flow reads (a declared repo's own).
+        self.fields: tuple[str, ...] = ALL_FIELDS
 
     def with_group(self, group: str, tick_seconds: float | None = 1.0) -> RedisStreamSource:
         """The same stream through another consumer group (another output's own position):
         the offline log's, which is not in a hurry: once caught up it reads every 50 ms, in
         larger batches, leaving the worker to the online path (validation costs per batch)."""
-        return RedisStreamSource(
+        other = RedisStreamSource(
             self.url, self.stream, group, self.batch_size, self.idle_timeout, tick_seconds, 0.05, self.claim_idle
         )
+        other.fields = self.fields
+        return other
 
     def build(self, step_id: str, worker_index: int, worker_count: int) -> _RedisStreamPartition:
         return _RedisStreamPartition(self, f"{self.group}-{worker_index}", worker_count)
