@@ -131,8 +131,8 @@ def stream_source(uri: str, declared: DeclaredFeatures) -> RedisStreamSource:
     return source
 
 
-def _checked(declared: DeclaredFeatures, batch: RawBatch) -> Checked:
-    checked = check_records(declared, batch.frame, batch.source, batch.tokens)
+def _checked(declared: DeclaredFeatures, batch: RawBatch, ahead_seconds: float) -> Checked:
+    checked = check_records(declared, batch.frame, batch.source, batch.tokens, ahead_seconds)
     checked.dead = [*batch.unparsed, *checked.dead]
     return checked
 
@@ -155,7 +155,8 @@ def build_flow(
         source = stream_source(os.environ.get("VIGIL_SOURCE", default), declared)
     sinks = sinks or default_sinks(settings, declared)
     flow = Dataflow("vigil_declared")
-    checked = op.map("check", op.input("events", flow, source), lambda batch: _checked(declared, batch))
+    ahead = settings.event_time_tolerance_seconds
+    checked = op.map("check", op.input("events", flow, source), lambda batch: _checked(declared, batch, ahead))
     op.output("dead_letter_out", op.flat_map("dead_letters", checked, _dead), sinks.dead_letters)
     op.output("facts_out", checked, sinks.facts)
     return flow

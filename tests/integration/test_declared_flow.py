@@ -66,6 +66,7 @@ def test_a_stream_with_bad_entries_loses_nothing(settings: Settings, redis_clien
         wrong_label = {"kind": "label", "id": 1, "at": "2026-03-02T00:00:00", "merchant": "m001", "fraud": 2}
         pipe.xadd(stream, as_entry(wrong_label))
         pipe.xadd(stream, as_entry({"kind": "event", "id": 99_999, "card": "card-1"}))
+        pipe.xadd(stream, as_entry({"kind": "event", **rows.iloc[1].to_dict(), "at": "2200-12-31T00:00:00"}))
         pipe.xadd(stream, {"json": "{not json"})
         pipe.execute()
     source = stream_source(f"{settings.redis_url.rsplit('/', 1)[0]}/{stream}", declared)
@@ -75,8 +76,12 @@ def test_a_stream_with_bad_entries_loses_nothing(settings: Settings, redis_clien
     assert (sinks.stats.transactions, sinks.stats.labels) == (len(events), len(labels))
     reasons = sorted(sinks.stats.dead_reasons)
     assert reasons == [
-        "amount: not a finite number ('a lot')", "at: missing", "fraud: not 0 or 1 (2)", "payload is not valid JSON",
-    ], reasons  # fmt: skip
+        "amount: not a finite number ('a lot')",
+        "at: missing",
+        "at: more than 86400 s ahead of the wall clock (2200-12-31T00:00:00+00:00)",
+        "fraud: not 0 or 1 (2)",
+        "payload is not valid JSON",
+    ], reasons
     assert redis_client.xpending(stream, source.group)["pending"] == 0
     store = DeclaredOnlineStore(redis_client, settings.key_prefix, declared)
     ours = store.features(events)

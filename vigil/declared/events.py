@@ -95,9 +95,16 @@ def _sort_out(frame: pd.DataFrame, fields: dict[str, Kind]) -> tuple[pd.DataFram
 
 
 def check_records(
-    declared: DeclaredFeatures, frame: pd.DataFrame, source: str, tokens: list[Any] | None = None
+    declared: DeclaredFeatures,
+    frame: pd.DataFrame,
+    source: str,
+    tokens: list[Any] | None = None,
+    ahead_seconds: float = 86_400,
 ) -> Checked:
-    """Sorts a batch of raw records (object columns named as the fields) out."""
+    """Sorts a batch of raw records (object columns named as the fields) out. A time more
+    than `ahead_seconds` past the wall clock is refused too: one fact dated 2200 would make
+    every other fact of its entity look older than any window."""
+    latest = pd.Timestamp.now(tz="UTC") + pd.Timedelta(seconds=ahead_seconds)
     frame = frame.reset_index(drop=True)
     tokens = tokens if tokens is not None else [None] * len(frame)
     is_label = (frame[KIND] == LABEL).to_numpy(bool) if KIND in frame.columns else np.zeros(len(frame), bool)
@@ -110,6 +117,10 @@ def check_records(
                 checked.dead.append(DeadLetter("kind: the repo declares no labels", raw, source, token=tokens[i]))
             continue
         typed, reasons = _sort_out(frame.iloc[rows], fields)
+        time = declared.labels.time if label and declared.labels is not None else declared.events.time
+        for i, when in enumerate(typed[time].tolist() if len(rows) else []):
+            if reasons[i] is None and when > latest:
+                reasons[i] = f"{time}: more than {ahead_seconds:.0f} s ahead of the wall clock ({when.isoformat()})"
         if label and declared.labels is not None:
             name = declared.labels.label
             for i, value in enumerate(typed[name].tolist()):
