@@ -131,6 +131,36 @@ def test_everything_runs_on_a_cluster(
     client.close()
 
 
+def test_declared_facts_on_a_cluster(
+    settings: Settings, cluster: LocalRedisCluster, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """A declared repo's facts spread over the cluster's masters, compacted in per-key WATCH
+    transactions: recent events' features equal the backfill's."""
+    from tests.declared_cards import card_events, write_repo
+    from vigil.declared import load_declared
+    from vigil.declared import online as declared_online
+    from vigil.declared.backfill import compute_declared
+
+    monkeypatch.setattr(declared_online, "COMPACT_BYTES", 2_048)
+    declared = load_declared(write_repo(tmp_path / "cards"))
+    events = card_events(3_000, seed=1, days=40)
+    client = connect(cluster.url)
+    store = declared_online.DeclaredOnlineStore(client, settings.key_prefix, declared)
+    shuffled = events.sample(frac=1.0, random_state=2)
+    labels = shuffled[shuffled["fraud"].notna()][["id", "at", "merchant", "fraud"]]
+    for start in range(0, len(shuffled), 200):
+        store.record_events(shuffled.iloc[start : start + 200])
+        store.record_labels(labels.iloc[start : start + 200])
+    recent = events[events["at"] > events["at"].max() - pd.Timedelta(days=1)]
+    ours = store.features(recent)
+    expected = compute_declared(declared, events).set_index("id").loc[recent["id"]].reset_index()
+    joined = ours.merge(expected, on="id", suffixes=("", "_expected"))
+    assert len(joined) == len(recent) > 0
+    assert max(float(np.abs(joined[c] - joined[f"{c}_expected"]).max()) for c in ours.columns if c != "id") <= 1e-9
+    client.delete(*[k for k in client.scan_iter(match=f"{settings.key_prefix}:*", count=1_000)])
+    client.close()
+
+
 def test_reads_follow_a_slot_while_it_moves(settings: Settings, cluster: LocalRedisCluster) -> None:
     """The scoring service's reads follow ASK (a slot half moved to another primary) and
     MOVED (the slot moved after the reader learned the map), and read what redis-py reads."""
