@@ -1,6 +1,7 @@
 """The feature flow of a declared repo (VIGIL_FEATURE_REPO): raw records checked against
-the repo's schema (dead letters name the field), then each valid event's and label's facts
-appended to the online store (`vigil.declared.online`), and only then acknowledged.
+the repo's schema (dead letters name the field), then each valid event's facts appended to
+the online store (`vigil.declared.online`), each label checked against the recorded events
+(held a while for an event still in flight), and only then acknowledged.
 
     python -m bytewax.run "flows.declared:build_flow()"
 
@@ -9,10 +10,13 @@ reads the stream VIGIL_SOURCE (default `<REDIS_URL>/<VIGIL_KEY_PREFIX>:events`).
 
 from __future__ import annotations
 
+import json
 import os
+import time
 from collections.abc import Iterable
 from dataclasses import dataclass, field
 from pathlib import Path
+from typing import Any
 
 import bytewax.operators as op
 import numpy as np
@@ -22,6 +26,7 @@ from bytewax.inputs import FixedPartitionedSource, Source
 from bytewax.outputs import DynamicSink, StatelessSinkPartition
 
 from flows.acks import Acknowledger
+from flows.features import arrival_seconds
 from flows.metrics import redis_call
 from flows.sinks import DeadLetterSink, FlowStats
 from flows.sources import RedisStreamSource, _ReplayPartition
@@ -87,21 +92,75 @@ class DeclaredSinks:
     stats: FlowStats = field(default_factory=FlowStats)
 
 
+@dataclass
+class _HeldLabel:
+    since: float  # when it reached the stream (epoch seconds): its wait counts from there
+    row: pd.DataFrame
+    token: Any
+    source: str
+
+
 class _FactsPartition(StatelessSinkPartition[Checked]):
-    def __init__(self, url: str, prefix: str, declared: DeclaredFeatures, stats: FlowStats) -> None:
+    """Events recorded, then labels checked against the recorded events: a label whose event
+    is unknown waits (unacknowledged) for `hold_seconds` from its arrival, rechecked on every
+    batch (ticks included), for an event still in flight; then, or at once for any other
+    mistake, it is a dead letter. A stop leaves held labels unacknowledged (delivered again);
+    held labels without a token (a file replay) are decided when the flow ends."""
+
+    def __init__(
+        self, url: str, prefix: str, declared: DeclaredFeatures, stats: FlowStats, hold_seconds: float, dead: Any
+    ) -> None:
         self.client = connect(url)
         self.store = DeclaredOnlineStore(self.client, prefix, declared)
-        self.stats = stats
+        self.stats, self.hold_seconds, self.dead = stats, hold_seconds, dead
         self.acknowledge = Acknowledger()
+        self.unknown = f"{declared.labels.event_id}: " if declared.labels is not None else ""
+        self._held: list[_HeldLabel] = []
 
     def write_batch(self, items: list[Checked]) -> None:
         for checked in items:
             redis_call(lambda: self.store.record_events(checked.events), "recording events")  # noqa: B023
-            redis_call(lambda: self.store.record_labels(checked.labels), "recording labels")  # noqa: B023
             self.acknowledge(checked.tokens)  # durable now: the source may forget them
-            self.stats.add(transactions=len(checked.events), labels=len(checked.labels))
+            self.stats.add(transactions=len(checked.events))
+        now = time.time()
+        waiting = self._held + [
+            _HeldLabel(arrival_seconds(token, now), checked.labels.iloc[i : i + 1], token, checked.source)
+            for checked in items
+            for i, token in enumerate(checked.label_tokens)
+        ]
+        self._held = []
+        if waiting:
+            self._decide(waiting, now, final=False)
+
+    def _decide(self, waiting: list[_HeldLabel], now: float, final: bool) -> None:
+        labels = pd.concat([h.row for h in waiting], ignore_index=True)
+        reasons = redis_call(lambda: self.store.label_mistakes(labels), "checking labels")
+        good = np.array([r is None for r in reasons], bool)
+        if good.any():
+            redis_call(lambda: self.store.record_labels(labels[good]), "recording labels")
+            self.acknowledge([h.token for h, ok in zip(waiting, good, strict=True) if ok and h.token is not None])
+            self.stats.add(labels=int(good.sum()))
+        letters = []
+        for held, reason in zip(waiting, reasons, strict=True):
+            if reason is None:
+                continue
+            waited = now - held.since
+            if reason.startswith(self.unknown) and waited < self.hold_seconds and not final:
+                self._held.append(held)
+                continue
+            if final and held.token is not None and reason.startswith(self.unknown):
+                continue  # unacknowledged: the stream delivers it again to the next run
+            raw = json.dumps(held.row.iloc[0].to_dict(), default=str)
+            reason = f"{reason} (held {waited:.0f} s)" if reason.startswith(self.unknown) else reason
+            letters.append(DeadLetter(reason, raw, held.source, token=held.token))
+        if letters:
+            self.dead.write_batch(letters)
 
     def close(self) -> None:
+        if self._held:
+            held, self._held = self._held, []
+            self._decide(held, time.time(), final=True)
+        self.dead.close()
         self.acknowledge.close()
         self.client.close()
 
@@ -109,17 +168,19 @@ class _FactsPartition(StatelessSinkPartition[Checked]):
 class DeclaredFactsSink(DynamicSink[Checked]):
     """Appends each batch's facts to the declared online store, then acknowledges them."""
 
-    def __init__(self, settings: Settings, declared: DeclaredFeatures, stats: FlowStats) -> None:
+    def __init__(self, settings: Settings, declared: DeclaredFeatures, stats: FlowStats, dead: DeadLetterSink) -> None:
         self.url, self.prefix, self.declared, self.stats = settings.redis_url, settings.key_prefix, declared, stats
+        self.hold_seconds, self.dead = settings.label_hold_seconds, dead
 
     def build(self, step_id: str, worker_index: int, worker_count: int) -> _FactsPartition:
-        return _FactsPartition(self.url, self.prefix, self.declared, self.stats)
+        dead = self.dead.build(step_id, worker_index, worker_count)
+        return _FactsPartition(self.url, self.prefix, self.declared, self.stats, self.hold_seconds, dead)
 
 
 def default_sinks(settings: Settings, declared: DeclaredFeatures) -> DeclaredSinks:
     stats = FlowStats()
     dead = DeadLetterSink(settings.redis_url, f"{settings.key_prefix}:dead-letters", stats=stats)
-    return DeclaredSinks(DeclaredFactsSink(settings, declared, stats), dead, stats)
+    return DeclaredSinks(DeclaredFactsSink(settings, declared, stats, dead), dead, stats)
 
 
 def stream_source(uri: str, declared: DeclaredFeatures) -> RedisStreamSource:

@@ -68,17 +68,29 @@ def test_a_stream_with_bad_entries_loses_nothing(settings: Settings, redis_clien
         pipe.xadd(stream, as_entry({"kind": "event", "id": 99_999, "card": "card-1"}))
         pipe.xadd(stream, as_entry({"kind": "event", **rows.iloc[1].to_dict(), "at": "2200-12-31T00:00:00"}))
         pipe.xadd(stream, {"json": "{not json"})
+        # A label for an event never seen, and one for a seen event at another time.
+        never = {"kind": "label", "id": 999_999, "at": "2026-03-02T00:00:00", "merchant": "m001", "fraud": 1}
+        pipe.xadd(stream, as_entry(never))
+        first = events.iloc[0]
+        moved = (first["at"] + pd.Timedelta(minutes=1)).isoformat()
+        elsewhen = {"kind": "label", "id": int(first["id"]), "at": moved, "merchant": first["merchant"], "fraud": 1}
+        pipe.xadd(stream, as_entry(elsewhen))
         pipe.execute()
     source = stream_source(f"{settings.redis_url.rsplit('/', 1)[0]}/{stream}", declared)
     source.idle_timeout = 1.0
-    sinks = default_sinks(settings, declared)
-    run_main(build_flow(source, sinks, settings, declared))
+    impatient = settings.model_copy(update={"label_hold_seconds": 0.0})  # unknown events: dead letters at once
+    sinks = default_sinks(impatient, declared)
+    run_main(build_flow(source, sinks, impatient, declared))
     assert (sinks.stats.transactions, sinks.stats.labels) == (len(events), len(labels))
     reasons = sorted(sinks.stats.dead_reasons)
+    unknown = [r for r in reasons if r.startswith("id: no event with this id at this time was seen (held ")]
+    assert len(unknown) == 1, reasons
+    reasons.remove(unknown[0])
     assert reasons == [
         "amount: not a finite number ('a lot')",
         "at: missing",
         "at: more than 86400 s ahead of the wall clock (2200-12-31T00:00:00+00:00)",
+        "at: not the time of the event it labels",
         "fraud: not 0 or 1 (2)",
         "payload is not valid JSON",
     ], reasons

@@ -30,8 +30,10 @@ class Checked:
 
     events: pd.DataFrame
     labels: pd.DataFrame
-    tokens: list[Any] = field(default_factory=list)
+    tokens: list[Any] = field(default_factory=list)  # the valid events' (None-free)
     dead: list[DeadLetter] = field(default_factory=list)
+    label_tokens: list[Any] = field(default_factory=list)  # one per label row (None: no token)
+    source: str = ""
 
 
 def label_fields(declared: DeclaredFeatures) -> dict[str, Kind]:
@@ -108,7 +110,7 @@ def check_records(
     frame = frame.reset_index(drop=True)
     tokens = tokens if tokens is not None else [None] * len(frame)
     is_label = (frame[KIND] == LABEL).to_numpy(bool) if KIND in frame.columns else np.zeros(len(frame), bool)
-    checked = Checked(pd.DataFrame(), pd.DataFrame())
+    checked = Checked(pd.DataFrame(), pd.DataFrame(), source=source)
     for label, fields in ((False, declared.events.fields), (True, label_fields(declared))):
         rows = np.flatnonzero(is_label == label)
         if label and declared.labels is None and len(rows):
@@ -136,5 +138,8 @@ def check_records(
             checked.labels = kept
         else:
             checked.events = kept
-        checked.tokens += [tokens[i] for i in rows[good].tolist() if tokens[i] is not None]
+        if label:
+            checked.label_tokens = [tokens[i] for i in rows[good].tolist()]
+        else:
+            checked.tokens = [tokens[i] for i in rows[good].tolist() if tokens[i] is not None]
     return checked

@@ -18,6 +18,7 @@ computation as the backfill (`vigil.declared.compute.features_of`).
 
 from __future__ import annotations
 
+import itertools
 from collections.abc import Sequence
 from typing import Any
 
@@ -29,6 +30,9 @@ from vigil.declared.compute import ID, KEY, TS, FactTable, feature_names, featur
 from vigil.declared.model import DeclaredFeatures
 
 COMPACT_BYTES = 64 * 1024
+SEEN = np.dtype([("id", "<i8"), ("ts", "<i8")])
+DAY_NS = 86_400 * 1_000_000_000
+SWEEP_DAYS = 7  # each write drops the seen-log keys of this many days just past the reach
 # How far back of an entity's newest fact the store keeps more than the windows need: an
 # event may arrive this late and still find every fact its windows hold.
 SLACK_SECONDS = 7 * 86_400
@@ -52,6 +56,10 @@ class DeclaredOnlineStore:
         self.columns = {group: sorted(columns) for group, columns in groups.items()}
         self.keep_ns = {group: (seconds + SLACK_SECONDS) * 1_000_000_000 for group, seconds in reach.items()}
         self.dtypes = {group: self._dtype(group, columns) for group, columns in self.columns.items()}
+        labels_reach = max(
+            (a.window_seconds + a.delay_seconds for a in declared.aggregations if a.on == "labels"), default=0
+        )
+        self.seen_days = (labels_reach + SLACK_SECONDS) // 86_400 + 1
 
     def _dtype(self, group: tuple[str, str], columns: list[str]) -> np.dtype[Any]:
         kinds = self.declared.events.fields
@@ -95,9 +103,62 @@ class DeclaredOnlineStore:
             self._compact(group, key)
 
     def record_events(self, events: pd.DataFrame) -> None:
-        """Appends the facts of a batch of valid events (any order, any repetition)."""
+        """Appends the facts of a batch of valid events (any order, any repetition), and
+        the events themselves to the log that labels are checked against."""
         schema = self.declared.events
         self._append("events", events, schema.event_id, schema.time)
+        self._record_seen(events[schema.event_id].to_numpy(np.int64), nanoseconds(events[schema.time]))
+
+    # ------------------------------------------------------------------ labels' events
+
+    def seen_key(self, day: int) -> str:
+        return f"{self.prefix}:facts:{self.declared.project}:seen:{day}"
+
+    def _record_seen(self, ids: np.ndarray, ts: np.ndarray) -> None:
+        """(id, time) of each event, packed per day of its time: one APPEND per day."""
+        if not len(ids) or self.declared.labels is None:
+            return
+        packed = np.empty(len(ids), SEEN)
+        packed["id"], packed["ts"] = ids, ts
+        day = ts // DAY_NS
+        order = np.argsort(day, kind="stable")
+        packed, day = packed[order], day[order]
+        bounds = np.flatnonzero(np.r_[True, day[1:] != day[:-1], True]).tolist()
+        with self.client.pipeline(transaction=False) as pipe:
+            for lo, hi in itertools.pairwise(bounds):
+                pipe.append(self.seen_key(int(day[lo])), packed[lo:hi].tobytes())
+            # Days past every label's reach (the views' delay and window, and the slack) go.
+            for old in range(int(day[-1]) - self.seen_days - SWEEP_DAYS, int(day[-1]) - self.seen_days):
+                pipe.delete(self.seen_key(old))
+            pipe.execute()
+
+    def label_mistakes(self, labels: pd.DataFrame) -> list[str | None]:
+        """For each label, None when its event was recorded with its time, else why not."""
+        schema = self.declared.labels
+        if schema is None or labels.empty:
+            return []
+        ids = labels[schema.event_id].to_numpy(np.int64)
+        ts = nanoseconds(labels[schema.time])
+        days = ts // DAY_NS
+        wanted = sorted(set(days.tolist()))
+        with self.client.pipeline(transaction=False) as pipe:
+            for day in wanted:
+                pipe.get(self.seen_key(day))
+            blobs = dict(zip(wanted, pipe.execute(), strict=True))
+        reasons: list[str | None] = []
+        known: dict[int, dict[int, int]] = {}
+        for event_id, when, day in zip(ids.tolist(), ts.tolist(), days.tolist(), strict=True):
+            if day not in known:
+                seen = np.frombuffer(blobs[day] or b"", SEEN)
+                known[day] = dict(zip(seen["id"].tolist(), seen["ts"].tolist(), strict=True))
+            recorded = known[day].get(event_id)
+            if recorded is None:
+                reasons.append(f"{schema.event_id}: no event with this id at this time was seen")
+            elif recorded != when:
+                reasons.append(f"{schema.time}: not the time of the event it labels")
+            else:
+                reasons.append(None)
+        return reasons
 
     def record_labels(self, labels: pd.DataFrame) -> None:
         """Appends the facts of a batch of labels (event id, event time, keys, label)."""
