@@ -183,11 +183,28 @@ def default_sinks(settings: Settings, declared: DeclaredFeatures) -> DeclaredSin
     return DeclaredSinks(DeclaredFactsSink(settings, declared, stats, dead), dead, stats)
 
 
-def stream_source(uri: str, declared: DeclaredFeatures) -> RedisStreamSource:
-    """redis://HOST:PORT/STREAM (VIGIL_STOP_AT_END=1: stop once it is read to its end)."""
-    url, _, stream = uri.rpartition("/")
-    idle = 1.0 if os.environ.get("VIGIL_STOP_AT_END") == "1" else None
-    source = RedisStreamSource(f"{url}/0", stream, group="vigil-declared", idle_timeout=idle, tick_seconds=1.0)
+def stream_source(uri: str, declared: DeclaredFeatures, settings: Settings) -> RedisStreamSource | Any:
+    """`redis://HOST:PORT/STREAM` or `kafka://BROKER[,BROKER]/TOPIC` (VIGIL_STOP_AT_END=1:
+    stop once it is read to its end)."""
+    from vigil.uris import parse_source_uri
+
+    stream = parse_source_uri(uri)
+    if stream is None:
+        raise ValueError(f"{uri!r} is not redis://HOST:PORT/STREAM or kafka://BROKERS/TOPIC")
+    if stream.kind == "kafka":
+        from flows.kafka import KafkaEventSource
+
+        kafka = KafkaEventSource(
+            stream.address.split(","), stream.name, settings.redis_url, group="vigil-declared",
+            tail=not settings.stop_at_end, tick_seconds=1.0,
+        )  # fmt: skip
+        kafka.fields = record_fields(declared)
+        return kafka
+    idle = 1.0 if settings.stop_at_end else None
+    source = RedisStreamSource(
+        stream.address, stream.name, group="vigil-declared", idle_timeout=idle, tick_seconds=1.0,
+        claim_idle=settings.stream_claim_idle_seconds,
+    )  # fmt: skip
     source.fields = record_fields(declared)
     return source
 
@@ -213,7 +230,7 @@ def build_flow(
     declared = declared or load_declared(settings.feature_repo)
     if source is None:
         default = f"{settings.redis_url.rsplit('/', 1)[0]}/{settings.key_prefix}:events"
-        source = stream_source(os.environ.get("VIGIL_SOURCE", default), declared)
+        source = stream_source(os.environ.get("VIGIL_SOURCE", default), declared, settings)
     sinks = sinks or default_sinks(settings, declared)
     flow = Dataflow("vigil_declared")
     ahead = settings.event_time_tolerance_seconds

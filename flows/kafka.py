@@ -100,7 +100,7 @@ class _KafkaPartition(StatefulSourcePartition[RawBatch, Any]):
             else:
                 records.append(message.value or b"")
                 tokens.append(token)
-        batch = records_to_batch(records, f"kafka:{self.topic}", tokens)
+        batch = records_to_batch(records, f"kafka:{self.topic}", tokens, self.source.fields)
         batch.unparsed.extend(errors)
         return [batch]
 
@@ -160,12 +160,16 @@ class KafkaEventSource(FixedPartitionedSource[RawBatch, Any]):
         )
         # Set by the flow: whether it holds labels that wait for their payments.
         self.holding: Callable[[], bool] = lambda: False
+        # The fields of a message the flow reads (a declared repo's own).
+        self.fields: tuple[str, ...] = ALL_FIELDS
 
     def with_group(self, group: str, tick_seconds: float | None = 1.0) -> KafkaEventSource:
         """The same topic through another consumer group (another output's own position)."""
-        return KafkaEventSource(
+        other = KafkaEventSource(
             self.brokers, self.topic, self.tracker_url, group, self.tail, self.batch_size, self.add_config, tick_seconds
         )
+        other.fields = self.fields
+        return other
 
     def _inner(self) -> Any:
         from bytewax.connectors.kafka import KafkaSource

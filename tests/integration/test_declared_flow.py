@@ -10,6 +10,7 @@ import sys
 from pathlib import Path
 
 import pandas as pd
+import pytest
 import redis
 from bytewax.testing import run_main
 
@@ -76,7 +77,7 @@ def test_a_stream_with_bad_entries_loses_nothing(settings: Settings, redis_clien
         elsewhen = {"kind": "label", "id": int(first["id"]), "at": moved, "merchant": first["merchant"], "fraud": 1}
         pipe.xadd(stream, as_entry(elsewhen))
         pipe.execute()
-    source = stream_source(f"{settings.redis_url.rsplit('/', 1)[0]}/{stream}", declared)
+    source = stream_source(f"{settings.redis_url.rsplit('/', 1)[0]}/{stream}", declared, settings)
     source.idle_timeout = 1.0
     impatient = settings.model_copy(update={"label_hold_seconds": 0.0})  # unknown events: dead letters at once
     sinks = default_sinks(impatient, declared)
@@ -99,6 +100,42 @@ def test_a_stream_with_bad_entries_loses_nothing(settings: Settings, redis_clien
     ours = store.features(events)
     expected = compute_declared(declared, events)
     joined = ours.merge(expected, on="id", suffixes=("", "_expected"))
+    assert len(joined) == len(events)
+    for name in declared.default_service.features:
+        assert (joined[name] - joined[f"{name}_expected"]).abs().max() <= 1e-9, name
+
+
+def test_a_kafka_topic_through_the_mock_cluster(settings: Settings, redis_client: redis.Redis, tmp_path: Path) -> None:
+    """The same flow on a Kafka topic (librdkafka's mock cluster): events keyed by card,
+    labels after them; read to its end, every event's features equal the backfill's."""
+    confluent_kafka = pytest.importorskip("confluent_kafka")
+    declared = load_declared(write_repo(tmp_path / "cards"))
+    events = card_events(1_500, seed=13)
+    producer = confluent_kafka.Producer({"test.mock.num.brokers": 1})
+    try:
+        brokers = ",".join(f"{b.host}:{b.port}" for b in producer.list_topics(timeout=10).brokers.values())
+        topic = f"{settings.key_prefix}-payments"
+        for row in events.drop(columns="fraud").to_dict("records"):
+            producer.produce(topic, as_entry({"kind": "event", **row})["json"].encode(), key=row["card"].encode())
+        for row in events[events["fraud"].notna()].to_dict("records"):
+            label = {
+                "kind": "label",
+                "id": row["id"],
+                "at": row["at"],
+                "merchant": row["merchant"],
+                "fraud": int(row["fraud"]),
+            }
+            producer.produce(topic, as_entry(label)["json"].encode(), key=row["merchant"].encode())
+        assert producer.flush(10) == 0
+        at_end = settings.model_copy(update={"stop_at_end": True})
+        source = stream_source(f"kafka://{brokers}/{topic}", declared, at_end)
+        sinks = default_sinks(at_end, declared)
+        run_main(build_flow(source, sinks, at_end, declared))
+    finally:
+        del producer
+    assert (sinks.stats.transactions, sinks.stats.dead_letters) == (len(events), 0)
+    ours = DeclaredOnlineStore(redis_client, settings.key_prefix, declared).features(events)
+    joined = ours.merge(compute_declared(declared, events), on="id", suffixes=("", "_expected"))
     assert len(joined) == len(events)
     for name in declared.default_service.features:
         assert (joined[name] - joined[f"{name}_expected"]).abs().max() <= 1e-9, name

@@ -47,7 +47,9 @@ vigil repo compute --repo examples/handbook --events transactions.parquet --engi
     compute_parser.add_argument("--spark-master", metavar="URL", help="Spark master (default local[*])")
     source = ingest_parser.add_mutually_exclusive_group(required=True)
     source.add_argument("--events", metavar="PATH", help="replay a file of events (its label column: labels)")
-    source.add_argument("--source", metavar="URI", help="redis://HOST:PORT/STREAM (until stopped)")
+    source.add_argument(
+        "--source", metavar="URI", help="redis://HOST:PORT/STREAM or kafka://BROKERS/TOPIC (until stopped)"
+    )
     ingest_parser.add_argument(
         "--label-delay-days", type=float, default=7.0, help="deliver each row's label this many days after its event"
     )
@@ -175,9 +177,10 @@ def ingest(args: argparse.Namespace) -> int:
             raise UserError(f"{path}: no such file")
         source: Any = DeclaredReplaySource(path, declared, args.label_delay_days)
     else:
-        if not args.source.startswith(("redis://", "rediss://")) or "/" not in args.source.split("://", 1)[1]:
-            raise UserError(f"--source {args.source!r}: expected redis://HOST:PORT/STREAM")
-        source = stream_source(args.source, declared)
+        try:
+            source = stream_source(args.source, declared, config)
+        except ValueError as error:
+            raise UserError(f"--source: {error}") from None
     sinks = default_sinks(config, declared)
     started = time.perf_counter()
     run_to_end(build_flow(source, sinks, config, declared))
