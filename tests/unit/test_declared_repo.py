@@ -130,3 +130,19 @@ def test_the_cli_refuses_a_broken_repo_with_exit_2_and_names_the_mistake(tmp_pat
     assert done.returncode == 2, done.stderr
     assert "function: 'median' is not one of count, sum, mean, min, max, count_distinct" in done.stderr
     assert "Traceback" not in done.stderr
+
+
+def test_the_handbook_commands_refuse_a_declared_repo_at_once() -> None:
+    """`vigil serve` (or train, ingest...) on a declared repo says what to use instead, exit 2."""
+    import os
+
+    env = {**os.environ, "VIGIL_FEATURE_REPO": str(PROJECT_ROOT / "examples" / "payments")}
+    done = subprocess.run(
+        [sys.executable, "-m", "vigil.cli", "serve"], capture_output=True, text=True, cwd=PROJECT_ROOT, env=env,
+        timeout=120,
+    )  # fmt: skip
+    assert done.returncode == 2, done.stderr
+    assert (
+        "declares its features (vigil.role tags): `vigil serve` runs the built-in handbook definitions" in done.stderr
+    )
+    assert "vigil repo ingest" in done.stderr and "Traceback" not in done.stderr

@@ -44,11 +44,35 @@ def build_parser() -> argparse.ArgumentParser:
     return parser
 
 
+# The commands that run the built-in handbook definitions (feature_repo/'s fraud_v1 to v3).
+HANDBOOK_COMMANDS = frozenset(
+    {"ingest", "features", "backfill", "apply", "train", "promote", "evaluate", "monitor", "serve"}
+)
+
+
+def refuse_declared_repo(command: str) -> None:
+    """A declared repo (`vigil repo`'s) named by VIGIL_FEATURE_REPO is not what the handbook
+    commands run: said at once, instead of a failure deep inside Feast or a silent mismatch.
+    Read as text (a tag `vigil.role` in its Python files): no import, so no delay."""
+    if command not in HANDBOOK_COMMANDS:
+        return
+    from vigil.cli.common import settings
+
+    repo = settings().feature_repo
+    if any('"vigil.role"' in p.read_text(errors="replace") for p in repo.glob("*.py")):
+        raise UserError(
+            f"VIGIL_FEATURE_REPO={repo} declares its features (vigil.role tags): `vigil {command}` runs the "
+            "built-in handbook definitions of feature_repo/; for a declared repo use `vigil repo check`, "
+            "`vigil repo ingest` and `vigil repo compute`"
+        )
+
+
 def main(argv: Sequence[str] | None = None) -> int:
     args = build_parser().parse_args(argv)
     quiet_libraries()
     func: Callable[[argparse.Namespace], int] = args.func
     try:
+        refuse_declared_repo(args.command)
         return func(args)
     except UserError as error:
         print(f"vigil: {error}", file=sys.stderr)
