@@ -274,6 +274,15 @@ def create_app(settings: Settings | None = None) -> FastAPI:
         }
 
     if settings.docs:
+        # Swagger UI's and ReDoc's files are served by the service itself (the fastapi-offline
+        # package ships them): the pages work on a network without a CDN.
+        import pathlib
+
+        import fastapi_offline
+        from starlette.staticfiles import StaticFiles
+
+        assets = pathlib.Path(fastapi_offline.__file__).parent / "static"
+        app.mount("/docs-assets", StaticFiles(directory=assets), "docs-assets")
 
         @app.get("/openapi.json", include_in_schema=False, dependencies=keyed)
         async def openapi() -> JSONResponse:
@@ -281,10 +290,22 @@ def create_app(settings: Settings | None = None) -> FastAPI:
 
         @app.get("/docs", include_in_schema=False, dependencies=keyed)
         async def docs() -> Response:
-            return get_swagger_ui_html(openapi_url="/openapi.json", title="Vigil scoring API")
+            return get_swagger_ui_html(
+                openapi_url="/openapi.json",
+                title="Vigil scoring API",
+                swagger_js_url="/docs-assets/swagger-ui-bundle.js",
+                swagger_css_url="/docs-assets/swagger-ui.css",
+                swagger_favicon_url="/docs-assets/favicon.png",
+            )
 
         @app.get("/redoc", include_in_schema=False, dependencies=keyed)
         async def redoc() -> Response:
-            return get_redoc_html(openapi_url="/openapi.json", title="Vigil scoring API")
+            return get_redoc_html(
+                openapi_url="/openapi.json",
+                title="Vigil scoring API",
+                redoc_js_url="/docs-assets/redoc.standalone.js",
+                redoc_favicon_url="/docs-assets/favicon.png",
+                with_google_fonts=False,
+            )
 
     return app

@@ -5,6 +5,7 @@ store up and with it down, and a regression test for each way to a 500 found bef
 from __future__ import annotations
 
 import json
+import re
 import socket
 import subprocess
 import sys
@@ -360,6 +361,17 @@ def test_the_surface_shows_nothing_without_a_key(served: Served) -> None:
     assert httpx.get(f"{served.base}/healthz").json() == {"status": "alive"}
     models = httpx.get(f"{served.base}/v1/models", headers=HEADERS).text
     assert KEY not in models and "other-key" not in models
+
+
+def test_the_api_pages_load_nothing_from_outside(served: Served) -> None:
+    """/docs and /redoc work offline: their scripts and styles come from the service."""
+    for page in ("/docs", "/redoc"):
+        html = httpx.get(f"{served.base}{page}", headers=HEADERS).text
+        assets = re.findall(r'(?:src|href)="([^"]+)"', html)
+        assert assets and all(a.startswith("/docs-assets/") for a in assets), assets
+        for asset in assets:
+            answer = httpx.get(f"{served.base}{asset}")
+            assert answer.status_code == 200 and len(answer.content) > 1_000, asset
 
 
 def test_a_missing_registry_is_an_error_naming_it(tmp_path: Path, served: Served) -> None:
