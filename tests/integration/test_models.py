@@ -113,6 +113,12 @@ def test_mlflow_round_trip_loads_natively_with_the_same_scores(
     assert type(loaded) is type(trained)
     loaded.setup(resolve_device("cpu"))
     np.testing.assert_allclose(loaded.predict_proba(rows), trained.predict_proba(rows), atol=1e-6)
+    # MLflow's generic pyfunc (`mlflow models serve`): the named inputs in, probabilities out.
+    import mlflow.pyfunc
+
+    pyfunc = mlflow.pyfunc.load_model(info.model_uri)
+    scores = np.asarray(pyfunc.predict(rows[list(trained.inputs)].astype(np.float32)))  # as its signature says
+    np.testing.assert_allclose(scores, trained.predict_proba(rows), atol=1e-6)
 
 
 def test_hidden_compromise_floor(training_frame: pd.DataFrame) -> None:

@@ -5,7 +5,6 @@ Cheap to train and to evaluate, and robust; the scoring service falls back to it
 
 from __future__ import annotations
 
-import warnings
 from typing import Any, ClassVar
 
 import numpy as np
@@ -54,19 +53,23 @@ class BaselineModel(FraudModel):
         return dict(zip(self.inputs, map(float, weights), strict=True))
 
     def log_model(self, name: str, input_example: pd.DataFrame, signature: Any) -> Any:
-        import mlflow.sklearn
+        from mlflow.models import Model
 
-        with warnings.catch_warnings():
-            # MLflow checks the example through sklearn's pyfunc, which hands the pipeline (fitted
-            # on arrays) a frame; the signature fixes the column order, so the names add nothing.
-            warnings.filterwarnings("ignore", message="X has feature names", category=UserWarning)
-            return mlflow.sklearn.log_model(
-                self.pipeline,
-                name=name,
-                input_example=input_example,
-                signature=signature,
-                pip_requirements=requirements("mlflow", "scikit-learn", "cloudpickle", "numpy", "pandas"),
-            )
+        from vigil.models import pyfunc_flavor
+
+        # Native sklearn flavour; pyfunc through Vigil's loader: named inputs in, probabilities
+        # out (sklearn's own pyfunc would return classes; see pyfunc_flavor).
+        return Model.log(
+            artifact_path=None,
+            name=name,
+            flavor=pyfunc_flavor,
+            flavor_name="mlflow.sklearn",
+            native="sklearn",
+            sk_model=self.pipeline,
+            input_example=input_example,
+            signature=signature,
+            pip_requirements=requirements("mlflow", "scikit-learn", "cloudpickle", "numpy", "pandas"),
+        )
 
     @classmethod
     def load_model(cls, uri: str) -> BaselineModel:

@@ -99,20 +99,25 @@ class MLPModel(FraudModel):
         super().setup(device, threads)
 
     def log_model(self, name: str, input_example: pd.DataFrame, signature: Any) -> Any:
-        import mlflow.pytorch
 
         assert self.net is not None
-        from mlflow.models import infer_signature
+        from mlflow.models import Model
 
-        example = input_example.to_numpy(np.float32)
-        # A tensor signature (the network takes a float32 matrix); pickle keeps the module's class.
-        return mlflow.pytorch.log_model(
-            self.net.cpu(),
+        from vigil.models import pyfunc_flavor
+
+        # Native pytorch flavour (pickle keeps the module's class); pyfunc through Vigil's
+        # loader: named inputs in, probabilities out (see pyfunc_flavor).
+        return Model.log(
+            artifact_path=None,
             name=name,
-            input_example=example,
-            signature=infer_signature(example, self.predict_proba(example)),
+            flavor=pyfunc_flavor,
+            flavor_name="mlflow.pytorch",
+            native="pytorch",
+            pytorch_model=self.net.cpu(),
+            input_example=input_example,
+            signature=signature,
             serialization_format="pickle",
-            pip_requirements=requirements("mlflow", "torch", "cloudpickle", "numpy"),
+            pip_requirements=requirements("mlflow", "torch", "cloudpickle", "numpy", "pandas"),
         )
 
     @classmethod
