@@ -7,7 +7,7 @@ STAMP := $(VENV)/.installed
 export PYTHONDONTWRITEBYTECODE := 1
 
 .DEFAULT_GOAL := help
-.PHONY: help setup redis demo test test-fast lint ci bench lab clean
+.PHONY: help setup redis demo test test-fast lint ci bench lab notebook-docs clean
 
 help: ## Show this help
 	@grep -E '^[a-z-]+:.*## ' $(MAKEFILE_LIST) | awk -F':.*## ' '{printf "  make %-10s %s\n", $$1, $$2}'
@@ -56,6 +56,9 @@ LAB_PORT ?= 8888
 
 lab: $(STAMP) ## JupyterLab on notebooks/ with the project's environment (LAB_PORT=8888)
 	$(BIN)/jupyter lab --notebook-dir=notebooks --port=$(LAB_PORT) --no-browser $(if $(filter 0,$(shell id -u)),--allow-root,)
+
+notebook-docs: redis ## Run every notebook and render it with its pictures into docs/notebooks/ (a few minutes)
+	$(BIN)/python notebooks/render.py
 
 clean: ## Start over: generated data, the MLflow registry, Vigil's Redis keys, caches (keeps .venv)
 	@if [ -x $(BIN)/python ]; then $(BIN)/python -m vigil.forget; fi
