@@ -35,6 +35,7 @@ from vigil.declared.compute import nanoseconds
 from vigil.declared.events import KIND, LABEL, Checked, check_records, label_fields, record_fields
 from vigil.declared.online import DeclaredOnlineStore
 from vigil.events import DeadLetter, RawBatch
+from vigil.files import read_table
 from vigil.online.connection import connect
 from vigil.settings import Settings
 
@@ -76,8 +77,6 @@ class DeclaredReplaySource(FixedPartitionedSource[RawBatch, int]):
         return ["replay"]
 
     def build_part(self, step_id: str, for_part: str, resume_state: int | None) -> _ReplayPartition:
-        from vigil.cli.repo import read_table
-
         rows = read_table(self.path, [self.declared.events.time])
         frame, delivery = replay_frame(self.declared, rows, self.label_delay_days)
         return _ReplayPartition(

@@ -95,18 +95,13 @@ def check(args: argparse.Namespace) -> int:
 
 
 def read_table(path: Path, times: list[str]) -> pd.DataFrame:
-    import pandas as pd
+    from vigil.files import UnreadableFileError
+    from vigil.files import read_table as read
 
     try:
-        if path.suffix == ".parquet":
-            return pd.read_parquet(path)
-        if path.suffix == ".csv":
-            return pd.read_csv(path, parse_dates=times)
-        if path.suffix in (".jsonl", ".json"):
-            return pd.read_json(path, lines=True, convert_dates=times)
-    except (OSError, ValueError) as error:
-        raise UserError(f"{path}: {error}") from None
-    raise UserError(f"{path}: not .parquet, .csv or .jsonl")
+        return read(path, times)
+    except UnreadableFileError as error:
+        raise UserError(str(error)) from None
 
 
 def compute(args: argparse.Namespace) -> int:
