@@ -98,6 +98,12 @@ EntityId = Annotated[int, Path(ge=0, le=2**63 - 1, description="a customer or te
 
 def create_app(settings: Settings | None = None) -> FastAPI:
     settings = settings or Settings()
+    from vigil.cli.repo import declared_repo
+
+    if declared_repo(settings.feature_repo):  # its own events, labels and feature services
+        from scoring.declared_app import create_declared_app
+
+        return create_declared_app(settings)
     keys = encoded(settings.api_key_set)
     app = FastAPI(
         title="Vigil scoring API",
@@ -274,38 +280,42 @@ def create_app(settings: Settings | None = None) -> FastAPI:
         }
 
     if settings.docs:
-        # Swagger UI's and ReDoc's files are served by the service itself (the fastapi-offline
-        # package ships them): the pages work on a network without a CDN.
-        import pathlib
-
-        import fastapi_offline
-        from starlette.staticfiles import StaticFiles
-
-        assets = pathlib.Path(fastapi_offline.__file__).parent / "static"
-        app.mount("/docs-assets", StaticFiles(directory=assets), "docs-assets")
-
-        @app.get("/openapi.json", include_in_schema=False, dependencies=keyed)
-        async def openapi() -> JSONResponse:
-            return JSONResponse(app.openapi())
-
-        @app.get("/docs", include_in_schema=False, dependencies=keyed)
-        async def docs() -> Response:
-            return get_swagger_ui_html(
-                openapi_url="/openapi.json",
-                title="Vigil scoring API",
-                swagger_js_url="/docs-assets/swagger-ui-bundle.js",
-                swagger_css_url="/docs-assets/swagger-ui.css",
-                swagger_favicon_url="/docs-assets/favicon.png",
-            )
-
-        @app.get("/redoc", include_in_schema=False, dependencies=keyed)
-        async def redoc() -> Response:
-            return get_redoc_html(
-                openapi_url="/openapi.json",
-                title="Vigil scoring API",
-                redoc_js_url="/docs-assets/redoc.standalone.js",
-                redoc_favicon_url="/docs-assets/favicon.png",
-                with_google_fonts=False,
-            )
-
+        mount_docs(app, keyed, "Vigil scoring API")
     return app
+
+
+def mount_docs(app: FastAPI, keyed: list[Any], title: str) -> None:
+    """/docs, /redoc and /openapi.json (behind the key when keys are set). Swagger UI's and
+    ReDoc's files are served by the service itself (the fastapi-offline package ships them):
+    the pages work on a network without a CDN."""
+    import pathlib
+
+    import fastapi_offline
+    from starlette.staticfiles import StaticFiles
+
+    assets = pathlib.Path(fastapi_offline.__file__).parent / "static"
+    app.mount("/docs-assets", StaticFiles(directory=assets), "docs-assets")
+
+    @app.get("/openapi.json", include_in_schema=False, dependencies=keyed)
+    async def openapi() -> JSONResponse:
+        return JSONResponse(app.openapi())
+
+    @app.get("/docs", include_in_schema=False, dependencies=keyed)
+    async def docs() -> Response:
+        return get_swagger_ui_html(
+            openapi_url="/openapi.json",
+            title=title,
+            swagger_js_url="/docs-assets/swagger-ui-bundle.js",
+            swagger_css_url="/docs-assets/swagger-ui.css",
+            swagger_favicon_url="/docs-assets/favicon.png",
+        )
+
+    @app.get("/redoc", include_in_schema=False, dependencies=keyed)
+    async def redoc() -> Response:
+        return get_redoc_html(
+            openapi_url="/openapi.json",
+            title=title,
+            redoc_js_url="/docs-assets/redoc.standalone.js",
+            redoc_favicon_url="/docs-assets/favicon.png",
+            with_google_fonts=False,
+        )

@@ -150,7 +150,9 @@ class ModelManager:
         # Warm-up (and a check that the model answers) before it is ever served.
         primary.setup(self.device, threads=1)
         fallback.setup("cpu", threads=1)
-        row = np.zeros((1, len(spec.SERVED_INPUTS)), dtype=np.float32)  # what the scorer hands every model
+        # What the scorer hands every model: the handbook's served inputs, or a declared service's.
+        width = max(len(spec.SERVED_INPUTS), len(primary.inputs), len(fallback.inputs))
+        row = np.zeros((1, width), dtype=np.float32)
         timings = []
         for _ in range(30):
             started = time.perf_counter()
@@ -163,7 +165,7 @@ class ModelManager:
         # And every path a request can take, before the version serves: a batch through both
         # models and an explained one. Cold, the first 600-row explained batch after a start
         # missed its deadline whole (600 fallbacks while /readyz said ready).
-        batch = np.zeros((WARM_BATCH_ROWS, len(spec.SERVED_INPUTS)), dtype=np.float32)
+        batch = np.zeros((WARM_BATCH_ROWS, width), dtype=np.float32)
         primary.predict_proba(batch)
         fallback.predict_proba(batch)
         top_contributions(primary, batch[:64])

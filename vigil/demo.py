@@ -107,9 +107,7 @@ def main() -> int:
     latencies, scores, fallbacks = [], [], 0
     with background_service(settings) as url, httpx.Client(base_url=url, timeout=5) as client:
         # A bar on a terminal; a redirected log gets the summary only.
-        for row in tqdm(
-            scored.itertuples(), total=len(scored), desc="score", unit="tx", disable=not on_terminal
-        ):
+        for row in tqdm(scored.itertuples(), total=len(scored), desc="score", unit="tx", disable=not on_terminal):
             t0 = time.perf_counter()
             answer = client.post("/v1/score", json=transaction_body(row)).json()
             latencies.append((time.perf_counter() - t0) * 1000)

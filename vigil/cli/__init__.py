@@ -45,9 +45,7 @@ def build_parser() -> argparse.ArgumentParser:
 
 
 # The commands that run the built-in handbook definitions (feature_repo/'s fraud_v1 to v3).
-HANDBOOK_COMMANDS = frozenset(
-    {"ingest", "features", "backfill", "apply", "train", "promote", "evaluate", "monitor", "serve"}
-)
+HANDBOOK_COMMANDS = frozenset({"ingest", "features", "backfill", "apply", "promote", "evaluate", "monitor"})
 
 
 def refuse_declared_repo(command: str) -> None:
@@ -57,13 +55,14 @@ def refuse_declared_repo(command: str) -> None:
     if command not in HANDBOOK_COMMANDS:
         return
     from vigil.cli.common import settings
+    from vigil.cli.repo import declared_repo
 
     repo = settings().feature_repo
-    if any('"vigil.role"' in p.read_text(errors="replace") for p in repo.glob("*.py")):
+    if declared_repo(repo):
         raise UserError(
             f"VIGIL_FEATURE_REPO={repo} declares its features (vigil.role tags): `vigil {command}` runs the "
             "built-in handbook definitions of feature_repo/; for a declared repo use `vigil repo check`, "
-            "`vigil repo ingest` and `vigil repo compute`"
+            "`vigil repo ingest`, `vigil repo compute`, `vigil train` and `vigil serve`"
         )
 
 

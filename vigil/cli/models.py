@@ -23,6 +23,8 @@ from vigil.settings import Settings
 if TYPE_CHECKING:
     import pandas as pd
 
+    from vigil.lifecycle.training import TrainReport
+
 MODELS = ("xgboost", "mlp", "baseline")
 
 
@@ -37,7 +39,8 @@ def add_parsers(sub: Any) -> None:
         "version is `champion` too).",
         """vigil train
 vigil train --model mlp --train-start 2018-05-01 --train-end 2018-06-30
-vigil train --params '{"n_estimators": 300, "max_depth": 6}'""",
+vigil train --params '{"n_estimators": 300, "max_depth": 6}'
+VIGIL_FEATURE_REPO=examples/payments vigil train --feature-service payments_v1 --events data/payments.parquet""",
     )
     p.add_argument("--train-start", metavar="DATE", type=day, help="first training day (default: the first ingested)")
     p.add_argument(
@@ -49,6 +52,12 @@ vigil train --params '{"n_estimators": 300, "max_depth": 6}'""",
     p.add_argument("--block-precision", type=float, default=0.9, help="policy: block only above a score this precise")
     p.add_argument("--engine", choices=["local", "spark"], default="local", help="where the training set is built")
     p.add_argument("--spark-master", default="local[*]", help="spark.master for --engine spark")
+    p.add_argument(
+        "--feature-service", metavar="NAME", help="a declared repo's feature service (default: its vigil.default one)"
+    )
+    p.add_argument(
+        "--events", metavar="PATH", help="a declared repo's labelled events (.parquet, .csv, .jsonl) to train on"
+    )
     p.set_defaults(func=train)
 
     p = subcommand(
@@ -126,6 +135,15 @@ def _last_days(config: Settings, days: int) -> str:
 
 def train(args: argparse.Namespace) -> int:
     days_in_order(args.train_start, args.train_end, "--train-start/--train-end")
+    from vigil.cli.repo import declared_repo, train_declared
+
+    if declared_repo(settings().feature_repo):
+        return train_declared(args)
+    if args.feature_service or args.events:
+        raise UserError(
+            "--feature-service and --events are for a declared repo (VIGIL_FEATURE_REPO); "
+            "the handbook's training set comes from what `vigil ingest` stored"
+        )
     try:
         params = json.loads(args.params) if args.params else None
     except ValueError:
@@ -161,6 +179,11 @@ def train(args: argparse.Namespace) -> int:
         )
     except ValueError as error:
         raise UserError(str(error)) from None
+    report_training(report)
+    return 0
+
+
+def report_training(report: TrainReport) -> None:
     split = report.split
     print(
         f"\nTrained {report.model_kind} on {split.train_start.date()}..{split.train_end.date()} "
@@ -168,14 +191,14 @@ def train(args: argparse.Namespace) -> int:
     )
     if report.metrics is not None:
         m = report.metrics
+        delay = (split.test_start - split.train_end).days - 1
         print(
-            f"  test {split.test_start.date()}..{split.test_end.date()} (after a 7-day delay): AUC {m.auc:.4f}, "
+            f"  test {split.test_start.date()}..{split.test_end.date()} (after a {delay}-day delay): AUC {m.auc:.4f}, "
             f"AP {m.ap:.4f}, CP@100 {m.cp_at_100:.4f} ({m.transactions:,} transactions, {m.frauds} frauds)"
         )
     if report.policy is not None:
         print(f"  decision policy ({report.policy.source}): {describe_policy(report.policy.as_dict())}")
     print(f"  registered fraud-detector version {report.version} as {', '.join(report.aliases)}; run {report.run_id}")
-    return 0
 
 
 def describe_policy(policy: dict[str, Any]) -> str:

@@ -3,10 +3,11 @@
 from __future__ import annotations
 
 import argparse
+import json
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
-from vigil.cli.common import UserError, settings, subcommand
+from vigil.cli.common import UserError, settings, subcommand, terminal
 
 if TYPE_CHECKING:
     import pandas as pd
@@ -203,3 +204,53 @@ def compare(values: pd.DataFrame, reference: pd.DataFrame, event_id: str) -> int
     ok = worst <= 1e-9 and len(joined) == len(values)
     print(("MATCH" if ok else "MISMATCH") + f": {len(joined):,} events compared, largest difference {worst:.3g}")
     return 0 if ok else 1
+
+
+def declared_repo(repo: Path) -> bool:
+    """Whether a feature repo declares its features (a `vigil.role` tag in its Python files),
+    read as text: no import, so no delay for commands that only need to know."""
+    return any('"vigil.role"' in p.read_text(errors="replace") for p in repo.glob("*.py"))
+
+
+def train_declared(args: argparse.Namespace) -> int:
+    """`vigil train` on a declared repo: its service's features of a labelled file of events."""
+    from vigil.cli.models import report_training
+    from vigil.declared.training import default_split, training_set
+    from vigil.lifecycle.training import train_and_register
+
+    if not args.events:
+        raise UserError("a declared repo trains on a file of labelled events: give --events PATH")
+    if args.engine != "local":
+        raise UserError("--engine spark builds the handbook's training set; a declared repo's is built locally")
+    declared = load(argparse.Namespace(repo=None))
+    try:
+        data = training_set(declared, read_table(Path(args.events), [declared.events.time]), args.feature_service)
+    except KeyError as error:
+        raise UserError(f"--feature-service: {error.args[0]}") from None
+    except ValueError as error:
+        raise UserError(f"{args.events}: {error}") from None
+    split = default_split(data, train_end=args.train_end)
+    if args.train_start:
+        split = split.with_train_start(args.train_start)
+    params = dict(json.loads(args.params)) if args.params else {}
+    # A declared service's inputs; the handbook models' own derived inputs and companion read
+    # the handbook's features, so they are off.
+    params.update(inputs=list(data.service.features), feature_service=data.service.name)
+    if args.model == "xgboost":
+        params.update(derived_inputs=False, recent_days=0)
+    try:
+        report = train_and_register(
+            settings(),
+            data.frame,
+            args.model,
+            params=params,
+            show_progress=terminal(),
+            split=split,
+            review_budget=args.review_budget,
+            block_precision=args.block_precision,
+        )
+    except ValueError as error:
+        raise UserError(str(error)) from None
+    print(f"Feature service {data.service.name}: {len(data.service.features)} features; review budget per {data.unit}")
+    report_training(report)
+    return 0

@@ -214,6 +214,18 @@ class DeclaredOnlineStore:
                 for value in values:
                     pipe.get(self.key(on, join_key, value))
             blobs = pipe.execute()
+        return self._computed(events, asked, blobs, feature_names(self.declared, service, features))
+
+    def request_features(self, events: pd.DataFrame, features: Sequence[str]) -> pd.DataFrame:
+        """The features as the events alone make them, no stored fact read: what a scorer
+        answers with (and says so) when the store cannot be read in time."""
+        asked = {group: pd.unique(events[group[1]].to_numpy()) for group in self.columns}
+        empty = [None] * sum(len(values) for values in asked.values())
+        return self._computed(events, asked, empty, list(features))
+
+    def _computed(
+        self, events: pd.DataFrame, asked: dict[tuple[str, str], np.ndarray], blobs: list[Any], names: list[str]
+    ) -> pd.DataFrame:
         tables: dict[tuple[str, str], FactTable] = {}
         start = 0
         for group, values in asked.items():
@@ -223,4 +235,4 @@ class DeclaredOnlineStore:
         def load(on: str, key: str, columns: list[str]) -> FactTable:
             return tables[(on, key)]
 
-        return features_of(self.declared, events, load, feature_names(self.declared, service, features))
+        return features_of(self.declared, events, load, names)

@@ -96,21 +96,21 @@ def train_and_register(
     metrics = evaluate(test, model.predict_proba(test)) if not test.empty else None
     # Every version carries the baseline the scoring service falls back to, trained on
     # the same rows (for a baseline version, itself).
-    fallback = model if kind == BaselineModel.kind else BaselineModel().fit(train, train["tx_fraud"].to_numpy())
+    # A declared service's baseline reads the same inputs; the handbook's, fraud_v1's.
+    same = {"inputs": list(model.inputs), "feature_service": model.service_name} if model.params.get("inputs") else None
+    fallback = model if kind == BaselineModel.kind else BaselineModel(same).fit(train, train["tx_fraud"].to_numpy())
     policy = version_policy(model, fallback, test, train, review_budget, block_precision)
 
     experiment_id = configure(settings)
     client = MlflowClient()
     # float64: a JSON input example reads back as float64, which a float32 schema refuses.
     example = train[list(model.inputs)].head(5).astype(np.float64)
-    features = model.feature_set
+    service_tags = _service_tags(model)
     with mlflow.start_run(experiment_id=experiment_id, run_name=f"{kind}-{split.train_end.date()}") as run:
         mlflow.log_params({**{f"model.{k}": v for k, v in model.params.items()}, "model.kind": kind, "device": device})
         mlflow.set_tags(
             {
-                "feature_service": features.service,
-                "feature_service.version": str(features.version),
-                "training_service": features.training_service,
+                **service_tags,
                 "data.train_start": str(split.train_start.date()),
                 "data.train_end": str(split.train_end.date()),
                 "data.test_start": str(split.test_start.date()),
@@ -145,7 +145,7 @@ def train_and_register(
     number = str(version.version)
     tags = {
         "model_kind": kind,
-        "feature_service": features.service,
+        "feature_service": service_tags["feature_service"],
         "window": f"{split.train_start.date()}..{split.train_end.date()}",
     }
     if metrics is not None:
@@ -171,6 +171,18 @@ def train_and_register(
         model.params,
         policy,
     )
+
+
+def _service_tags(model: FraudModel) -> dict[str, str]:
+    """What the version is trained on: a declared service (its inputs in order) or a handbook feature set."""
+    if model.params.get("inputs"):
+        return {"feature_service": model.service_name, "feature_service.inputs": json.dumps(list(model.inputs))}
+    features = model.feature_set
+    return {
+        "feature_service": features.service,
+        "feature_service.version": str(features.version),
+        "training_service": features.training_service,
+    }
 
 
 def version_policy(

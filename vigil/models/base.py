@@ -99,7 +99,8 @@ class FraudModel(ABC):
             _check_kind(name, value, defaults.get(name))
         self.params = {**defaults, **(params or {})}
         self.device = device
-        _ = self.feature_set  # an unknown feature service fails here, not at fit time
+        if not self.params.get("inputs"):
+            _ = self.feature_set  # an unknown feature service fails here, not at fit time
 
     @property
     def feature_set(self) -> spec.FeatureSet:
@@ -111,7 +112,15 @@ class FraudModel(ABC):
 
     @property
     def inputs(self) -> tuple[str, ...]:
-        return self.feature_set.model_inputs
+        """The model's inputs in order: a declared repo's feature service (params["inputs"],
+        params["feature_service"] its name), else the handbook feature set's."""
+        declared = self.params.get("inputs")
+        return tuple(declared) if declared else self.feature_set.model_inputs
+
+    @property
+    def service_name(self) -> str:
+        """The name of the feature service the model is trained on."""
+        return str(self.params.get("feature_service") or spec.FRAUD_V1.service)
 
     @classmethod
     @abstractmethod

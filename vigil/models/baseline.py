@@ -37,6 +37,8 @@ class BaselineModel(FraudModel):
             ]
         )
         self.pipeline.fit(self.matrix(frame), np.asarray(labels))
+        if self.params.get("inputs"):  # a declared service's: the model carries their names
+            self.pipeline.vigil_inputs = (list(self.inputs), self.service_name)
         if progress:
             progress(1)
         return self
@@ -77,5 +79,9 @@ class BaselineModel(FraudModel):
 
         model = cls()
         model.pipeline = mlflow.sklearn.load_model(uri)
-        model.params["feature_service"] = feature_set_of_width(int(model.pipeline.n_features_in_)).service
+        declared = getattr(model.pipeline, "vigil_inputs", None)
+        if declared:
+            model.params["inputs"], model.params["feature_service"] = declared
+        else:
+            model.params["feature_service"] = feature_set_of_width(int(model.pipeline.n_features_in_)).service
         return model

@@ -82,6 +82,8 @@ class MLPModel(FraudModel):
             if progress:
                 progress(1)
         self.net.eval()
+        if self.params.get("inputs"):  # a declared service's: the model carries their names
+            self.net.__dict__["vigil_inputs"] = (list(self.inputs), self.service_name)
         return self
 
     def predict_proba(self, frame: pd.DataFrame | np.ndarray) -> np.ndarray:
@@ -127,6 +129,9 @@ class MLPModel(FraudModel):
         model = cls()
         model.net = mlflow.pytorch.load_model(uri, map_location="cpu").eval()
         mean = getattr(model.net, "mean", None)  # a FraudNet knows its width; another module: fraud_v1
-        if mean is not None:
+        declared = getattr(model.net, "vigil_inputs", None)
+        if declared:
+            model.params["inputs"], model.params["feature_service"] = declared
+        elif mean is not None:
             model.params["feature_service"] = feature_set_of_width(int(mean.shape[0])).service
         return model

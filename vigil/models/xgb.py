@@ -120,7 +120,15 @@ class XGBoostModel(FraudModel):
         return int(self.params["n_estimators"]) + (RECENT_ROUNDS if self.params.get("recent_days") else 0)
 
     def _train_params(self) -> dict[str, Any]:
-        own = ("n_estimators", "standardise", "derived_inputs", "feature_service", "recent_days", "recent_weight")
+        own = (
+            "n_estimators",
+            "standardise",
+            "derived_inputs",
+            "feature_service",
+            "inputs",
+            "recent_days",
+            "recent_weight",
+        )
         params = {k: v for k, v in self.params.items() if k not in (*own, FLOOR_PARAM)}
         params.update(objective="binary:logistic", eval_metric="aucpr", device=self.device, nthread=2)
         return params
@@ -158,6 +166,8 @@ class XGBoostModel(FraudModel):
             self.booster.set_attr(vigil_scale=json.dumps([self.scale[0].tolist(), self.scale[1].tolist()]))
         if self.params.get("derived_inputs"):
             self.booster.set_attr(vigil_derived=DERIVED_MARKER)
+        if self.params.get("inputs"):  # a declared service's: the model carries their names
+            self.booster.set_attr(vigil_inputs=json.dumps(list(self.inputs)), vigil_service=self.service_name)
         if self.params[FLOOR_PARAM]:
             self.booster.set_attr(vigil_hidden_compromise_rate=str(self.params[FLOOR_PARAM]))
         if self.params.get("recent_days"):
@@ -282,8 +292,13 @@ class XGBoostModel(FraudModel):
         if derived not in (None, DERIVED_MARKER):
             raise ValueError(f"{uri}: derived inputs {derived!r} unknown to this version of vigil")
         model.params["derived_inputs"] = derived is not None
-        width = int(model.booster.num_features()) - (len(DERIVED_INPUTS) if derived else 0)
-        model.params["feature_service"] = feature_set_of_width(width).service
+        declared = model.booster.attr("vigil_inputs")
+        if declared:
+            model.params["inputs"] = json.loads(declared)
+            model.params["feature_service"] = model.booster.attr("vigil_service")
+        else:
+            width = int(model.booster.num_features()) - (len(DERIVED_INPUTS) if derived else 0)
+            model.params["feature_service"] = feature_set_of_width(width).service
         scale = model.booster.attr("vigil_scale")
         if scale:
             mean, std = json.loads(scale)

@@ -34,7 +34,9 @@ def build_reference(train: pd.DataFrame, test: pd.DataFrame, model: FraudModel, 
         recent = train[day > day.max() - pd.Timedelta(days=RECENT_DAYS)]
     if len(recent) > SAMPLE_ROWS:
         recent = recent.sample(SAMPLE_ROWS, random_state=seed).sort_values("tx_datetime")
-    reference = recent[list(spec.SERVED_INPUTS)].astype(np.float64).reset_index(drop=True)
+    # A handbook model's reference holds every served input; a declared one's, its own.
+    inputs = model.inputs if model.params.get("inputs") else spec.SERVED_INPUTS
+    reference = recent[list(inputs)].astype(np.float64).reset_index(drop=True)
     reference["score"] = model.predict_proba(recent).astype(np.float64)
     reference["tx_fraud"] = recent["tx_fraud"].to_numpy()
     reference["tx_datetime"] = pd.to_datetime(recent["tx_datetime"]).to_numpy()

@@ -65,9 +65,7 @@ def read_events(
     return transactions.reset_index(drop=True), labels.reset_index(drop=True)
 
 
-def as_of_their_times(
-    settings: Settings, entity_df: pd.DataFrame, first: str | None, last: str | None
-) -> pd.DataFrame:
+def as_of_their_times(settings: Settings, entity_df: pd.DataFrame, first: str | None, last: str | None) -> pd.DataFrame:
     """The training service's inputs for `entity_df`'s transactions as of their own times,
     from the backfilled table: what `get_historical_features` on Feast's file offline store
     returns for these rows (the Spark engine asks Feast's Spark store, and a test holds the two

@@ -1,0 +1,202 @@
+"""Scores a declared repo's events: each loaded version (champion, challenger in shadow)
+gets exactly the inputs of the feature service it was trained on, computed from the
+online store's facts as of each event's own time (`vigil.declared.online`); the champion
+answers within the deadline, its fallback baseline when the store or the model cannot.
+
+The events arrive as JSON records and are checked by the same rules as the stream's
+(`vigil.declared.events.check_records`): a record that breaks one is refused, naming the
+field, before anything is read or scored.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+import time
+from collections.abc import Sequence
+from concurrent.futures import ThreadPoolExecutor
+from typing import Any
+
+import numpy as np
+import pandas as pd
+import redis
+
+from scoring.decisions import Decider, Lists
+from scoring.metrics import ServiceMetrics
+from scoring.models import LoadedModel, ModelManager
+from scoring.rules import RulesFile
+from scoring.scorer import FEATURES_UNAVAILABLE, MODEL_ERROR, TIMEOUT, NoModelError
+from vigil.declared.events import Checked, check_records
+from vigil.declared.model import DeclaredFeatures
+from vigil.declared.online import DeclaredOnlineStore
+from vigil.lifecycle.tracking import REGISTERED_MODEL
+from vigil.models.base import model_matrix, top_contributions
+
+log = logging.getLogger("vigil.scoring")
+
+
+class InvalidEvents(ValueError):
+    """Records that break the repo's schema: `problems` name each one's field."""
+
+    def __init__(self, problems: list[dict[str, Any]]) -> None:
+        super().__init__(f"{len(problems)} invalid records")
+        self.problems = problems
+
+
+def check_events(declared: DeclaredFeatures, records: Sequence[dict[str, Any]], ahead_seconds: float) -> pd.DataFrame:
+    """The records as typed events, or `InvalidEvents` naming each bad record's field
+    (`loc`: its index, then the field), by the stream's own rules."""
+    frame = pd.DataFrame.from_records(list(records), columns=list(declared.events.fields)).astype(object)
+    frame = frame.where(frame.notna(), None)
+    checked: Checked = check_records(declared, frame, "api", list(range(len(frame))), ahead_seconds)
+    if checked.dead:
+        problems = []
+        for dead in checked.dead:
+            field, _, why = dead.reason.partition(": ")
+            problems.append({"type": "value_error", "loc": [dead.token, field], "msg": why})
+        raise InvalidEvents(sorted(problems, key=lambda p: p["loc"][0]))
+    return checked.events
+
+
+class DeclaredScorer:
+    def __init__(
+        self,
+        declared: DeclaredFeatures,
+        store: DeclaredOnlineStore,
+        models: ModelManager,
+        metrics: ServiceMetrics,
+        budget_seconds: float,
+        executor: ThreadPoolExecutor,
+        shadow: ModelManager | None = None,
+        shadow_stream: str | None = None,
+        row_budget_seconds: float = 0.0,
+    ) -> None:
+        self.declared, self.store, self.models, self.metrics = declared, store, models, metrics
+        self.budget_seconds, self.row_budget_seconds, self.executor = budget_seconds, row_budget_seconds, executor
+        self.shadow, self.shadow_stream = shadow, shadow_stream
+        # Thresholds from each version's policy (rules and lists name the handbook's fields).
+        self.decider = Decider(RulesFile(None), Lists(), metrics)
+        self._background: set[asyncio.Task[None]] = set()
+
+    def warm(self) -> None:
+        """Runs the whole path once on a made-up event (the window code compiles on its first
+        call, ~1 s): the first request after start must not miss its deadline for it."""
+        samples = {"integer": 0, "number": 1.0, "string": "vigil-warm-up", "boolean": False}
+        now = pd.Timestamp.now(tz="UTC").isoformat()
+        row = {name: now if kind == "time" else samples[kind] for name, kind in self.declared.events.fields.items()}
+        events = check_events(self.declared, [row], 86_400)
+        names = list(self.declared.feature_names)
+        self.store.request_features(events, names)
+        try:
+            self.store.features(events, features=names)
+        except (redis.RedisError, OSError) as error:  # readiness says so; the compiled code is warm
+            log.warning("online store not reachable at start: %s", error)
+
+    def _challenger(self, champion: LoadedModel) -> LoadedModel | None:
+        challenger = self.shadow.current if self.shadow is not None else None
+        return challenger if challenger is not None and challenger.version != champion.version else None
+
+    async def _features(
+        self, events: pd.DataFrame, names: list[str], deadline: float
+    ) -> tuple[pd.DataFrame, str | None]:
+        """The features `names` of each event from the store, or from the events alone and why."""
+        started = time.perf_counter()
+        loop = asyncio.get_running_loop()
+        try:
+            read = loop.run_in_executor(self.executor, lambda: self.store.features(events, features=names))
+            return await asyncio.wait_for(read, timeout=max(deadline - time.perf_counter(), 0.001)), None
+        except TimeoutError:
+            reason = TIMEOUT
+        except (redis.RedisError, OSError) as error:
+            log.warning("online features unavailable: %s", error)
+            reason = FEATURES_UNAVAILABLE
+        finally:
+            self.metrics.stage_seconds.labels("features").observe(time.perf_counter() - started)
+        return self.store.request_features(events, names), reason
+
+    async def _predict(self, model: LoadedModel, matrix: np.ndarray, deadline: float) -> np.ndarray | str:
+        started = time.perf_counter()
+        call = asyncio.get_running_loop().run_in_executor(self.executor, model.primary.predict_proba, matrix)
+        try:
+            return await asyncio.wait_for(call, timeout=max(deadline - time.perf_counter(), 0.001))
+        except TimeoutError:
+            return TIMEOUT
+        except Exception:
+            log.exception("model %s version %s failed", model.primary.kind, model.version)
+            return MODEL_ERROR
+        finally:
+            self.metrics.stage_seconds.labels("model").observe(time.perf_counter() - started)
+
+    async def score(self, events: pd.DataFrame, explain: bool = False) -> list[dict[str, Any]]:
+        """Answers for checked events (`check_events`), in their order."""
+        started = time.perf_counter()
+        deadline = started + self.budget_seconds + self.row_budget_seconds * len(events)
+        model = self.models.current
+        if model is None:
+            raise NoModelError("no model is promoted yet: train one and promote it to champion")
+        challenger = self._challenger(model)
+        inputs = list(model.primary.inputs)
+        names = list(dict.fromkeys([*inputs, *(challenger.primary.inputs if challenger else ())]))
+        values, reason = await self._features(events, names, deadline)
+        exact = values[inputs].to_numpy(np.float64)
+        matrix = model_matrix(exact)
+        scores: np.ndarray | str = reason or await self._predict(model, matrix, deadline)
+        if isinstance(scores, str):
+            reason = scores
+            scores = model.fallback.predict_proba(matrix)
+            self.metrics.fallbacks.labels(reason).inc(len(events))
+        latency_ms = (time.perf_counter() - started) * 1000
+        self.metrics.stage_seconds.labels("total").observe(latency_ms / 1000)
+        self.metrics.scored.inc(len(events))
+        contributions = top_contributions(model.primary, matrix) if explain and reason is None else None
+        ref = {"name": REGISTERED_MODEL, "version": model.version, "alias": model.alias}
+        ids = events[self.declared.events.event_id].tolist()
+        results = []
+        for i, (event_id, score) in enumerate(zip(ids, scores.tolist(), strict=True)):
+            result: dict[str, Any] = {
+                self.declared.events.event_id: event_id,
+                "score": score,
+                "model": ref,
+                "fallback": reason is not None,
+                "fallback_reason": reason,
+                "latency_ms": round(latency_ms, 3),
+            }
+            if explain:
+                result["features"] = dict(zip(inputs, exact[i].tolist(), strict=True))
+                if contributions is not None:
+                    result["contributions"] = contributions[i]
+            results.append(result)
+        self.decider.decide(results, [None] * len(results), exact, model.policy, fallback=reason is not None)
+        if reason is None and challenger is not None and self.shadow_stream:
+            self._score_in_shadow(results, values, challenger)
+        return results
+
+    def _score_in_shadow(self, results: list[dict[str, Any]], values: pd.DataFrame, challenger: LoadedModel) -> None:
+        """Scores the challenger on its own inputs, off the response path, and logs both scores."""
+        stream, client = self.shadow_stream, self.store.client
+        matrix = model_matrix(values[list(challenger.primary.inputs)].to_numpy(np.float64))
+        event_id = self.declared.events.event_id
+
+        def write() -> None:
+            scores = challenger.primary.predict_proba(matrix)
+            with client.pipeline(transaction=False) as pipe:
+                for result, shadow_score in zip(results, scores.tolist(), strict=True):
+                    entry = {
+                        event_id: result[event_id],
+                        "champion_version": result["model"]["version"],
+                        "champion_score": result["score"],
+                        "challenger_version": challenger.version,
+                        "challenger_score": shadow_score,
+                    }
+                    pipe.xadd(stream, entry, maxlen=100_000, approximate=True)
+                pipe.execute()
+
+        async def run() -> None:
+            try:
+                await asyncio.get_running_loop().run_in_executor(self.executor, write)
+            except Exception as error:  # observing only: never affects an answer
+                log.warning("shadow scoring failed: %s", error)
+
+        task = asyncio.get_running_loop().create_task(run())
+        self._background.add(task)
+        task.add_done_callback(self._background.discard)
