@@ -63,6 +63,6 @@ notebook-docs: redis ## Run every notebook and render it with its pictures into 
 clean: ## Start over: generated data, the MLflow registry, Vigil's Redis keys, caches (keeps .venv)
 	@if [ -x $(BIN)/python ]; then $(BIN)/python -m vigil.forget; fi
 	rm -rf data feature_repo/data reports bench-results .pytest_cache .mypy_cache .ruff_cache
-	rm -rf mlflow/*.db mlflow/artifacts mlflow/demo
+	rm -rf mlflow/*.db mlflow/artifacts mlflow/demo mlflow/repos
 	@if [ -f .redis/redis-6379.pid ]; then kill $$(cat .redis/redis-6379.pid) 2>/dev/null || true; fi
 	rm -rf .redis

@@ -135,10 +135,18 @@ class Settings(BaseSettings):
         return value
 
     @property
+    def registry_dir(self) -> Path:
+        """Where the default registry lives: mlflow/ for the checkout's feature_repo/, and
+        mlflow/repos/<name>/ for any other repo (its models are not the handbook's)."""
+        if self.feature_repo.resolve() == (PROJECT_ROOT / "feature_repo").resolve():
+            return PROJECT_ROOT / "mlflow"
+        return PROJECT_ROOT / "mlflow" / "repos" / self.feature_repo.resolve().name
+
+    @property
     def tracking_uri(self) -> str:
         if self.mlflow_tracking_uri:
             return self.mlflow_tracking_uri
-        return f"sqlite:///{PROJECT_ROOT / 'mlflow' / 'mlflow.db'}"
+        return f"sqlite:///{self.registry_dir / 'mlflow.db'}"
 
     @property
     def api_key_set(self) -> frozenset[str]:

@@ -9,3 +9,10 @@ payments_v1 = FeatureService(
     description="Card and device velocity, merchant chargeback rate, amount against the card's habit",
     tags={"vigil.default": "true"},
 )
+
+# Velocity alone, without the merchants' chargebacks: a model on it needs no labels online.
+payments_velocity = FeatureService(
+    name="payments_velocity",
+    features=[card_velocity, device_velocity, payment_context[["amount_over_card_mean_7d"]]],
+    description="Card and device velocity and the amount against the card's habit",
+)

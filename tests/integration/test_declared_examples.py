@@ -4,6 +4,7 @@
 
 from __future__ import annotations
 
+import json
 import os
 import re
 import shutil
@@ -12,6 +13,8 @@ import sys
 from pathlib import Path
 
 from tests.integration.serving_helpers import server_env
+from vigil.service_process import free_port
+from vigil.declared import load_declared
 from vigil.settings import PROJECT_ROOT, Settings
 
 
@@ -30,15 +33,17 @@ def test_the_declared_handbook_equals_the_reference(handbook: Path) -> None:
 
 
 def run_block(settings: Settings, readme: Path, marker: str, files: list[str]) -> str:
-    """A README's marked bash block, as written, in this test's namespace (its files removed)."""
+    """A README's marked bash block, as written, in this test's namespace (its files removed;
+    a service on a free port instead of 8000, stopped with the block)."""
     text = readme.read_text()
     block = re.search(rf"<!-- {marker}:begin -->\s*```bash\n(.*?)```\s*<!-- {marker}:end -->", text, re.S)
     assert block, f"{readme} has no {marker} block"
+    script = "trap 'kill $(jobs -p) 2>/dev/null || true' EXIT\n" + block.group(1).replace("8000", str(free_port()))
     # `vigil` and `python` as the README's reader has them: the environment's own.
     env = server_env(settings, PATH=f"{Path(sys.executable).parent}:{os.environ['PATH']}")
     try:
         done = subprocess.run(
-            ["bash", "-euo", "pipefail", "-c", block.group(1)],
+            ["bash", "-euo", "pipefail", "-c", script],
             capture_output=True, text=True, cwd=PROJECT_ROOT, env=env, timeout=600,
         )  # fmt: skip
     finally:
@@ -64,6 +69,11 @@ def test_the_payments_example_runs_as_written(settings: Settings, tmp_path: Path
     readme = PROJECT_ROOT / "examples" / "payments" / "README.md"
     out = run_block(settings, readme, "payments", ["payments.parquet", "payments-features.parquet"])
     assert "service payments_v1 (default): 13 features" in out
+    assert "registered fraud-detector version 1 as challenger, champion" in out
+    assert "registered fraud-detector version 2 as challenger;" in out
+    answer = json.loads(out[out.rindex('{"payment_id"') :].splitlines()[0])
+    assert answer["payment_id"] == 99000001 and answer["fallback"] is False, answer
+    assert list(answer["features"]) == list(load_declared(readme.parent).service("payments_v1").features)
     repo = tmp_path / "payments"
     shutil.copytree(PROJECT_ROOT / "examples" / "payments", repo, ignore=shutil.ignore_patterns("data", "__pycache__"))
     feast = str(Path(sys.executable).parent / "feast")

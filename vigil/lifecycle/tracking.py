@@ -5,7 +5,7 @@ from __future__ import annotations
 from pathlib import Path
 from urllib.parse import urlsplit
 
-from vigil.settings import PROJECT_ROOT, Settings
+from vigil.settings import Settings
 
 REGISTERED_MODEL = "fraud-detector"
 EXPERIMENT = "fraud-detector"
@@ -51,7 +51,7 @@ def configure(settings: Settings) -> str:
         root = (
             Path(settings.mlflow_artifacts_dir)
             if settings.mlflow_artifacts_dir
-            else PROJECT_ROOT / "mlflow" / "artifacts"
+            else settings.registry_dir / "artifacts"
         )
         root.mkdir(parents=True, exist_ok=True)
         artifacts = root.resolve().as_uri()
