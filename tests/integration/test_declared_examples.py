@@ -13,8 +13,8 @@ import sys
 from pathlib import Path
 
 from tests.integration.serving_helpers import server_env
-from vigil.service_process import free_port
 from vigil.declared import load_declared
+from vigil.service_process import free_port
 from vigil.settings import PROJECT_ROOT, Settings
 
 

@@ -132,17 +132,33 @@ def test_the_cli_refuses_a_broken_repo_with_exit_2_and_names_the_mistake(tmp_pat
     assert "Traceback" not in done.stderr
 
 
-def test_the_handbook_commands_refuse_a_declared_repo_at_once() -> None:
-    """`vigil serve` (or train, ingest...) on a declared repo says what to use instead, exit 2."""
+def declared_cli(*args: str) -> subprocess.CompletedProcess[str]:
     import os
 
     env = {**os.environ, "VIGIL_FEATURE_REPO": str(PROJECT_ROOT / "examples" / "payments")}
-    done = subprocess.run(
-        [sys.executable, "-m", "vigil.cli", "serve"], capture_output=True, text=True, cwd=PROJECT_ROOT, env=env,
+    return subprocess.run(
+        [sys.executable, "-m", "vigil.cli", *args], capture_output=True, text=True, cwd=PROJECT_ROOT, env=env,
         timeout=120,
     )  # fmt: skip
+
+
+def test_the_handbook_commands_refuse_a_declared_repo_at_once() -> None:
+    """`vigil ingest` (or monitor, promote...) on a declared repo says what to use instead, exit 2."""
+    done = declared_cli("ingest")
     assert done.returncode == 2, done.stderr
     assert (
-        "declares its features (vigil.role tags): `vigil serve` runs the built-in handbook definitions" in done.stderr
+        "declares its features (vigil.role tags): `vigil ingest` runs the built-in handbook definitions" in done.stderr
     )
     assert "vigil repo ingest" in done.stderr and "Traceback" not in done.stderr
+
+
+def test_training_on_a_declared_repo_says_what_is_missing(tmp_path: Path) -> None:
+    no_events = declared_cli("train")
+    assert no_events.returncode == 2 and "give --events PATH" in no_events.stderr, no_events.stderr
+    events = tmp_path / "events.csv"
+    events.write_text("payment_id,paid_at\n1,2026-01-01T00:00:00\n")
+    unknown = declared_cli("train", "--events", str(events), "--feature-service", "nope")
+    assert unknown.returncode == 2 and "no feature service named 'nope'" in unknown.stderr, unknown.stderr
+    columns = declared_cli("train", "--events", str(events))
+    assert columns.returncode == 2 and "no label column 'is_fraud'" in columns.stderr, columns.stderr
+    assert "Traceback" not in no_events.stderr + unknown.stderr + columns.stderr

@@ -45,6 +45,7 @@ def training_set(declared: DeclaredFeatures, events: pd.DataFrame, service_name:
     """The features of `service_name` (default: the repo's default service) for every
     labelled event of `events` (the events' fields and the label column), each as of its
     own time, with the time, label and review unit."""
+    service = declared.service(service_name)
     if declared.labels is None:
         raise ValueError("the repo declares no labels source: there is nothing to train on")
     label = declared.labels.label
@@ -53,7 +54,6 @@ def training_set(declared: DeclaredFeatures, events: pd.DataFrame, service_name:
     missing = [name for name in declared.events.fields if name not in events.columns]
     if missing:
         raise ValueError(f"the events have no column {', '.join(map(repr, missing))} (fields of the repo's events)")
-    service = declared.service(service_name)
     events = events.reset_index(drop=True)
     values = compute_declared(declared, events, None, service=service.name)
     unit = review_unit(declared, service)

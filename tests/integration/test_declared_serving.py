@@ -1,0 +1,138 @@
+"""The scoring service of a declared repo (examples/payments), for real: versions trained
+on two feature services, a real `vigil serve`, the online store in Redis. Each version gets
+exactly its own service's inputs, equal to the backfill's; bodies follow the repo's schema."""
+
+from __future__ import annotations
+
+import importlib.util
+import time
+from pathlib import Path
+
+import httpx
+import numpy as np
+import pandas as pd
+import pytest
+
+from tests.integration.serving_helpers import server_env
+from vigil.declared import load_declared
+from vigil.declared.backfill import compute_declared
+from vigil.declared.online import DeclaredOnlineStore
+from vigil.declared.training import default_split, training_set
+from vigil.lifecycle.training import train_and_register
+from vigil.models.loading import load_native
+from vigil.online.connection import connect
+from vigil.service_process import serve_process
+from vigil.settings import PROJECT_ROOT, Settings
+
+PAYMENTS = PROJECT_ROOT / "examples" / "payments"
+
+
+def simulated(cards: int, days: int) -> pd.DataFrame:
+    spec = importlib.util.spec_from_file_location("payments_simulate", PAYMENTS / "simulate.py")
+    assert spec is not None and spec.loader is not None
+    module = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(module)
+    frame: pd.DataFrame = module.simulate(cards=cards, days=days, seed=3)
+    return frame
+
+
+def train(settings: Settings, events: pd.DataFrame, service: str, kind: str) -> str:
+    declared = load_declared(PAYMENTS)
+    data = training_set(declared, events, service)
+    params: dict[str, object] = {"inputs": list(data.service.features), "feature_service": data.service.name}
+    if kind == "xgboost":
+        params.update(derived_inputs=False, recent_days=0, n_estimators=40)
+    report = train_and_register(
+        settings, data.frame, kind, params=params, show_progress=False, split=default_split(data)
+    )
+    return report.version
+
+
+@pytest.fixture
+def served(settings: Settings, tmp_path: Path) -> tuple[Settings, pd.DataFrame]:
+    """A payments world in the online store (what `vigil repo ingest` leaves) and two versions:
+    payments_v1 (13 inputs) the champion, payments_velocity (10) the challenger."""
+    declared = load_declared(PAYMENTS)
+    events = simulated(cards=400, days=21)
+    store = DeclaredOnlineStore(connect(settings.redis_url), settings.key_prefix, declared)
+    store.record_events(events.drop(columns=["is_fraud"]))
+    store.record_labels(events[["payment_id", "paid_at", "merchant_id", "is_fraud"]])
+    settings = settings.model_copy(update={"feature_repo": PAYMENTS})
+    assert train(settings, events, "payments_v1", "xgboost") == "1"
+    assert train(settings, events, "payments_velocity", "baseline") == "2"
+    return settings, events
+
+
+def body(row: pd.Series) -> dict[str, object]:
+    record = row.drop(labels=["is_fraud"]).to_dict()
+    record["paid_at"] = pd.Timestamp(record["paid_at"]).isoformat()
+    return record
+
+
+def test_each_version_gets_its_own_services_inputs_equal_to_the_backfill(served: tuple[Settings, pd.DataFrame]) -> None:
+    settings, events = served
+    declared = load_declared(PAYMENTS)
+    last = events.sort_values("paid_at").tail(40)
+    expected = compute_declared(declared, events, features=declared.feature_names).set_index("payment_id")
+    env = server_env(settings, VIGIL_FEATURE_REPO=str(PAYMENTS))
+    with serve_process(env) as base:
+        answer = httpx.post(
+            f"{base}/v1/score/batch?explain=true", json={"events": [body(r) for _, r in last.iterrows()]}, timeout=30
+        ).json()
+        results = answer["results"]
+        assert [r["payment_id"] for r in results] == last["payment_id"].tolist()
+        assert not any(r["fallback"] for r in results), results[0]
+        v1 = list(declared.service("payments_v1").features)
+        got = pd.DataFrame([r["features"] for r in results], index=last["payment_id"])
+        assert list(got.columns) == v1
+        assert np.abs(got.to_numpy() - expected.loc[last["payment_id"], v1].to_numpy()).max() <= 1e-9
+
+        # The challenger, in shadow, on its own 10 inputs.
+        client = connect(settings.redis_url)
+        deadline = time.monotonic() + 15
+        while client.xlen(settings.shadow_stream) < len(last) and time.monotonic() < deadline:
+            time.sleep(0.1)
+        shadow = client.xrange(settings.shadow_stream)
+        assert len(shadow) == len(last)
+        scored = {int(f[b"payment_id"]): float(f[b"challenger_score"]) for _, f in shadow}
+        assert {f[b"challenger_version"] for _, f in shadow} == {b"2"}
+        velocity = list(declared.service("payments_velocity").features)
+        challenger = load_native("models:/fraud-detector/2")
+        assert list(challenger.inputs) == velocity
+        want = challenger.predict_proba(expected.loc[last["payment_id"], velocity].to_numpy(np.float32))
+        assert np.allclose([scored[i] for i in last["payment_id"]], want, atol=1e-6)
+
+        models = httpx.get(f"{base}/v1/models", timeout=10).json()
+        assert models["serving"]["inputs"] == v1 and models["shadow"]["inputs"] == velocity
+
+
+def test_bodies_follow_the_repos_schema(served: tuple[Settings, pd.DataFrame]) -> None:
+    settings, events = served
+    env = server_env(settings, VIGIL_FEATURE_REPO=str(PAYMENTS))
+    row = events.iloc[-1]
+    with serve_process(env) as base:
+        schema = httpx.get(f"{base}/openapi.json", timeout=10).json()
+        event = schema["paths"]["/v1/score"]["post"]["requestBody"]["content"]["application/json"]["schema"]
+        assert set(event["properties"]) == set(load_declared(PAYMENTS).events.fields)
+        assert event["properties"]["card_id"]["type"] == "string"
+
+        wrong = httpx.post(f"{base}/v1/score", json={**body(row), "payment_id": "x"}, timeout=10)
+        assert wrong.status_code == 422 and wrong.json()["detail"][0]["loc"] == ["payment_id"]
+        missing = {k: v for k, v in body(row).items() if k != "amount"}
+        gone = httpx.post(f"{base}/v1/score", json=missing, timeout=10)
+        assert gone.status_code == 422 and gone.json()["detail"][0]["loc"] == ["amount"]
+        batch = httpx.post(f"{base}/v1/score/batch", json={"events": [body(row), {**body(row), "card_id": ""}]})
+        assert batch.status_code == 422 and batch.json()["detail"][0]["loc"] == ["events", 1, "card_id"]
+
+        label = {
+            "payment_id": int(row["payment_id"]),
+            "paid_at": body(row)["paid_at"],
+            "merchant_id": row["merchant_id"],
+        }
+        unknown = httpx.post(f"{base}/v1/labels", json={"labels": [{**label, "payment_id": 10**12, "is_fraud": 1}]})
+        assert unknown.status_code == 422 and unknown.json()["detail"][0]["loc"] == ["labels", 0, "payment_id"]
+        nan = httpx.post(f"{base}/v1/labels", json={"labels": [{**label, "is_fraud": 2}]})
+        assert nan.status_code == 422 and nan.json()["detail"][0]["loc"] == ["labels", 0, "is_fraud"]
+        accepted = httpx.post(f"{base}/v1/labels", json={"labels": [{**label, "is_fraud": 1}]})
+        assert accepted.status_code == 202 and accepted.json() == {"accepted": 1}
+        assert connect(settings.redis_url).xlen(settings.events_stream) == 1
