@@ -71,6 +71,7 @@ def test_the_payments_example_runs_as_written(settings: Settings, tmp_path: Path
     assert "service payments_v1 (default): 13 features" in out
     assert "registered fraud-detector version 1 as challenger, champion" in out
     assert "registered fraud-detector version 2 as challenger;" in out
+    assert "NOT PROMOTED: average precision" in out and "champion is version 1" in out
     answer = json.loads(out[out.rindex('{"payment_id"') :].splitlines()[0])
     assert answer["payment_id"] == 99000001 and answer["fallback"] is False, answer
     assert list(answer["features"]) == list(load_declared(readme.parent).service("payments_v1").features)

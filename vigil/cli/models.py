@@ -69,9 +69,13 @@ VIGIL_FEATURE_REPO=examples/payments vigil train --feature-service payments_v1 -
         "gate refuses (or there is nothing to do).",
         """vigil promote
 vigil promote --force
-vigil promote --rollback""",
+vigil promote --rollback
+VIGIL_FEATURE_REPO=examples/payments vigil promote --events data/payments.parquet""",
     )
     p.add_argument("--to", default="champion", help="the alias to move")
+    p.add_argument(
+        "--events", metavar="PATH", help="a declared repo's labelled events: the gate scores their last week"
+    )
     p.add_argument("--force", action="store_true", help="promote even if the gate says no (recorded)")
     p.add_argument("--rollback", action="store_true", help="return the alias to its previous version")
     p.set_defaults(func=promote)
@@ -224,8 +228,20 @@ def promote(args: argparse.Namespace) -> int:
     else:
         # Asked of the registry first (seconds): no training data is read to say nothing changed.
         early = nothing_to_promote(config, args.to)
-        # The gate's week and the book week before its delay: the last 21 days are enough.
-        decision = early or promote(config, training_data(config, _last_days(config, 21)), args.to, args.force)
+        if early is None:
+            from vigil.cli.repo import declared_repo, gate_data
+
+            # A declared repo's versions on a file's events; the handbook's on the last 21 ingested
+            # days (the gate's week and the book week before its delay).
+            if declared_repo(config.feature_repo):
+                data = gate_data(args)
+            elif args.events:
+                raise UserError(
+                    "--events is for a declared repo (VIGIL_FEATURE_REPO); the handbook's gate reads the store"
+                )
+            else:
+                data = training_data(config, _last_days(config, 21))
+        decision = early or promote(config, data, args.to, args.force)
     for name, figures in decision.figures.items():
         if name.startswith("policy"):
             print(f"  {name}: {describe_policy(figures)}")

@@ -212,6 +212,20 @@ def declared_repo(repo: Path) -> bool:
     return any('"vigil.role"' in p.read_text(errors="replace") for p in repo.glob("*.py"))
 
 
+def gate_data(args: argparse.Namespace) -> pd.DataFrame:
+    """What `vigil promote` scores on a declared repo: every declared feature of a file's
+    labelled events (each version reads its own service's)."""
+    from vigil.declared.training import training_set
+
+    if not args.events:
+        raise UserError("a declared repo's gate scores a file of labelled events: give --events PATH")
+    declared = load(argparse.Namespace(repo=None))
+    try:
+        return training_set(declared, read_table(Path(args.events), [declared.events.time]), every_feature=True).frame
+    except ValueError as error:
+        raise UserError(f"{args.events}: {error}") from None
+
+
 def train_declared(args: argparse.Namespace) -> int:
     """`vigil train` on a declared repo: its service's features of a labelled file of events."""
     from vigil.cli.models import report_training

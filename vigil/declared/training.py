@@ -41,10 +41,13 @@ def review_unit(declared: DeclaredFeatures, service: Service) -> str:
     return declared.events.event_id
 
 
-def training_set(declared: DeclaredFeatures, events: pd.DataFrame, service_name: str | None = None) -> TrainingSet:
-    """The features of `service_name` (default: the repo's default service) for every
-    labelled event of `events` (the events' fields and the label column), each as of its
-    own time, with the time, label and review unit."""
+def training_set(
+    declared: DeclaredFeatures, events: pd.DataFrame, service_name: str | None = None, every_feature: bool = False
+) -> TrainingSet:
+    """The features of `service_name` (default: the repo's default service; with
+    `every_feature`, every feature the repo declares, so that versions trained on different
+    services can be scored side by side) for every labelled event of `events` (the events'
+    fields and the label column), each as of its own time, with the time, label and review unit."""
     service = declared.service(service_name)
     if declared.labels is None:
         raise ValueError("the repo declares no labels source: there is nothing to train on")
@@ -55,7 +58,8 @@ def training_set(declared: DeclaredFeatures, events: pd.DataFrame, service_name:
     if missing:
         raise ValueError(f"the events have no column {', '.join(map(repr, missing))} (fields of the repo's events)")
     events = events.reset_index(drop=True)
-    values = compute_declared(declared, events, None, service=service.name)
+    wanted = declared.feature_names if every_feature else service.features
+    values = compute_declared(declared, events, None, features=wanted)
     unit = review_unit(declared, service)
     frame = values.assign(
         **{

@@ -163,7 +163,8 @@ def outcome(frame: pd.DataFrame, scores: np.ndarray, policy: Policy) -> PolicyOu
     """Replays `policy` over `frame` (tx_datetime, customer_id, tx_amount, tx_fraud) day by day."""
     score = np.asarray(scores, np.float64)
     fraud = frame["tx_fraud"].to_numpy().astype(np.int64)
-    amount = frame["tx_amount"].to_numpy(np.float64)
+    # A declared repo's events name no amount: its sums are not known (NaN).
+    amount = frame["tx_amount"].to_numpy(np.float64) if "tx_amount" in frame else np.full(len(frame), np.nan)
     customer = frame["customer_id"].to_numpy()
     day = _days(frame)
     k = max(round(policy.budget), 1)
