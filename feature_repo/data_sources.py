@@ -52,6 +52,7 @@ transaction_features_source = FileSource(
     timestamp_field="event_timestamp",
 )
 
+
 # The same table for Feast's Spark offline store (`vigil train --engine spark`): Spark prunes
 # the day partitions a training set does not need. (Feast calls its Spark API experimental,
 # on every construction: said once here, in this comment.)

@@ -1,11 +1,13 @@
 """The feature flow of a declared repo (VIGIL_FEATURE_REPO): raw records checked against
 the repo's schema (dead letters name the field), then each valid event's facts appended to
 the online store (`vigil.declared.online`), each label checked against the recorded events
-(held a while for an event still in flight), and only then acknowledged.
+(held a while for an event still in flight), stored online and in the offline event log's
+labels (for `vigil monitor`), and only then acknowledged.
 
     python -m bytewax.run "flows.declared:build_flow()"
 
-reads the stream VIGIL_SOURCE (default `<REDIS_URL>/<VIGIL_KEY_PREFIX>:events`).
+reads the stream VIGIL_SOURCE (default `<REDIS_URL>/<VIGIL_KEY_PREFIX>:<repo>:events`, the
+repo being its folder's name; `<VIGIL_KEY_PREFIX>:events` for the checkout's feature_repo/).
 """
 
 from __future__ import annotations
@@ -36,6 +38,7 @@ from vigil.declared.events import KIND, LABEL, Checked, check_records, label_fie
 from vigil.declared.online import DeclaredOnlineStore
 from vigil.events import DeadLetter, RawBatch
 from vigil.files import read_table
+from vigil.offline.eventlog import EventLogWriter
 from vigil.online.connection import connect
 from vigil.settings import Settings
 
@@ -107,10 +110,18 @@ class _FactsPartition(StatelessSinkPartition[Checked]):
     held labels without a token (a file replay) are decided when the flow ends."""
 
     def __init__(
-        self, url: str, prefix: str, declared: DeclaredFeatures, stats: FlowStats, hold_seconds: float, dead: Any
+        self,
+        url: str,
+        prefix: str,
+        declared: DeclaredFeatures,
+        stats: FlowStats,
+        hold_seconds: float,
+        dead: Any,
+        labels_log: EventLogWriter | None = None,
     ) -> None:
         self.client = connect(url)
         self.store = DeclaredOnlineStore(self.client, prefix, declared)
+        self.declared, self.labels_log = declared, labels_log
         self.stats, self.hold_seconds, self.dead = stats, hold_seconds, dead
         self.acknowledge = Acknowledger()
         self.unknown = f"{declared.labels.event_id}: " if declared.labels is not None else ""
@@ -137,6 +148,7 @@ class _FactsPartition(StatelessSinkPartition[Checked]):
         good = np.array([r is None for r in reasons], bool)
         if good.any():
             redis_call(lambda: self.store.record_labels(labels[good]), "recording labels")
+            self._log_labels(labels[good])
             self.acknowledge([h.token for h, ok in zip(waiting, good, strict=True) if ok and h.token is not None])
             self.stats.add(labels=int(good.sum()))
         letters = []
@@ -155,6 +167,22 @@ class _FactsPartition(StatelessSinkPartition[Checked]):
         if letters:
             self.dead.write_batch(letters)
 
+    def _log_labels(self, labels: pd.DataFrame) -> None:
+        """Accepted labels to the offline event log (what `vigil monitor` joins to the logged
+        scores), written before they are acknowledged."""
+        schema = self.declared.labels
+        if self.labels_log is None or schema is None:
+            return
+        rows = pd.DataFrame(
+            {
+                "transaction_id": labels[schema.event_id].to_numpy(np.int64),
+                "ts": nanoseconds(labels[schema.time]) // 1_000_000_000,
+                "terminal_id": np.full(len(labels), -1, np.int64),
+                "tx_fraud": pd.to_numeric(labels[schema.label]).to_numpy(np.int64),
+            }
+        )
+        self.labels_log.write("labels", rows)
+
     def close(self) -> None:
         if self._held:
             held, self._held = self._held, []
@@ -169,11 +197,12 @@ class DeclaredFactsSink(DynamicSink[Checked]):
 
     def __init__(self, settings: Settings, declared: DeclaredFeatures, stats: FlowStats, dead: DeadLetterSink) -> None:
         self.url, self.prefix, self.declared, self.stats = settings.redis_url, settings.key_prefix, declared, stats
-        self.hold_seconds, self.dead = settings.label_hold_seconds, dead
+        self.hold_seconds, self.dead, self.event_log = settings.label_hold_seconds, dead, settings.event_log
 
     def build(self, step_id: str, worker_index: int, worker_count: int) -> _FactsPartition:
         dead = self.dead.build(step_id, worker_index, worker_count)
-        return _FactsPartition(self.url, self.prefix, self.declared, self.stats, self.hold_seconds, dead)
+        labels_log = EventLogWriter(self.event_log, worker_index)
+        return _FactsPartition(self.url, self.prefix, self.declared, self.stats, self.hold_seconds, dead, labels_log)
 
 
 def default_sinks(settings: Settings, declared: DeclaredFeatures) -> DeclaredSinks:
@@ -228,7 +257,7 @@ def build_flow(
     settings = settings or Settings()
     declared = declared or load_declared(settings.feature_repo)
     if source is None:
-        default = f"{settings.redis_url.rsplit('/', 1)[0]}/{settings.key_prefix}:events"
+        default = f"{settings.redis_url.rsplit('/', 1)[0]}/{settings.events_stream}"
         source = stream_source(os.environ.get("VIGIL_SOURCE", default), declared, settings)
     sinks = sinks or default_sinks(settings, declared)
     flow = Dataflow("vigil_declared")

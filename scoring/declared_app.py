@@ -30,6 +30,7 @@ from scoring.fastpath import NO_KEY, NO_MODEL_YET, UNSUPPORTED, json_content
 from scoring.metrics import ServiceMetrics
 from scoring.middleware import RequestLimits
 from scoring.models import ModelManager, ModelUnavailableError
+from scoring.prediction_log import PredictionLog
 from scoring.resources import _every, _follow_aliases
 from scoring.security import authorised, encoded
 from vigil.declared import DeclaredFeatures, load_declared
@@ -37,7 +38,7 @@ from vigil.declared.events import KIND, LABEL, check_records, label_fields
 from vigil.declared.model import Kind
 from vigil.declared.online import DeclaredOnlineStore
 from vigil.lifecycle.tracking import CHALLENGER
-from vigil.online.connection import connect
+from vigil.online.connection import connect, connect_async
 from vigil.settings import Settings
 
 STORE_AWAY = "the store (Redis) is unavailable: nothing was recorded; retry"
@@ -107,6 +108,14 @@ def lifespan(settings: Settings, declared: DeclaredFeatures) -> Callable[[FastAP
         client = connect(settings.redis_url, socket_timeout=1.0, socket_connect_timeout=0.5)
         executor = ThreadPoolExecutor(max_workers=4, thread_name_prefix="vigil-declared")
         store = DeclaredOnlineStore(client, settings.key_prefix, declared)
+        log_client = connect_async(settings.redis_url, socket_timeout=1.0, socket_connect_timeout=0.5)
+        prediction_log = PredictionLog(
+            log_client,
+            settings.prediction_stream,
+            metrics,
+            max_buffer_bytes=settings.prediction_buffer_bytes,
+            event_id=declared.events.event_id,
+        )
         app.state.metrics, app.state.models, app.state.store, app.state.executor = metrics, models, store, executor
         app.state.scorer = DeclaredScorer(
             declared,
@@ -118,8 +127,10 @@ def lifespan(settings: Settings, declared: DeclaredFeatures) -> Callable[[FastAP
             shadow=shadow,
             shadow_stream=settings.shadow_stream,
             row_budget_seconds=settings.score_row_budget_ms / 1000,
+            prediction_log=prediction_log,
         )
         await loop.run_in_executor(None, app.state.scorer.warm)
+        prediction_log.start()
         watcher = loop.create_task(
             _every(settings.alias_poll_seconds, lambda: _follow_aliases(models, shadow, metrics))
         )
@@ -127,8 +138,10 @@ def lifespan(settings: Settings, declared: DeclaredFeatures) -> Callable[[FastAP
             yield
         finally:
             watcher.cancel()
+            await prediction_log.stop()
             executor.shutdown(wait=False)
             client.close()
+            await log_client.aclose()
 
     return run
 

@@ -24,11 +24,14 @@ import redis
 from scoring.decisions import Decider, Lists
 from scoring.metrics import ServiceMetrics
 from scoring.models import LoadedModel, ModelManager
+from scoring.prediction_log import PredictionLog
 from scoring.rules import RulesFile
 from scoring.scorer import FEATURES_UNAVAILABLE, MODEL_ERROR, TIMEOUT, NoModelError
+from vigil.declared.compute import nanoseconds
 from vigil.declared.events import Checked, check_records
 from vigil.declared.model import DeclaredFeatures
-from vigil.declared.online import DeclaredOnlineStore
+from vigil.declared.online import DeclaredOnlineStore, hashed
+from vigil.declared.training import review_unit
 from vigil.lifecycle.tracking import REGISTERED_MODEL
 from vigil.models.base import model_matrix, top_contributions
 
@@ -70,8 +73,10 @@ class DeclaredScorer:
         shadow: ModelManager | None = None,
         shadow_stream: str | None = None,
         row_budget_seconds: float = 0.0,
+        prediction_log: PredictionLog | None = None,
     ) -> None:
         self.declared, self.store, self.models, self.metrics = declared, store, models, metrics
+        self.prediction_log = prediction_log
         self.budget_seconds, self.row_budget_seconds, self.executor = budget_seconds, row_budget_seconds, executor
         self.shadow, self.shadow_stream = shadow, shadow_stream
         # Thresholds from each version's policy (rules and lists name the handbook's fields).
@@ -167,9 +172,20 @@ class DeclaredScorer:
                     result["contributions"] = contributions[i]
             results.append(result)
         self.decider.decide(results, [None] * len(results), exact, model.policy, fallback=reason is not None)
+        if self.prediction_log is not None:
+            self.prediction_log.append(results, matrix, self._context(events, model), tuple(inputs))
         if reason is None and challenger is not None and self.shadow_stream:
             self._score_in_shadow(results, values, challenger)
         return results
+
+    def _context(self, events: pd.DataFrame, model: LoadedModel) -> np.ndarray:
+        """The prediction log's (event time, review unit, -1) rows: the monitor's days and its
+        precision among the top units of a day (the card, in a payments repo)."""
+        service = self.declared.services.get(model.primary.service_name or "") or self.declared.default_service
+        unit = events[review_unit(self.declared, service)]
+        ts = nanoseconds(events[self.declared.events.time]) // 1_000_000_000
+        codes = unit.to_numpy(np.int64) if pd.api.types.is_integer_dtype(unit) else hashed(unit)
+        return np.column_stack([ts, codes, np.full(len(events), -1, np.int64)]).astype(np.int64)
 
     def _score_in_shadow(self, results: list[dict[str, Any]], values: pd.DataFrame, challenger: LoadedModel) -> None:
         """Scores the challenger on its own inputs, off the response path, and logs both scores."""

@@ -29,7 +29,8 @@ from vigil.monitoring.predictions import ENTRY_FORMAT, answers_key
 log = logging.getLogger("vigil.scoring")
 ENTRY_ROWS = 2_000
 
-Batch = tuple[list[dict[str, Any]], np.ndarray, np.ndarray]
+# (answers, model-input rows, [time, unit, terminal] rows, the inputs' names: None for the handbook's)
+Batch = tuple[list[dict[str, Any]], np.ndarray, np.ndarray, tuple[str, ...] | None]
 
 
 class PredictionLog:
@@ -40,8 +41,9 @@ class PredictionLog:
         metrics: ServiceMetrics,
         max_buffer_bytes: int = 64 * 1024 * 1024,
         flush_seconds: float = 0.02,
+        event_id: str = "transaction_id",
     ) -> None:
-        self.client, self.stream, self.metrics = client, stream, metrics
+        self.client, self.stream, self.metrics, self.event_id = client, stream, metrics, event_id
         self.max_buffer_bytes, self.flush_seconds = max_buffer_bytes, flush_seconds
         # (answers, model-input rows, [tx time, customer, terminal] rows) as the request
         # left them: entries are built at flush time, so the request path only appends references.
@@ -52,19 +54,39 @@ class PredictionLog:
         self._task: asyncio.Task[None] | None = None
         self._away = False
 
-    def append(self, results: list[dict[str, Any]], matrix: np.ndarray, context: np.ndarray) -> None:
-        """`context`: int64 rows of (tx_datetime epoch seconds, customer_id, terminal_id)."""
-        self._buffer.append((results, matrix, context))
+    def append(
+        self,
+        results: list[dict[str, Any]],
+        matrix: np.ndarray,
+        context: np.ndarray,
+        inputs: tuple[str, ...] | None = None,
+    ) -> None:
+        """`context`: int64 rows of (event time in epoch seconds, the unit a review budget
+        counts (the customer), terminal id); `inputs`: the names of `matrix`'s columns, when
+        they are not the handbook's served inputs (a declared repo's version)."""
+        self._buffer.append((results, matrix, context, inputs))
 
-    @staticmethod
-    def entries(batches: list[Batch]) -> list[dict[str, Any]]:
+    def entries(self, batches: list[Batch]) -> list[dict[str, Any]]:
         """Stream entries for buffered answers: columns of up to ENTRY_ROWS answers each.
 
         One entry holds many answers (`format=columns-v1`, `rows`, `entry` and `data`: a
         JSON object of equal-length columns) because packing ten fields per answer for
         XADD cost more CPU than scoring the answer. `vigil.monitoring.predictions` reads
-        both this and the one-answer-per-entry form.
+        both this and the one-answer-per-entry form. Answers of versions with other inputs
+        (a declared repo's champion replaced by one on another service) go to other entries,
+        each naming its inputs.
         """
+        out: list[dict[str, Any]] = []
+        first = 0
+        while first < len(batches):
+            last = first + 1
+            while last < len(batches) and batches[last][3] == batches[first][3]:
+                last += 1
+            out.extend(self._entries(batches[first:last], batches[first][3]))
+            first = last
+        return out
+
+    def _entries(self, batches: list[Batch], inputs: tuple[str, ...] | None) -> list[dict[str, Any]]:
         results = [r for batch in batches for r in batch[0]]
         matrix = np.concatenate([batch[1] for batch in batches])
         context = np.concatenate([batch[2] for batch in batches])
@@ -72,8 +94,8 @@ class PredictionLog:
         for first in range(0, len(results), ENTRY_ROWS):
             part = results[first : first + ENTRY_ROWS]
             rows = slice(first, first + len(part))
-            columns = {
-                "transaction_id": [r["transaction_id"] for r in part],
+            columns: dict[str, Any] = {
+                "transaction_id": [r[self.event_id] for r in part],
                 # orjson serialises C-contiguous arrays only: columns of `context` are strided.
                 "ts": np.ascontiguousarray(context[rows, 0]),
                 "customer_id": np.ascontiguousarray(context[rows, 1]),
@@ -87,6 +109,8 @@ class PredictionLog:
                 "latency_ms": [r["latency_ms"] for r in part],
                 "features": np.ascontiguousarray(matrix[rows], dtype=np.float32),
             }
+            if inputs is not None:
+                columns["inputs"] = list(inputs)
             data = orjson.dumps(columns, option=orjson.OPT_SERIALIZE_NUMPY)
             out.append({"format": ENTRY_FORMAT, "rows": len(part), "entry": uuid.uuid4().hex, "data": data})
         return out

@@ -8,7 +8,7 @@ import subprocess
 import sys
 import tempfile
 import time
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from contextlib import contextmanager
 from pathlib import Path
 from typing import Any
@@ -107,16 +107,25 @@ def transaction_body(row: Any) -> dict[str, Any]:
     }
 
 
-def score_frame(base: str, frame: pd.DataFrame, chunk: int = 1_000, api_key: str | None = None) -> pd.DataFrame:
-    """Scores every row of `frame` through `/v1/score/batch`; adds score, version, fallback,
-    reason, decision and reasons."""
+def transactions_body(part: pd.DataFrame) -> dict[str, Any]:
+    return {"transactions": [transaction_body(r) for r in part.itertuples(index=False)]}
+
+
+def score_frame(
+    base: str,
+    frame: pd.DataFrame,
+    chunk: int = 1_000,
+    api_key: str | None = None,
+    body_of: Callable[[pd.DataFrame], dict[str, Any]] = transactions_body,
+) -> pd.DataFrame:
+    """Scores every row of `frame` through `/v1/score/batch` (`body_of` a chunk: the handbook's
+    transactions by default, a declared repo's `{"events": ...}`); adds score, version,
+    fallback, reason, decision and reasons."""
     answers: list[dict[str, object]] = []
     headers = {"X-API-Key": api_key} if api_key else {}
     with httpx.Client(base_url=base, timeout=120, headers=headers) as client:
         for first in range(0, len(frame), chunk):
-            part = frame.iloc[first : first + chunk]
-            body = {"transactions": [transaction_body(r) for r in part.itertuples(index=False)]}
-            response = client.post("/v1/score/batch", json=body)
+            response = client.post("/v1/score/batch", json=body_of(frame.iloc[first : first + chunk]))
             response.raise_for_status()
             answers += response.json()["results"]
     return frame.assign(

@@ -6,7 +6,7 @@ from pathlib import Path
 from typing import Any, Literal
 from urllib.parse import urlsplit
 
-from pydantic import AliasChoices, Field, field_validator
+from pydantic import AliasChoices, Field, field_validator, model_validator
 from pydantic_settings import BaseSettings, SettingsConfigDict
 
 
@@ -134,13 +134,38 @@ class Settings(BaseSettings):
             raise ValueError(f"REDIS_URL must look like redis://HOST:PORT/DB, got {redact(value)!r}")
         return value
 
+    @model_validator(mode="after")
+    def _own_folders(self) -> Settings:
+        # Another repo's data and reports are its own unless set: its version 1 is not the
+        # handbook's, nor are its predictions or monitoring windows.
+        scope = self.repo_scope
+        if scope is not None:
+            if "data_dir" not in self.model_fields_set:
+                self.data_dir = PROJECT_ROOT / "data" / "repos" / scope
+            if "reports_dir" not in self.model_fields_set:
+                self.reports_dir = PROJECT_ROOT / "reports" / "repos" / scope
+        return self
+
+    @property
+    def repo_scope(self) -> str | None:
+        """None for the checkout's feature_repo/; for any other repo, its folder's name, which
+        scopes its default registry, data and reports folders and its streams."""
+        if self.feature_repo.resolve() == (PROJECT_ROOT / "feature_repo").resolve():
+            return None
+        return self.feature_repo.resolve().name
+
     @property
     def registry_dir(self) -> Path:
         """Where the default registry lives: mlflow/ for the checkout's feature_repo/, and
         mlflow/repos/<name>/ for any other repo (its models are not the handbook's)."""
-        if self.feature_repo.resolve() == (PROJECT_ROOT / "feature_repo").resolve():
-            return PROJECT_ROOT / "mlflow"
-        return PROJECT_ROOT / "mlflow" / "repos" / self.feature_repo.resolve().name
+        scope = self.repo_scope
+        return PROJECT_ROOT / "mlflow" if scope is None else PROJECT_ROOT / "mlflow" / "repos" / scope
+
+    def stream(self, name: str) -> str:
+        """The key of Vigil's stream `name`: `<prefix>:<name>`, or `<prefix>:<repo>:<name>` for
+        a repo other than the checkout's feature_repo/ (its events are not the handbook's)."""
+        scope = self.repo_scope
+        return f"{self.key_prefix}:{name}" if scope is None else f"{self.key_prefix}:{scope}:{name}"
 
     @property
     def tracking_uri(self) -> str:
@@ -164,19 +189,19 @@ class Settings(BaseSettings):
 
     @property
     def prediction_stream(self) -> str:
-        return f"{self.key_prefix}:predictions"
+        return self.stream("predictions")
 
     @property
     def shadow_stream(self) -> str:
-        return f"{self.key_prefix}:shadow"
+        return self.stream("shadow")
 
     @property
     def review_stream(self) -> str:
-        return f"{self.key_prefix}:review"
+        return self.stream("review")
 
     @property
     def events_stream(self) -> str:
-        return f"{self.key_prefix}:events"
+        return self.stream("events")
 
     @property
     def event_time_key(self) -> str:
@@ -185,7 +210,7 @@ class Settings(BaseSettings):
 
     @property
     def deadletter_stream(self) -> str:
-        return f"{self.key_prefix}:deadletter"
+        return self.stream("deadletter")
 
     @property
     def offline_dir(self) -> Path:

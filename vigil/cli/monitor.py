@@ -91,6 +91,16 @@ def _once(args: argparse.Namespace, settings: Any, registry: Any = None) -> int:
         drift_share_threshold=args.drift_threshold,
         min_rows=args.min_rows,
     )
+    from vigil.cli.repo import declared_repo
+
+    # A declared repo trains on a file of its labelled events (`vigil train --events`): the
+    # monitor reports and alerts, and says so, but does not retrain it.
+    declared = declared_repo(settings.feature_repo)
+    if declared and args.retrain == "always":
+        raise UserError(
+            "--retrain always retrains the handbook's models from the offline store; a declared repo's "
+            "versions are trained with `vigil train --events PATH` (then `vigil promote --events PATH`)"
+        )
     try:
         result = run_monitor(settings, config, dry_run=args.dry_run)
     except LookupError as error:
@@ -99,7 +109,9 @@ def _once(args: argparse.Namespace, settings: Any, registry: Any = None) -> int:
         print("no scored traffic yet: start `vigil serve` and send transactions, then run `vigil monitor` again")
         return 0
     outcome = None
-    if args.retrain != "never":
+    if declared and result.alerted and args.retrain == "auto":
+        print("a declared repo is retrained with `vigil train --events PATH` and `vigil promote --events PATH`")
+    if args.retrain != "never" and not declared:
         try:
             outcome = run_retraining(
                 settings,

@@ -7,7 +7,10 @@ import json
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
+from pydantic import ValidationError
+
 from vigil.cli.common import UserError, settings, subcommand, terminal
+from vigil.settings import Settings
 
 if TYPE_CHECKING:
     import pandas as pd
@@ -57,6 +60,17 @@ vigil repo compute --repo examples/handbook --events transactions.parquet --engi
     check_parser.set_defaults(func=check)
     compute_parser.set_defaults(func=compute)
     ingest_parser.set_defaults(func=ingest)
+
+
+def repo_settings(args: argparse.Namespace) -> Settings:
+    """The settings of the repo a command names (`--repo`, else VIGIL_FEATURE_REPO): its
+    data folder and streams are its own."""
+    if not getattr(args, "repo", None):
+        return settings()
+    try:
+        return Settings(feature_repo=Path(args.repo))
+    except ValidationError as error:
+        raise UserError(f"bad configuration: {error.errors()[0]['msg']}") from None
 
 
 def load(args: argparse.Namespace) -> DeclaredFeatures:
@@ -165,7 +179,7 @@ def ingest(args: argparse.Namespace) -> int:
     from vigil.cli.common import ensure_redis
 
     declared = load(args)
-    config = settings()
+    config = repo_settings(args)
     ensure_redis(config)
     if args.events:
         path = Path(args.events)

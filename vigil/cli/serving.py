@@ -10,6 +10,7 @@ import signal
 import socket
 import time
 from collections.abc import Callable
+from functools import partial
 from pathlib import Path
 from typing import Any
 
@@ -37,12 +38,16 @@ vigil serve --host 0.0.0.0 --port 8000 --workers 2""",
         sub,
         "score",
         "score a file's transactions through a running service",
-        "Send a file's transactions to `vigil serve` (the batch endpoint, in chunks) and print what came "
-        "back: decisions, fallbacks, and, when the file has tx_fraud, how well the scores rank the frauds.",
+        "Send a file's transactions (a declared repo's events) to `vigil serve` (the batch endpoint, in "
+        "chunks) and print what came back: decisions, fallbacks, and, when the file has the label (tx_fraud, "
+        "or the repo's label column), how well the scores rank the frauds.",
         """vigil score --transactions data/world.parquet --last-days 7
-vigil score --transactions new.csv --url http://scoring.internal:8000 --out answers.parquet""",
+vigil score --transactions new.csv --url http://scoring.internal:8000 --out answers.parquet
+VIGIL_FEATURE_REPO=examples/payments vigil score --events data/payments.parquet --last-days 2""",
     )
-    p.add_argument("--transactions", metavar="PATH", required=True, help="a transactions file")
+    p.add_argument(
+        "--transactions", "--events", metavar="PATH", required=True, help="a transactions (or declared events) file"
+    )
     p.add_argument("--url", default="http://127.0.0.1:8000", help="the scoring service")
     p.add_argument("--last-days", type=int, default=None, help="only the file's last N days")
     p.add_argument("--out", metavar="PATH", help="write the answers to Parquet")
@@ -131,6 +136,11 @@ def serve(args: argparse.Namespace) -> int:
     return 0
 
 
+def events_body(fields: list[str], part: Any) -> dict[str, Any]:
+    """A chunk of a declared repo's events as the body of its `/v1/score/batch`."""
+    return {"events": json.loads(part[fields].to_json(orient="records", date_format="iso"))}
+
+
 def score(args: argparse.Namespace) -> int:
     from urllib.parse import urlsplit
 
@@ -140,22 +150,39 @@ def score(args: argparse.Namespace) -> int:
     if parts.scheme not in ("http", "https") or not parts.netloc:
         raise UserError(f"--url {args.url!r} needs a scheme and a host, e.g. http://{args.url.split('://')[-1]}")
     config = settings()
-    try:
-        frame, _ = read_records(Path(args.transactions))
-    except UnreadableFileError as error:
-        raise UserError(str(error)) from None
     import httpx
     import pandas as pd
 
-    from vigil.service_process import score_frame
+    from vigil.cli.repo import declared_repo
+    from vigil.service_process import score_frame, transactions_body
 
-    frame["tx_datetime"] = pd.to_datetime(frame["tx_datetime"])
+    body_of, when, label = transactions_body, "tx_datetime", "tx_fraud"
+    if declared_repo(config.feature_repo):
+        from vigil.declared import load_declared
+        from vigil.files import read_table
+
+        declared = load_declared(config.feature_repo)
+        when, label = declared.events.time, declared.labels.label if declared.labels else ""
+        try:
+            frame = read_table(Path(args.transactions), [when])
+        except (UnreadableFileError, ValueError) as error:
+            raise UserError(f"{args.transactions}: {error}") from None
+        missing = [name for name in declared.events.fields if name not in frame.columns]
+        if missing:
+            raise UserError(f"{args.transactions} has no column {', '.join(missing)} (fields of the repo's events)")
+        body_of = partial(events_body, list(declared.events.fields))
+    else:
+        try:
+            frame, _ = read_records(Path(args.transactions))
+        except UnreadableFileError as error:
+            raise UserError(str(error)) from None
+    frame[when] = pd.to_datetime(frame[when])
     if args.last_days:
-        first = frame["tx_datetime"].max().normalize() - pd.Timedelta(days=args.last_days - 1)
-        frame = frame[frame["tx_datetime"] >= first]
+        first = frame[when].max().normalize() - pd.Timedelta(days=args.last_days - 1)
+        frame = frame[frame[when] >= first]
     key = next(iter(sorted(config.api_key_set)), None)
     try:
-        answers = score_frame(args.url, frame, api_key=key)
+        answers = score_frame(args.url, frame, api_key=key, body_of=body_of)
     except httpx.HTTPStatusError as error:
         raise Refused(f"the service answered {error.response.status_code}: {error.response.text[:300]}") from None
     except httpx.HTTPError as error:
@@ -165,10 +192,10 @@ def score(args: argparse.Namespace) -> int:
     counts = answers["decision"].value_counts()
     shown = ", ".join(f"{counts.get(d, 0):,} {d}" for d in ("allow", "review", "block"))
     print(f"Scored {len(answers):,} transactions at {args.url}: {shown}; {int(answers['fallback'].sum()):,} fallbacks")
-    if "tx_fraud" in answers and answers["tx_fraud"].nunique() == 2:
+    if label in answers and answers[label].nunique() == 2:
         from sklearn.metrics import average_precision_score, roc_auc_score
 
-        labels = answers["tx_fraud"].astype(int)
+        labels = answers[label].astype(int)
         frauds = answers[labels == 1]
         caught = frauds["decision"].isin(["review", "block"]).mean()
         auc, ap = roc_auc_score(labels, answers["score"]), average_precision_score(labels, answers["score"])

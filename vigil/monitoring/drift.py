@@ -60,8 +60,14 @@ class WindowDrift:
         return WindowDrift(**data, columns=columns)
 
 
-def drift_columns(window_seconds: int) -> list[str]:
-    columns = [*spec.SERVED_INPUTS, SCORE]
+def drift_columns(window_seconds: int, reference: pd.DataFrame | None = None) -> list[str]:
+    """The columns compared: the version's inputs (those of its `reference`, else the
+    handbook's served inputs) and its score; the weekend flag only over a week or more."""
+    if reference is not None:
+        inputs = [c for c in reference.columns if c not in (SCORE, "tx_fraud", "tx_datetime")]
+    else:
+        inputs = list(spec.SERVED_INPUTS)
+    columns = [*inputs, SCORE]
     return columns if window_seconds >= WEEK_SECONDS else [c for c in columns if c != spec.WEEKEND]
 
 

@@ -183,7 +183,7 @@ def run_monitor(settings: Settings, config: MonitorConfig | None = None, dry_run
             share, columns, compared = measure_drift(
                 references[version],
                 rows,
-                drift_columns(seconds),
+                drift_columns(seconds, references[version]),
                 reports / "drift" / name,
                 max_rows=config.max_rows,
                 drift_share=config.drift_share_threshold,

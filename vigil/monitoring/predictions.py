@@ -82,9 +82,12 @@ def _columns_entry(entry_id: str, fields: dict[bytes, bytes]) -> pd.DataFrame:
     if "reasons" in frame:
         frame["reasons"] = frame["reasons"].map(lambda r: ",".join(r) if isinstance(r, list) else str(r or ""))
     inputs = np.asarray(data["features"], dtype=np.float64).reshape(rows, -1)
-    # Services before fraud_v2 logged fewer inputs: the missing ones are NaN.
-    for j, name in enumerate(spec.SERVED_INPUTS):
+    # A declared repo's versions name their inputs; the handbook's are its served inputs (a
+    # service before fraud_v2 logged fewer: the missing ones are NaN).
+    names = data.get("inputs") or spec.SERVED_INPUTS
+    for j, name in enumerate(names):
         frame[name] = inputs[:, j] if j < inputs.shape[1] else np.nan
+    frame.attrs["inputs"] = list(names)
     return frame
 
 
@@ -93,7 +96,9 @@ def _answer_entry(entry_id: str, fields: dict[bytes, bytes]) -> pd.DataFrame:
     row: dict[str, Any] = {k.decode(): v.decode() for k, v in fields.items()}
     inputs = json.loads(row.pop("features"))
     row.update({name: inputs[j] if j < len(inputs) else np.nan for j, name in enumerate(spec.SERVED_INPUTS)})
-    return pd.DataFrame([{"stream_id": entry_id, "answer_id": f"{entry_id}:0", **row}])
+    frame = pd.DataFrame([{"stream_id": entry_id, "answer_id": f"{entry_id}:0", **row}])
+    frame.attrs["inputs"] = list(spec.SERVED_INPUTS)
+    return frame
 
 
 def decode_entries(entries: list[tuple[bytes, dict[bytes, bytes]]]) -> pd.DataFrame:
@@ -104,6 +109,7 @@ def decode_entries(entries: list[tuple[bytes, dict[bytes, bytes]]]) -> pd.DataFr
         else _answer_entry(entry_id.decode(), fields)
         for entry_id, fields in entries
     ]
+    inputs = list(dict.fromkeys(name for part in parts for name in part.attrs["inputs"]))
     frame = pd.concat(parts, ignore_index=True)
     for name in ("ts", "customer_id", "terminal_id"):  # absent from entries of services before they were logged
         if name not in frame:
@@ -124,8 +130,8 @@ def decode_entries(entries: list[tuple[bytes, dict[bytes, bytes]]]) -> pd.DataFr
     for name in ("version", "reason", "decision", "reasons"):
         frame[name] = frame[name].fillna("").astype(str)
     frame["fallback"] = frame["fallback"].map(lambda v: str(v) in ("1", "True", "true")).astype(bool)
-    frame[list(spec.SERVED_INPUTS)] = frame[list(spec.SERVED_INPUTS)].astype(np.float64)
-    return frame[["stream_id", *COLUMNS, *spec.SERVED_INPUTS]]
+    frame[inputs] = frame[inputs].astype(np.float64)
+    return frame[["stream_id", *COLUMNS, *inputs]]
 
 
 def _next_id(entry_id: str) -> str:
