@@ -21,6 +21,7 @@ import numpy as np
 import pandas as pd
 import redis
 
+from scoring.deadlines import BatchDeadlines
 from scoring.decisions import Decider, Lists
 from scoring.metrics import ServiceMetrics
 from scoring.models import LoadedModel, ModelManager
@@ -77,7 +78,9 @@ class DeclaredScorer:
     ) -> None:
         self.declared, self.store, self.models, self.metrics = declared, store, models, metrics
         self.prediction_log = prediction_log
-        self.budget_seconds, self.row_budget_seconds, self.executor = budget_seconds, row_budget_seconds, executor
+        self.executor = executor
+        # A batch's deadline follows what a row costs here, measured on the batches (as the handbook's).
+        self.deadlines = BatchDeadlines(budget_seconds, row_budget_seconds)
         self.shadow, self.shadow_stream = shadow, shadow_stream
         # Thresholds from each version's policy (rules and lists name the handbook's fields).
         self.decider = Decider(RulesFile(None), Lists(), metrics)
@@ -135,7 +138,7 @@ class DeclaredScorer:
     async def score(self, events: pd.DataFrame, explain: bool = False) -> list[dict[str, Any]]:
         """Answers for checked events (`check_events`), in their order."""
         started = time.perf_counter()
-        deadline = started + self.budget_seconds + self.row_budget_seconds * len(events)
+        deadline = started + self.deadlines.allowance(len(events))
         model = self.models.current
         if model is None:
             raise NoModelError("no model is promoted yet: train one and promote it to champion")
@@ -151,6 +154,8 @@ class DeclaredScorer:
             scores = model.fallback.predict_proba(matrix)
             self.metrics.fallbacks.labels(reason).inc(len(events))
         latency_ms = (time.perf_counter() - started) * 1000
+        if reason in (None, TIMEOUT):
+            self.deadlines.observe(len(events), latency_ms / 1000)
         self.metrics.stage_seconds.labels("total").observe(latency_ms / 1000)
         self.metrics.scored.inc(len(events))
         contributions = top_contributions(model.primary, matrix) if explain and reason is None else None

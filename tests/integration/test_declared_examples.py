@@ -75,6 +75,11 @@ def test_the_payments_example_runs_as_written(settings: Settings, tmp_path: Path
     answer = json.loads(out[out.rindex('{"payment_id"') :].splitlines()[0])
     assert answer["payment_id"] == 99000001 and answer["fallback"] is False, answer
     assert list(answer["features"]) == list(load_declared(readme.parent).service("payments_v1").features)
+    scored = re.search(r"Scored ([\d,]+) transactions at \S+: .*; 0 fallbacks", out)
+    assert scored, out[-3000:]
+    # The monitor: windows of the logged answers against the champion's reference, live AP per day.
+    assert len(re.findall(r"window \S+ \S+\s+v1\s+[\d,]+ rows\s+drift share", out)) >= 4, out[-3000:]
+    assert re.search(r"day \S+\s+v1\s+[\d,]+ labelled,\s+\d+ frauds\s+AP \d", out), out[-3000:]
     repo = tmp_path / "payments"
     shutil.copytree(PROJECT_ROOT / "examples" / "payments", repo, ignore=shutil.ignore_patterns("data", "__pycache__"))
     feast = str(Path(sys.executable).parent / "feast")

@@ -20,6 +20,7 @@ from vigil.declared.online import DeclaredOnlineStore
 from vigil.declared.training import default_split, training_set
 from vigil.lifecycle.training import train_and_register
 from vigil.models.loading import load_native
+from vigil.monitoring.predictions import answers_key, decode_entries
 from vigil.online.connection import connect
 from vigil.service_process import serve_process
 from vigil.settings import PROJECT_ROOT, Settings
@@ -104,6 +105,15 @@ def test_each_version_gets_its_own_services_inputs_equal_to_the_backfill(served:
 
         models = httpx.get(f"{base}/v1/models", timeout=10).json()
         assert models["serving"]["inputs"] == v1 and models["shadow"]["inputs"] == velocity
+
+        # Every answer in the prediction log, with the champion's inputs by name.
+        deadline = time.monotonic() + 15
+        while int(client.get(answers_key(settings.prediction_stream)) or 0) < len(last) and time.monotonic() < deadline:
+            time.sleep(0.1)
+        logged = decode_entries(client.xrange(settings.prediction_stream)).set_index("transaction_id")
+        assert sorted(logged.index) == sorted(last["payment_id"]) and set(logged["version"]) == {"1"}
+        want_logged = expected.loc[last["payment_id"], v1].to_numpy()
+        assert np.allclose(logged.loc[last["payment_id"], v1].to_numpy(), want_logged, rtol=1e-6, atol=1e-6)
 
 
 def test_bodies_follow_the_repos_schema(served: tuple[Settings, pd.DataFrame]) -> None:

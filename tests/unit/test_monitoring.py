@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+from pathlib import Path
+
 import numpy as np
 import pandas as pd
 
@@ -104,6 +106,7 @@ def test_retraining_reasons_name_their_trigger() -> None:
 
 
 def test_prediction_log_entries_decode_to_the_answers() -> None:
+    from scoring.metrics import ServiceMetrics
     from scoring.prediction_log import ENTRY_ROWS, PredictionLog
     from vigil.monitoring.predictions import decode_entries
 
@@ -123,8 +126,9 @@ def test_prediction_log_entries_decode_to_the_answers() -> None:
     matrix = rng.normal(size=(n, len(spec.SERVED_INPUTS))).astype(np.float32)
     context = np.column_stack([1_530_000_000 + np.arange(n), np.arange(n) % 50, np.arange(n) % 90]).astype(np.int64)
     half = n // 2
-    entries = PredictionLog.entries(
-        [(results[:half], matrix[:half], context[:half]), (results[half:], matrix[half:], context[half:])]
+    log = PredictionLog(None, "predictions", ServiceMetrics())
+    entries = log.entries(
+        [(results[:half], matrix[:half], context[:half], None), (results[half:], matrix[half:], context[half:], None)]
     )
     assert [e["rows"] for e in entries] == [ENTRY_ROWS, 5]
     frame = decode_entries(
@@ -140,3 +144,60 @@ def test_prediction_log_entries_decode_to_the_answers() -> None:
     assert frame["terminal_id"].tolist() == context[:, 2].tolist()
     np.testing.assert_allclose(frame[list(spec.SERVED_INPUTS)].to_numpy(), matrix, rtol=1e-6)
     assert frame["stream_id"].is_unique
+
+
+def as_fields(entries: list[dict[str, object]]) -> list[tuple[bytes, dict[bytes, bytes]]]:
+    return [
+        (f"1-{i}".encode(), {k.encode(): v if isinstance(v, bytes) else str(v).encode() for k, v in e.items()})
+        for i, e in enumerate(entries)
+    ]
+
+
+def test_declared_answers_are_logged_with_their_inputs_by_name() -> None:
+    """A declared repo's versions log their own inputs, named in each entry: a champion on one
+    service, then one on another, decode to one column per input (NaN where a version has none)."""
+    from scoring.metrics import ServiceMetrics
+    from scoring.prediction_log import PredictionLog
+    from vigil.monitoring.drift import drift_columns
+    from vigil.monitoring.predictions import decode_entries
+
+    def answers(ids: range, version: str) -> list[dict[str, object]]:
+        return [
+            {"payment_id": i, "score": 0.1, "model": {"version": version}, "fallback": False,
+             "fallback_reason": None, "latency_ms": 1.0, "decision": "allow", "reasons": []}
+            for i in ids
+        ]  # fmt: skip
+
+    context = np.array([[1_770_000_000, 7, -1]] * 3, np.int64)
+    log = PredictionLog(None, "predictions", ServiceMetrics(), event_id="payment_id")
+    first, second = ("card_payments_1h", "amount"), ("card_payments_1h", "merchant_rate", "in_app")
+    entries = log.entries(
+        [
+            (answers(range(3), "1"), np.full((3, 2), 1.0), context, first),
+            (answers(range(3, 6), "1"), np.full((3, 2), 2.0), context, first),
+            (answers(range(6, 9), "2"), np.full((3, 3), 3.0), context, second),
+        ]
+    )
+    assert [e["rows"] for e in entries] == [6, 3]
+    frame = decode_entries(as_fields(entries))
+    assert frame["transaction_id"].tolist() == list(range(9))
+    assert list(frame.columns[-4:]) == ["card_payments_1h", "amount", "merchant_rate", "in_app"]
+    assert frame["card_payments_1h"].tolist() == [1.0] * 3 + [2.0] * 3 + [3.0] * 3
+    assert frame["amount"].isna().tolist() == [False] * 6 + [True] * 3
+    reference = pd.DataFrame(columns=["card_payments_1h", "merchant_rate", "score", "tx_fraud", "tx_datetime"])
+    assert drift_columns(86_400, reference) == ["card_payments_1h", "merchant_rate", "score"]
+
+
+def test_another_repo_has_its_own_folders_and_streams(tmp_path: Path) -> None:
+    from vigil.settings import PROJECT_ROOT, Settings
+
+    handbook = Settings(key_prefix="t")
+    assert handbook.repo_scope is None and handbook.events_stream == "t:events"
+    payments = Settings(key_prefix="t", feature_repo=PROJECT_ROOT / "examples" / "payments")
+    assert payments.repo_scope == "payments"
+    assert (payments.events_stream, payments.prediction_stream) == ("t:payments:events", "t:payments:predictions")
+    assert payments.data_dir == PROJECT_ROOT / "data" / "repos" / "payments"
+    assert payments.reports_dir == PROJECT_ROOT / "reports" / "repos" / "payments"
+    assert payments.registry_dir == PROJECT_ROOT / "mlflow" / "repos" / "payments"
+    chosen = Settings(feature_repo=PROJECT_ROOT / "examples" / "payments", data_dir=tmp_path)
+    assert chosen.data_dir == tmp_path and chosen.event_log == tmp_path / "offline"

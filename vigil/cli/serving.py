@@ -191,7 +191,10 @@ def score(args: argparse.Namespace) -> int:
         ) from None
     counts = answers["decision"].value_counts()
     shown = ", ".join(f"{counts.get(d, 0):,} {d}" for d in ("allow", "review", "block"))
-    print(f"Scored {len(answers):,} transactions at {args.url}: {shown}; {int(answers['fallback'].sum()):,} fallbacks")
+    reasons = answers.loc[answers["fallback"].astype(bool), "reason"].value_counts()
+    why = f" ({', '.join(f'{r}: {n:,}' for r, n in reasons.items())})" if len(reasons) else ""
+    fallbacks = int(answers["fallback"].sum())
+    print(f"Scored {len(answers):,} transactions at {args.url}: {shown}; {fallbacks:,} fallbacks{why}")
     if label in answers and answers[label].nunique() == 2:
         from sklearn.metrics import average_precision_score, roc_auc_score
 
