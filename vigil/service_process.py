@@ -30,6 +30,7 @@ def service_env(settings: Settings, **extra: str) -> dict[str, str]:
         "VIGIL_KEY_PREFIX": settings.key_prefix,
         "VIGIL_DATA_DIR": str(settings.data_dir),
         "VIGIL_REPORTS_DIR": str(settings.reports_dir),
+        "VIGIL_FEATURE_REPO": str(settings.feature_repo),
         "MLFLOW_TRACKING_URI": settings.tracking_uri,
         "PYTHONPATH": str(PROJECT_ROOT),
     }
