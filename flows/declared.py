@@ -38,8 +38,9 @@ from vigil.declared.events import KIND, LABEL, Checked, check_records, label_fie
 from vigil.declared.online import DeclaredOnlineStore
 from vigil.events import DeadLetter, RawBatch
 from vigil.files import read_table
-from vigil.offline.eventlog import EventLogWriter
+from vigil.offline.eventlog import EventLogWriter, record_filled, was_filled
 from vigil.online.connection import connect
+from vigil.online.marker import mark_new_store
 from vigil.settings import Settings
 
 
@@ -118,14 +119,28 @@ class _FactsPartition(StatelessSinkPartition[Checked]):
         hold_seconds: float,
         dead: Any,
         labels_log: EventLogWriter | None = None,
+        replay: bool = False,
+        offline_root: str | Path | None = None,
     ) -> None:
         self.client = connect(url)
         self.store = DeclaredOnlineStore(self.client, prefix, declared)
         self.declared, self.labels_log = declared, labels_log
+        self.replay, self.offline_root = replay, offline_root
         self.stats, self.hold_seconds, self.dead = stats, hold_seconds, dead
         self.acknowledge = Acknowledger()
         self.unknown = f"{declared.labels.event_id}: " if declared.labels is not None else ""
         self._held: list[_HeldLabel] = []
+        if not replay and offline_root is not None:
+            redis_call(self._mark_new_store, "marking a new store")
+
+    def _mark_new_store(self) -> None:
+        """A live flow's start: a store without markers is marked only when it was never
+        filled (a new deployment); one that was has lost its data, and stays unmarked (the
+        service answers from its fallback, saying so) until a replay rebuilds it."""
+        assert self.offline_root is not None
+        store = self.store.marker_project
+        if mark_new_store(self.client, store, offline_is_empty=not was_filled(self.offline_root, store)):
+            record_filled(self.offline_root, store)
 
     def write_batch(self, items: list[Checked]) -> None:
         for checked in items:
@@ -187,6 +202,10 @@ class _FactsPartition(StatelessSinkPartition[Checked]):
         if self._held:
             held, self._held = self._held, []
             self._decide(held, time.time(), final=True)
+        if self.replay:  # the file's history is in the store now
+            redis_call(lambda: self.store.mark("replay"), "marking the store")
+            if self.offline_root is not None:
+                record_filled(self.offline_root, self.store.marker_project)
         self.dead.close()
         self.acknowledge.close()
         self.client.close()
@@ -198,11 +217,15 @@ class DeclaredFactsSink(DynamicSink[Checked]):
     def __init__(self, settings: Settings, declared: DeclaredFeatures, stats: FlowStats, dead: DeadLetterSink) -> None:
         self.url, self.prefix, self.declared, self.stats = settings.redis_url, settings.key_prefix, declared, stats
         self.hold_seconds, self.dead, self.event_log = settings.label_hold_seconds, dead, settings.event_log
+        self.replay = False  # a file replay: the store is marked as filled when it completes
 
     def build(self, step_id: str, worker_index: int, worker_count: int) -> _FactsPartition:
         dead = self.dead.build(step_id, worker_index, worker_count)
         labels_log = EventLogWriter(self.event_log, worker_index)
-        return _FactsPartition(self.url, self.prefix, self.declared, self.stats, self.hold_seconds, dead, labels_log)
+        return _FactsPartition(
+            self.url, self.prefix, self.declared, self.stats, self.hold_seconds, dead, labels_log,
+            replay=self.replay, offline_root=self.event_log,
+        )  # fmt: skip
 
 
 def default_sinks(settings: Settings, declared: DeclaredFeatures) -> DeclaredSinks:
@@ -260,6 +283,8 @@ def build_flow(
         default = f"{settings.redis_url.rsplit('/', 1)[0]}/{settings.events_stream}"
         source = stream_source(os.environ.get("VIGIL_SOURCE", default), declared, settings)
     sinks = sinks or default_sinks(settings, declared)
+    if isinstance(sinks.facts, DeclaredFactsSink):
+        sinks.facts.replay = isinstance(source, DeclaredReplaySource)
     flow = Dataflow("vigil_declared")
     ahead = settings.event_time_tolerance_seconds
     checked = op.map("check", op.input("events", flow, source), lambda batch: _checked(declared, batch, ahead))

@@ -25,7 +25,7 @@ from fastapi.responses import JSONResponse
 from fastapi.security import APIKeyHeader
 from prometheus_client import CONTENT_TYPE_LATEST, generate_latest
 
-from scoring.declared_scorer import DeclaredScorer, InvalidEvents, check_events
+from scoring.declared_scorer import STORE_EMPTY, DeclaredScorer, InvalidEvents, check_events
 from scoring.fastpath import NO_KEY, NO_MODEL_YET, UNSUPPORTED, json_content
 from scoring.metrics import ServiceMetrics
 from scoring.middleware import RequestLimits
@@ -74,7 +74,7 @@ def answer_schema(declared: DeclaredFeatures) -> dict[str, Any]:
             "fallback": {"type": "boolean"},
             "fallback_reason": {
                 "type": ["string", "null"],
-                "description": "timeout, model_error, features_unavailable",
+                "description": "timeout, model_error, features_unavailable, store_empty",
             },
             "decision": {"type": "string", "enum": ["allow", "review", "block"]},
             "reasons": {"type": "array", "items": {"type": "string"}},
@@ -283,15 +283,17 @@ def create_declared_app(settings: Settings, declared: DeclaredFeatures | None = 
 
     @app.get("/readyz")
     async def readyz(request: Request) -> JSONResponse:
-        """Ready when a champion is loaded and the store answers. Why not, in one word."""
+        """Ready when a champion is loaded and the store answers with the flow's data (its
+        markers: `store_empty` when it was restarted empty or never filled). Why not, in one word."""
         reason = None
         if request.app.state.models.current is None:
             reason = "no_model"
         else:
             try:
-                await asyncio.get_running_loop().run_in_executor(
-                    request.app.state.executor, request.app.state.store.client.ping
+                filled = await asyncio.get_running_loop().run_in_executor(
+                    request.app.state.executor, request.app.state.store.holds_data
                 )
+                reason = None if filled else STORE_EMPTY
             except Exception:
                 reason = "store_unavailable"
         request.app.state.metrics.ready.set(0 if reason else 1)

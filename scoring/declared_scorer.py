@@ -37,6 +37,8 @@ from vigil.lifecycle.tracking import REGISTERED_MODEL
 from vigil.models.base import model_matrix, top_contributions
 
 log = logging.getLogger("vigil.scoring")
+# The store answers without the flow's data (restarted empty, or never filled by a replay or the flow).
+STORE_EMPTY = "store_empty"
 
 
 class InvalidEvents(ValueError):
@@ -111,8 +113,11 @@ class DeclaredScorer:
         started = time.perf_counter()
         loop = asyncio.get_running_loop()
         try:
-            read = loop.run_in_executor(self.executor, lambda: self.store.features(events, features=names))
-            return await asyncio.wait_for(read, timeout=max(deadline - time.perf_counter(), 0.001)), None
+            read = loop.run_in_executor(self.executor, lambda: self.store.checked_features(events, names))
+            values, _ = await asyncio.wait_for(read, timeout=max(deadline - time.perf_counter(), 0.001))
+            if values is not None:
+                return values, None
+            reason = STORE_EMPTY  # no markers: what it holds is not the flow's data
         except TimeoutError:
             reason = TIMEOUT
         except (redis.RedisError, OSError) as error:

@@ -13,6 +13,7 @@ import numpy as np
 import pandas as pd
 import pytest
 
+from flows.declared import default_sinks
 from tests.integration.serving_helpers import server_env
 from vigil.declared import load_declared
 from vigil.declared.backfill import compute_declared
@@ -21,6 +22,7 @@ from vigil.declared.training import default_split, training_set
 from vigil.lifecycle.training import train_and_register
 from vigil.models.loading import load_native
 from vigil.monitoring.predictions import answers_key, decode_entries
+from vigil.offline.eventlog import was_filled
 from vigil.online.connection import connect
 from vigil.service_process import serve_process
 from vigil.settings import PROJECT_ROOT, Settings
@@ -58,6 +60,7 @@ def served(settings: Settings, tmp_path: Path) -> tuple[Settings, pd.DataFrame]:
     store = DeclaredOnlineStore(connect(settings.redis_url), settings.key_prefix, declared)
     store.record_events(events.drop(columns=["is_fraud"]))
     store.record_labels(events[["payment_id", "paid_at", "merchant_id", "is_fraud"]])
+    store.mark("replay")
     settings = settings.model_copy(update={"feature_repo": PAYMENTS})
     assert train(settings, events, "payments_v1", "xgboost") == "1"
     assert train(settings, events, "payments_velocity", "baseline") == "2"
@@ -146,3 +149,37 @@ def test_bodies_follow_the_repos_schema(served: tuple[Settings, pd.DataFrame]) -
         accepted = httpx.post(f"{base}/v1/labels", json={"labels": [{**label, "is_fraud": 1}]})
         assert accepted.status_code == 202 and accepted.json() == {"accepted": 1}
         assert connect(settings.redis_url).xlen(settings.events_stream) == 1
+
+
+def test_an_emptied_store_gives_no_confident_answer(served: tuple[Settings, pd.DataFrame]) -> None:
+    """Redis restarted empty: the next request's own read finds no markers, so no answer
+    claims to be the model's, and readiness says why."""
+    settings, events = served
+    env = server_env(settings, VIGIL_FEATURE_REPO=str(PAYMENTS))
+    rows = [body(r) for _, r in events.tail(30).iterrows()]
+    with serve_process(env) as base:
+        first = httpx.post(f"{base}/v1/score", json=rows[0], timeout=10).json()
+        assert first["fallback"] is False, first
+        client = connect(settings.redis_url)
+        for key in list(client.scan_iter(match=f"{settings.key_prefix}:facts:*", count=5_000)):
+            client.delete(key)
+        answers = [httpx.post(f"{base}/v1/score", json=row, timeout=10).json() for row in rows]
+        assert {(a["fallback"], a["fallback_reason"]) for a in answers} == {(True, "store_empty")}
+        ready = httpx.get(f"{base}/readyz", timeout=10)
+        assert ready.status_code == 503 and ready.json()["reason"] == "store_empty"
+
+
+def test_a_live_flow_marks_a_new_store_and_never_an_emptied_one(settings: Settings) -> None:
+    settings = settings.model_copy(update={"feature_repo": PAYMENTS})
+    declared = load_declared(PAYMENTS)
+    store = DeclaredOnlineStore(connect(settings.redis_url), settings.key_prefix, declared)
+    sinks = default_sinks(settings, declared)
+    sinks.facts.build("facts", 0, 1).close()  # a live flow's start on a new deployment
+    assert store.holds_data() and was_filled(settings.event_log, store.marker_project)
+    for key in list(store.client.scan_iter(match=f"{settings.key_prefix}:facts:*", count=5_000)):
+        store.client.delete(key)  # restarted empty
+    sinks.facts.build("facts", 0, 1).close()
+    assert not store.holds_data()  # lost data is not a new deployment
+    sinks.facts.replay = True  # a replay rebuilds it
+    sinks.facts.build("facts", 0, 1).close()
+    assert store.holds_data()

@@ -14,6 +14,11 @@ is rewritten without duplicates and without the facts older than every window ne
 `features(events)` reads the facts of the events' entities (one pipelined GET per kind),
 adds the events themselves (an event already recorded counts once), and runs the same
 computation as the backfill (`vigil.declared.compute.features_of`).
+
+The store carries the data markers of `vigil.online.marker` under `<prefix>:facts:<project>`:
+a replay writes them when it completes, a live flow only into a new deployment (no markers,
+and nothing ever filled, as the event log's folder records). The scoring service reads them
+in the same round trip as the facts (`checked_features`).
 """
 
 from __future__ import annotations
@@ -28,6 +33,7 @@ import redis
 
 from vigil.declared.compute import ID, KEY, TS, FactTable, feature_names, features_of, nanoseconds
 from vigil.declared.model import DeclaredFeatures
+from vigil.online.marker import MARKERS, count_markers, marker_keys, write_markers
 
 COMPACT_BYTES = 64 * 1024
 SEEN = np.dtype([("id", "<i8"), ("ts", "<i8")])
@@ -202,6 +208,40 @@ class DeclaredOnlineStore:
             keep = np.sort(first)
             facts, entity = facts[keep], entity[keep]
         return {KEY: entity, TS: facts["ts"], ID: facts["id"], **{c: facts[c] for c in self.columns[group]}}
+
+    @property
+    def marker_project(self) -> str:
+        """The name the store's data markers (`vigil.online.marker`) are kept under."""
+        return f"{self.prefix}:facts:{self.declared.project}"
+
+    def holds_data(self) -> bool:
+        """Whether the store holds the flow's data: every marker present (a readiness check)."""
+        return count_markers(self.client, self.marker_project) == MARKERS
+
+    def mark(self, by: str) -> None:
+        """Marks the store as holding the flow's data (a replay has filled it, or a new deployment)."""
+        write_markers(self.client, self.marker_project, by)
+
+    def checked_features(
+        self, events: pd.DataFrame, features: Sequence[str]
+    ) -> tuple[pd.DataFrame | None, bool]:
+        """`features` of each event, and whether the store holds the flow's data, asked in the
+        same round trip (its markers: one on one server, all of them on a cluster, where each
+        primary holds some). A store restarted empty answers every read with "no facts": the
+        features it gives are then None, never zeros that look like a quiet history."""
+        asked = {group: pd.unique(events[group[1]].to_numpy()) for group in self.columns}
+        markers = marker_keys(self.marker_project)
+        checked = markers if isinstance(self.client, redis.RedisCluster) else markers[:1]
+        with self.client.pipeline(transaction=False) as pipe:
+            for (on, join_key), values in asked.items():
+                for value in values:
+                    pipe.get(self.key(on, join_key, value))
+            for key in checked:
+                pipe.exists(key)
+            answers = pipe.execute()
+        if sum(int(n) for n in answers[len(answers) - len(checked) :]) < len(checked):
+            return None, False
+        return self._computed(events, asked, answers[: len(answers) - len(checked)], list(features)), True
 
     def features(
         self, events: pd.DataFrame, service: str | None = None, features: Sequence[str] | None = None

@@ -23,7 +23,7 @@ import socket
 import uuid
 from collections.abc import Iterator
 from dataclasses import dataclass
-from datetime import date
+from datetime import UTC, date, datetime
 from pathlib import Path
 
 import numpy as np
@@ -193,6 +193,25 @@ def not_in_log(root: str | Path, kind: str, frame: pd.DataFrame) -> pd.DataFrame
 
 def is_empty(root: str | Path) -> bool:
     return not any(list_parts(root, kind) for kind in KINDS)
+
+
+def _filled_path(root: str | Path, store: str) -> tuple[pafs.FileSystem, str]:
+    fs, path = filesystem(root)
+    return fs, f"{path}/filled/{store.replace(':', '_')}"
+
+
+def record_filled(root: str | Path, store: str) -> None:
+    """Notes, durably beside the event log, that the online store `store` was filled once: a
+    store found empty later has lost data (it is not a new deployment)."""
+    fs, path = _filled_path(root, store)
+    fs.create_dir(path.rsplit("/", 1)[0], recursive=True)
+    with fs.open_output_stream(path) as out:
+        out.write(f"{datetime.now(UTC).isoformat(timespec='seconds')}\n".encode())
+
+
+def was_filled(root: str | Path, store: str) -> bool:
+    fs, path = _filled_path(root, store)
+    return bool(fs.get_file_info(path).type != pafs.FileType.NotFound)
 
 
 def migrate(root: str | Path) -> int:
