@@ -46,6 +46,7 @@ bench: redis ## Every benchmark beside its target and same-run baseline (bench-r
 	$(BIN)/python -m benchmarks.freshness --runs 5
 	$(BIN)/python -m benchmarks.freshness --runs 1 --api
 	$(BIN)/python -m benchmarks.serving
+	$(BIN)/python -m benchmarks.contention
 	$(BIN)/python -m benchmarks.cluster_read
 	$(BIN)/python -m benchmarks.capacity
 	$(BIN)/python -m benchmarks.offline

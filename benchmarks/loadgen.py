@@ -66,7 +66,7 @@ def feast_to_mlflow(answer: dict[str, Any], columns: list[str], extra: dict[str,
 
 
 async def open_loop(
-    chains: list[list[dict[str, Any]]], rate: float, seconds: float, transform: str | None
+    chains: list[list[dict[str, Any]]], rate: float, seconds: float, transform: str | None, over_ms: float = 25.0
 ) -> dict[str, float]:
     """Request i is sent at start + i / rate by a clock thread, and its latency counts from
     that due time.
@@ -132,6 +132,8 @@ async def open_loop(
         "achieved_rps": round(len(latencies) / elapsed, 1),
         "p50_ms": round(float(np.percentile(ms, 50)), 3) if ms.size else None,
         "p99_ms": round(float(np.percentile(ms, 99)), 3) if ms.size else None,
+        "max_ms": round(float(ms.max()), 3) if ms.size else None,
+        f"over_{over_ms:g}_ms": int((ms > over_ms).sum()),
     }
 
 
@@ -188,7 +190,9 @@ def main() -> None:
     sys.setswitchinterval(0.0002)
     gc.freeze()
     if job["mode"] == "open":
-        result = asyncio.run(open_loop(job["chains"], job["rate"], job["seconds"], job.get("transform")))
+        result = asyncio.run(
+            open_loop(job["chains"], job["rate"], job["seconds"], job.get("transform"), job.get("over_ms", 25.0))
+        )
     else:
         result = asyncio.run(
             closed_loop(

@@ -222,9 +222,7 @@ class DeclaredOnlineStore:
         """Marks the store as holding the flow's data (a replay has filled it, or a new deployment)."""
         write_markers(self.client, self.marker_project, by)
 
-    def checked_features(
-        self, events: pd.DataFrame, features: Sequence[str]
-    ) -> tuple[pd.DataFrame | None, bool]:
+    def checked_features(self, events: pd.DataFrame, features: Sequence[str]) -> tuple[pd.DataFrame | None, bool]:
         """`features` of each event, and whether the store holds the flow's data, asked in the
         same round trip (its markers: one on one server, all of them on a cluster, where each
         primary holds some). A store restarted empty answers every read with "no facts": the
