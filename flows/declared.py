@@ -230,7 +230,7 @@ class DeclaredFactsSink(DynamicSink[Checked]):
 
 def default_sinks(settings: Settings, declared: DeclaredFeatures) -> DeclaredSinks:
     stats = FlowStats()
-    dead = DeadLetterSink(settings.redis_url, f"{settings.key_prefix}:dead-letters", stats=stats)
+    dead = DeadLetterSink(settings.redis_url, settings.deadletter_stream, stats=stats)
     return DeclaredSinks(DeclaredFactsSink(settings, declared, stats, dead), dead, stats)
 
 
