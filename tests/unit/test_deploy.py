@@ -9,6 +9,7 @@ import json
 import re
 import shutil
 import subprocess
+from pathlib import Path
 
 import pytest
 import yaml
@@ -58,6 +59,27 @@ def test_alert_rules() -> None:
                    "VigilPredictionLogLag", "VigilBlockRateJump", "VigilReviewVolumeJump", "VigilFreshnessSlow",
                    "VigilConsumerLag"):  # fmt: skip
         assert wanted in names
+
+
+def test_prometheus_config_as_compose_mounts_it(tmp_path: Path) -> None:
+    """`promtool check config` on deploy/prometheus.yml with exactly the files compose mounts
+    into the Prometheus container (a rule file or key file it names but compose does not
+    mount fails the check, as Prometheus itself would)."""
+    promtool = shutil.which("promtool")
+    if promtool is None:
+        pytest.skip("promtool is not installed (.ci/run installs Debian's prometheus package for it)")
+    service = yaml.safe_load(COMPOSE.read_text())["services"]["prometheus"]
+    root = tmp_path / "container"
+    for volume in service["volumes"]:
+        source, target = volume.split(":")[:2]
+        destination = root / target.lstrip("/")
+        destination.parent.mkdir(parents=True, exist_ok=True)
+        shutil.copy((COMPOSE.parent / source).resolve(), destination)
+    config = root / "etc" / "prometheus" / "prometheus.yml"
+    config.write_text(config.read_text().replace("/etc/prometheus/", f"{root}/etc/prometheus/"))
+    result = subprocess.run([promtool, "check", "config", str(config)], capture_output=True, text=True)
+    assert result.returncode == 0, result.stdout + result.stderr
+    assert "SUCCESS" in result.stdout + result.stderr
 
 
 def test_dashboard_json() -> None:
