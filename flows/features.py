@@ -259,7 +259,7 @@ def build_flow(
     settings = settings or Settings()
     if source is None:
         source = source_from_uri(
-            os.environ.get("VIGIL_SOURCE", f"{settings.redis_url.rsplit('/', 1)[0]}/{settings.key_prefix}:events"),
+            os.environ.get("VIGIL_SOURCE", f"{settings.redis_url.rsplit('/', 1)[0]}/{settings.events_stream}"),
             settings,
         )
     sinks = sinks or default_sinks(settings)

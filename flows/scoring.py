@@ -144,9 +144,9 @@ def build_flow(
 ) -> Dataflow:
     settings = settings or Settings()
     if source is None:
-        default = f"{settings.redis_url.rsplit('/', 1)[0]}/{settings.key_prefix}:events"
+        default = f"{settings.redis_url.rsplit('/', 1)[0]}/{settings.events_stream}"
         source = source_from_uri(os.environ.get("VIGIL_SOURCE", default), settings)
-    sink = sink or DecisionSink(settings.redis_url, f"{settings.key_prefix}:decisions")
+    sink = sink or DecisionSink(settings.redis_url, settings.stream("decisions"))
     score = StreamScorer(settings)
     flow = Dataflow("vigil_scoring")
     checked = op.map("validate", op.input("events", flow, source), validate)
