@@ -1,13 +1,11 @@
-"""Single requests while 10,000-row batches are scored on the same process.
+"""Single requests while 10,000-row batches are scored by the same process.
 
-    python -m benchmarks.contention            (part of `make bench`; a few minutes)
+    python -m benchmarks.contention            (part of `make bench`; about 2 minutes)
 
 One `vigil serve` worker, the handbook's champion. Single requests arrive open-loop at
-500/s for 8 s, three ways: alone (the baseline), beside a client sending 10,000-row batches
-back to back with batches giving way to singles between chunks (`VIGIL_SINGLES_FIRST=true`,
-the default), and the same without (`false`: the loop only yields between chunks). Reported:
-the singles' p50 / p99 / max, how many took longer than the 25 ms deadline, fallbacks, and
-the batches' own latency. Results: bench-results/contention.json.
+500/s for 8 s, twice: alone (the baseline), then beside a client sending 10,000-row batches
+back to back. Reported: the singles' p50 / p99 / max, how many took longer than the 25 ms
+deadline, fallbacks, and the batches' own latency. Results: bench-results/contention.json.
 """
 
 from __future__ import annotations
@@ -39,14 +37,11 @@ def batches_beside(url: str, body: dict[str, Any], stop: threading.Event, out: l
             out.append({"seconds": time.perf_counter() - started, "fallbacks": sum(a["fallback"] for a in answers)})
 
 
-def measure(settings: Settings, requests: list[dict[str, Any]], singles_first: bool) -> dict[str, Any]:
-    env = env_for(settings) | {"VIGIL_SINGLES_FIRST": str(singles_first).lower()}
-    with serve_process(env, workers=1) as url:
+def measure(settings: Settings, requests: list[dict[str, Any]]) -> dict[str, Any]:
+    with serve_process(env_for(settings), workers=1) as url:
         single = [[{"url": f"{url}/v1/score", "body": b}] for b in requests]
         warm_up(single)
-        result: dict[str, Any] = {}
-        if singles_first:
-            result["alone"] = load({"mode": "open", "chains": single, "rate": RATE, "seconds": SECONDS})
+        result: dict[str, Any] = {"alone": load({"mode": "open", "chains": single, "rate": RATE, "seconds": SECONDS})}
         big = {"transactions": (requests * (BATCH_ROWS // len(requests) + 1))[:BATCH_ROWS]}
         stop, batches = threading.Event(), []
         sender = threading.Thread(target=batches_beside, args=(url, big, stop, batches), daemon=True)
@@ -87,22 +82,15 @@ def main() -> int:
     try:
         print("preparing: ingest, train, register ...", flush=True)
         requests = bodies(prepare(settings))
-        results = {
-            "machine": stalls(),
-            "singles_first": measure(settings, requests, True),
-            "yield_only": measure(settings, requests, False),
-        }
+        results = {"machine": stalls(), **measure(settings, requests)}
     finally:
         cleanup(settings)
-    on, off = results["singles_first"], results["yield_only"]
     lines = [
         describe(results["machine"]),
         f"Single requests at {RATE}/s for {SECONDS} s, one worker; beside: {BATCH_ROWS:,}-row batches back to back",
-        row("alone (baseline)", on["alone"]),
-        row("beside batches, singles first", on["beside_batches"]),
-        row("beside batches, yield only", off["beside_batches"]),
-        f"  batches, singles first: {on['batches']}",
-        f"  batches, yield only:    {off['batches']}",
+        row("alone (baseline)", results["alone"]),
+        row("beside batches", results["beside_batches"]),
+        f"  the batches: {results['batches']}",
     ]
     results["summary"] = lines
     (RESULTS / "contention.json").write_text(json.dumps(results, indent=2))

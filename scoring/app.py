@@ -118,9 +118,7 @@ def create_app(settings: Settings | None = None) -> FastAPI:
         openapi_url=None,
     )
     # Added first, so it runs inside RequestLimits (request ids, body limit, error log).
-    app.add_middleware(
-        FastScoreRoutes, max_batch=settings.max_batch, api_keys=keys, singles_first=settings.singles_first
-    )
+    app.add_middleware(FastScoreRoutes, max_batch=settings.max_batch, api_keys=keys)
     app.add_middleware(RequestLimits, max_body_bytes=settings.max_body_bytes)
     header = APIKeyHeader(name="X-API-Key", auto_error=False, description="one of VIGIL_API_KEYS")
 

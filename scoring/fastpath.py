@@ -12,7 +12,6 @@ routes, so `/openapi.json` documents them.
 from __future__ import annotations
 
 import asyncio
-import contextlib
 import math
 from datetime import datetime
 from typing import Any, NamedTuple
@@ -172,45 +171,11 @@ UNSUPPORTED = {"detail": "send the body as JSON, with Content-Type: application/
 NO_KEY = {"detail": "missing or wrong API key (X-API-Key header)"}
 
 
-class SinglesFirst:
-    """Batches give way to single requests: before each chunk, a batch waits while any single
-    request is being scored, at most `max_wait_seconds` a chunk (so a batch always moves).
-
-    Yielding the loop between chunks (`asyncio.sleep(0)`) let a waiting request run only up
-    to its first await (its feature read); the batch's next chunk then ran before the rest
-    of it, and a single request under a concurrent 10,000-row batch waited for several
-    chunks: benchmarks/contention.py measures both.
-    """
-
-    def __init__(self, max_wait_seconds: float = 0.005) -> None:
-        self.max_wait_seconds = max_wait_seconds
-        self.in_flight = 0
-        self._idle = asyncio.Event()
-        self._idle.set()
-
-    def enter(self) -> None:
-        self.in_flight += 1
-        self._idle.clear()
-
-    def leave(self) -> None:
-        self.in_flight -= 1
-        if self.in_flight == 0:
-            self._idle.set()
-
-    async def give_way(self) -> None:
-        if not self.in_flight:
-            await asyncio.sleep(0)
-            return
-        with contextlib.suppress(TimeoutError):
-            await asyncio.wait_for(self._idle.wait(), timeout=self.max_wait_seconds)
-
-
 class FastScoreRoutes:
     """ASGI middleware answering the two scoring routes; everything else goes to FastAPI."""
 
-    def __init__(self, app: Any, max_batch: int, api_keys: tuple[bytes, ...], singles_first: bool = True) -> None:
+    def __init__(self, app: Any, max_batch: int, api_keys: tuple[bytes, ...]) -> None:
         self.app, self.max_batch, self.api_keys = app, max_batch, api_keys
-        self.singles = SinglesFirst() if singles_first else None
 
     async def __call__(self, scope: dict[str, Any], receive: Any, send: Any) -> None:
         path = scope.get("path")
@@ -245,23 +210,14 @@ class FastScoreRoutes:
             await _answer(send, 503, orjson.dumps({"detail": scorer.models.unavailable or NO_MODEL_YET}))
             return
         if path == SCORE:
-            if self.singles is not None:
-                self.singles.enter()
-            try:
-                payload = orjson.dumps((await scorer.score(txs, explain))[0])
-            finally:
-                if self.singles is not None:
-                    self.singles.leave()
+            payload = orjson.dumps((await scorer.score(txs, explain))[0])
         else:
             # Each chunk scored and serialized in its turn (one 10,000-answer dump held the loop
-            # for tens of ms at the end), giving way between chunks to single requests.
+            # for tens of ms at the end), the loop yielding between chunks.
             parts: list[bytes] = []
             for start in range(0, len(txs), BATCH_CHUNK):
-                if start and self.singles is not None:
-                    await self.singles.give_way()
                 parts.append(orjson.dumps(await scorer.score(txs[start : start + BATCH_CHUNK], explain))[1:-1])
-                if self.singles is None:
-                    await asyncio.sleep(0)
+                await asyncio.sleep(0)  # single requests waiting meanwhile go first
             payload = b'{"results":[' + b",".join(part for part in parts if part) + b"]}"
         await _answer(send, 200, payload)
 

@@ -90,8 +90,6 @@ class Settings(BaseSettings):
     batch_max_wait_ms: float = Field(
         0.5, ge=0, validation_alias=AliasChoices("VIGIL_BATCH_MAX_WAIT_MS", "batch_max_wait_ms")
     )
-    # A batch gives way to single requests between its chunks (scoring/fastpath.py: SinglesFirst).
-    singles_first: bool = Field(True, validation_alias=AliasChoices("VIGIL_SINGLES_FIRST", "singles_first"))
     # Decisions: a YAML file of rules (re-read on change) and one overriding the version's thresholds.
     rules_file: Path | None = Field(None, validation_alias=AliasChoices("VIGIL_RULES_FILE", "rules_file"))
     policy_file: str | None = Field(None, validation_alias=AliasChoices("VIGIL_POLICY_FILE", "policy_file"))

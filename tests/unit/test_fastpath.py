@@ -95,36 +95,3 @@ def test_explain_flag() -> None:
     assert explain_flag(b"explain=0") is False
     with pytest.raises(ClientError):
         explain_flag(b"explain=maybe")
-
-
-def test_a_batch_gives_way_to_single_requests_for_a_bounded_time() -> None:
-    """Between its chunks a batch waits while a single request is being scored: until it
-    leaves, or at most `max_wait_seconds` (the batch always moves)."""
-    import asyncio
-
-    from scoring.fastpath import SinglesFirst
-
-    async def scenario() -> list[str]:
-        singles, order = SinglesFirst(max_wait_seconds=5.0), []
-
-        async def single() -> None:
-            singles.enter()
-            await asyncio.sleep(0.05)
-            order.append("single done")
-            singles.leave()
-
-        async def batch_chunk() -> None:
-            await singles.give_way()
-            order.append("next chunk")
-
-        task = asyncio.create_task(single())
-        await asyncio.sleep(0)
-        await batch_chunk()
-        await task
-        stuck = SinglesFirst(max_wait_seconds=0.01)
-        stuck.enter()  # a single that never ends does not stop a batch
-        await asyncio.wait_for(stuck.give_way(), timeout=1.0)
-        order.append("moved on")
-        return order
-
-    assert asyncio.run(scenario()) == ["single done", "next chunk", "moved on"]
