@@ -37,6 +37,8 @@ def lines() -> list[str]:
                 )
     if serving := read("serving"):
         out += serving.get("summary", [])
+    if contention := read("contention"):
+        out += contention.get("summary", [])
     if cluster := read("cluster_read"):
         for where, figures in cluster.items():
             for client, t in figures.items():
