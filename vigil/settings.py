@@ -101,6 +101,10 @@ class Settings(BaseSettings):
         ge=0,
         validation_alias=AliasChoices("VIGIL_PREDICTION_BUFFER_BYTES", "prediction_buffer_bytes"),
     )
+    # Review-queue entries are kept this long, then trimmed once their answers are persisted.
+    review_retention_days: float = Field(
+        30.0, gt=0, validation_alias=AliasChoices("VIGIL_REVIEW_RETENTION_DAYS", "review_retention_days")
+    )
     alias_poll_seconds: float = Field(
         5.0, gt=0, validation_alias=AliasChoices("VIGIL_ALIAS_POLL_SECONDS", "alias_poll_seconds")
     )

@@ -130,3 +130,25 @@ def test_answers_given_while_redis_is_away_are_kept(
     answers = pd.read_parquet(tmp_path / "all.parquet")
     assert sorted(answers["transaction_id"]) == sorted(b["transaction_id"] for b in before + during)
     assert "vigil_prediction_log_dropped_total 0.0" in metrics
+
+
+def test_the_review_queue_is_trimmed_after_its_retention_once_persisted(settings: Settings) -> None:
+    """Entries older than VIGIL_REVIEW_RETENTION_DAYS (30) go, judged or not, with their
+    verdicts, but never one whose answer the prediction log has not persisted yet."""
+    import json
+
+    from vigil.monitoring.predictions import persisted_key
+    from vigil.monitoring.review import trim_review, verdicts_key
+
+    client = connect(settings.redis_url)
+    now, day = 1_800_000_000_000, 86_400_000
+    for ms, tx in ((now - 40 * day, 1), (now - 35 * day, 2), (now - 31 * day, 3), (now - 5 * day, 4)):
+        client.xadd(settings.review_stream, {"json": json.dumps({"transaction_id": tx})}, id=f"{ms}-0")
+    client.hset(verdicts_key(settings), mapping={"1": "{}", "4": "{}"})
+    assert trim_review(settings, client, now) == 0  # nothing persisted: nothing is durable downstream
+    client.set(persisted_key(settings), f"{now - 36 * day}-0")
+    assert trim_review(settings, client, now) == 1  # only what the persisted log already holds
+    client.set(persisted_key(settings), f"{now - 1_000}-0")
+    assert trim_review(settings, client, now) == 2
+    left = [json.loads(fields[b"json"])["transaction_id"] for _, fields in client.xrange(settings.review_stream)]
+    assert left == [4] and client.hkeys(verdicts_key(settings)) == [b"4"]

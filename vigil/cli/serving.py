@@ -249,6 +249,7 @@ def predictions(args: argparse.Namespace) -> int:
         return 0
     ensure_redis(config)
     from vigil.monitoring.predictions import LEASE_SECONDS, persist_once, release_lease, renew_lease, take_lease
+    from vigil.monitoring.review import trim_review
     from vigil.online.connection import connect
     from vigil.online.retry import Outage, retry_transient
 
@@ -284,6 +285,9 @@ def predictions(args: argparse.Namespace) -> int:
             total += written
             if written:
                 say(f"persisted {written:,} answers ({total:,} in all)")
+            trimmed = through(lambda: trim_review(config, client), "trimming the review queue")
+            if trimmed:
+                say(f"trimmed {trimmed:,} review entries older than {config.review_retention_days:g} days")
             if args.once or stop["now"]:
                 break
             through(lambda: renew_lease(config, client, holder), "renewing the lease")

@@ -63,7 +63,8 @@ def logged_answers(settings: Settings, client: Any) -> int:
     return int(client.get(answers_key(settings.prediction_stream)) or 0)
 
 
-def _marker(settings: Settings) -> str:
+def persisted_key(settings: Settings) -> str:
+    """Where the persister keeps the id of the last entry it wrote to Parquet."""
     return f"{settings.prediction_stream}:persisted"
 
 
@@ -160,7 +161,7 @@ def persist_once(settings: Settings, client: Any, holder: str | None = None) -> 
     folder = predictions_dir(settings)
     folder.mkdir(parents=True, exist_ok=True)
     stream = settings.prediction_stream
-    marker: bytes | None = client.get(_marker(settings))
+    marker: bytes | None = client.get(persisted_key(settings))
     start = "(" + marker.decode() if marker else "-"
     written = 0
     while True:
@@ -172,7 +173,7 @@ def persist_once(settings: Settings, client: Any, holder: str | None = None) -> 
         frame = decode_entries(entries)
         first, last = entries[0][0].decode(), entries[-1][0].decode()
         _write_days(folder, frame, first, last)
-        client.set(_marker(settings), last)
+        client.set(persisted_key(settings), last)
         client.xtrim(stream, minid=_next_id(last), approximate=False)  # only what is now on disk
         written += len(frame)
         start = "(" + last
@@ -214,7 +215,7 @@ def _parts(settings: Settings) -> list[Path]:
 
 def unpersisted(settings: Settings, client: Any) -> pd.DataFrame:
     """The prediction log's entries not persisted yet, decoded, left where they are (a dry run)."""
-    marker: bytes | None = client.get(_marker(settings))
+    marker: bytes | None = client.get(persisted_key(settings))
     entries = client.xrange(settings.prediction_stream, min="(" + marker.decode() if marker else "-")
     return decode_entries(entries) if entries else pd.DataFrame()
 
@@ -260,6 +261,6 @@ def export(settings: Settings, out: Path) -> int:
 
 def delete_rolled(settings: Settings, client: Any) -> None:
     """Forgets the persisted history (tests and the demo start clean)."""
-    client.delete(_marker(settings))
+    client.delete(persisted_key(settings))
     for part in _parts(settings):
         part.unlink()

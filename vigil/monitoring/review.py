@@ -5,6 +5,8 @@ The scoring service appends `review` and `block` decisions to `<prefix>:review`
 (transaction id -> verdict, analyst, time) and sent as a label event to `<prefix>:events`,
 the stream the feature flow reads: terminal risk and monitoring see it like any label.
 
+Entries are kept `VIGIL_REVIEW_RETENTION_DAYS`, then trimmed by the persister (`trim_review`).
+
 The top contributions of each score are computed here, when entries are read, with the
 model version that scored them (`explain`): a few hundred entries a day for an analyst,
 instead of an exact TreeSHAP per review and block inside the scoring service.
@@ -21,6 +23,7 @@ import numpy as np
 
 from vigil.events import label_event
 from vigil.features import spec
+from vigil.monitoring.predictions import persisted_key
 from vigil.online.connection import connect
 from vigil.settings import Settings
 
@@ -58,6 +61,35 @@ def queue(settings: Settings, count: int = 20, include_judged: bool = False) -> 
     finally:
         client.close()
     return out
+
+
+def trim_review(settings: Settings, client: Any, now_ms: int | None = None) -> int:
+    """Trims the review queue of entries older than `VIGIL_REVIEW_RETENTION_DAYS`, judged or
+    not, but only those whose answers are already in the persisted prediction log (each
+    review entry's decision, reasons and inputs are in the scored answer it came from): never
+    an entry not yet durable downstream. Their verdicts go with them (the labels they became
+    are in the event stream and the offline log). Returns how many entries were trimmed.
+
+    `vigil predictions persist` runs it after each drain, so the stream stays bounded by the
+    retention however many decisions are never reviewed."""
+    now_ms = int(datetime.now(UTC).timestamp() * 1000) if now_ms is None else now_ms
+    cutoff = now_ms - int(settings.review_retention_days * 86_400_000)
+    persisted: bytes | None = client.get(persisted_key(settings))
+    if persisted is None:
+        return 0  # nothing of the prediction log is on disk yet
+    cutoff = min(cutoff, int(persisted.decode().split("-")[0]))
+    trimmed, start = 0, "-"
+    while True:  # the trimmed entries' verdicts first, then the entries
+        entries = client.xrange(settings.review_stream, min=start, max=f"({cutoff}-0", count=SCAN)
+        if not entries:
+            break
+        ids = [str(json.loads(fields[b"json"])["transaction_id"]) for _, fields in entries]
+        client.hdel(verdicts_key(settings), *ids)
+        trimmed += len(entries)
+        start = "(" + entries[-1][0].decode()
+    if trimmed:
+        client.xtrim(settings.review_stream, minid=f"{cutoff}-0", approximate=False)
+    return trimmed
 
 
 def find(settings: Settings, client: Any, transaction_id: int) -> dict[str, Any]:
