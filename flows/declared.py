@@ -139,7 +139,8 @@ class _FactsPartition(StatelessSinkPartition[Checked]):
         service answers from its fallback, saying so) until a replay rebuilds it."""
         assert self.offline_root is not None
         store = self.store.marker_project
-        if mark_new_store(self.client, store, offline_is_empty=not was_filled(self.offline_root, store)):
+        filled = was_filled(self.offline_root, store)
+        if mark_new_store(self.client, store, not filled, rebuild="vigil repo ingest --events FILE"):
             record_filled(self.offline_root, store)
 
     def write_batch(self, items: list[Checked]) -> None:

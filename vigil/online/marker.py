@@ -78,9 +78,12 @@ def write_markers(client: Any, project: str, by: str) -> None:
         pipe.execute()
 
 
-def mark_new_store(client: Any, project: str, offline_is_empty: bool) -> bool:
+def mark_new_store(
+    client: Any, project: str, offline_is_empty: bool, rebuild: str = "vigil ingest --transactions"
+) -> bool:
     """A live flow's start: marks a store with no markers when nothing was ever ingested
-    (its offline log is empty too); warns when the store lost data. True when marked."""
+    (its offline log is empty too); warns when the store lost data, naming the replay that
+    rebuilds it (`rebuild`). True when marked."""
     present = count_markers(client, project)
     if present == MARKERS:
         return False
@@ -89,8 +92,9 @@ def mark_new_store(client: Any, project: str, offline_is_empty: bool) -> bool:
         return True
     log.warning(
         "the online store holds %d of %d data markers: it lost data that was ingested before; "
-        "scoring answers from the fallback until a replay (`vigil ingest --transactions`) rebuilds it",
+        "scoring answers from the fallback until a replay (`%s`) rebuilds it",
         present,
         MARKERS,
+        rebuild,
     )
     return False
