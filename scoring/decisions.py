@@ -132,6 +132,9 @@ class Decider:
             score=score,
             fallback=fallback,
         )
+        return self._run(rules, context)
+
+    def _run(self, rules: Sequence[Any], context: dict[str, Any]) -> list[Any]:
         matched = []
         for rule in rules:
             try:

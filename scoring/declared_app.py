@@ -6,8 +6,9 @@ repo's event and label schemas; each loaded version gets its own feature service
     POST /v1/score/batch     {"events": [...]}     -> {"results": [...]} in the same order
     POST /v1/labels          {"labels": [...]}     -> 202 once on the stream the flow reads
 
-Keys, limits, health, readiness, metrics and the documentation pages work as for the
-handbook's service (`scoring.app`).
+Keys, limits, health, readiness, metrics, the rules of `VIGIL_RULES_FILE` (over the events'
+fields and the declared features) and the documentation pages work as for the handbook's
+service (`scoring.app`).
 """
 
 from __future__ import annotations
@@ -25,13 +26,14 @@ from fastapi.responses import JSONResponse
 from fastapi.security import APIKeyHeader
 from prometheus_client import CONTENT_TYPE_LATEST, generate_latest
 
-from scoring.declared_scorer import STORE_EMPTY, DeclaredScorer, InvalidEvents, check_events
+from scoring.declared_scorer import STORE_EMPTY, DeclaredScorer, InvalidEvents, check_events, rule_sample
 from scoring.fastpath import NO_KEY, NO_MODEL_YET, UNSUPPORTED, json_content
 from scoring.metrics import ServiceMetrics
 from scoring.middleware import RequestLimits
 from scoring.models import ModelManager, ModelUnavailableError
 from scoring.prediction_log import PredictionLog
-from scoring.resources import _every, _follow_aliases
+from scoring.resources import StartupError, _every, _follow_aliases
+from scoring.rules import RulesFile
 from scoring.security import authorised, encoded
 from vigil.declared import DeclaredFeatures, load_declared
 from vigil.declared.events import KIND, LABEL, check_records, label_fields
@@ -95,6 +97,13 @@ def lifespan(settings: Settings, declared: DeclaredFeatures) -> Callable[[FastAP
     async def run(app: FastAPI) -> AsyncIterator[None]:
         loop = asyncio.get_running_loop()
         metrics = ServiceMetrics()
+        rules = RulesFile(settings.rules_file, rule_sample(declared))
+        if settings.rules_file is not None:
+            if not settings.rules_file.exists():
+                raise StartupError(f"VIGIL_RULES_FILE names {settings.rules_file}, which does not exist")
+            rules.check()
+            if rules.error:
+                raise StartupError(rules.error)
         models = ModelManager(settings, on_reload_failure=lambda version: metrics.reload_failures.inc())
         models.check_store()
         try:
@@ -128,16 +137,25 @@ def lifespan(settings: Settings, declared: DeclaredFeatures) -> Callable[[FastAP
             shadow_stream=settings.shadow_stream,
             row_budget_seconds=settings.score_row_budget_ms / 1000,
             prediction_log=prediction_log,
+            rules=rules,
         )
         await loop.run_in_executor(None, app.state.scorer.warm)
         prediction_log.start()
-        watcher = loop.create_task(
-            _every(settings.alias_poll_seconds, lambda: _follow_aliases(models, shadow, metrics))
-        )
+
+        async def follow_rules() -> None:
+            rules.check()
+            metrics.rules_loaded.set(len(rules.current.rules))
+            metrics.rules_file_error.set(1 if rules.error else 0)
+
+        watchers = [
+            loop.create_task(_every(settings.alias_poll_seconds, lambda: _follow_aliases(models, shadow, metrics))),
+            loop.create_task(_every(1.0, follow_rules)),
+        ]
         try:
             yield
         finally:
-            watcher.cancel()
+            for watcher in watchers:
+                watcher.cancel()
             await prediction_log.stop()
             executor.shutdown(wait=False)
             client.close()
@@ -308,7 +326,7 @@ def create_declared_app(settings: Settings, declared: DeclaredFeatures | None = 
     async def models_view(request: Request) -> dict[str, Any]:
         """What is served, with the feature service and inputs of each loaded version."""
         scorer: DeclaredScorer = request.app.state.scorer
-        view: dict[str, Any] = {"repo": declared.project}
+        view: dict[str, Any] = {"repo": declared.project, "rules": scorer.rules.current.describe()}
         for name, manager in (("serving", scorer.models), ("shadow", scorer.shadow)):
             loaded = manager.current if manager is not None else None
             view[name] = (

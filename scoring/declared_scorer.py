@@ -15,6 +15,7 @@ import logging
 import time
 from collections.abc import Sequence
 from concurrent.futures import ThreadPoolExecutor
+from datetime import UTC, datetime
 from typing import Any
 
 import numpy as np
@@ -30,7 +31,7 @@ from scoring.rules import RulesFile
 from scoring.scorer import FEATURES_UNAVAILABLE, MODEL_ERROR, TIMEOUT, NoModelError
 from vigil.declared.compute import nanoseconds
 from vigil.declared.events import Checked, check_records
-from vigil.declared.model import DeclaredFeatures
+from vigil.declared.model import DeclaredFeatures, Kind
 from vigil.declared.online import DeclaredOnlineStore, hashed
 from vigil.declared.training import review_unit
 from vigil.lifecycle.tracking import REGISTERED_MODEL
@@ -39,6 +40,32 @@ from vigil.models.base import model_matrix, top_contributions
 log = logging.getLogger("vigil.scoring")
 # The store answers without the flow's data (restarted empty, or never filled by a replay or the flow).
 STORE_EMPTY = "store_empty"
+
+
+def rule_sample(declared: DeclaredFeatures) -> dict[str, Any]:
+    """A value of each rule variable's type on a declared repo: the event's fields as its
+    schema types them, every declared feature (double), the score and the fallback flag."""
+    samples: dict[Kind, Any] = {
+        "integer": 1,
+        "number": 1.0,
+        "string": "x",
+        "boolean": False,
+        "time": datetime(2026, 1, 1, tzinfo=UTC),
+    }
+    sample = {name: samples[kind] for name, kind in declared.events.fields.items()}
+    sample.update({name: 0.0 for name in declared.feature_names}, score=0.5, fallback=False)
+    return sample
+
+
+class DeclaredDecider(Decider):
+    """The handbook's decisions (thresholds, then rules) with a declared repo's variables:
+    `txs` are the events' fields (times as UTC datetimes), `inputs` the rules' features."""
+
+    features: tuple[str, ...] = ()
+
+    def _matching(self, rules: Sequence[Any], tx: Any, inputs: np.ndarray, score: float, fallback: bool) -> list[Any]:
+        context = {**tx, **dict(zip(self.features, inputs.tolist(), strict=True)), "score": score, "fallback": fallback}
+        return self._run(rules, context)
 
 
 class InvalidEvents(ValueError):
@@ -77,6 +104,7 @@ class DeclaredScorer:
         shadow_stream: str | None = None,
         row_budget_seconds: float = 0.0,
         prediction_log: PredictionLog | None = None,
+        rules: RulesFile | None = None,
     ) -> None:
         self.declared, self.store, self.models, self.metrics = declared, store, models, metrics
         self.prediction_log = prediction_log
@@ -84,8 +112,11 @@ class DeclaredScorer:
         # A batch's deadline follows what a row costs here, measured on the batches (as the handbook's).
         self.deadlines = BatchDeadlines(budget_seconds, row_budget_seconds)
         self.shadow, self.shadow_stream = shadow, shadow_stream
-        # Thresholds from each version's policy (rules and lists name the handbook's fields).
-        self.decider = Decider(RulesFile(None), Lists(), metrics)
+        # Thresholds from each version's policy, then the rules of VIGIL_RULES_FILE over the
+        # events' fields and the features (allow/block lists name the handbook's entities).
+        self.rules = rules or RulesFile(None)
+        self.decider = DeclaredDecider(self.rules, Lists(), metrics)
+        self._rule_features: tuple[str, tuple[str, ...]] = ("", ())
         self._background: set[asyncio.Task[None]] = set()
 
     def warm(self) -> None:
@@ -149,7 +180,8 @@ class DeclaredScorer:
             raise NoModelError("no model is promoted yet: train one and promote it to champion")
         challenger = self._challenger(model)
         inputs = list(model.primary.inputs)
-        names = list(dict.fromkeys([*inputs, *(challenger.primary.inputs if challenger else ())]))
+        rule_features = self.rule_features()
+        names = list(dict.fromkeys([*inputs, *(challenger.primary.inputs if challenger else ()), *rule_features]))
         values, reason = await self._features(events, names, deadline)
         exact = values[inputs].to_numpy(np.float64)
         matrix = model_matrix(exact)
@@ -181,12 +213,30 @@ class DeclaredScorer:
                 if contributions is not None:
                     result["contributions"] = contributions[i]
             results.append(result)
-        self.decider.decide(results, [None] * len(results), exact, model.policy, fallback=reason is not None)
+        if self.rules.current.rules:
+            self.decider.features = rule_features
+            fields = events[list(self.declared.events.fields)]
+            rows = [
+                {k: v.to_pydatetime() if isinstance(v, pd.Timestamp) else v for k, v in row.items()}
+                for row in fields.to_dict("records")
+            ]
+            self.decider.decide(results, rows, values[list(rule_features)].to_numpy(np.float64), model.policy,
+                                fallback=reason is not None)  # fmt: skip
+        else:
+            self.decider.decide(results, [None] * len(results), exact, model.policy, fallback=reason is not None)
         if self.prediction_log is not None:
             self.prediction_log.append(results, matrix, self._context(events, model), tuple(inputs))
         if reason is None and challenger is not None and self.shadow_stream:
             self._score_in_shadow(results, values, challenger)
         return results
+
+    def rule_features(self) -> tuple[str, ...]:
+        """The declared features the rules in force read (computed for every event then)."""
+        current = self.rules.current
+        if self._rule_features[0] != current.digest:
+            used = {name for rule in current.rules for name in rule.program.variables()}
+            self._rule_features = (current.digest, tuple(n for n in self.declared.feature_names if n in used))
+        return self._rule_features[1]
 
     def _context(self, events: pd.DataFrame, model: LoadedModel) -> np.ndarray:
         """The prediction log's (event time, review unit, -1) rows: the monitor's days and its

@@ -15,7 +15,8 @@ Python. No rule is ever run through Python's `eval`.
 Variables: `transaction_id`, `customer_id`, `terminal_id` (ints), `tx_amount` (double),
 `tx_datetime` (a timestamp, UTC), every model input by name (doubles: the 15 of fraud_v1
 and those later feature sets add), `score` (double) and `fallback` (bool: the score is the
-fallback model's).
+fallback model's). On a declared repo: the event's fields (typed as its schema says), every
+feature the repo declares (doubles), `score` and `fallback`.
 
 A file is checked whole before it replaces the rules in force: YAML syntax, each rule's
 fields, unknown variables and type errors (each rule is run once on a sample), with the
@@ -40,8 +41,6 @@ log = logging.getLogger("vigil.scoring")
 
 ACTIONS = ("allow", "review", "block")
 NAME = re.compile(r"^[A-Za-z0-9_-]{1,64}$")
-REQUEST_VARIABLES = ("transaction_id", "customer_id", "terminal_id", "tx_amount", "tx_datetime", "score", "fallback")
-VARIABLES = frozenset((*REQUEST_VARIABLES, *spec.SERVED_INPUTS))
 # Every rule runs on every answer: a file's size bounds the time rules add to a request
 # (about 1.5 us a rule, so 1,000 rules cost ~1.5 ms of a 25 ms deadline).
 MAX_RULES = 1_000
@@ -90,8 +89,10 @@ def sample_context() -> dict[str, Any]:
     return context
 
 
-def parse_rules(text: str, source: str = "<rules>") -> RuleSet:
-    """Checks and compiles a rules file's text; raises RulesError naming the line."""
+def parse_rules(text: str, source: str = "<rules>", sample: dict[str, Any] | None = None) -> RuleSet:
+    """Checks and compiles a rules file's text; raises RulesError naming the line. `sample`:
+    a value of each variable's type (default: the handbook's, `sample_context()`); a declared
+    repo's come from its schema (`scoring.declared_scorer.rule_sample`)."""
     import cel
 
     try:
@@ -114,7 +115,8 @@ def parse_rules(text: str, source: str = "<rules>") -> RuleSet:
         )
     rules: list[Rule] = []
     seen: set[str] = set()
-    sample = sample_context()
+    sample = sample if sample is not None else sample_context()
+    variables = frozenset(sample)
     for node, item in zip(nodes, data.get("rules") or [], strict=True):
         line = node.start_mark.line + 1
         where = f"{source}: line {line}"
@@ -139,11 +141,11 @@ def parse_rules(text: str, source: str = "<rules>") -> RuleSet:
             program = cel.compile(when)
         except ValueError as error:
             raise RulesError(f"{where}: rule {name!r}: {_first_line(error)}") from None
-        unknown_vars = sorted(set(program.variables()) - VARIABLES)
+        unknown_vars = sorted(set(program.variables()) - variables)
         if unknown_vars:
             raise RulesError(
                 f"{where}: rule {name!r}: unknown variable(s) {', '.join(unknown_vars)} "
-                f"(request fields, model inputs, score, fallback)"
+                f"(request fields, features, score, fallback)"
             )
         try:
             result = program.execute(sample)
@@ -162,8 +164,9 @@ def _first_line(error: BaseException) -> str:
 class RulesFile:
     """The rules in force, re-read when the file changes (`check` is called every second)."""
 
-    def __init__(self, path: str | Path | None) -> None:
+    def __init__(self, path: str | Path | None, sample: dict[str, Any] | None = None) -> None:
         self.path = Path(path) if path else None
+        self.sample = sample
         self.current = RuleSet.empty()
         self.error: str | None = None
         self._stamp: tuple[int, int] | None = None
@@ -185,7 +188,7 @@ class RulesFile:
         self._stamp = stamp
         text = self.path.read_text(encoding="utf-8", errors="replace")
         try:
-            rules = parse_rules(text, str(self.path))
+            rules = parse_rules(text, str(self.path), self.sample)
         except RulesError as error:
             self.error = str(error)
             log.error("rules file refused, the %d rules in force keep serving: %s", len(self.current.rules), error)

@@ -14,7 +14,7 @@ import pandas as pd
 import pytest
 
 from flows.declared import default_sinks
-from tests.integration.serving_helpers import server_env
+from tests.integration.serving_helpers import server_env, vigil
 from vigil.declared import load_declared
 from vigil.declared.backfill import compute_declared
 from vigil.declared.online import DeclaredOnlineStore
@@ -183,3 +183,32 @@ def test_a_live_flow_marks_a_new_store_and_never_an_emptied_one(settings: Settin
     sinks.facts.replay = True  # a replay rebuilds it
     sinks.facts.build("facts", 0, 1).close()
     assert store.holds_data()
+
+
+def test_rules_read_the_repos_fields_and_features(served: tuple[Settings, pd.DataFrame], tmp_path: Path) -> None:
+    """VIGIL_RULES_FILE on a declared repo: CEL over the event's fields and the declared
+    features; a rule naming a variable the repo does not declare is refused at start, exit 2."""
+    settings, events = served
+    declared = load_declared(PAYMENTS)
+    rules = tmp_path / "rules.yaml"
+    rules.write_text(
+        'rules:\n  - name: web_and_busy\n    when: channel == "web" && card_payments_24h >= 2.0\n    action: block\n'
+    )
+    last = events.sort_values("paid_at").tail(60)
+    expected = compute_declared(declared, events, features=["card_payments_24h"]).set_index("payment_id")
+    busy = expected.loc[last["payment_id"], "card_payments_24h"].to_numpy() >= 2.0
+    hit = (last["channel"].to_numpy() == "web") & busy
+    assert hit.any() and not hit.all()
+    env = server_env(settings, VIGIL_FEATURE_REPO=str(PAYMENTS), VIGIL_RULES_FILE=str(rules))
+    with serve_process(env) as base:
+        results = httpx.post(
+            f"{base}/v1/score/batch", json={"events": [body(r) for _, r in last.iterrows()]}, timeout=30
+        ).json()["results"]
+        ruled = np.array(["rule:web_and_busy" in r["reasons"] for r in results])
+        assert (ruled == hit).all()
+        assert all(r["decision"] == "block" for r, h in zip(results, hit, strict=True) if h)
+        assert httpx.get(f"{base}/v1/models", timeout=10).json()["rules"][0]["name"] == "web_and_busy"
+
+    rules.write_text("rules:\n  - name: handbook\n    when: tx_amount > 10.0\n    action: review\n")
+    refused = vigil("serve", "--port", "0", env=env, timeout=120)
+    assert refused.returncode == 2 and "unknown variable(s) tx_amount" in refused.stderr, refused.stderr

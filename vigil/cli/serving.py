@@ -209,6 +209,21 @@ def score(args: argparse.Namespace) -> int:
     return 0
 
 
+def rules_sample(config: Settings) -> dict[str, Any] | None:
+    """The rule variables of the repo served: a declared repo's own, else the handbook's (None)."""
+    from vigil.cli.repo import declared_repo
+
+    if not declared_repo(config.feature_repo):
+        return None
+    from scoring.declared_scorer import rule_sample
+    from vigil.declared import RepoMistakes, load_declared
+
+    try:
+        return rule_sample(load_declared(config.feature_repo))
+    except RepoMistakes as error:
+        raise UserError(str(error)) from None
+
+
 def check_serving_files(config: Settings) -> None:
     """What `vigil serve` would fail on at start-up, said in one line before it starts."""
     from scoring.models import missing_sqlite_store
@@ -225,7 +240,7 @@ def check_serving_files(config: Settings) -> None:
         if not config.rules_file.exists():
             raise UserError(f"VIGIL_RULES_FILE names {config.rules_file}, which does not exist")
         try:
-            parse_rules(config.rules_file.read_text(encoding="utf-8"), str(config.rules_file))
+            parse_rules(config.rules_file.read_text(encoding="utf-8"), str(config.rules_file), rules_sample(config))
         except RulesError as error:
             raise UserError(str(error)) from None
     if config.policy_file is not None:
