@@ -94,11 +94,11 @@ class Decider:
                 scores >= policy.block_threshold if policy.block_threshold is not None else np.zeros(len(results), bool)
             )
         rules = self.rules.current.rules
-        listed = any(self.lists.members.values())
+        listed = self.listed()
         counts: collections.Counter[str] = collections.Counter()
         for i, (result, tx) in enumerate(zip(results, txs, strict=True)):
-            blocked = self.lists.hit("block", tx.customer_id, tx.terminal_id) if listed else []
-            allowed = self.lists.hit("allow", tx.customer_id, tx.terminal_id) if listed else []
+            blocked = self.hits("block", tx) if listed else []
+            allowed = self.hits("allow", tx) if listed else []
             matched = self._matching(rules, tx, inputs[i], result["score"], fallback) if rules else []
             reasons = [*blocked, *allowed, *(f"rule:{r.name}" for r in matched)]
             actions = {r.action for r in matched}
@@ -120,6 +120,14 @@ class Decider:
             counts[decision] += 1
         for decision, n in counts.items():  # once per outcome: a metric update per row cost more than deciding
             self.metrics.decisions.labels(decision).inc(n)
+
+    def listed(self) -> bool:
+        """Whether any list has a member (lists are looked up only then)."""
+        return any(self.lists.members.values())
+
+    def hits(self, which: str, tx: Any) -> list[str]:
+        """The reasons of the `which` lists the transaction's entities are on."""
+        return self.lists.hit(which, tx.customer_id, tx.terminal_id)
 
     def _matching(self, rules: Sequence[Any], tx: Any, inputs: np.ndarray, score: float, fallback: bool) -> list[Any]:
         context: dict[str, Any] = dict(zip(spec.SERVED_INPUTS, inputs.tolist(), strict=True))

@@ -15,6 +15,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import logging
 from collections.abc import AsyncIterator, Callable
 from concurrent.futures import ThreadPoolExecutor
 from typing import Any
@@ -26,6 +27,7 @@ from fastapi.responses import JSONResponse
 from fastapi.security import APIKeyHeader
 from prometheus_client import CONTENT_TYPE_LATEST, generate_latest
 
+from scoring.declared_lists import DeclaredLists, add_list_routes, list_keys
 from scoring.declared_scorer import STORE_EMPTY, DeclaredScorer, InvalidEvents, check_events, rule_sample
 from scoring.fastpath import NO_KEY, NO_MODEL_YET, UNSUPPORTED, json_content
 from scoring.metrics import ServiceMetrics
@@ -43,6 +45,7 @@ from vigil.lifecycle.tracking import CHALLENGER
 from vigil.online.connection import connect, connect_async
 from vigil.settings import Settings
 
+log = logging.getLogger("vigil.scoring")
 STORE_AWAY = "the store (Redis) is unavailable: nothing was recorded; retry"
 JSON_TYPES: dict[Kind, dict[str, Any]] = {
     "integer": {"type": "integer"},
@@ -109,15 +112,19 @@ def lifespan(settings: Settings, declared: DeclaredFeatures) -> Callable[[FastAP
         try:
             await loop.run_in_executor(None, models.load)
         except ModelUnavailableError as error:
-            import logging
-
-            logging.getLogger("vigil.scoring").error("%s; not ready (503) until a champion loads", error)
+            log.error("%s; not ready (503) until a champion loads", error)
         shadow = ModelManager(settings, alias=CHALLENGER, on_reload_failure=lambda v: metrics.reload_failures.inc())
         await loop.run_in_executor(None, shadow.load_if_present)
         client = connect(settings.redis_url, socket_timeout=1.0, socket_connect_timeout=0.5)
         executor = ThreadPoolExecutor(max_workers=4, thread_name_prefix="vigil-declared")
         store = DeclaredOnlineStore(client, settings.key_prefix, declared)
         log_client = connect_async(settings.redis_url, socket_timeout=1.0, socket_connect_timeout=0.5)
+        lists = DeclaredLists(list_keys(declared))
+        try:
+            await lists.refresh(log_client, settings)
+        except Exception as error:  # readiness says the store is away; the lists follow when it returns
+            log.warning("lists not readable at start: %s", type(error).__name__)
+        app.state.lists, app.state.redis = lists, log_client
         prediction_log = PredictionLog(
             log_client,
             settings.prediction_stream,
@@ -138,18 +145,20 @@ def lifespan(settings: Settings, declared: DeclaredFeatures) -> Callable[[FastAP
             row_budget_seconds=settings.score_row_budget_ms / 1000,
             prediction_log=prediction_log,
             rules=rules,
+            lists=lists,
         )
         await loop.run_in_executor(None, app.state.scorer.warm)
         prediction_log.start()
 
-        async def follow_rules() -> None:
+        async def follow_rules_and_lists() -> None:
             rules.check()
             metrics.rules_loaded.set(len(rules.current.rules))
             metrics.rules_file_error.set(1 if rules.error else 0)
+            await lists.refresh(log_client, settings)
 
         watchers = [
             loop.create_task(_every(settings.alias_poll_seconds, lambda: _follow_aliases(models, shadow, metrics))),
-            loop.create_task(_every(1.0, follow_rules)),
+            loop.create_task(_every(1.0, follow_rules_and_lists)),
         ]
         try:
             yield
@@ -340,6 +349,7 @@ def create_declared_app(settings: Settings, declared: DeclaredFeatures | None = 
             )
         return view
 
+    add_list_routes(app, settings, declared, keyed)
     if settings.docs:
         from scoring.app import mount_docs
 

@@ -24,6 +24,7 @@ import redis
 
 from scoring.deadlines import BatchDeadlines
 from scoring.decisions import Decider, Lists
+from scoring.declared_lists import DeclaredLists
 from scoring.metrics import ServiceMetrics
 from scoring.models import LoadedModel, ModelManager
 from scoring.prediction_log import PredictionLog
@@ -58,10 +59,18 @@ def rule_sample(declared: DeclaredFeatures) -> dict[str, Any]:
 
 
 class DeclaredDecider(Decider):
-    """The handbook's decisions (thresholds, then rules) with a declared repo's variables:
-    `txs` are the events' fields (times as UTC datetimes), `inputs` the rules' features."""
+    """The handbook's decisions (lists, rules, thresholds) with a declared repo's variables:
+    `txs` are the events' fields (times as UTC datetimes), `inputs` the rules' features, and
+    the lists are of the events' entity keys (`scoring.declared_lists`)."""
 
     features: tuple[str, ...] = ()
+    entity_lists: DeclaredLists | None = None
+
+    def listed(self) -> bool:
+        return self.entity_lists is not None and any(self.entity_lists.members.values())
+
+    def hits(self, which: str, tx: Any) -> list[str]:
+        return self.entity_lists.hit(which, tx) if self.entity_lists is not None else []
 
     def _matching(self, rules: Sequence[Any], tx: Any, inputs: np.ndarray, score: float, fallback: bool) -> list[Any]:
         context = {**tx, **dict(zip(self.features, inputs.tolist(), strict=True)), "score": score, "fallback": fallback}
@@ -105,6 +114,7 @@ class DeclaredScorer:
         row_budget_seconds: float = 0.0,
         prediction_log: PredictionLog | None = None,
         rules: RulesFile | None = None,
+        lists: DeclaredLists | None = None,
     ) -> None:
         self.declared, self.store, self.models, self.metrics = declared, store, models, metrics
         self.prediction_log = prediction_log
@@ -116,6 +126,7 @@ class DeclaredScorer:
         # events' fields and the features (allow/block lists name the handbook's entities).
         self.rules = rules or RulesFile(None)
         self.decider = DeclaredDecider(self.rules, Lists(), metrics)
+        self.decider.entity_lists = lists
         self._rule_features: tuple[str, tuple[str, ...]] = ("", ())
         self._background: set[asyncio.Task[None]] = set()
 
@@ -213,7 +224,7 @@ class DeclaredScorer:
                 if contributions is not None:
                     result["contributions"] = contributions[i]
             results.append(result)
-        if self.rules.current.rules:
+        if self.rules.current.rules or self.decider.listed():
             self.decider.features = rule_features
             fields = events[list(self.declared.events.fields)]
             rows = [

@@ -185,9 +185,12 @@ def test_a_live_flow_marks_a_new_store_and_never_an_emptied_one(settings: Settin
     assert store.holds_data()
 
 
-def test_rules_read_the_repos_fields_and_features(served: tuple[Settings, pd.DataFrame], tmp_path: Path) -> None:
+def test_rules_and_lists_read_the_repos_fields_and_features(
+    served: tuple[Settings, pd.DataFrame], tmp_path: Path
+) -> None:
     """VIGIL_RULES_FILE on a declared repo: CEL over the event's fields and the declared
-    features; a rule naming a variable the repo does not declare is refused at start, exit 2."""
+    features; lists of the events' entity keys; a rule naming a variable the repo does not
+    declare is refused at start, exit 2."""
     settings, events = served
     declared = load_declared(PAYMENTS)
     rules = tmp_path / "rules.yaml"
@@ -208,6 +211,20 @@ def test_rules_read_the_repos_fields_and_features(served: tuple[Settings, pd.Dat
         assert (ruled == hit).all()
         assert all(r["decision"] == "block" for r, h in zip(results, hit, strict=True) if h)
         assert httpx.get(f"{base}/v1/models", timeout=10).json()["rules"][0]["name"] == "web_and_busy"
+
+        # Lists of the events' entity keys: a merchant on the block list blocks its payments.
+        calm = body(last.iloc[int(np.flatnonzero(~hit)[0])])
+        merchant = calm["merchant_id"]
+        assert httpx.put(f"{base}/v1/lists/block/merchant_id/{merchant}", timeout=10).status_code == 204
+        listed = httpx.get(f"{base}/v1/lists/block/merchant_id", timeout=10).json()
+        assert listed["members"] == [merchant]
+        blocked = httpx.post(f"{base}/v1/score", json=calm, timeout=10).json()
+        assert blocked["decision"] == "block" and "list:block_merchant_id" in blocked["reasons"], blocked
+        wrong = httpx.put(f"{base}/v1/lists/block/customer_id/1", timeout=10)
+        assert wrong.status_code == 422 and wrong.json()["detail"][0]["loc"] == ["path", "key"]
+        assert httpx.delete(f"{base}/v1/lists/block/merchant_id/{merchant}", timeout=10).status_code == 204
+        again = httpx.post(f"{base}/v1/score", json=calm, timeout=10).json()
+        assert "list:block_merchant_id" not in again["reasons"], again
 
     rules.write_text("rules:\n  - name: handbook\n    when: tx_amount > 10.0\n    action: review\n")
     refused = vigil("serve", "--port", "0", env=env, timeout=120)
