@@ -1,8 +1,9 @@
 """The feature flow of a declared repo (VIGIL_FEATURE_REPO): raw records checked against
 the repo's schema (dead letters name the field), then each valid event's facts appended to
 the online store (`vigil.declared.online`), each label checked against the recorded events
-(held a while for an event still in flight), stored online and in the offline event log's
-labels (for `vigil monitor`), and only then acknowledged.
+(held a while for an event still in flight); events and labels are stored online and in the
+offline event log (what `vigil train`, `vigil promote` and `vigil monitor` read), and only
+then acknowledged.
 
     python -m bytewax.run "flows.declared:build_flow()"
 
@@ -118,13 +119,13 @@ class _FactsPartition(StatelessSinkPartition[Checked]):
         stats: FlowStats,
         hold_seconds: float,
         dead: Any,
-        labels_log: EventLogWriter | None = None,
+        offline_log: EventLogWriter | None = None,
         replay: bool = False,
         offline_root: str | Path | None = None,
     ) -> None:
         self.client = connect(url)
         self.store = DeclaredOnlineStore(self.client, prefix, declared)
-        self.declared, self.labels_log = declared, labels_log
+        self.declared, self.offline_log = declared, offline_log
         self.replay, self.offline_root = replay, offline_root
         self.stats, self.hold_seconds, self.dead = stats, hold_seconds, dead
         self.acknowledge = Acknowledger()
@@ -146,6 +147,7 @@ class _FactsPartition(StatelessSinkPartition[Checked]):
     def write_batch(self, items: list[Checked]) -> None:
         for checked in items:
             redis_call(lambda: self.store.record_events(checked.events), "recording events")  # noqa: B023
+            self._log_events(checked.events)
             self.acknowledge(checked.tokens)  # durable now: the source may forget them
             self.stats.add(transactions=len(checked.events))
         now = time.time()
@@ -183,11 +185,20 @@ class _FactsPartition(StatelessSinkPartition[Checked]):
         if letters:
             self.dead.write_batch(letters)
 
+    def _log_events(self, events: pd.DataFrame) -> None:
+        """The batch's valid events to the offline event log (`events`, the repo's own fields
+        and `ts`, their time in unix seconds), before they are acknowledged: what `vigil train`
+        and `vigil promote` read when no file is given."""
+        if self.offline_log is None or events.empty:
+            return
+        ts = nanoseconds(events[self.declared.events.time]) // 1_000_000_000
+        self.offline_log.write("events", events.assign(ts=ts))
+
     def _log_labels(self, labels: pd.DataFrame) -> None:
         """Accepted labels to the offline event log (what `vigil monitor` joins to the logged
         scores), written before they are acknowledged."""
         schema = self.declared.labels
-        if self.labels_log is None or schema is None:
+        if self.offline_log is None or schema is None:
             return
         rows = pd.DataFrame(
             {
@@ -197,7 +208,7 @@ class _FactsPartition(StatelessSinkPartition[Checked]):
                 "tx_fraud": pd.to_numeric(labels[schema.label]).to_numpy(np.int64),
             }
         )
-        self.labels_log.write("labels", rows)
+        self.offline_log.write("labels", rows)
 
     def close(self) -> None:
         if self._held:
@@ -222,9 +233,9 @@ class DeclaredFactsSink(DynamicSink[Checked]):
 
     def build(self, step_id: str, worker_index: int, worker_count: int) -> _FactsPartition:
         dead = self.dead.build(step_id, worker_index, worker_count)
-        labels_log = EventLogWriter(self.event_log, worker_index)
+        offline_log = EventLogWriter(self.event_log, worker_index)
         return _FactsPartition(
-            self.url, self.prefix, self.declared, self.stats, self.hold_seconds, dead, labels_log,
+            self.url, self.prefix, self.declared, self.stats, self.hold_seconds, dead, offline_log,
             replay=self.replay, offline_root=self.event_log,
         )  # fmt: skip
 

@@ -69,6 +69,7 @@ def test_the_payments_example_runs_as_written(settings: Settings, tmp_path: Path
     readme = PROJECT_ROOT / "examples" / "payments" / "README.md"
     out = run_block(settings, readme, "payments", ["payments.parquet", "payments-features.parquet"])
     assert "service payments_v1 (default): 13 features" in out
+    assert re.search(r"From the offline event log: [\d,]+ events, [\d,]+ labelled", out), out[-3000:]
     assert "registered fraud-detector version 1 as challenger, champion" in out
     assert "registered fraud-detector version 2 as challenger;" in out
     assert "NOT PROMOTED: average precision" in out and "champion is version 1" in out

@@ -20,6 +20,7 @@ from tests.integration.serving_helpers import server_env
 from vigil.declared import load_declared
 from vigil.declared.backfill import compute_declared
 from vigil.declared.online import DeclaredOnlineStore
+from vigil.declared.training import logged_events
 from vigil.settings import PROJECT_ROOT, Settings
 
 
@@ -96,6 +97,10 @@ def test_a_stream_with_bad_entries_loses_nothing(settings: Settings, redis_clien
         "payload is not valid JSON",
     ], reasons
     assert redis_client.xpending(stream, source.group)["pending"] == 0
+    # The offline event log holds every valid event once, with its accepted label.
+    logged = logged_events(declared, impatient.event_log)
+    assert sorted(logged["id"]) == sorted(events["id"])
+    assert int(logged["fraud"].notna().sum()) == len(labels)
     store = DeclaredOnlineStore(redis_client, settings.key_prefix, declared)
     ours = store.features(events)
     expected = compute_declared(declared, events)

@@ -132,10 +132,10 @@ def test_the_cli_refuses_a_broken_repo_with_exit_2_and_names_the_mistake(tmp_pat
     assert "Traceback" not in done.stderr
 
 
-def declared_cli(*args: str) -> subprocess.CompletedProcess[str]:
+def declared_cli(*args: str, **extra: str) -> subprocess.CompletedProcess[str]:
     import os
 
-    env = {**os.environ, "VIGIL_FEATURE_REPO": str(PROJECT_ROOT / "examples" / "payments")}
+    env = {**os.environ, "VIGIL_FEATURE_REPO": str(PROJECT_ROOT / "examples" / "payments"), **extra}
     return subprocess.run(
         [sys.executable, "-m", "vigil.cli", *args], capture_output=True, text=True, cwd=PROJECT_ROOT, env=env,
         timeout=120,
@@ -153,8 +153,9 @@ def test_the_handbook_commands_refuse_a_declared_repo_at_once() -> None:
 
 
 def test_training_on_a_declared_repo_says_what_is_missing(tmp_path: Path) -> None:
-    no_events = declared_cli("train")
-    assert no_events.returncode == 2 and "give --events PATH" in no_events.stderr, no_events.stderr
+    no_events = declared_cli("train", VIGIL_DATA_DIR=str(tmp_path))  # nothing ingested, no file
+    assert no_events.returncode == 2 and "nothing of this repo was ingested" in no_events.stderr, no_events.stderr
+    assert "give --events PATH" in no_events.stderr
     events = tmp_path / "events.csv"
     events.write_text("payment_id,paid_at\n1,2026-01-01T00:00:00\n")
     unknown = declared_cli("train", "--events", str(events), "--feature-service", "nope")

@@ -56,7 +56,9 @@ VIGIL_FEATURE_REPO=examples/payments vigil train --feature-service payments_v1 -
         "--feature-service", metavar="NAME", help="a declared repo's feature service (default: its vigil.default one)"
     )
     p.add_argument(
-        "--events", metavar="PATH", help="a declared repo's labelled events (.parquet, .csv, .jsonl) to train on"
+        "--events",
+        metavar="PATH",
+        help="a declared repo's labelled events (.parquet, .csv, .jsonl) to train on (default: what was ingested)",
     )
     p.set_defaults(func=train)
 
@@ -74,7 +76,9 @@ VIGIL_FEATURE_REPO=examples/payments vigil promote --events data/payments.parque
     )
     p.add_argument("--to", default="champion", help="the alias to move")
     p.add_argument(
-        "--events", metavar="PATH", help="a declared repo's labelled events: the gate scores their last week"
+        "--events",
+        metavar="PATH",
+        help="a declared repo's labelled events: the gate scores their last week (default: what was ingested)",
     )
     p.add_argument("--force", action="store_true", help="promote even if the gate says no (recorded)")
     p.add_argument("--rollback", action="store_true", help="return the alias to its previous version")

@@ -93,13 +93,13 @@ def _once(args: argparse.Namespace, settings: Any, registry: Any = None) -> int:
     )
     from vigil.cli.repo import declared_repo
 
-    # A declared repo trains on a file of its labelled events (`vigil train --events`): the
+    # A declared repo is trained with `vigil train` (on what was ingested, or a file): the
     # monitor reports and alerts, and says so, but does not retrain it.
     declared = declared_repo(settings.feature_repo)
     if declared and args.retrain == "always":
         raise UserError(
             "--retrain always retrains the handbook's models from the offline store; a declared repo's "
-            "versions are trained with `vigil train --events PATH` (then `vigil promote --events PATH`)"
+            "versions are trained with `vigil train` (then `vigil promote`), on what was ingested or a file"
         )
     try:
         result = run_monitor(settings, config, dry_run=args.dry_run)
@@ -110,7 +110,7 @@ def _once(args: argparse.Namespace, settings: Any, registry: Any = None) -> int:
         return 0
     outcome = None
     if declared and result.alerted and args.retrain == "auto":
-        print("a declared repo is retrained with `vigil train --events PATH` and `vigil promote --events PATH`")
+        print("a declared repo is retrained with `vigil train` and `vigil promote` (what was ingested, or --events)")
     if args.retrain != "never" and not declared:
         try:
             outcome = run_retraining(

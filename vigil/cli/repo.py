@@ -231,13 +231,29 @@ def gate_data(args: argparse.Namespace) -> pd.DataFrame:
     labelled events (each version reads its own service's)."""
     from vigil.declared.training import training_set
 
-    if not args.events:
-        raise UserError("a declared repo's gate scores a file of labelled events: give --events PATH")
     declared = load(argparse.Namespace(repo=None))
     try:
-        return training_set(declared, read_table(Path(args.events), [declared.events.time]), every_feature=True).frame
+        return training_set(declared, labelled_events(declared, args.events), every_feature=True).frame
     except ValueError as error:
-        raise UserError(f"{args.events}: {error}") from None
+        raise UserError(f"{args.events or 'the offline event log'}: {error}") from None
+
+
+def labelled_events(declared: DeclaredFeatures, path: str | None) -> pd.DataFrame:
+    """A file's labelled events, or (no file) those the repo's flow recorded in the offline log."""
+    from vigil.declared.training import logged_events
+
+    if path:
+        return read_table(Path(path), [declared.events.time])
+    config = settings()
+    events = logged_events(declared, config.event_log)
+    if events.empty:
+        raise UserError(
+            f"nothing of this repo was ingested into {config.event_log}: run `vigil repo ingest` "
+            "(a file or a stream), or give --events PATH"
+        )
+    labelled = int(events[declared.labels.label].notna().sum()) if declared.labels is not None else 0
+    print(f"From the offline event log: {len(events):,} events, {labelled:,} labelled")
+    return events
 
 
 def train_declared(args: argparse.Namespace) -> int:
@@ -246,17 +262,15 @@ def train_declared(args: argparse.Namespace) -> int:
     from vigil.declared.training import default_split, training_set
     from vigil.lifecycle.training import train_and_register
 
-    if not args.events:
-        raise UserError("a declared repo trains on a file of labelled events: give --events PATH")
     if args.engine != "local":
         raise UserError("--engine spark builds the handbook's training set; a declared repo's is built locally")
     declared = load(argparse.Namespace(repo=None))
     try:
-        data = training_set(declared, read_table(Path(args.events), [declared.events.time]), args.feature_service)
+        data = training_set(declared, labelled_events(declared, args.events), args.feature_service)
     except KeyError as error:
         raise UserError(f"--feature-service: {error.args[0]}") from None
     except ValueError as error:
-        raise UserError(f"{args.events}: {error}") from None
+        raise UserError(f"{args.events or 'the offline event log'}: {error}") from None
     split = default_split(data, train_end=args.train_end)
     if args.train_start:
         split = split.with_train_start(args.train_start)

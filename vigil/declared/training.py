@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import math
 from dataclasses import dataclass
+from pathlib import Path
 
 import numpy as np
 import pandas as pd
@@ -71,6 +72,23 @@ def training_set(
     frame = frame[frame[LABEL].notna()].astype({LABEL: np.int64}).sort_values(TIME, kind="stable")
     delay = max((a.delay_seconds for a in declared.aggregations if a.on == "labels"), default=0)
     return TrainingSet(frame.reset_index(drop=True), service, unit, math.ceil(delay / 86_400))
+
+
+def logged_events(declared: DeclaredFeatures, root: str | Path) -> pd.DataFrame:
+    """The events the repo's flow recorded in the offline event log under `root`, one per
+    event id, each with its label when one was accepted (the label column; NaN when none):
+    what `vigil train` and `vigil promote` read when no file is given."""
+    from vigil.offline.eventlog import read_log
+
+    schema = declared.events
+    events = read_log(root, "events", key=schema.event_id)
+    if events.empty:
+        return pd.DataFrame(columns=list(schema.fields))
+    events = events.drop(columns=["ts"]).sort_values(schema.time, kind="stable").reset_index(drop=True)
+    if declared.labels is not None:
+        labels = read_log(root, "labels").set_index("transaction_id")["tx_fraud"]
+        events[declared.labels.label] = events[schema.event_id].map(labels)
+    return events
 
 
 def default_split(data: TrainingSet, test_days: int = 7, train_end: str | None = None) -> Split:

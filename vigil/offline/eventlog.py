@@ -2,6 +2,7 @@
 
     <root>/transactions/date=2018-04-01/part-<writer>-<id>.parquet
     <root>/labels/date=2018-04-01/part-<writer>-<id>.parquet   (the day of the labelled transaction)
+    <root>/events/date=2018-04-01/part-<writer>-<id>.parquet   (a declared repo's events, its own fields)
 
 `root` is a local folder (the default, `data/offline`) or any URL pyarrow's filesystems
 write (`s3://bucket/prefix`; an S3-compatible endpoint comes from `AWS_ENDPOINT_URL`).
@@ -75,10 +76,12 @@ class EventLogWriter:
         self.writer = writer_id(worker)
 
     def write(self, kind: str, frame: pd.DataFrame) -> list[str]:
-        """Writes `frame` (the kind's COLUMNS) durably; returns the paths of the new parts."""
+        """Writes `frame` (the kind's COLUMNS; any columns with a `ts` of unix seconds for a
+        kind of its own, such as a declared repo's `events`) durably; returns the new parts."""
         if frame.empty:
             return []
-        frame = frame[list(COLUMNS[kind])]
+        if kind in COLUMNS:
+            frame = frame[list(COLUMNS[kind])]
         days = day_of(frame["ts"].to_numpy(np.int64))
         written = []
         for day in np.unique(days):
@@ -162,13 +165,15 @@ def iter_parts(
         yield part, frame
 
 
-def read_log(root: str | Path, kind: str, first: str | None = None, last: str | None = None) -> pd.DataFrame:
-    """Events of `kind` on days [first, last], one row per transaction id (the last written)."""
+def read_log(
+    root: str | Path, kind: str, first: str | None = None, last: str | None = None, key: str = "transaction_id"
+) -> pd.DataFrame:
+    """Events of `kind` on days [first, last], one row per `key` (the last written)."""
     frames = [frame for _, frame in iter_parts(root, kind, first, last)]
     if not frames:
-        return pd.DataFrame({name: pd.Series(dtype=np.int64) for name in COLUMNS[kind]})
+        return pd.DataFrame({name: pd.Series(dtype=np.int64) for name in COLUMNS.get(kind, ("ts", key))})
     frame = pd.concat(frames, ignore_index=True)
-    return frame.drop_duplicates("transaction_id", keep="last").reset_index(drop=True)
+    return frame.drop_duplicates(key, keep="last").reset_index(drop=True)
 
 
 def not_in_log(root: str | Path, kind: str, frame: pd.DataFrame) -> pd.DataFrame:
