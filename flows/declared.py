@@ -97,11 +97,27 @@ class DeclaredSinks:
 
 
 @dataclass
-class _HeldLabel:
-    since: float  # when it reached the stream (epoch seconds): its wait counts from there
-    row: pd.DataFrame
-    token: Any
-    source: str
+class _Labels:
+    """Labels to decide, as columns: a frame of rows and, per row, when it reached the stream
+    (epoch seconds: a held label's wait counts from there), its token and its source. One frame
+    for a batch's labels, not one per label: a replay of a fully labelled file slicing a
+    one-row frame per label spent two thirds of its time there."""
+
+    rows: pd.DataFrame = field(default_factory=pd.DataFrame)
+    since: np.ndarray = field(default_factory=lambda: np.empty(0))
+    tokens: list[Any] = field(default_factory=list)
+    sources: list[str] = field(default_factory=list)
+
+    def __len__(self) -> int:
+        return len(self.tokens)
+
+    def keep(self, rows: list[int]) -> _Labels:
+        return _Labels(
+            self.rows.iloc[rows].reset_index(drop=True),
+            self.since[rows],
+            [self.tokens[i] for i in rows],
+            [self.sources[i] for i in rows],
+        )
 
 
 class _FactsPartition(StatelessSinkPartition[Checked]):
@@ -130,7 +146,7 @@ class _FactsPartition(StatelessSinkPartition[Checked]):
         self.stats, self.hold_seconds, self.dead = stats, hold_seconds, dead
         self.acknowledge = Acknowledger()
         self.unknown = f"{declared.labels.event_id}: " if declared.labels is not None else ""
-        self._held: list[_HeldLabel] = []
+        self._held = _Labels()
         if not replay and offline_root is not None:
             redis_call(self._mark_new_store, "marking a new store")
 
@@ -151,37 +167,47 @@ class _FactsPartition(StatelessSinkPartition[Checked]):
             self.acknowledge(checked.tokens)  # durable now: the source may forget them
             self.stats.add(transactions=len(checked.events))
         now = time.time()
-        waiting = self._held + [
-            _HeldLabel(arrival_seconds(token, now), checked.labels.iloc[i : i + 1], token, checked.source)
-            for checked in items
-            for i, token in enumerate(checked.label_tokens)
-        ]
-        self._held = []
-        if waiting:
+        fresh = [checked for checked in items if checked.label_tokens]
+        waiting = self._held
+        if fresh:
+            frames = (
+                [waiting.rows, *(checked.labels for checked in fresh)] if len(waiting) else [c.labels for c in fresh]
+            )
+            waiting = _Labels(
+                pd.concat(frames, ignore_index=True),
+                np.concatenate(
+                    [waiting.since, *(np.array([arrival_seconds(t, now) for t in c.label_tokens]) for c in fresh)]
+                ),
+                [*waiting.tokens, *(t for c in fresh for t in c.label_tokens)],
+                [*waiting.sources, *(c.source for c in fresh for _ in c.label_tokens)],
+            )
+        self._held = _Labels()
+        if len(waiting):
             self._decide(waiting, now, final=False)
 
-    def _decide(self, waiting: list[_HeldLabel], now: float, final: bool) -> None:
-        labels = pd.concat([h.row for h in waiting], ignore_index=True)
+    def _decide(self, waiting: _Labels, now: float, final: bool) -> None:
+        labels = waiting.rows
         reasons = redis_call(lambda: self.store.label_mistakes(labels), "checking labels")
         good = np.array([r is None for r in reasons], bool)
         if good.any():
             redis_call(lambda: self.store.record_labels(labels[good]), "recording labels")
             self._log_labels(labels[good])
-            self.acknowledge([h.token for h, ok in zip(waiting, good, strict=True) if ok and h.token is not None])
+            self.acknowledge([t for t, ok in zip(waiting.tokens, good, strict=True) if ok and t is not None])
             self.stats.add(labels=int(good.sum()))
-        letters = []
-        for held, reason in zip(waiting, reasons, strict=True):
-            if reason is None:
-                continue
-            waited = now - held.since
+        letters, held = [], []
+        for i in np.flatnonzero(~good).tolist():
+            reason, token = reasons[i], waiting.tokens[i]
+            assert reason is not None
+            waited = now - float(waiting.since[i])
             if reason.startswith(self.unknown) and waited < self.hold_seconds and not final:
-                self._held.append(held)
+                held.append(i)
                 continue
-            if final and held.token is not None and reason.startswith(self.unknown):
+            if final and token is not None and reason.startswith(self.unknown):
                 continue  # unacknowledged: the stream delivers it again to the next run
-            raw = json.dumps(held.row.iloc[0].to_dict(), default=str)
+            raw = json.dumps(labels.iloc[i].to_dict(), default=str)
             reason = f"{reason} (held {waited:.0f} s)" if reason.startswith(self.unknown) else reason
-            letters.append(DeadLetter(reason, raw, held.source, token=held.token))
+            letters.append(DeadLetter(reason, raw, waiting.sources[i], token=token))
+        self._held = waiting.keep(held)
         if letters:
             self.dead.write_batch(letters)
 
@@ -211,8 +237,8 @@ class _FactsPartition(StatelessSinkPartition[Checked]):
         self.offline_log.write("labels", rows)
 
     def close(self) -> None:
-        if self._held:
-            held, self._held = self._held, []
+        if len(self._held):
+            held, self._held = self._held, _Labels()
             self._decide(held, time.time(), final=True)
         if self.replay:  # the file's history is in the store now
             redis_call(lambda: self.store.mark("replay"), "marking the store")
