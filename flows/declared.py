@@ -39,7 +39,7 @@ from vigil.declared.events import KIND, LABEL, Checked, check_records, label_fie
 from vigil.declared.online import DeclaredOnlineStore
 from vigil.events import DeadLetter, RawBatch
 from vigil.files import read_table
-from vigil.offline.eventlog import EventLogWriter, record_filled, was_filled
+from vigil.offline.eventlog import LOG_TS, EventLogWriter, record_filled, was_filled
 from vigil.online.connection import connect
 from vigil.online.marker import mark_new_store
 from vigil.settings import Settings
@@ -212,13 +212,13 @@ class _FactsPartition(StatelessSinkPartition[Checked]):
             self.dead.write_batch(letters)
 
     def _log_events(self, events: pd.DataFrame) -> None:
-        """The batch's valid events to the offline event log (`events`, the repo's own fields
-        and `ts`, their time in unix seconds), before they are acknowledged: what `vigil train`
-        and `vigil promote` read when no file is given."""
+        """The batch's valid events to the offline event log (`events`: the repo's own fields,
+        by day), before they are acknowledged: what `vigil train` and `vigil promote` read when
+        no file is given."""
         if self.offline_log is None or events.empty:
             return
-        ts = nanoseconds(events[self.declared.events.time]) // 1_000_000_000
-        self.offline_log.write("events", events.assign(ts=ts))
+        seconds = nanoseconds(events[self.declared.events.time]) // 1_000_000_000
+        self.offline_log.write("events", events.assign(**{LOG_TS: seconds}), ts=LOG_TS)
 
     def _log_labels(self, labels: pd.DataFrame) -> None:
         """Accepted labels to the offline event log (what `vigil monitor` joins to the logged

@@ -78,13 +78,13 @@ def logged_events(declared: DeclaredFeatures, root: str | Path) -> pd.DataFrame:
     """The events the repo's flow recorded in the offline event log under `root`, one per
     event id, each with its label when one was accepted (the label column; NaN when none):
     what `vigil train` and `vigil promote` read when no file is given."""
-    from vigil.offline.eventlog import read_log
+    from vigil.offline.eventlog import LOG_TS, read_log
 
     schema = declared.events
     events = read_log(root, "events", key=schema.event_id)
     if events.empty:
         return pd.DataFrame(columns=list(schema.fields))
-    events = events.drop(columns=["ts"]).sort_values(schema.time, kind="stable").reset_index(drop=True)
+    events = events.drop(columns=[LOG_TS]).sort_values(schema.time, kind="stable").reset_index(drop=True)
     if declared.labels is not None:
         labels = read_log(root, "labels").set_index("transaction_id")["tx_fraud"]
         events[declared.labels.label] = events[schema.event_id].map(labels)

@@ -41,6 +41,7 @@ COLUMNS = {
     "labels": ("transaction_id", "ts", "terminal_id", "tx_fraud"),
 }
 PARTITION = "date="
+LOG_TS = "__vigil_ts"  # the day column of a declared repo's `events`, beside the repo's own fields
 
 
 def filesystem(root: str | Path) -> tuple[pafs.FileSystem, str]:
@@ -75,14 +76,15 @@ class EventLogWriter:
         self.local = isinstance(self.fs, pafs.LocalFileSystem)
         self.writer = writer_id(worker)
 
-    def write(self, kind: str, frame: pd.DataFrame) -> list[str]:
-        """Writes `frame` (the kind's COLUMNS; any columns with a `ts` of unix seconds for a
-        kind of its own, such as a declared repo's `events`) durably; returns the new parts."""
+    def write(self, kind: str, frame: pd.DataFrame, ts: str = "ts") -> list[str]:
+        """Writes `frame` (the kind's COLUMNS; any columns, with `ts` a column of unix seconds
+        to partition by, for a kind of its own such as a declared repo's `events`) durably;
+        returns the new parts."""
         if frame.empty:
             return []
         if kind in COLUMNS:
             frame = frame[list(COLUMNS[kind])]
-        days = day_of(frame["ts"].to_numpy(np.int64))
+        days = day_of(frame[ts].to_numpy(np.int64))
         written = []
         for day in np.unique(days):
             part = frame[days == day]
