@@ -224,6 +224,7 @@ class DeclaredScorer:
                 if contributions is not None:
                     result["contributions"] = contributions[i]
             results.append(result)
+        decided = time.perf_counter()
         if self.rules.current.rules or self.decider.listed():
             self.decider.features = rule_features
             fields = events[list(self.declared.events.fields)]
@@ -235,6 +236,7 @@ class DeclaredScorer:
                                 fallback=reason is not None)  # fmt: skip
         else:
             self.decider.decide(results, [None] * len(results), exact, model.policy, fallback=reason is not None)
+        self.metrics.stage_seconds.labels("decide").observe(time.perf_counter() - decided)
         if self.prediction_log is not None:
             self.prediction_log.append(results, matrix, self._context(events, model), tuple(inputs))
         if reason is None and challenger is not None and self.shadow_stream:
