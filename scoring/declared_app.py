@@ -34,8 +34,7 @@ from scoring.metrics import ServiceMetrics
 from scoring.middleware import RequestLimits
 from scoring.models import ModelManager, ModelUnavailableError
 from scoring.prediction_log import PredictionLog
-from scoring.resources import StartupError, _every, _follow_aliases
-from scoring.rules import RulesFile
+from scoring.resources import _every, _follow_aliases, load_rules
 from scoring.security import authorised, encoded
 from vigil.declared import DeclaredFeatures, load_declared
 from vigil.declared.events import KIND, LABEL, check_records, label_fields
@@ -100,13 +99,7 @@ def lifespan(settings: Settings, declared: DeclaredFeatures) -> Callable[[FastAP
     async def run(app: FastAPI) -> AsyncIterator[None]:
         loop = asyncio.get_running_loop()
         metrics = ServiceMetrics()
-        rules = RulesFile(settings.rules_file, rule_sample(declared))
-        if settings.rules_file is not None:
-            if not settings.rules_file.exists():
-                raise StartupError(f"VIGIL_RULES_FILE names {settings.rules_file}, which does not exist")
-            rules.check()
-            if rules.error:
-                raise StartupError(rules.error)
+        rules = load_rules(settings, rule_sample(declared))
         models = ModelManager(settings, on_reload_failure=lambda version: metrics.reload_failures.inc())
         models.check_store()
         try:

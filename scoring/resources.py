@@ -35,18 +35,25 @@ class StartupError(RuntimeError):
     """The service cannot start as configured (the message says what to fix)."""
 
 
+def load_rules(settings: Settings, sample: dict[str, Any] | None = None) -> RulesFile:
+    """The rules of VIGIL_RULES_FILE (`sample`: the variables of a declared repo's), loaded
+    before the service starts: a missing or refused file stops it with the reason."""
+    rules = RulesFile(settings.rules_file, sample)
+    if settings.rules_file is not None:
+        if not settings.rules_file.exists():
+            raise StartupError(f"VIGIL_RULES_FILE names {settings.rules_file}, which does not exist")
+        rules.check()
+        if rules.error:
+            raise StartupError(rules.error)
+    return rules
+
+
 def lifespan(settings: Settings) -> Callable[[FastAPI], contextlib.AbstractAsyncContextManager[None]]:
     @contextlib.asynccontextmanager
     async def run(app: FastAPI) -> AsyncIterator[None]:
         loop = asyncio.get_running_loop()
         metrics = ServiceMetrics()
-        rules = RulesFile(settings.rules_file)
-        if settings.rules_file is not None:
-            if not settings.rules_file.exists():
-                raise StartupError(f"VIGIL_RULES_FILE names {settings.rules_file}, which does not exist")
-            rules.check()
-            if rules.error:
-                raise StartupError(rules.error)
+        rules = load_rules(settings)
         models = ModelManager(settings, on_reload_failure=lambda version: metrics.reload_failures.inc())
         models.check_store()
         try:
