@@ -1,5 +1,7 @@
-"""The handbook's 14 features: a customer's spending windows, a terminal's delayed fraud
-rate, and the calendar of the payment itself."""
+"""The handbook's 14 features (a customer's spending windows, a terminal's delayed fraud
+rate, and the calendar of the payment itself), and what fraud_v2 and fraud_v3 add: the
+amount against the customer's habit, and the terminal's fraud streaks and label age,
+through the repo's own window functions (window_functions.py)."""
 
 import warnings
 from datetime import timedelta
@@ -64,3 +66,50 @@ def payment_calendar(inputs: dict) -> dict:
         "tx_during_weekend": [int(t.weekday() >= 5) for t in times],
         "tx_during_night": [int(t.hour <= 6) for t in times],
     }
+
+
+# The card's habit: the median of its earlier payments over 30 days, how many of them in the
+# last 7 and 14 days were above 3x that, and its largest of the last 7 days against it.
+_habits = [
+    Aggregation(column="tx_amount", function="habit_median", time_window=timedelta(days=30), name="customer_id_median_amount_30day"),
+    Aggregation(column="tx_amount", function="high_amounts_7d", time_window=timedelta(days=30), name="customer_id_nb_high_amount_7day_window"),
+    Aggregation(column="tx_amount", function="high_amounts_14d", time_window=timedelta(days=30), name="customer_id_nb_high_amount_14day_window"),
+    Aggregation(column="tx_amount", function="max_over_habit_7d", time_window=timedelta(days=30), name="customer_id_max_amount_over_median_7day_window"),
+]  # fmt: skip
+customer_habits = StreamFeatureView(
+    name="customer_habits",
+    source=payments,
+    entities=[customer],
+    schema=_schema(_habits),
+    aggregations=_habits,
+    timestamp_field="tx_datetime",
+)
+
+# A compromised terminal turns every payment into fraud for weeks: over the 30 days of labels
+# before the label week, the run of frauds at the end, its age, the newest fraud's age, and
+# how long the terminal has gone without any label.
+_streaks = [
+    Aggregation(column="tx_fraud", function="fraud_streak", time_window=timedelta(days=30), name="terminal_id_fraud_streak"),
+    Aggregation(column="tx_fraud", function="fraud_streak_age_days", time_window=timedelta(days=30), name="terminal_id_fraud_streak_age_days"),
+    Aggregation(column="tx_fraud", function="last_fraud_age_days", time_window=timedelta(days=30), name="terminal_id_last_fraud_age_days"),
+    Aggregation(column="tx_fraud", function="label_age_days", time_window=timedelta(days=30), name="terminal_id_label_age_days"),
+]  # fmt: skip
+terminal_streaks = StreamFeatureView(
+    name="terminal_streaks",
+    source=labels,
+    entities=[terminal],
+    schema=_schema(_streaks),
+    aggregations=_streaks,
+    timestamp_field="tx_datetime",
+    tags={"vigil.delay": "7d"},
+)
+
+
+@on_demand_feature_view(
+    sources=[customer_habits[["customer_id_median_amount_30day"]], payment],
+    schema=[Field(name="amount_over_customer_median_30day", dtype=Float64)],
+    mode="python",
+)
+def amount_against_habit(inputs: dict) -> dict:
+    amounts, medians = inputs["tx_amount"], inputs["customer_id_median_amount_30day"]
+    return {"amount_over_customer_median_30day": [a / (m + 1.0) for a, m in zip(amounts, medians, strict=True)]}

@@ -115,6 +115,55 @@ def test_each_mistake_is_named(tmp_path: Path, case: str) -> None:
     assert message in str(caught.value), str(caught.value)
 
 
+WINDOW_FUNCTIONS = """
+import numpy as np
+from vigil.declared import window_function
+
+@window_function
+def peak(values, times, ids, t, event_id):
+    return values.max()  # no answer for an empty window
+"""
+
+
+@pytest.mark.parametrize(
+    ("files", "message"),
+    [
+        (
+            {"window_functions.py": WINDOW_FUNCTIONS},
+            "window function 'peak', code: fails on an empty window: ValueError",
+        ),
+        (
+            {
+                "window_functions.py": WINDOW_FUNCTIONS.replace(
+                    "@window_function", "@lambda f: window_function(f, 'sum')"
+                )
+            },
+            "window function 'sum', name: 'sum' is one of Feast's own functions",
+        ),
+        ({"a.py": WINDOW_FUNCTIONS, "b.py": WINDOW_FUNCTIONS}, "window function 'peak', name: defined twice"),
+    ],
+    ids=["fails on an empty window", "a built-in's name", "defined twice"],
+)
+def test_each_window_function_mistake_is_named(tmp_path: Path, files: dict[str, str], message: str) -> None:
+    root = write_repo(tmp_path / "repo", {"features.py": ('function="sum"', 'function="peak"')})
+    for name, text in files.items():
+        (root / name).write_text(text)
+    with pytest.raises(RepoMistakes) as caught:
+        load_declared(root)
+    assert message in str(caught.value), str(caught.value)
+
+
+def test_an_unknown_function_lists_the_repos_own(tmp_path: Path) -> None:
+    root = write_repo(tmp_path / "repo", {"features.py": ('function="sum"', 'function="peek"')})
+    (root / "window_functions.py").write_text(
+        WINDOW_FUNCTIONS.replace("values.max()", "values.max() if len(values) else 0.0")
+    )
+    with pytest.raises(
+        RepoMistakes, match=r"'peek' is not one of count, .*, count_distinct or the repo's window functions \(peak\)"
+    ):
+        load_declared(root)
+
+
 def test_a_repo_that_does_not_import_is_refused_with_the_error(tmp_path: Path) -> None:
     root = write_repo(tmp_path / "repo", {"features.py": ("from sources import", "from sourcez import")})
     with pytest.raises(RepoMistakes, match="Python files: ModuleNotFoundError: No module named 'sourcez'"):

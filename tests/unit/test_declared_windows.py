@@ -7,7 +7,14 @@ import pandas as pd
 import pytest
 
 from vigil.declared.backfill import compute_declared
-from vigil.declared.model import DeclaredFeatures, EventSchema, LabelSchema, Service, WindowAggregation
+from vigil.declared.model import (
+    DeclaredFeatures,
+    EventSchema,
+    LabelSchema,
+    Service,
+    WindowAggregation,
+    WindowFunction,
+)
 
 HOUR = 3600
 
@@ -106,3 +113,43 @@ def test_labels_may_come_from_the_label_column_of_the_events() -> None:
     assert values["labelled"].tolist() == [1.0, 1.0, 2.0, 1.0, 2.0, 3.0]
     with pytest.raises(ValueError, match="label column 'fraud'"):
         compute_declared(declared(counted), EVENTS)
+
+
+def _spread(values: np.ndarray, times: np.ndarray, ids: np.ndarray, t: int, event_id: int) -> float:
+    """The largest amount less the smallest; -1 for a window without the event last."""
+    if ids.shape[0] == 0 or ids[-1] != event_id or times[-1] != t:
+        return -1.0
+    return float(values.max() - values.min())
+
+
+def _spread_in_python(values: np.ndarray, times: np.ndarray, ids: np.ndarray, t: int, event_id: int) -> float:
+    """The same, in code numba cannot compile (a dict): Vigil calls it from Python."""
+    seen = {int(i): float(v) for i, v in zip(ids, values, strict=True)}
+    if not seen or list(seen)[-1] != event_id:
+        return -1.0
+    return max(seen.values()) - min(seen.values())
+
+
+@pytest.mark.parametrize("code", [_spread, _spread_in_python], ids=["compiled", "python"])
+def test_a_window_function_sees_the_window_ending_at_the_event_itself(code: object) -> None:
+    function = WindowFunction(code, "spread")  # type: ignore[arg-type]
+    spread = WindowAggregation("spread", "v", "card", "card", "events", "amount", "spread", 2 * HOUR, 0, function)
+    values = compute_declared(declared(spread), EVENTS)
+    assert values["spread"].tolist() == [0.0, 20.0, 10.0, 0.0, 20.0, 0.0]
+    assert function.compilable is (code is _spread)
+
+
+def test_a_window_function_on_labels_is_called_for_empty_windows_too() -> None:
+    """Ages are taken from the event's own time; an entity without labels gets the function's
+    own answer for an empty window."""
+
+    def age_hours(values: np.ndarray, times: np.ndarray, ids: np.ndarray, t: int, event_id: int) -> float:
+        return 99.0 if times.shape[0] == 0 else (t - times[-1]) / (HOUR * 10**9)
+
+    aged = WindowAggregation(
+        "age", "v", "card", "card", "labels", "fraud", "age", HOUR, 2 * HOUR, WindowFunction(age_hours)
+    )
+    labels = pd.DataFrame({"id": [1, 2, 3], "at": EVENTS["at"][:3], "card": ["a"] * 3, "fraud": [1, 0, 0]})
+    values = compute_declared(declared(aged), EVENTS, labels)
+    # event 3 (hour 2) and 5 (2.5) see event 1's label (hour 0); card b has no labels at all.
+    assert values["age"].tolist() == [99.0, 99.0, 2.0, 99.0, 2.5, 99.0]

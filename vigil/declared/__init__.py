@@ -4,7 +4,16 @@ raises `RepoMistakes` naming each object, field and why."""
 
 from vigil.declared.compiler import RepoMistakes, compile_contents
 from vigil.declared.loading import load_declared, parse_feast_repo
-from vigil.declared.model import DeclaredFeatures, DerivedView, EventSchema, LabelSchema, Service, WindowAggregation
+from vigil.declared.model import (
+    DeclaredFeatures,
+    DerivedView,
+    EventSchema,
+    LabelSchema,
+    Service,
+    WindowAggregation,
+    WindowFunction,
+    window_function,
+)
 
 __all__ = [
     "DeclaredFeatures",
@@ -14,7 +23,9 @@ __all__ = [
     "RepoMistakes",
     "Service",
     "WindowAggregation",
+    "WindowFunction",
     "compile_contents",
     "load_declared",
     "parse_feast_repo",
+    "window_function",
 ]

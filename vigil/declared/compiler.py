@@ -22,6 +22,7 @@ from vigil.declared.model import (
     LabelSchema,
     Service,
     WindowAggregation,
+    WindowFunction,
 )
 
 ROLE, EVENT_ID, LABEL, DELAY, DEFAULT = "vigil.role", "vigil.event_id", "vigil.label", "vigil.delay", "vigil.default"
@@ -59,10 +60,34 @@ def _kind(dtype: Any) -> Kind | None:
     return _KINDS.get(getattr(dtype, "name", ""))
 
 
+def window_function_mistake(function: WindowFunction) -> str | None:
+    """Why a repo's window function cannot run, tried on an empty window and on one fact."""
+    import numpy as np
+
+    empty_f, empty_i = np.zeros(0), np.zeros(0, np.int64)
+    one_f, one_i = np.ones(1), np.array([1_500_000_000 * 10**9], np.int64)
+    for what, args in (
+        ("an empty window", (empty_f, empty_i, empty_i)),
+        ("a window of one fact", (one_f, one_i, one_i)),
+    ):
+        try:
+            value = function.function(*args, int(one_i[0]), 1)
+            float(value)
+        except Exception as error:
+            return f"fails on {what}: {type(error).__name__}: {error}"
+    return None
+
+
 class _Compiler:
-    def __init__(self, contents: Any, project: str) -> None:
+    def __init__(self, contents: Any, project: str, functions: dict[str, WindowFunction] | None = None) -> None:
         self.contents, self.project = contents, project
+        self.functions = functions or {}
         self.mistakes: list[str] = []
+        for name, function in self.functions.items():
+            if name in FUNCTIONS:
+                self.wrong(f"window function {name!r}", "name", f"{name!r} is one of Feast's own functions")
+            elif (why := window_function_mistake(function)) is not None:
+                self.wrong(f"window function {name!r}", "code", why)
 
     def wrong(self, what: str, field: str, why: str) -> None:
         self.mistakes.append(f"{what}, {field}: {why}")
@@ -226,21 +251,25 @@ class _Compiler:
                 self.wrong(f"{what}, aggregation {name!r}", *why)
                 continue
             seconds = int(aggregation.time_window.total_seconds())
+            custom = self.functions.get(aggregation.function)
             out.append(
                 WindowAggregation(
-                    name, view.name, entity, key, on, aggregation.column, aggregation.function, seconds, delay
+                    name, view.name, entity, key, on, aggregation.column, aggregation.function, seconds, delay, custom
                 )
             )
         return out
 
-    @staticmethod
     def aggregation_mistake(
-        aggregation: Any, name: str, columns: dict[str, Kind], declared: set[str], on: str
+        self, aggregation: Any, name: str, columns: dict[str, Kind], declared: set[str], on: str
     ) -> tuple[str, str] | None:
         """(field, why) of what is wrong with one aggregation, or None."""
         window = aggregation.time_window.total_seconds() if aggregation.time_window is not None else 0
-        if aggregation.function not in FUNCTIONS:
-            return "function", f"{aggregation.function!r} is not one of {', '.join(FUNCTIONS)}"
+        if aggregation.function not in FUNCTIONS and aggregation.function not in self.functions:
+            own = ", ".join(sorted(self.functions)) or "none"
+            why = (
+                f"{aggregation.function!r} is not one of {', '.join(FUNCTIONS)} or the repo's window functions ({own})"
+            )
+            return "function", why
         if aggregation.column not in columns:
             return "column", f"{aggregation.column!r} is not a field of the {on}"
         numeric = columns[aggregation.column] in ("integer", "number", "boolean")
@@ -295,9 +324,12 @@ class _Compiler:
         return services
 
 
-def compile_contents(contents: Any, project: str, repo: Path | str = "the repo") -> DeclaredFeatures:
-    """The compiled repo, or `RepoMistakes` listing every mistake found."""
-    compiler = _Compiler(contents, project)
+def compile_contents(
+    contents: Any, project: str, repo: Path | str = "the repo", functions: dict[str, WindowFunction] | None = None
+) -> DeclaredFeatures:
+    """The compiled repo (with its window functions, by name), or `RepoMistakes` listing
+    every mistake found."""
+    compiler = _Compiler(contents, project, functions)
     declared = compiler.compile()
     if declared is None:
         raise RepoMistakes(repo, compiler.mistakes or ["nothing could be compiled"])

@@ -55,7 +55,7 @@ def window_values(
         codes = facts.codes_of(asked)
         for a in aggregations:
             window, delay = a.window_seconds * NS, a.delay_seconds * NS
-            out[a.name] = facts.aggregate(codes, ts, ids, a.column, a.function, window, delay, on == "events")
+            out[a.name] = facts.aggregate(codes, ts, ids, a.column, a.computed_by, window, delay, on == "events")
     return out
 
 

@@ -11,7 +11,25 @@ from typing import Any
 import yaml
 
 from vigil.declared.compiler import RepoMistakes, compile_contents
-from vigil.declared.model import DeclaredFeatures
+from vigil.declared.model import DeclaredFeatures, WindowFunction
+
+
+def repo_window_functions(repo: Path) -> tuple[dict[str, WindowFunction], list[str]]:
+    """The window functions (`@window_function`) the repo's modules define, by name, and the
+    names defined twice. Read after Feast's loader imported the modules."""
+    root = repo.resolve()
+    found: dict[str, WindowFunction] = {}
+    twice: list[str] = []
+    for module in list(sys.modules.values()):
+        location = getattr(module, "__file__", None)
+        if not location or not Path(location).resolve().is_relative_to(root):
+            continue
+        for value in list(vars(module).values()):
+            if isinstance(value, WindowFunction):
+                if value.name in found and found[value.name] is not value:
+                    twice.append(value.name)
+                found.setdefault(value.name, value)
+    return found, twice
 
 
 def parse_feast_repo(repo: Path) -> Any:
@@ -56,4 +74,7 @@ def load_declared(repo: Path | str) -> DeclaredFeatures:
         contents = parse_feast_repo(root)
     except Exception as error:  # a repo's own Python (or Feast's checks) failed on import
         raise RepoMistakes(root, [f"reading the repo's Python files: {type(error).__name__}: {error}"]) from None
-    return compile_contents(contents, project, root)
+    functions, twice = repo_window_functions(root)
+    if twice:
+        raise RepoMistakes(root, [f"window function {name!r}, name: defined twice" for name in sorted(set(twice))])
+    return compile_contents(contents, project, root, functions)

@@ -34,6 +34,44 @@ class LabelSchema:
     label: str
 
 
+class WindowFunction:
+    """A repo's own aggregation: `function(values, times, ids, t, event_id) -> float`, called
+    for each event with the window's facts of its entity, oldest first.
+
+    - `values`: the aggregated column (float64; labels: the label), `times`: the facts'
+      times (int64 nanoseconds since the epoch, UTC), `ids`: their event ids; facts of one
+      time come in id order. On the events, the last fact is the event itself.
+    - `t`, `event_id`: the event's own time (nanoseconds) and id: on the labels the window
+      ends `vigil.delay` before `t`, so an age is `t - times[k]`.
+    - The window may be empty (an entity with no facts yet): return what that means.
+
+    Vigil compiles it with numba when its code allows (plain numpy and arithmetic), and
+    calls it from Python otherwise. Declared with `@vigil.declared.window_function` in any
+    Python file of the repo, and used by name: `Aggregation(function="its_name", ...)`.
+    """
+
+    def __init__(self, function: Callable[..., float], name: str | None = None) -> None:
+        self.function = function
+        self.name = name or function.__name__
+        self.compiled: Any = None  # numba's dispatcher, made on first use
+        self.compilable = True
+
+    def __call__(self, values: Any, times: Any, ids: Any, t: int, event_id: int) -> float:
+        return float(self.function(values, times, ids, t, event_id))
+
+    def __getstate__(self) -> dict[str, Any]:  # shipped to Spark's workers without the compiled code
+        return {"function": self.function, "name": self.name, "compiled": None, "compilable": self.compilable}
+
+    def __repr__(self) -> str:
+        return f"WindowFunction({self.name!r})"
+
+
+def window_function(function: Callable[..., float], name: str | None = None) -> WindowFunction:
+    """Declares a repo's own aggregation function (see `WindowFunction`); `Aggregation(function=...)`
+    uses its name (the function's own, or `name`)."""
+    return WindowFunction(function, name)
+
+
 @dataclass(frozen=True)
 class WindowAggregation:
     """One declared `Aggregation`: for an event of the view's entity at time t, `function`
@@ -53,6 +91,11 @@ class WindowAggregation:
     function: str
     window_seconds: int
     delay_seconds: int = 0
+    custom: WindowFunction | None = None  # `function` is the repo's own
+
+    @property
+    def computed_by(self) -> str | WindowFunction:
+        return self.custom if self.custom is not None else self.function
 
 
 @dataclass(frozen=True)

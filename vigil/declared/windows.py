@@ -10,18 +10,23 @@ time the one with the lower id comes first, and an event's window holds itself.
 
 from __future__ import annotations
 
+import logging
+from collections.abc import Callable
 from dataclasses import dataclass
+from typing import Any
 
 import numpy as np
 import numpy.typing as npt
 import pandas as pd
+import numba
 from numba import njit
 
-from vigil.declared.model import FUNCTIONS
+from vigil.declared.model import FUNCTIONS, WindowFunction
 
 IntArray = npt.NDArray[np.int64]
 FloatArray = npt.NDArray[np.float64]
 FUNCTION_CODES = {name: code for code, name in enumerate(FUNCTIONS)}
+log = logging.getLogger(__name__)
 
 
 @njit(cache=True)
@@ -87,6 +92,111 @@ def _aggregate(
     return out
 
 
+@njit(cache=True)
+def _bounds(
+    seg_start: IntArray,
+    seg_end: IntArray,
+    fact_ts: IntArray,
+    fact_id: IntArray,
+    query_entity: IntArray,
+    query_ts: IntArray,
+    query_id: IntArray,
+    window: int,
+    delay: int,
+    by_id: bool,
+) -> tuple[IntArray, IntArray]:
+    """Each query's window as [lo, hi) of the sorted facts (lo == hi: an empty window)."""
+    lo = np.zeros(query_ts.shape[0], np.int64)
+    hi = np.zeros(query_ts.shape[0], np.int64)
+    for i in range(query_ts.shape[0]):
+        entity = query_entity[i]
+        if entity < 0 or entity >= seg_start.shape[0]:
+            continue
+        start, end = seg_start[entity], seg_end[entity]
+        upper = query_ts[i] - delay
+        hi[i] = _first_after(fact_ts, fact_id, start, end, upper, query_id[i], by_id and delay == 0)
+        lo[i] = _first_after(fact_ts, fact_id, start, hi[i], upper - window, 0, False)
+    return lo, hi
+
+
+def _apply_compiled(
+    function: Any,
+    lo: IntArray,
+    hi: IntArray,
+    ts: IntArray,
+    ids: IntArray,
+    values: FloatArray,
+    q_ts: IntArray,
+    q_id: IntArray,
+) -> FloatArray:  # pragma: no cover - compiled per window function (see `_compiled_apply`)
+    out = np.zeros(q_ts.shape[0])
+    for i in range(q_ts.shape[0]):
+        a, b = lo[i], hi[i]
+        out[i] = function(values[a:b], ts[a:b], ids[a:b], q_ts[i], q_id[i])
+    return out
+
+
+_APPLY = njit(_apply_compiled)
+
+
+def _apply_python(
+    function: Callable[..., float],
+    lo: IntArray,
+    hi: IntArray,
+    ts: IntArray,
+    ids: IntArray,
+    values: FloatArray,
+    q_ts: IntArray,
+    q_id: IntArray,
+) -> FloatArray:
+    out = np.zeros(q_ts.shape[0])
+    for i in range(q_ts.shape[0]):
+        a, b = lo[i], hi[i]
+        out[i] = function(values[a:b], ts[a:b], ids[a:b], int(q_ts[i]), int(q_id[i]))
+    return out
+
+
+def _compiled(function: WindowFunction) -> Any:
+    """The window function compiled with numba, with the loop that applies it; None when numba
+    cannot compile its code (it then runs as Python)."""
+    if function.compiled is None and function.compilable:
+        try:
+            dispatcher = njit(function.function)
+            integers, floats = numba.typeof(np.zeros(1, np.int64)), numba.typeof(np.zeros(1))
+            _APPLY.compile(
+                (numba.typeof(dispatcher), integers, integers, integers, integers, floats, integers, integers)
+            )
+            function.compiled = dispatcher
+        except Exception as error:  # numba's typing errors are of many kinds: any means "not compilable"
+            function.compilable = False
+            log.info(
+                "window function %s runs as Python (numba: %s)",
+                function.name,
+                str(error).splitlines()[0] if str(error) else type(error).__name__,
+            )
+    return function.compiled
+
+
+def apply_window_function(
+    function: WindowFunction,
+    lo: IntArray,
+    hi: IntArray,
+    ts: IntArray,
+    ids: IntArray,
+    values: FloatArray,
+    q_ts: IntArray,
+    q_id: IntArray,
+) -> FloatArray:
+    """`function(values, times, ids, t, event_id)` over each query's window: compiled with
+    numba when its code allows (one loop, no Python call per query), else called from Python."""
+    compiled = _compiled(function)
+    arrays = [np.ascontiguousarray(a) for a in (lo, hi, ts, ids)] + [np.ascontiguousarray(values, np.float64)]
+    arrays += [np.ascontiguousarray(q_ts, np.int64), np.ascontiguousarray(q_id, np.int64)]
+    if compiled is not None:
+        return np.asarray(_APPLY(compiled, *arrays), dtype=np.float64)
+    return _apply_python(function.function, *arrays)
+
+
 @dataclass(frozen=True)
 class Facts:
     """One entity's kind of facts, sorted by (entity, time, id), with the entity codes of
@@ -127,15 +237,33 @@ class Facts:
         query_ts: IntArray,
         query_id: IntArray,
         column: str,
-        function: str,
+        function: str | WindowFunction,
         window: int,
         delay: int,
         by_id: bool,
     ) -> FloatArray:
-        code = FUNCTION_CODES[function]
         values = self.columns.get(column, np.zeros(len(self.ts)))
+        if isinstance(function, WindowFunction):
+            return self.apply(entity, query_ts, query_id, values, function, window, delay, by_id)
+        code = FUNCTION_CODES[function]
         codes = self.codes[column]
         return _aggregate(
             self.seg_start, self.seg_end, self.ts, self.ids, values, codes,
             entity, query_ts, query_id, window, delay, code, by_id,
         )  # fmt: skip
+
+    def apply(
+        self,
+        entity: IntArray,
+        query_ts: IntArray,
+        query_id: IntArray,
+        values: FloatArray,
+        function: WindowFunction,
+        window: int,
+        delay: int,
+        by_id: bool,
+    ) -> FloatArray:
+        lo, hi = _bounds(
+            self.seg_start, self.seg_end, self.ts, self.ids, entity, query_ts, query_id, window, delay, by_id
+        )
+        return apply_window_function(function, lo, hi, self.ts, self.ids, values, query_ts, query_id)
