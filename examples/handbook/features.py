@@ -68,14 +68,18 @@ def payment_calendar(inputs: dict) -> dict:
     }
 
 
+def _over_30_days(column: str, function: str, name: str) -> Aggregation:
+    return Aggregation(column=column, function=function, time_window=timedelta(days=30), name=name)
+
+
 # The card's habit: the median of its earlier payments over 30 days, how many of them in the
 # last 7 and 14 days were above 3x that, and its largest of the last 7 days against it.
 _habits = [
-    Aggregation(column="tx_amount", function="habit_median", time_window=timedelta(days=30), name="customer_id_median_amount_30day"),
-    Aggregation(column="tx_amount", function="high_amounts_7d", time_window=timedelta(days=30), name="customer_id_nb_high_amount_7day_window"),
-    Aggregation(column="tx_amount", function="high_amounts_14d", time_window=timedelta(days=30), name="customer_id_nb_high_amount_14day_window"),
-    Aggregation(column="tx_amount", function="max_over_habit_7d", time_window=timedelta(days=30), name="customer_id_max_amount_over_median_7day_window"),
-]  # fmt: skip
+    _over_30_days("tx_amount", "habit_median", "customer_id_median_amount_30day"),
+    _over_30_days("tx_amount", "high_amounts_7d", "customer_id_nb_high_amount_7day_window"),
+    _over_30_days("tx_amount", "high_amounts_14d", "customer_id_nb_high_amount_14day_window"),
+    _over_30_days("tx_amount", "max_over_habit_7d", "customer_id_max_amount_over_median_7day_window"),
+]
 customer_habits = StreamFeatureView(
     name="customer_habits",
     source=payments,
@@ -89,11 +93,11 @@ customer_habits = StreamFeatureView(
 # before the label week, the run of frauds at the end, its age, the newest fraud's age, and
 # how long the terminal has gone without any label.
 _streaks = [
-    Aggregation(column="tx_fraud", function="fraud_streak", time_window=timedelta(days=30), name="terminal_id_fraud_streak"),
-    Aggregation(column="tx_fraud", function="fraud_streak_age_days", time_window=timedelta(days=30), name="terminal_id_fraud_streak_age_days"),
-    Aggregation(column="tx_fraud", function="last_fraud_age_days", time_window=timedelta(days=30), name="terminal_id_last_fraud_age_days"),
-    Aggregation(column="tx_fraud", function="label_age_days", time_window=timedelta(days=30), name="terminal_id_label_age_days"),
-]  # fmt: skip
+    _over_30_days("tx_fraud", "fraud_streak", "terminal_id_fraud_streak"),
+    _over_30_days("tx_fraud", "fraud_streak_age_days", "terminal_id_fraud_streak_age_days"),
+    _over_30_days("tx_fraud", "last_fraud_age_days", "terminal_id_last_fraud_age_days"),
+    _over_30_days("tx_fraud", "label_age_days", "terminal_id_label_age_days"),
+]
 terminal_streaks = StreamFeatureView(
     name="terminal_streaks",
     source=labels,

@@ -77,7 +77,7 @@ def fraud_streak_age_days(values: np.ndarray, times: np.ndarray, ids: np.ndarray
     start = values.shape[0]
     while start > 0 and values[start - 1] > 0.5:
         start -= 1
-    return (t - times[start]) / DAY if start < values.shape[0] else 0.0
+    return float((t - times[start]) / DAY) if start < values.shape[0] else 0.0
 
 
 @window_function

@@ -32,6 +32,30 @@ def test_the_declared_handbook_equals_the_reference(handbook: Path) -> None:
     assert "MATCH: 1,169,723 events compared" in done.stdout, done.stdout
 
 
+def test_the_declared_handbook_v3_equals_the_hand_written_features(handbook: Path, tmp_path: Path) -> None:
+    """fraud_v2's and fraud_v3's features, declared with the repo's window functions, equal
+    the hand-written ones: the local backfill and Spark's, on the handbook's first 45 days."""
+    import pandas as pd
+
+    from vigil.features.backfill import compute_features
+
+    events = pd.read_parquet(handbook / "transactions.parquet")
+    events = events[events["tx_datetime"] < events["tx_datetime"].min() + pd.Timedelta(days=45)]
+    events.to_parquet(tmp_path / "events.parquet")
+    compute_features(events).to_parquet(tmp_path / "hand-written.parquet")
+    service = load_declared(PROJECT_ROOT / "examples" / "handbook").service("fraud_v3").features
+    compute = [
+        sys.executable, "-m", "vigil.cli", "repo", "compute", "--repo", "examples/handbook", "--service", "fraud_v3",
+        "--events", str(tmp_path / "events.parquet"), "--reference", str(tmp_path / "hand-written.parquet"),
+    ]  # fmt: skip
+    for engine in ("local", "spark"):
+        done = run(*compute, "--engine", engine, "--spark-master", "local[2]")
+        assert done.returncode == 0, done.stdout + done.stderr[-3000:]
+        assert f"MATCH: {len(events):,} events compared" in done.stdout, done.stdout
+        compared = re.findall(r"^  (\w+) +max \|diff\|", done.stdout, re.M)
+        assert compared == list(service), compared  # every one of the 22, none missing from the reference
+
+
 def run_block(settings: Settings, readme: Path, marker: str, files: list[str]) -> str:
     """A README's marked bash block, as written, in this test's namespace (its files removed;
     a service on a free port instead of 8000, stopped with the block)."""
@@ -60,7 +84,7 @@ def test_the_readme_declared_features_block_runs_as_written(settings: Settings) 
     backfill's for every event of the world."""
     files = ["declared-world.parquet", "declared-features.parquet"]
     out = run_block(settings, PROJECT_ROOT / "README.md", "declared", files)
-    assert "service fraud_v1 (default): 14 features" in out
+    assert "service fraud_v1 (default): 14 features" in out and "service fraud_v3: 22 features" in out
 
 
 def test_the_payments_example_runs_as_written(settings: Settings, tmp_path: Path) -> None:

@@ -6,8 +6,8 @@ local backfill (`vigil.declared.compute`), run where the data is.
     join on the event id --mapInPandas--> the on-demand views (Feast's python mode, per chunk)
 
 A bucket is `hash(key) % buckets` (Spark's Murmur3, strings and integers alike), so a call
-holds many entities, each with all of its facts. The repo's own Python (on-demand functions)
-travels to the workers by value: they need not have the repo on their path.
+holds many entities, each with all of its facts. The repo's own Python (on-demand functions,
+window functions) travels to the workers by value: they need not have the repo on their path.
 """
 
 from __future__ import annotations
@@ -57,12 +57,15 @@ def _group_windows(declared: DeclaredFeatures, aggregations: list[WindowAggregat
 
 
 def _ship_repo_code(declared: DeclaredFeatures) -> None:
-    """The on-demand functions' modules are pickled by value (the workers lack the repo)."""
+    """The modules of the repo's own code (on-demand views, window functions) are pickled by
+    value: the workers lack the repo."""
     from pyspark import cloudpickle
 
-    for view in declared.derived:
-        module = sys.modules.get(view.transform.__module__)
-        if module is not None and not view.transform.__module__.startswith(("vigil", "feast")):
+    functions = [view.transform for view in declared.derived]
+    functions += [a.custom.function for a in declared.aggregations if a.custom is not None]
+    for name in {f.__module__ for f in functions}:
+        module = sys.modules.get(name)
+        if module is not None and not name.startswith(("vigil", "feast")):
             cloudpickle.register_pickle_by_value(module)
 
 
@@ -97,6 +100,7 @@ def compute_declared_spark(
         )
         labels = labels.dropDuplicates([label_schema.event_id])
     table = events.select(schema.event_id)
+    _ship_repo_code(declared)
     for (on, key), aggregations in groups.items():
         # Spark reads a pandas function's arity (a key first, or not): plain one- and two-frame
         # functions, the bucket column dropped in Spark.
@@ -111,7 +115,6 @@ def compute_declared_spark(
             part = bucketed.groupBy("__bucket").cogroup(known.groupBy("__bucket")).applyInPandas(function, out)
         table = table.join(part, schema.event_id)
     if derived:
-        _ship_repo_code(declared)
         fields = [f for f in schema.fields if f != schema.event_id]
         table = table.join(events.select(schema.event_id, *fields), schema.event_id)
         bare = dataclasses.replace(declared, aggregations=(), services={})

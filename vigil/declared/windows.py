@@ -15,10 +15,10 @@ from collections.abc import Callable
 from dataclasses import dataclass
 from typing import Any
 
+import numba
 import numpy as np
 import numpy.typing as npt
 import pandas as pd
-import numba
 from numba import njit
 
 from vigil.declared.model import FUNCTIONS, WindowFunction
@@ -190,11 +190,11 @@ def apply_window_function(
     """`function(values, times, ids, t, event_id)` over each query's window: compiled with
     numba when its code allows (one loop, no Python call per query), else called from Python."""
     compiled = _compiled(function)
-    arrays = [np.ascontiguousarray(a) for a in (lo, hi, ts, ids)] + [np.ascontiguousarray(values, np.float64)]
-    arrays += [np.ascontiguousarray(q_ts, np.int64), np.ascontiguousarray(q_id, np.int64)]
+    lo, hi, ts, ids, q_ts, q_id = (np.ascontiguousarray(a, np.int64) for a in (lo, hi, ts, ids, q_ts, q_id))
+    values = np.ascontiguousarray(values, np.float64)
     if compiled is not None:
-        return np.asarray(_APPLY(compiled, *arrays), dtype=np.float64)
-    return _apply_python(function.function, *arrays)
+        return np.asarray(_APPLY(compiled, lo, hi, ts, ids, values, q_ts, q_id), dtype=np.float64)
+    return _apply_python(function.function, lo, hi, ts, ids, values, q_ts, q_id)
 
 
 @dataclass(frozen=True)
