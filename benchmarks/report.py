@@ -57,6 +57,23 @@ def lines() -> list[str]:
             out.append(f"vigil train, last 30 days, {name}: {figures['seconds']} s, peak {figures['peak_rss_mib']} MiB")
         if "peak_memory_ratio_120_over_60" in offline:
             out.append(f"peak memory 120 / 60 days: {offline['peak_memory_ratio_120_over_60']} (target <= 1.2)")
+    if declared := read("declared"):
+        out += declared_lines(declared)
+    return out
+
+
+def declared_lines(declared: dict[str, Any]) -> list[str]:
+    """examples/handbook's compiled definition beside the hand-written code, same run."""
+    out = [f"declared backfill, {name}: {seconds} s" for name, seconds in declared.get("backfill", {}).items()]
+    if replay := declared.get("replay"):
+        ratio = replay["declared_events_per_s"] / replay["hand_written_events_per_s"]
+        out.append(
+            f"declared replay: {replay['declared_events_per_s']:,} events/s against "
+            f"{replay['hand_written_events_per_s']:,} hand-written ({ratio:.2f}x; target >= 0.90x)"
+        )
+    for path, figures in declared.get("request", {}).items():
+        if isinstance(figures, dict):
+            out.append(f"one event's features from Redis, {path}: p50 {figures['p50_ms']} / p99 {figures['p99_ms']} ms")
     return out
 
 
