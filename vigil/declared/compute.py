@@ -26,7 +26,7 @@ NS = 1_000_000_000
 
 
 def nanoseconds(times: pd.Series) -> IntArray:
-    stamps = pd.to_datetime(times, utc=True)
+    stamps = pd.to_datetime(times, utc=True, cache=False)  # cache: a uniqueness scan of every value
     return stamps.to_numpy(dtype="datetime64[ns]").astype(np.int64)
 
 

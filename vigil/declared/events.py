@@ -16,6 +16,7 @@ from typing import Any
 
 import numpy as np
 import pandas as pd
+from pandas.api.types import infer_dtype
 
 from vigil.declared.model import DeclaredFeatures, Kind
 from vigil.events import DeadLetter
@@ -56,24 +57,38 @@ def record_fields(declared: DeclaredFeatures) -> tuple[str, ...]:
     return tuple(dict.fromkeys([KIND, *declared.events.fields, *label_fields(declared)]))
 
 
+# What pandas infers for an object column with no bool in it (bools make it "boolean",
+# "mixed" or "mixed-integer"): such a column needs no per-value look for bools.
+_NO_BOOLS = ("integer", "floating", "mixed-integer-float", "empty")
+
+
 def _is(values: pd.Series, kinds: tuple[type, ...]) -> np.ndarray:
     return values.map(lambda v: isinstance(v, kinds)).to_numpy(bool)
+
+
+def _strings(values: pd.Series) -> np.ndarray:
+    """Which values are strings: at C speed when all are (a stream's usual batch)."""
+    if infer_dtype(values, skipna=False) == "string":
+        return np.ones(len(values), bool)
+    return _is(values, (str,))
 
 
 def _typed(values: pd.Series, kind: Kind) -> tuple[pd.Series, np.ndarray, str]:
     """(typed values, which rows are good, why the others are not)."""
     present = values.notna().to_numpy(bool)
     if kind == "time":
-        stamps = pd.to_datetime(values.astype(object), utc=True, errors="coerce", format="ISO8601")
+        stamps = pd.to_datetime(values.astype(object), utc=True, errors="coerce", format="ISO8601", cache=False)
         return stamps, present & stamps.notna().to_numpy(bool), "not an ISO 8601 time"
     if kind == "string":
-        good = present & _is(values, (str,)) & (values.astype(str).str.len() > 0).to_numpy(bool)
+        good = present & _strings(values) & (values.astype(str).str.len() > 0).to_numpy(bool)
         return values.astype(object), good, "not a non-empty string"
     if kind == "boolean":
         text = values.map(lambda v: str(v).lower() if isinstance(v, str | bool) else None)
         good = present & text.isin(["true", "false"]).to_numpy(bool)
         return (text == "true").astype(bool), good, "not a boolean"
-    numbers = pd.to_numeric(values.where(~values.map(lambda v: isinstance(v, bool))), errors="coerce")
+    if infer_dtype(values, skipna=True) not in _NO_BOOLS:  # True is not the number 1 here
+        values = values.where(~_is(values, (bool, np.bool_)))
+    numbers = pd.to_numeric(values, errors="coerce")
     finite = np.isfinite(numbers.to_numpy(np.float64, na_value=np.nan))
     if kind == "number":
         return numbers.astype(np.float64), present & finite, "not a finite number"
@@ -120,14 +135,16 @@ def check_records(
             continue
         typed, reasons = _sort_out(frame.iloc[rows], fields)
         time = declared.labels.time if label and declared.labels is not None else declared.events.time
-        for i, when in enumerate(typed[time].tolist() if len(rows) else []):
-            if reasons[i] is None and when > latest:
-                reasons[i] = f"{time}: more than {ahead_seconds:.0f} s ahead of the wall clock ({when.isoformat()})"
+        ahead = (typed[time] > latest).to_numpy(bool) if len(rows) else np.zeros(0, bool)
+        for i in np.flatnonzero(ahead).tolist():
+            if reasons[i] is None:
+                when = typed[time].iloc[i].isoformat()
+                reasons[i] = f"{time}: more than {ahead_seconds:.0f} s ahead of the wall clock ({when})"
         if label and declared.labels is not None:
             name = declared.labels.label
-            for i, value in enumerate(typed[name].tolist()):
-                if reasons[i] is None and value not in (0, 1):
-                    reasons[i] = f"{name}: not 0 or 1 ({value!r})"
+            for i in np.flatnonzero(~typed[name].isin([0, 1]).to_numpy(bool)).tolist():
+                if reasons[i] is None:
+                    reasons[i] = f"{name}: not 0 or 1 ({typed[name].iloc[i].item()!r})"
         good = np.array([r is None for r in reasons], bool)
         for i, reason in zip(rows.tolist(), reasons, strict=True):
             if reason is not None:
