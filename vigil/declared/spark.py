@@ -61,9 +61,9 @@ def _ship_repo_code(declared: DeclaredFeatures) -> None:
     value: the workers lack the repo."""
     from pyspark import cloudpickle
 
-    functions = [view.transform for view in declared.derived]
-    functions += [a.custom.function for a in declared.aggregations if a.custom is not None]
-    for name in {f.__module__ for f in functions}:
+    modules = {view.transform.__module__ for view in declared.derived}
+    modules |= {a.custom.function.__module__ for a in declared.aggregations if a.custom is not None}
+    for name in modules:
         module = sys.modules.get(name)
         if module is not None and not name.startswith(("vigil", "feast")):
             cloudpickle.register_pickle_by_value(module)
