@@ -70,13 +70,16 @@ def test_a_stream_with_bad_entries_loses_nothing(settings: Settings, redis_clien
         pipe.xadd(stream, as_entry({"kind": "event", "id": 99_999, "card": "card-1"}))
         pipe.xadd(stream, as_entry({"kind": "event", **rows.iloc[1].to_dict(), "at": "2200-12-31T00:00:00"}))
         pipe.xadd(stream, {"json": "{not json"})
-        # A label for an event never seen, and one for a seen event at another time.
+        # A label for an event never seen, one for a seen event at another time.
         never = {"kind": "label", "id": 999_999, "at": "2026-03-02T00:00:00", "merchant": "m001", "fraud": 1}
         pipe.xadd(stream, as_entry(never))
         first = events.iloc[0]
         moved = (first["at"] + pd.Timedelta(minutes=1)).isoformat()
         elsewhen = {"kind": "label", "id": int(first["id"]), "at": moved, "merchant": first["merchant"], "fraud": 1}
         pipe.xadd(stream, as_entry(elsewhen))
+        # Its id and time, but another merchant's: counted there, it would blame that merchant.
+        elsewhere = {**elsewhen, "at": first["at"].isoformat(), "merchant": "m-elsewhere"}
+        pipe.xadd(stream, as_entry(elsewhere))
         pipe.execute()
     source = stream_source(f"{settings.redis_url.rsplit('/', 1)[0]}/{stream}", declared, settings)
     source.idle_timeout = 1.0
@@ -94,6 +97,7 @@ def test_a_stream_with_bad_entries_loses_nothing(settings: Settings, redis_clien
         "at: more than 86400 s ahead of the wall clock (2200-12-31T00:00:00+00:00)",
         "at: not the time of the event it labels",
         "fraud: not 0 or 1 (2)",
+        "merchant: not the merchant of the event it labels",
         "payload is not valid JSON",
     ], reasons
     assert redis_client.xpending(stream, source.group)["pending"] == 0
