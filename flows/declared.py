@@ -272,9 +272,11 @@ def default_sinks(settings: Settings, declared: DeclaredFeatures) -> DeclaredSin
     return DeclaredSinks(DeclaredFactsSink(settings, declared, stats, dead), dead, stats)
 
 
-def stream_source(uri: str, declared: DeclaredFeatures, settings: Settings) -> RedisStreamSource | Any:
-    """`redis://HOST:PORT/STREAM` or `kafka://BROKER[,BROKER]/TOPIC` (VIGIL_STOP_AT_END=1:
-    stop once it is read to its end)."""
+def stream_source(
+    uri: str, declared: DeclaredFeatures, settings: Settings, group: str = "vigil-declared"
+) -> RedisStreamSource | Any:
+    """`redis://HOST:PORT/STREAM` or `kafka://BROKER[,BROKER]/TOPIC`, read as the consumer
+    group `group` (VIGIL_STOP_AT_END=1: stop once it is read to its end)."""
     from vigil.uris import parse_source_uri
 
     stream = parse_source_uri(uri)
@@ -284,14 +286,14 @@ def stream_source(uri: str, declared: DeclaredFeatures, settings: Settings) -> R
         from flows.kafka import KafkaEventSource
 
         kafka = KafkaEventSource(
-            stream.address.split(","), stream.name, settings.redis_url, group="vigil-declared",
+            stream.address.split(","), stream.name, settings.redis_url, group=group,
             tail=not settings.stop_at_end, tick_seconds=1.0,
         )  # fmt: skip
         kafka.fields = record_fields(declared)
         return kafka
     idle = 1.0 if settings.stop_at_end else None
     source = RedisStreamSource(
-        stream.address, stream.name, group="vigil-declared", idle_timeout=idle, tick_seconds=1.0,
+        stream.address, stream.name, group=group, idle_timeout=idle, tick_seconds=1.0,
         claim_idle=settings.stream_claim_idle_seconds,
     )  # fmt: skip
     source.fields = record_fields(declared)

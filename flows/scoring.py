@@ -83,7 +83,7 @@ class StreamScorer:
         self._rules.check()
         await self._lists.refresh(self._client, self.settings.key_prefix)
 
-    def __call__(self, batch: ValidatedBatch) -> list[tuple[dict[str, Any], Any]]:
+    def __call__(self, batch: ValidatedBatch) -> list[tuple[dict[str, Any] | None, Any]]:
         """(decision, acknowledgement token) for every valid transaction of the batch."""
         frame = batch.transactions
         if frame.empty:
@@ -109,17 +109,21 @@ class StreamScorer:
         return list(zip(results, frame["token"].tolist(), strict=True))
 
 
-class _DecisionPartition(StatelessSinkPartition[tuple[dict[str, Any], Any]]):
+class _DecisionPartition(StatelessSinkPartition[tuple[dict[str, Any] | None, Any]]):
     def __init__(self, url: str, stream: str, max_len: int) -> None:
         self.client = connect(url)
         self.stream, self.max_len = stream, max_len
         self.acknowledge = Acknowledger()
 
-    def write_batch(self, items: list[tuple[dict[str, Any], Any]]) -> None:
-        with self.client.pipeline(transaction=False) as pipe:
-            for decision, _ in items:
-                pipe.xadd(self.stream, {"json": json.dumps(decision)}, maxlen=self.max_len, approximate=True)
-            pipe.execute()
+    def write_batch(self, items: list[tuple[dict[str, Any] | None, Any]]) -> None:
+        """Writes the decisions, then acknowledges every item (None: an entry with nothing to
+        decide, a label on the events' stream)."""
+        decisions = [decision for decision, _ in items if decision is not None]
+        if decisions:
+            with self.client.pipeline(transaction=False) as pipe:
+                for decision in decisions:
+                    pipe.xadd(self.stream, {"json": json.dumps(decision)}, maxlen=self.max_len, approximate=True)
+                pipe.execute()
         self.acknowledge([token for _, token in items if token is not None])  # only after the decisions are written
 
     def close(self) -> None:
@@ -127,7 +131,7 @@ class _DecisionPartition(StatelessSinkPartition[tuple[dict[str, Any], Any]]):
         self.client.close()
 
 
-class DecisionSink(DynamicSink[tuple[dict[str, Any], Any]]):
+class DecisionSink(DynamicSink[tuple[dict[str, Any] | None, Any]]):
     """Decisions as JSON entries of a bounded Redis stream."""
 
     def __init__(self, url: str, stream: str, max_len: int = 1_000_000) -> None:
@@ -139,7 +143,7 @@ class DecisionSink(DynamicSink[tuple[dict[str, Any], Any]]):
 
 def build_flow(
     source: Source[RawBatch] | None = None,
-    sink: Sink[tuple[dict[str, Any], Any]] | None = None,
+    sink: Sink[tuple[dict[str, Any] | None, Any]] | None = None,
     settings: Settings | None = None,
 ) -> Dataflow:
     settings = settings or Settings()

@@ -17,7 +17,6 @@ import asyncio
 import contextlib
 import logging
 from collections.abc import AsyncIterator, Callable
-from concurrent.futures import ThreadPoolExecutor
 from typing import Any
 
 import orjson
@@ -27,21 +26,17 @@ from fastapi.responses import JSONResponse
 from fastapi.security import APIKeyHeader
 from prometheus_client import CONTENT_TYPE_LATEST, generate_latest
 
-from scoring.declared_lists import DeclaredLists, add_list_routes, list_keys
-from scoring.declared_scorer import STORE_EMPTY, DeclaredScorer, InvalidEvents, check_events, rule_sample
+from scoring.declared_lists import add_list_routes
+from scoring.declared_resources import open_declared
+from scoring.declared_scorer import STORE_EMPTY, DeclaredScorer, InvalidEvents, check_events
 from scoring.fastpath import NO_KEY, NO_MODEL_YET, UNSUPPORTED, json_content
-from scoring.metrics import ServiceMetrics
 from scoring.middleware import RequestLimits
-from scoring.models import ModelManager, ModelUnavailableError
-from scoring.prediction_log import PredictionLog
-from scoring.resources import _every, _follow_aliases, load_rules
+from scoring.resources import _every, _follow_aliases
 from scoring.security import authorised, encoded
 from vigil.declared import DeclaredFeatures, load_declared
 from vigil.declared.events import KIND, LABEL, check_records, label_fields
 from vigil.declared.model import Kind
 from vigil.declared.online import DeclaredOnlineStore
-from vigil.lifecycle.tracking import CHALLENGER
-from vigil.online.connection import connect, connect_async
 from vigil.settings import Settings
 
 log = logging.getLogger("vigil.scoring")
@@ -98,70 +93,26 @@ def lifespan(settings: Settings, declared: DeclaredFeatures) -> Callable[[FastAP
     @contextlib.asynccontextmanager
     async def run(app: FastAPI) -> AsyncIterator[None]:
         loop = asyncio.get_running_loop()
-        metrics = ServiceMetrics()
-        rules = load_rules(settings, rule_sample(declared))
-        models = ModelManager(settings, on_reload_failure=lambda version: metrics.reload_failures.inc())
-        models.check_store()
-        try:
-            await loop.run_in_executor(None, models.load)
-        except ModelUnavailableError as error:
-            log.error("%s; not ready (503) until a champion loads", error)
-        shadow = ModelManager(settings, alias=CHALLENGER, on_reload_failure=lambda v: metrics.reload_failures.inc())
-        await loop.run_in_executor(None, shadow.load_if_present)
-        client = connect(settings.redis_url, socket_timeout=1.0, socket_connect_timeout=0.5)
-        executor = ThreadPoolExecutor(max_workers=4, thread_name_prefix="vigil-declared")
-        store = DeclaredOnlineStore(client, settings.key_prefix, declared)
-        log_client = connect_async(settings.redis_url, socket_timeout=1.0, socket_connect_timeout=0.5)
-        lists = DeclaredLists(list_keys(declared))
-        try:
-            await lists.refresh(log_client, settings)
-        except Exception as error:  # readiness says the store is away; the lists follow when it returns
-            log.warning("lists not readable at start: %s", type(error).__name__)
-        app.state.lists, app.state.redis = lists, log_client
-        prediction_log = PredictionLog(
-            log_client,
-            settings.prediction_stream,
-            metrics,
-            max_buffer_bytes=settings.prediction_buffer_bytes,
-            event_id=declared.events.event_id,
-        )
-        app.state.metrics, app.state.models, app.state.store, app.state.executor = metrics, models, store, executor
-        app.state.scorer = DeclaredScorer(
-            declared,
-            store,
-            models,
-            metrics,
-            settings.score_budget_ms / 1000,
-            executor,
-            shadow=shadow,
-            shadow_stream=settings.shadow_stream,
-            row_budget_seconds=settings.score_row_budget_ms / 1000,
-            prediction_log=prediction_log,
-            rules=rules,
-            lists=lists,
-        )
-        await loop.run_in_executor(None, app.state.scorer.warm)
-        prediction_log.start()
-
-        async def follow_rules_and_lists() -> None:
-            rules.check()
-            metrics.rules_loaded.set(len(rules.current.rules))
-            metrics.rules_file_error.set(1 if rules.error else 0)
-            await lists.refresh(log_client, settings)
-
+        opened = await open_declared(settings, declared)
+        app.state.lists, app.state.redis = opened.lists, opened.log_client
+        app.state.metrics, app.state.models, app.state.store = opened.metrics, opened.models, opened.store
+        app.state.executor, app.state.scorer = opened.executor, opened.scorer
+        opened.prediction_log.start()
         watchers = [
-            loop.create_task(_every(settings.alias_poll_seconds, lambda: _follow_aliases(models, shadow, metrics))),
-            loop.create_task(_every(1.0, follow_rules_and_lists)),
+            loop.create_task(
+                _every(
+                    settings.alias_poll_seconds, lambda: _follow_aliases(opened.models, opened.shadow, opened.metrics)
+                )
+            ),
+            loop.create_task(_every(1.0, lambda: opened.refresh_rules_and_lists(settings))),
         ]
         try:
             yield
         finally:
             for watcher in watchers:
                 watcher.cancel()
-            await prediction_log.stop()
-            executor.shutdown(wait=False)
-            client.close()
-            await log_client.aclose()
+            await opened.prediction_log.stop()
+            await opened.close()
 
     return run
 

@@ -5,6 +5,7 @@ exactly its own service's inputs, equal to the backfill's; bodies follow the rep
 from __future__ import annotations
 
 import importlib.util
+import json
 import time
 from pathlib import Path
 
@@ -119,6 +120,43 @@ def test_each_version_gets_its_own_services_inputs_equal_to_the_backfill(served:
         assert np.allclose(logged.loc[last["payment_id"], v1].to_numpy(), want_logged, rtol=1e-6, atol=1e-6)
 
 
+def test_in_stream_scoring_answers_each_event_as_the_service_would(served: tuple[Settings, pd.DataFrame]) -> None:
+    """flows.declared_scoring on the repo's events stream: one decision per event, from the
+    champion on its own inputs; labels on the stream are acknowledged, bad entries are dead
+    letters; nothing stays pending."""
+    from bytewax.testing import run_main
+
+    from flows.declared_scoring import GROUP, build_flow
+    from tests.integration.test_declared_flow import as_entry
+
+    settings, events = served
+    declared = load_declared(PAYMENTS)
+    last = events.sort_values("paid_at").tail(40)
+    client = connect(settings.redis_url)
+    stream = settings.stream("events")
+    first = last.iloc[0]
+    with client.pipeline(transaction=False) as pipe:
+        for _, row in last.iterrows():
+            pipe.xadd(stream, as_entry({"kind": "event", **body(row)}))
+        label = {"payment_id": int(first["payment_id"]), "paid_at": body(first)["paid_at"], "is_fraud": 0}
+        pipe.xadd(stream, as_entry({"kind": "label", **label, "merchant_id": first["merchant_id"]}))
+        pipe.xadd(stream, as_entry({"kind": "event", **body(first), "amount": "a lot"}))
+        pipe.execute()
+    run_main(build_flow(settings=settings.model_copy(update={"stop_at_end": True}), declared=declared))
+
+    decisions = [json.loads(fields[b"json"]) for _, fields in client.xrange(settings.stream("decisions"))]
+    assert [d["payment_id"] for d in decisions] == last["payment_id"].tolist()
+    assert not any(d["fallback"] for d in decisions), decisions[0]
+    assert {d["decision"] for d in decisions} <= {"allow", "review", "block"}
+    v1 = list(declared.service("payments_v1").features)
+    expected = compute_declared(declared, events, service="payments_v1").set_index("payment_id")
+    want = load_native("models:/fraud-detector/1").predict_proba(expected.loc[last["payment_id"], v1].to_numpy())
+    assert np.allclose([d["score"] for d in decisions], want, atol=1e-6)
+    dead = [fields[b"reason"].decode() for _, fields in client.xrange(settings.deadletter_stream)]
+    assert dead == ["amount: not a finite number ('a lot')"], dead
+    assert client.xpending(stream, GROUP)["pending"] == 0
+
+
 def test_bodies_follow_the_repos_schema(served: tuple[Settings, pd.DataFrame]) -> None:
     settings, events = served
     env = server_env(settings, VIGIL_FEATURE_REPO=str(PAYMENTS))
@@ -204,9 +242,13 @@ def test_rules_and_lists_read_the_repos_fields_and_features(
     assert hit.any() and not hit.all()
     env = server_env(settings, VIGIL_FEATURE_REPO=str(PAYMENTS), VIGIL_RULES_FILE=str(rules))
     with serve_process(env) as base:
-        results = httpx.post(
-            f"{base}/v1/score/batch", json={"events": [body(r) for _, r in last.iterrows()]}, timeout=30
-        ).json()["results"]
+        for _ in range(3):  # a batch that missed its deadline on a busy machine scores from the event alone
+            results = httpx.post(
+                f"{base}/v1/score/batch", json={"events": [body(r) for _, r in last.iterrows()]}, timeout=30
+            ).json()["results"]
+            if not results[0]["fallback"]:
+                break
+        assert not results[0]["fallback"], results[0]
         ruled = np.array(["rule:web_and_busy" in r["reasons"] for r in results])
         assert (ruled == hit).all()
         assert all(r["decision"] == "block" for r, h in zip(results, hit, strict=True) if h)
