@@ -93,14 +93,7 @@ def _once(args: argparse.Namespace, settings: Any, registry: Any = None) -> int:
     )
     from vigil.cli.repo import declared_repo
 
-    # A declared repo is trained with `vigil train` (on what was ingested, or a file): the
-    # monitor reports and alerts, and says so, but does not retrain it.
     declared = declared_repo(settings.feature_repo)
-    if declared and args.retrain == "always":
-        raise UserError(
-            "--retrain always retrains the handbook's models from the offline store; a declared repo's "
-            "versions are trained with `vigil train` (then `vigil promote`), on what was ingested or a file"
-        )
     try:
         result = run_monitor(settings, config, dry_run=args.dry_run)
     except LookupError as error:
@@ -109,16 +102,19 @@ def _once(args: argparse.Namespace, settings: Any, registry: Any = None) -> int:
         print("no scored traffic yet: start `vigil serve` and send transactions, then run `vigil monitor` again")
         return 0
     outcome = None
-    if declared and result.alerted and args.retrain == "auto":
-        print("a declared repo is retrained with `vigil train` and `vigil promote` (what was ingested, or --events)")
-    if args.retrain != "never" and not declared:
+    if args.retrain != "never":
+        # A declared repo retrains on what its flow recorded in the offline event log, on the
+        # champion's feature service; the handbook's on its offline store.
+        data, params = _declared_retraining(settings, args.model) if declared else (None, None)
         try:
             outcome = run_retraining(
                 settings,
                 result,
+                data,
                 every_days=args.retrain_every_days,
                 train_days=args.train_days,
                 model=args.model,
+                params=params,
                 dry_run=args.dry_run,
                 force=args.retrain == "always",
             )
@@ -132,6 +128,38 @@ def _once(args: argparse.Namespace, settings: Any, registry: Any = None) -> int:
         gauges(result, registry)
     _print(result, outcome)
     return 0
+
+
+def _declared_retraining(settings: Any, model: str) -> tuple[Any, dict[str, Any]]:
+    """A declared repo's retraining: a loader of every declared feature of the labelled events
+    the flow recorded (the gate scores each version on its own service's), and the params that
+    train on the champion's feature service (the repo's default without a champion)."""
+    from mlflow.exceptions import MlflowException
+    from mlflow.tracking import MlflowClient
+
+    from vigil.declared import load_declared
+    from vigil.declared.training import logged_events, training_set
+    from vigil.lifecycle.tracking import CHAMPION, REGISTERED_MODEL, configure
+
+    declared = load_declared(settings.feature_repo)
+    configure(settings)
+    try:
+        tags = MlflowClient().get_model_version_by_alias(REGISTERED_MODEL, CHAMPION).tags
+    except MlflowException:  # no champion yet
+        tags = {}
+    named = tags.get("feature_service")
+    service = declared.service(named if named in declared.services else None)
+    params: dict[str, Any] = {"inputs": list(service.features), "feature_service": service.name}
+    if model == "xgboost":  # the handbook model's own ratios and companion read the handbook's features
+        params.update(derived_inputs=False, recent_days=0)
+
+    def load() -> Any:
+        try:
+            return training_set(declared, logged_events(declared, settings.event_log), every_feature=True).frame
+        except ValueError as error:
+            raise UserError(f"cannot retrain: the offline event log: {error}") from None
+
+    return load, params
 
 
 def cmd_monitor(args: argparse.Namespace) -> int:

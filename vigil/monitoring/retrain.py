@@ -17,6 +17,7 @@ from __future__ import annotations
 
 import json
 import logging
+from collections.abc import Callable
 from dataclasses import dataclass, field
 from datetime import UTC, datetime
 from typing import Any
@@ -88,7 +89,7 @@ def registry_windows(settings: Settings) -> tuple[pd.Timestamp | None, pd.Timest
 def run_retraining(
     settings: Settings,
     result: MonitorResult,
-    data: pd.DataFrame | None = None,
+    data: pd.DataFrame | Callable[[], pd.DataFrame] | None = None,
     *,
     every_days: float | None = None,
     train_days: int = 28,
@@ -99,8 +100,8 @@ def run_retraining(
     show_progress: bool = True,
 ) -> RetrainOutcome:
     """Decides, and unless `dry_run`, retrains, registers and gates. `data`: the training
-    set (built from the feature store when not given); `params`: the model's own (e.g. the
-    champion's), over the kind's defaults."""
+    set, or what reads it once retraining is due (built from the feature store when not given);
+    `params`: the model's own (e.g. the champion's), over the kind's defaults."""
     from vigil.lifecycle.evaluation import Split
 
     champion_end, newest_end = registry_windows(settings)
@@ -109,7 +110,8 @@ def run_retraining(
         reasons.append("requested (--retrain always)")
     if not reasons:
         return RetrainOutcome([], "none", "no alert and no schedule due: nothing to do")
-    if data is None and dry_run:
+    frame = data() if callable(data) else data
+    if frame is None and dry_run:
         # Saying what would happen reads no training set: building one applies the Feast repo
         # and backfills feature days, and a dry run changes nothing.
         from vigil.offline.eventlog import days
@@ -119,11 +121,11 @@ def run_retraining(
             return RetrainOutcome(reasons, "dry-run", "would retrain, but no label has been ingested yet")
         last = pd.Timestamp(labelled[-1])
     else:
-        if data is None:
-            data = _training_data(settings)
+        if frame is None:
+            frame = _training_data(settings)
         # The gate's week is the last labelled one; the challenger learns from the days right
         # before it (no gap: what matters is the newest behaviour, and the week stays unseen).
-        last = pd.to_datetime(data["tx_datetime"]).dt.normalize().max()
+        last = pd.to_datetime(frame["tx_datetime"]).dt.normalize().max()
     gate_start = last - pd.Timedelta(days=6)
     end = gate_start - pd.Timedelta(days=1)
     start = end - pd.Timedelta(days=train_days - 1)
@@ -142,9 +144,9 @@ def run_retraining(
     from vigil.lifecycle.training import train_and_register
 
     log.warning("retraining: %s; %s", "; ".join(reasons), plan)
-    report = train_and_register(settings, data, model, params=params, show_progress=show_progress, split=split)
+    report = train_and_register(settings, frame, model, params=params, show_progress=show_progress, split=split)
     _tag_version(settings, report.version, reasons)
-    decision = promote(settings, data)
+    decision = promote(settings, frame)
     outcome = RetrainOutcome(
         reasons,
         "retrained",
