@@ -128,7 +128,7 @@ def _apply_compiled(
     values: FloatArray,
     q_ts: IntArray,
     q_id: IntArray,
-) -> FloatArray:  # pragma: no cover - compiled per window function (see `_compiled_apply`)
+) -> FloatArray:  # pragma: no cover - compiled per window function (see `_compiled`)
     out = np.zeros(q_ts.shape[0])
     for i in range(q_ts.shape[0]):
         a, b = lo[i], hi[i]
