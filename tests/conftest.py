@@ -88,25 +88,33 @@ def handbook() -> Path:
     return HANDBOOK
 
 
-# The longest files, started first: with the suite spread over workers (`make test`, which
-# keeps this order with --no-loadscope-reorder: by default xdist starts the files with the most
-# tests first, and these single-test files came last), the last file to start sets the wall
-# time, so the long ones must not be left for the end.
+# The longest files, started first, longest first (as `--durations` measures them): with the
+# suite spread over workers (`make test`, which keeps this order with --no-loadscope-reorder:
+# by default xdist starts the files with the most tests first, and these single-test files
+# came last), the last file to start sets the wall time, so the long ones must not be left
+# for the end.
 LONGEST_FIRST = (
+    "test_payments_example.py",
+    "03_monitoring.ipynb",
     "test_drift_loop.py",
     "test_quickstart.py",
-    "03_monitoring.ipynb",
     "test_declared_examples.py",
-    "test_offline_store.py",
     "test_store_faults.py",
-    "test_demo.py",
-    "04_decisions.ipynb",
-    "test_monitoring.py",
-    "test_book_parity.py",
+    "test_offline_store.py",
     "test_prediction_log.py",
-    "test_declared_spark.py",
-    "test_training.py",
+    "test_monitoring.py",
+    "test_stream_sources.py",
+    "05_new_feature.ipynb",
     "test_api_hardening.py",
+    "test_declared_serving.py",
+    "test_demo.py",
+    "test_serving_faults.py",
+    "test_training.py",
+    "test_book_parity.py",
+    "test_cli.py",
+    "04_decisions.ipynb",
+    "test_declared_spark.py",
+    "02_train_and_register.ipynb",
 )
 
 
