@@ -138,7 +138,7 @@ def _declared_retraining(settings: Any, model: str) -> tuple[Any, dict[str, Any]
     from mlflow.tracking import MlflowClient
 
     from vigil.declared import load_declared
-    from vigil.declared.training import logged_events, training_set
+    from vigil.declared.training import logged_events, training_set, version_params
     from vigil.lifecycle.tracking import CHAMPION, REGISTERED_MODEL, configure
 
     declared = load_declared(settings.feature_repo)
@@ -149,9 +149,7 @@ def _declared_retraining(settings: Any, model: str) -> tuple[Any, dict[str, Any]
         tags = {}
     named = tags.get("feature_service")
     service = declared.service(named if named in declared.services else None)
-    params: dict[str, Any] = {"inputs": list(service.features), "feature_service": service.name}
-    if model == "xgboost":  # the handbook model's own ratios and companion read the handbook's features
-        params.update(derived_inputs=False, recent_days=0)
+    params = version_params(service, model)
 
     def load() -> Any:
         try:

@@ -259,7 +259,7 @@ def labelled_events(declared: DeclaredFeatures, path: str | None) -> pd.DataFram
 def train_declared(args: argparse.Namespace) -> int:
     """`vigil train` on a declared repo: its service's features of a labelled file of events."""
     from vigil.cli.models import report_training
-    from vigil.declared.training import default_split, training_set
+    from vigil.declared.training import default_split, training_set, version_params
     from vigil.lifecycle.training import train_and_register
 
     if args.engine != "local":
@@ -275,11 +275,7 @@ def train_declared(args: argparse.Namespace) -> int:
     if args.train_start:
         split = split.with_train_start(args.train_start)
     params = dict(json.loads(args.params)) if args.params else {}
-    # A declared service's inputs; the handbook models' own derived inputs and companion read
-    # the handbook's features, so they are off.
-    params.update(inputs=list(data.service.features), feature_service=data.service.name)
-    if args.model == "xgboost":
-        params.update(derived_inputs=False, recent_days=0)
+    params.update(version_params(data.service, args.model))
     try:
         report = train_and_register(
             settings(),

@@ -91,6 +91,17 @@ def logged_events(declared: DeclaredFeatures, root: str | Path) -> pd.DataFrame:
     return events
 
 
+def version_params(service: Service, model_kind: str) -> dict[str, object]:
+    """What a model version of a declared service is trained with: exactly the service's
+    inputs, in its order, and the service's name, which the version records (the scoring
+    service gives each loaded version its own service's features). The XGBoost model's own
+    ratios and recent-fraud companion read the handbook's built-in features, so they are off."""
+    params: dict[str, object] = {"inputs": list(service.features), "feature_service": service.name}
+    if model_kind == "xgboost":
+        params.update(derived_inputs=False, recent_days=0)
+    return params
+
+
 def default_split(data: TrainingSet, test_days: int = 7, train_end: str | None = None) -> Split:
     """Train on everything up to `train_end` (default: the day before the label delay that
     precedes the last `test_days` days), test on the `test_days` days after that delay."""
