@@ -131,29 +131,16 @@ def _once(args: argparse.Namespace, settings: Any, registry: Any = None) -> int:
 
 
 def _declared_retraining(settings: Any, model: str) -> tuple[Any, dict[str, Any]]:
-    """A declared repo's retraining: a loader of every declared feature of the labelled events
-    the flow recorded (the gate scores each version on its own service's), and the params that
-    train on the champion's feature service (the repo's default without a champion)."""
-    from mlflow.exceptions import MlflowException
-    from mlflow.tracking import MlflowClient
-
+    """A declared repo's retraining (`vigil.declared.training.retraining_inputs`), its
+    training set's mistakes said as the command's."""
     from vigil.declared import load_declared
-    from vigil.declared.training import logged_events, training_set, version_params
-    from vigil.lifecycle.tracking import CHAMPION, REGISTERED_MODEL, configure
+    from vigil.declared.training import retraining_inputs
 
-    declared = load_declared(settings.feature_repo)
-    configure(settings)
-    try:
-        tags = MlflowClient().get_model_version_by_alias(REGISTERED_MODEL, CHAMPION).tags
-    except MlflowException:  # no champion yet
-        tags = {}
-    named = tags.get("feature_service")
-    service = declared.service(named if named in declared.services else None)
-    params = version_params(service, model)
+    read, params = retraining_inputs(settings, load_declared(settings.feature_repo), model)
 
     def load() -> Any:
         try:
-            return training_set(declared, logged_events(declared, settings.event_log), every_feature=True).frame
+            return read()
         except ValueError as error:
             raise UserError(f"cannot retrain: the offline event log: {error}") from None
 

@@ -136,11 +136,6 @@ def serve(args: argparse.Namespace) -> int:
     return 0
 
 
-def events_body(fields: list[str], part: Any) -> dict[str, Any]:
-    """A chunk of a declared repo's events as the body of its `/v1/score/batch`."""
-    return {"events": json.loads(part[fields].to_json(orient="records", date_format="iso"))}
-
-
 def score(args: argparse.Namespace) -> int:
     from urllib.parse import urlsplit
 
@@ -154,7 +149,7 @@ def score(args: argparse.Namespace) -> int:
     import pandas as pd
 
     from vigil.cli.repo import declared_repo
-    from vigil.service_process import score_frame, transactions_body
+    from vigil.service_process import events_body, score_frame, transactions_body
 
     body_of, when, label = transactions_body, "tx_datetime", "tx_fraud"
     if declared_repo(config.feature_repo):

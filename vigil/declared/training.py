@@ -10,8 +10,10 @@ frame carries them under the lifecycle's names, beside the service's features.
 from __future__ import annotations
 
 import math
+from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 import numpy as np
 import pandas as pd
@@ -19,6 +21,9 @@ import pandas as pd
 from vigil.declared.backfill import compute_declared
 from vigil.declared.model import DeclaredFeatures, Service
 from vigil.lifecycle.evaluation import Split
+
+if TYPE_CHECKING:
+    from vigil.settings import Settings
 
 TIME, LABEL, UNIT = "tx_datetime", "tx_fraud", "customer_id"  # the lifecycle's column names
 
@@ -100,6 +105,32 @@ def version_params(service: Service, model_kind: str) -> dict[str, object]:
     if model_kind == "xgboost":
         params.update(derived_inputs=False, recent_days=0)
     return params
+
+
+def retraining_inputs(
+    settings: Settings, declared: DeclaredFeatures, model_kind: str
+) -> tuple[Callable[[], pd.DataFrame], dict[str, object]]:
+    """What `vigil monitor` retrains a declared repo with: a reader of every declared feature
+    of the labelled events the flow recorded in the offline event log (read only once
+    retraining is due; the gate scores each version on its own service's), and the params
+    that train on the champion's feature service (the repo's default without a champion)."""
+    from mlflow.exceptions import MlflowException
+    from mlflow.tracking import MlflowClient
+
+    from vigil.lifecycle.tracking import CHAMPION, REGISTERED_MODEL, configure
+
+    configure(settings)
+    try:
+        tags = MlflowClient().get_model_version_by_alias(REGISTERED_MODEL, CHAMPION).tags
+    except MlflowException:  # no champion yet
+        tags = {}
+    named = tags.get("feature_service")
+    service = declared.service(named if named in declared.services else None)
+
+    def read() -> pd.DataFrame:
+        return training_set(declared, logged_events(declared, settings.event_log), every_feature=True).frame
+
+    return read, version_params(service, model_kind)
 
 
 def default_split(data: TrainingSet, test_days: int = 7, train_end: str | None = None) -> Split:
