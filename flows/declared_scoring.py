@@ -75,6 +75,7 @@ class DeclaredStreamScorer:
                 )
             answers = self._loop.run_until_complete(opened.scorer.score(events))
             self._loop.run_until_complete(opened.prediction_log.flush())
+            self._loop.run_until_complete(opened.review.flush())
         return out + list(zip(answers, tokens, strict=True))
 
     async def _refresh(self, opened: DeclaredResources) -> None:

@@ -34,7 +34,7 @@ from scoring.models import ModelManager
 from scoring.prediction_log import PredictionLog
 from scoring.review_queue import ReviewQueue
 from scoring.rules import RulesFile
-from scoring.scorer import Scorer, compile_hot_path
+from scoring.scorer import Scorer, compile_hot_path, transaction_fields
 from vigil.events import RawBatch, ValidatedBatch, validate
 from vigil.online.connection import connect, connect_async
 from vigil.online.store import AsyncOnlineHistoryStore
@@ -64,7 +64,7 @@ class StreamScorer:
         executor = ThreadPoolExecutor(max_workers=1)
         # Flushed after every batch (no background task: the loop runs only while scoring).
         self._log = PredictionLog(client, settings.prediction_stream, metrics)
-        self._review = ReviewQueue(client, settings.review_stream, metrics)
+        self._review = ReviewQueue(client, settings.review_stream, metrics, describe=transaction_fields)
         self._rules, self._lists, self._client = RulesFile(settings.rules_file), Lists(), client
         return Scorer(
             store,

@@ -98,6 +98,7 @@ def lifespan(settings: Settings, declared: DeclaredFeatures) -> Callable[[FastAP
         app.state.metrics, app.state.models, app.state.store = opened.metrics, opened.models, opened.store
         app.state.executor, app.state.scorer = opened.executor, opened.scorer
         opened.prediction_log.start()
+        opened.review.start()
         watchers = [
             loop.create_task(
                 _every(
@@ -112,6 +113,7 @@ def lifespan(settings: Settings, declared: DeclaredFeatures) -> Callable[[FastAP
             for watcher in watchers:
                 watcher.cancel()
             await opened.prediction_log.stop()
+            await opened.review.stop()
             await opened.close()
 
     return run

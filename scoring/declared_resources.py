@@ -1,5 +1,5 @@
 """What a declared repo's scorer runs on, opened once per process: the champion and the
-challenger, the online store, the rules and lists, the prediction log. The HTTP service
+challenger, the online store, the rules and lists, the prediction log and the review queue. The HTTP service
 (`scoring.declared_app`) and the in-stream scorer (`flows.declared_scoring`) open the same."""
 
 from __future__ import annotations
@@ -11,11 +11,12 @@ from dataclasses import dataclass
 from typing import Any
 
 from scoring.declared_lists import DeclaredLists, list_keys
-from scoring.declared_scorer import DeclaredScorer, rule_sample
+from scoring.declared_scorer import DeclaredScorer, event_fields, rule_sample
 from scoring.metrics import ServiceMetrics
 from scoring.models import ModelManager, ModelUnavailableError
 from scoring.prediction_log import PredictionLog
 from scoring.resources import load_rules
+from scoring.review_queue import ReviewQueue
 from scoring.rules import RulesFile
 from vigil.declared import DeclaredFeatures
 from vigil.declared.online import DeclaredOnlineStore
@@ -38,6 +39,7 @@ class DeclaredResources:
     store: DeclaredOnlineStore
     lists: DeclaredLists
     prediction_log: PredictionLog
+    review: ReviewQueue  # started and stopped by whoever runs the scorer (the service, the flow)
     scorer: DeclaredScorer
 
     async def refresh_rules_and_lists(self, settings: Settings) -> None:
@@ -45,6 +47,8 @@ class DeclaredResources:
         self.metrics.rules_loaded.set(len(self.rules.current.rules))
         self.metrics.rules_file_error.set(1 if self.rules.error else 0)
         await self.lists.refresh(self.log_client, settings)
+        self.metrics.review_queue_length.set(await self.log_client.xlen(settings.review_stream))
+        self.metrics.prediction_log_pending.set(await self.log_client.xlen(settings.prediction_stream))
 
     async def close(self) -> None:
         self.executor.shutdown(wait=False)
@@ -82,6 +86,9 @@ async def open_declared(settings: Settings, declared: DeclaredFeatures, threads:
         max_buffer_bytes=settings.prediction_buffer_bytes,
         event_id=declared.events.event_id,
     )
+    review = ReviewQueue(
+        log_client, settings.review_stream, metrics, describe=event_fields, event_id=declared.events.event_id
+    )
     scorer = DeclaredScorer(
         declared,
         store,
@@ -95,8 +102,9 @@ async def open_declared(settings: Settings, declared: DeclaredFeatures, threads:
         prediction_log=prediction_log,
         rules=rules,
         lists=lists,
+        review=review,
     )
     await loop.run_in_executor(None, scorer.warm)
     return DeclaredResources(
-        metrics, rules, models, shadow, client, log_client, executor, store, lists, prediction_log, scorer
+        metrics, rules, models, shadow, client, log_client, executor, store, lists, prediction_log, review, scorer
     )

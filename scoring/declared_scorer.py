@@ -28,6 +28,7 @@ from scoring.declared_lists import DeclaredLists
 from scoring.metrics import ServiceMetrics
 from scoring.models import LoadedModel, ModelManager
 from scoring.prediction_log import PredictionLog
+from scoring.review_queue import ReviewQueue
 from scoring.rules import RulesFile
 from scoring.scorer import FEATURES_UNAVAILABLE, MODEL_ERROR, TIMEOUT, NoModelError
 from vigil.declared.compute import nanoseconds
@@ -100,6 +101,18 @@ def check_events(declared: DeclaredFeatures, records: Sequence[dict[str, Any]], 
     return checked.events
 
 
+def event_fields(row: pd.Series) -> dict[str, Any]:
+    """An event's fields (a row of checked events) as the review queue keeps them."""
+    return {
+        name: value.isoformat()
+        if isinstance(value, pd.Timestamp)
+        else value.item()
+        if isinstance(value, np.generic)
+        else value
+        for name, value in row.items()
+    }
+
+
 class DeclaredScorer:
     def __init__(
         self,
@@ -115,9 +128,10 @@ class DeclaredScorer:
         prediction_log: PredictionLog | None = None,
         rules: RulesFile | None = None,
         lists: DeclaredLists | None = None,
+        review: ReviewQueue | None = None,
     ) -> None:
         self.declared, self.store, self.models, self.metrics = declared, store, models, metrics
-        self.prediction_log = prediction_log
+        self.prediction_log, self.review = prediction_log, review
         self.executor = executor
         # A batch's deadline follows what a row costs here, measured on the batches (as the handbook's).
         self.deadlines = BatchDeadlines(budget_seconds, row_budget_seconds)
@@ -237,6 +251,8 @@ class DeclaredScorer:
         else:
             self.decider.decide(results, [None] * len(results), exact, model.policy, fallback=reason is not None)
         self.metrics.stage_seconds.labels("decide").observe(time.perf_counter() - decided)
+        if self.review is not None:
+            self.review.append(results, events[list(self.declared.events.fields)].iloc, exact, inputs)
         if self.prediction_log is not None:
             self.prediction_log.append(results, matrix, self._context(events, model), tuple(inputs))
         if reason is None and challenger is not None and self.shadow_stream:

@@ -22,7 +22,7 @@ from scoring.prediction_log import PredictionLog
 from scoring.readiness import Readiness
 from scoring.review_queue import ReviewQueue
 from scoring.rules import RulesFile
-from scoring.scorer import Scorer, compile_hot_path
+from scoring.scorer import Scorer, compile_hot_path, transaction_fields
 from vigil.lifecycle.tracking import CHALLENGER
 from vigil.online.connection import connect_async
 from vigil.online.store import AsyncOnlineHistoryStore
@@ -70,7 +70,7 @@ def lifespan(settings: Settings) -> Callable[[FastAPI], contextlib.AbstractAsync
         prediction_log = PredictionLog(
             client, settings.prediction_stream, metrics, max_buffer_bytes=settings.prediction_buffer_bytes
         )
-        review = ReviewQueue(client, settings.review_stream, metrics)
+        review = ReviewQueue(client, settings.review_stream, metrics, describe=transaction_fields)
         lists = Lists()
         batcher = None
         if settings.batch_max_wait_ms > 0:

@@ -1,8 +1,9 @@
 """The review queue: `review` and `block` decisions, with what an analyst needs to judge them,
 appended to the Redis stream `<prefix>:review` off the response path.
 
-Each entry is one JSON field: the transaction, score, decision, reasons, model version and
-the model inputs. The top contributions are not computed here but where the queue is read
+Each entry is one JSON field: the event's own fields (whatever the events carry: the
+service's `describe` gives them), score, decision, reasons, model version and the version's
+inputs by name. The top contributions are not computed here but where the queue is read
 (`vigil.monitoring.review.explain`): an exact TreeSHAP of the 500-tree booster takes about
 1.8 ms a row on one core, more than scoring the row, and the service would spend it on every
 review and block whether anyone reads it or not. While Redis is away entries wait in memory
@@ -16,7 +17,7 @@ import asyncio
 import collections
 import contextlib
 import logging
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from typing import Any
 
 import numpy as np
@@ -24,7 +25,6 @@ import orjson
 import redis
 
 from scoring.metrics import ServiceMetrics
-from vigil.features import spec
 
 log = logging.getLogger("vigil.scoring")
 
@@ -35,40 +35,45 @@ class ReviewQueue:
         client: Any,
         stream: str,
         metrics: ServiceMetrics,
+        describe: Callable[[Any], dict[str, Any]],
+        event_id: str = "transaction_id",
         max_buffer_bytes: int = 16 * 1024 * 1024,
         flush_seconds: float = 0.05,
     ) -> None:
-        self.client, self.stream, self.metrics = client, stream, metrics
+        """`describe(event)`: an event's fields as JSON values (times as ISO 8601 text);
+        `event_id`: the field that identifies an event (each entry carries its value as
+        `event_id` too, which the queue's readers look verdicts up by)."""
+        self.client, self.stream, self.metrics, self.describe = client, stream, metrics, describe
+        self.event_id = event_id
         self.max_buffer_bytes, self.flush_seconds = max_buffer_bytes, flush_seconds
-        self._pending: list[tuple[list[dict[str, Any]], Sequence[Any], np.ndarray]] = []
+        self._pending: list[tuple[list[dict[str, Any]], list[Any], np.ndarray, tuple[str, ...]]] = []
         self._unsent: collections.deque[bytes] = collections.deque()
         self._unsent_bytes = 0
         self._task: asyncio.Task[None] | None = None
 
-    def append(self, results: list[dict[str, Any]], txs: Sequence[Any], inputs: np.ndarray) -> None:
-        """Queues the answers among `results` whose decision is review or block."""
+    def append(self, results: list[dict[str, Any]], events: Any, inputs: np.ndarray, names: Sequence[str]) -> None:
+        """Queues the answers among `results` whose decision is review or block, with their
+        events (`events[i]`: the i-th answer's) and model inputs (`names`, in `inputs`' order)."""
         rows = [i for i, r in enumerate(results) if r["decision"] != "allow"]
         if rows:
-            self._pending.append(([results[i] for i in rows], [txs[i] for i in rows], inputs[rows]))
+            self._pending.append(([results[i] for i in rows], [events[i] for i in rows], inputs[rows], tuple(names)))
 
     def _entries(self) -> list[bytes]:
         pending, self._pending = self._pending, []
         out = []
-        for results, txs, inputs in pending:
-            for i, (result, tx) in enumerate(zip(results, txs, strict=True)):
+        for results, events, inputs, names in pending:
+            for i, (result, event) in enumerate(zip(results, events, strict=True)):
+                fields = self.describe(event)
                 entry = {
-                    "transaction_id": tx.transaction_id,
-                    "customer_id": tx.customer_id,
-                    "terminal_id": tx.terminal_id,
-                    "tx_amount": tx.tx_amount,
-                    "tx_datetime": tx.tx_datetime.isoformat(),
+                    **fields,
+                    "event_id": fields[self.event_id],
                     "score": result["score"],
                     "decision": result["decision"],
                     "reasons": result["reasons"],
                     "model_version": result["model"]["version"],
                     "fallback": result["fallback"],
                     "fallback_reason": result["fallback_reason"],
-                    "features": dict(zip(spec.SERVED_INPUTS, inputs[i].tolist(), strict=True)),
+                    "features": dict(zip(names, inputs[i].tolist(), strict=True)),
                 }
                 out.append(orjson.dumps(entry))
         return out

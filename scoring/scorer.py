@@ -39,6 +39,17 @@ _NO_FACTS = stack([])
 _H = TypeVar("_H")
 
 
+def transaction_fields(tx: TransactionFields) -> dict[str, Any]:
+    """A transaction's fields as the review queue keeps them."""
+    return {
+        "transaction_id": tx.transaction_id,
+        "customer_id": tx.customer_id,
+        "terminal_id": tx.terminal_id,
+        "tx_amount": tx.tx_amount,
+        "tx_datetime": tx.tx_datetime.isoformat(),
+    }
+
+
 def compile_hot_path() -> None:
     """Compiles (or loads the cached builds of) the read path and the feature kernel, so the
     first request does not wait seconds for numba."""
@@ -213,7 +224,7 @@ class Scorer:
         # Rules' and lists' cost per request, beside the other stages.
         self.metrics.stage_seconds.labels("decide").observe(time.perf_counter() - decided)
         if self.review is not None:
-            self.review.append(results, txs, exact)
+            self.review.append(results, txs, exact, spec.SERVED_INPUTS)
         self._log(results, matrix, txs, ts)
         if reason is None and self.shadow is not None:
             self._score_in_shadow(results, matrix, model)

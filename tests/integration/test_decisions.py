@@ -154,7 +154,7 @@ def test_reviews_go_to_the_queue_and_a_verdict_becomes_a_label(world: World) -> 
     assert "rule:huge_amount" in entry
     # Explained on read, by the version that scored it (not computed in the service).
     assert "top contributions: " in entry.split("77000001", 1)[1]
-    verdict = vigil("review", "verdict", "--transaction-id", "77000001", "--fraud", env=world.env)
+    verdict = vigil("review", "verdict", "--event-id", "77000001", "--fraud", env=world.env)
     assert verdict.returncode == 0, verdict.stderr
     assert "77000001" not in listed().stdout  # judged: off the list
     from vigil.online.connection import connect

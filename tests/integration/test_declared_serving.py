@@ -19,7 +19,7 @@ from tests.integration.serving_helpers import server_env, vigil
 from vigil.declared import load_declared
 from vigil.declared.backfill import compute_declared
 from vigil.declared.online import DeclaredOnlineStore
-from vigil.declared.training import default_split, training_set
+from vigil.declared.training import default_split, training_set, version_params
 from vigil.lifecycle.training import train_and_register
 from vigil.models.loading import load_native
 from vigil.monitoring.predictions import answers_key, decode_entries
@@ -43,9 +43,9 @@ def simulated(cards: int, days: int) -> pd.DataFrame:
 def train(settings: Settings, events: pd.DataFrame, service: str, kind: str) -> str:
     declared = load_declared(PAYMENTS)
     data = training_set(declared, events, service)
-    params: dict[str, object] = {"inputs": list(data.service.features), "feature_service": data.service.name}
+    params = version_params(data.service, kind)
     if kind == "xgboost":
-        params.update(derived_inputs=False, recent_days=0, n_estimators=40)
+        params.update(n_estimators=40)
     report = train_and_register(
         settings, data.frame, kind, params=params, show_progress=False, split=default_split(data)
     )
@@ -268,6 +268,29 @@ def test_rules_and_lists_read_the_repos_fields_and_features(
         assert httpx.delete(f"{base}/v1/lists/block/merchant_id/{merchant}", timeout=10).status_code == 204
         again = httpx.post(f"{base}/v1/score", json=calm, timeout=10).json()
         assert "list:block_merchant_id" not in again["reasons"], again
+
+        # Blocks wait in the repo's review queue with the event's own fields, explained on read
+        # by the version that scored them; a verdict becomes a label of the repo's schema.
+        judged = last.iloc[int(np.flatnonzero(hit)[0])]
+        event_id = int(judged["payment_id"])
+        deadline = time.monotonic() + 20
+        while str(event_id) not in (listed_now := vigil("review", "list", "--count", "500", env=env).stdout):
+            assert time.monotonic() < deadline, listed_now
+            time.sleep(0.2)
+        entry = listed_now.split(str(event_id), 1)[1].split("\n")
+        assert "rule:web_and_busy" in entry[0] and f"merchant_id {judged['merchant_id']}" in entry[0], entry
+        assert entry[1].strip().startswith("top contributions: "), entry
+        verdict = vigil("review", "verdict", "--event-id", str(event_id), "--fraud", env=env)
+        assert verdict.returncode == 0, verdict.stderr
+        label = json.loads(verdict.stdout.splitlines()[-1])
+        assert set(label) == {"kind", "payment_id", "paid_at", "merchant_id", "is_fraud"}, label
+        assert (label["payment_id"], label["merchant_id"], label["is_fraud"]) == (event_id, judged["merchant_id"], 1)
+        assert pd.to_datetime(label["paid_at"], utc=True) == pd.to_datetime(judged["paid_at"], utc=True)
+        client = connect(settings.redis_url)
+        sent = [json.loads(f[b"json"]) for _, f in client.xrange(settings.events_stream) if b"json" in f]
+        client.close()
+        assert label in sent
+        assert str(event_id) not in vigil("review", "list", "--count", "500", env=env).stdout  # judged
 
     rules.write_text("rules:\n  - name: handbook\n    when: tx_amount > 10.0\n    action: review\n")
     refused = vigil("serve", "--port", "0", env=env, timeout=120)

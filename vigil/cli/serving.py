@@ -74,16 +74,19 @@ vigil predictions export --out answers.parquet""",
         sub,
         "review",
         "the review queue: list what waits, record an analyst's verdict (a label)",
-        "Decisions of `review` and `block` wait in the Redis stream <prefix>:review with their score, reasons, "
-        "features and top contributions. A verdict becomes a label event, the same path as POST /v1/labels.",
+        "Decisions of `review` and `block` wait in the Redis stream <prefix>:review (a declared repo's "
+        "<prefix>:<repo>:review) with their event, score, reasons, features and top contributions. A verdict "
+        "becomes a label on the events stream, the same path as POST /v1/labels.",
         """vigil review list
-vigil review verdict --transaction-id 1234567 --fraud
-vigil review verdict --transaction-id 1234568 --genuine --analyst alice""",
+vigil review verdict --event-id 1234567 --fraud
+vigil review verdict --event-id 1234568 --genuine --analyst alice""",
     )
     p.add_argument("action", choices=["list", "verdict"], help="what to do")
     p.add_argument("--count", type=int, default=20, help="list: at most this many entries, oldest first")
     p.add_argument("--all", action="store_true", help="list: entries with a verdict too")
-    p.add_argument("--transaction-id", type=int, help="verdict: the transaction judged")
+    p.add_argument(
+        "--event-id", "--transaction-id", dest="event_id", type=int, help="verdict: the event judged (its id)"
+    )
     verdict = p.add_mutually_exclusive_group()
     verdict.add_argument("--fraud", action="store_true", help="verdict: it was fraud")
     verdict.add_argument("--genuine", action="store_true", help="verdict: it was genuine")
@@ -313,10 +316,17 @@ def predictions(args: argparse.Namespace) -> int:
     return 0
 
 
+# What a review queue entry holds beside its event's fields.
+_ANSWER_KEYS = frozenset(
+    {"event_id", "score", "decision", "reasons", "model_version", "fallback", "fallback_reason", "features"}
+)
+
+
 def review(args: argparse.Namespace) -> int:
     config = settings()
     ensure_redis(config)
-    from vigil.monitoring.review import explain, queue, record_verdict
+    from vigil.cli.repo import declared_repo, load
+    from vigil.monitoring.review import entry_id, explain, queue, record_verdict
 
     if args.action == "list":
         entries = queue(config, count=args.count, include_judged=args.all)
@@ -327,22 +337,25 @@ def review(args: argparse.Namespace) -> int:
         for entry in entries:
             reasons = ", ".join(entry["reasons"])
             judged = f"  verdict: {entry['verdict']}" if entry.get("verdict") else ""
-            print(
-                f"{entry['transaction_id']:>12}  {entry['decision']:<6}  score {entry['score']:.4f}  "
-                f"customer {entry['customer_id']}  terminal {entry['terminal_id']}  {entry['tx_amount']:.2f} "
-                f"at {entry['tx_datetime']}  [{reasons}]{judged}"
+            event = entry_id(entry)
+            fields = "  ".join(
+                f"{k} {v}"
+                for k, v in entry.items()
+                if k not in _ANSWER_KEYS | {"verdict", "contributions"} and v != event
             )
+            print(f"{event:>12}  {entry['decision']:<6}  score {entry['score']:.4f}  {fields}  [{reasons}]{judged}")
             if entry.get("contributions"):
                 top = ", ".join(f"{k} {v:+.3f}" for k, v in list(entry["contributions"].items())[:3])
                 print(f"{'':>14}top contributions: {top}")
         return 0
-    if args.transaction_id is None or not (args.fraud or args.genuine):
-        raise UserError("verdict needs --transaction-id N and --fraud or --genuine")
+    if args.event_id is None or not (args.fraud or args.genuine):
+        raise UserError("verdict needs --event-id N and --fraud or --genuine")
+    declared = load(argparse.Namespace(repo=None)) if declared_repo(config.feature_repo) else None
     try:
-        label = record_verdict(config, args.transaction_id, 1 if args.fraud else 0, args.analyst)
+        label = record_verdict(config, args.event_id, 1 if args.fraud else 0, args.analyst, declared)
     except LookupError as error:
         raise UserError(str(error)) from None
-    print(f"Recorded: transaction {args.transaction_id} is {'fraud' if args.fraud else 'genuine'}; label event sent")
+    print(f"Recorded: event {args.event_id} is {'fraud' if args.fraud else 'genuine'}; label sent")
     print(json.dumps(label))
     return 0
 

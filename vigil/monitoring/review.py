@@ -1,9 +1,11 @@
 """The review queue as analysts see it: what waits, and their verdicts, which become labels.
 
 The scoring service appends `review` and `block` decisions to `<prefix>:review`
-(`scoring.review_queue`). A verdict is recorded in the hash `<prefix>:review:verdicts`
-(transaction id -> verdict, analyst, time) and sent as a label event to `<prefix>:events`,
-the stream the feature flow reads: terminal risk and monitoring see it like any label.
+(`scoring.review_queue`; a declared repo's `<prefix>:<repo>:review`), each with its event's
+fields and id (`event_id`). A verdict is recorded in the hash `<prefix>:review:verdicts`
+(event id -> verdict, analyst, time) and sent as a label to the events stream the feature
+flow reads (a declared repo's label: the event's id and time, the label views' keys and the
+label column): windows over labels and monitoring see it like any label.
 
 Entries are kept `VIGIL_REVIEW_RETENTION_DAYS`, then trimmed by the persister (`trim_review`).
 
@@ -17,19 +19,26 @@ from __future__ import annotations
 import json
 import logging
 from datetime import UTC, datetime
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import numpy as np
 
 from vigil.events import label_event
-from vigil.features import spec
 from vigil.monitoring.predictions import persisted_key
 from vigil.online.connection import connect
 from vigil.settings import Settings
 
+if TYPE_CHECKING:
+    from vigil.declared import DeclaredFeatures
+
 log = logging.getLogger("vigil.review")
 SCAN = 1_000
 TOP = 5
+
+
+def entry_id(entry: dict[str, Any]) -> Any:
+    """The id of the event a queue entry holds."""
+    return entry["event_id"] if "event_id" in entry else entry["transaction_id"]
 
 
 def verdicts_key(settings: Settings) -> str:
@@ -47,7 +56,7 @@ def queue(settings: Settings, count: int = 20, include_judged: bool = False) -> 
             if not entries:
                 break
             decoded = [json.loads(fields[b"json"]) for _, fields in entries]
-            ids = [str(e["transaction_id"]) for e in decoded]
+            ids = [str(entry_id(e)) for e in decoded]
             judged = client.hmget(verdicts_key(settings), ids)
             for entry, verdict in zip(decoded, judged, strict=True):
                 if verdict is not None:
@@ -83,7 +92,7 @@ def trim_review(settings: Settings, client: Any, now_ms: int | None = None) -> i
         entries = client.xrange(settings.review_stream, min=start, max=f"({cutoff}-0", count=SCAN)
         if not entries:
             break
-        ids = [str(json.loads(fields[b"json"])["transaction_id"]) for _, fields in entries]
+        ids = [str(entry_id(json.loads(fields[b"json"]))) for _, fields in entries]
         client.hdel(verdicts_key(settings), *ids)
         trimmed += len(entries)
         start = "(" + entries[-1][0].decode()
@@ -92,30 +101,54 @@ def trim_review(settings: Settings, client: Any, now_ms: int | None = None) -> i
     return trimmed
 
 
-def find(settings: Settings, client: Any, transaction_id: int) -> dict[str, Any]:
-    """The newest queue entry of a transaction (LookupError when it never went to review)."""
+def find(settings: Settings, client: Any, event_id: int) -> dict[str, Any]:
+    """The newest queue entry of an event (LookupError when it never went to review)."""
     end = "+"
     while True:
         entries = client.xrevrange(settings.review_stream, max=end, count=SCAN)
         if not entries:
-            raise LookupError(f"transaction {transaction_id} is not in the review queue")
+            raise LookupError(f"event {event_id} is not in the review queue")
         for _, fields in entries:
             entry: dict[str, Any] = json.loads(fields[b"json"])
-            if entry["transaction_id"] == transaction_id:
+            if entry_id(entry) == event_id:
                 return entry
         end = "(" + entries[-1][0].decode()
 
 
-def record_verdict(settings: Settings, transaction_id: int, fraud: int, analyst: str) -> dict[str, Any]:
-    """Records an analyst's verdict and sends it as a label event; returns the event."""
+def declared_label(declared: DeclaredFeatures, entry: dict[str, Any], fraud: int) -> dict[str, Any]:
+    """A declared repo's label of a queued event, as its events stream takes it."""
+    from vigil.declared.events import KIND, LABEL
+
+    schema = declared.labels
+    if schema is None:
+        raise LookupError(f"the repo {declared.project!r} declares no labels source: a verdict has nowhere to go")
+    keys = sorted({a.key for a in declared.aggregations if a.on == "labels"})
+    return {
+        KIND: LABEL,
+        schema.event_id: entry[declared.events.event_id],
+        schema.time: entry[declared.events.time],
+        **{key: entry[key] for key in keys},
+        schema.label: fraud,
+    }
+
+
+def record_verdict(
+    settings: Settings, event_id: int, fraud: int, analyst: str, declared: DeclaredFeatures | None = None
+) -> dict[str, Any]:
+    """Records an analyst's verdict and sends it as a label to the events stream (`declared`:
+    the repo whose events the queue holds; None for the built-in handbook's); returns the label."""
     client = connect(settings.redis_url)
     try:
-        entry = find(settings, client, transaction_id)
-        moment = datetime.fromisoformat(entry["tx_datetime"])
-        event = label_event(transaction_id, entry["terminal_id"], moment, fraud)
+        entry = find(settings, client, event_id)
+        if declared is not None:
+            event = declared_label(declared, entry, fraud)
+            fields: dict[str, Any] = {"json": json.dumps(event)}
+        else:
+            moment = datetime.fromisoformat(entry["tx_datetime"])
+            event = fields = label_event(event_id, entry["terminal_id"], moment, fraud)
         record = {"verdict": "fraud" if fraud else "genuine", "analyst": analyst, "at": datetime.now(UTC).isoformat()}
-        client.xadd(settings.events_stream, event)
-        client.hset(verdicts_key(settings), str(transaction_id), json.dumps(record))
+        client.xadd(settings.events_stream, fields)
+        client.hset(verdicts_key(settings), str(event_id), json.dumps(record))
     finally:
         client.close()
     return event
@@ -147,7 +180,8 @@ def explain(settings: Settings, entries: list[dict[str, Any]], top: int = TOP) -
         except Exception as error:  # a deleted version: the entries stay readable without
             log.warning("model version %s could not be loaded to explain its scores: %s", version, error)
             continue
-        inputs = np.array([[entry["features"][name] for name in spec.SERVED_INPUTS] for entry in scored])
+        # Each entry's features are its version's inputs, in the version's order.
+        inputs = np.array([list(entry["features"].values()) for entry in scored], dtype=np.float64)
         tops = top_contributions(model, model_matrix(inputs), top)
         for entry, contributions in zip(scored, tops or [], strict=False):
             entry["contributions"] = contributions
