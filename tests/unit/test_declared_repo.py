@@ -192,13 +192,15 @@ def declared_cli(*args: str, **extra: str) -> subprocess.CompletedProcess[str]:
 
 
 def test_the_handbook_commands_refuse_a_declared_repo_at_once() -> None:
-    """`vigil ingest` (or monitor, promote...) on a declared repo says what to use instead, exit 2."""
-    done = declared_cli("ingest")
+    """`vigil backfill` (or features, apply, evaluate) on a declared repo says what to use
+    instead, exit 2."""
+    done = declared_cli("backfill")
     assert done.returncode == 2, done.stderr
     assert (
-        "declares its features (vigil.role tags): `vigil ingest` runs the built-in handbook definitions" in done.stderr
+        "declares its features (vigil.role tags): `vigil backfill` runs the built-in handbook definitions"
+        in done.stderr
     )
-    assert "vigil repo ingest" in done.stderr and "Traceback" not in done.stderr
+    assert "vigil repo compute" in done.stderr and "Traceback" not in done.stderr
 
 
 def test_training_on_a_declared_repo_says_what_is_missing(tmp_path: Path) -> None:

@@ -45,7 +45,7 @@ def build_parser() -> argparse.ArgumentParser:
 
 
 # The commands that run the built-in handbook definitions (feature_repo/'s fraud_v1 to v3).
-HANDBOOK_COMMANDS = frozenset({"ingest", "features", "backfill", "apply", "evaluate"})
+HANDBOOK_COMMANDS = frozenset({"features", "backfill", "apply", "evaluate"})
 
 
 def refuse_declared_repo(command: str) -> None:
@@ -62,7 +62,7 @@ def refuse_declared_repo(command: str) -> None:
         raise UserError(
             f"VIGIL_FEATURE_REPO={repo} declares its features (vigil.role tags): `vigil {command}` runs the "
             "built-in handbook definitions of feature_repo/; for a declared repo use `vigil repo check`, "
-            "`vigil repo ingest`, `vigil repo compute`, `vigil train`, `vigil promote`, `vigil serve`, "
+            "`vigil ingest`, `vigil repo compute`, `vigil train`, `vigil promote`, `vigil serve`, "
             "`vigil score` and `vigil monitor`"
         )
 

@@ -191,6 +191,32 @@ def _check_stream_server(source: str) -> None:
         raise UserError(f"no Redis answers at {redact(source)}: {error}") from None
 
 
+def _ingest_declared(args: argparse.Namespace) -> int:
+    """`vigil ingest` on a declared repo (VIGIL_FEATURE_REPO): its own flow, as `vigil repo
+    ingest` runs it; the file's rows are events plus the label column."""
+    from vigil.cli import repo
+
+    refused = [
+        option
+        for option, given in (
+            ("--workers", args.workers != 1),
+            ("--speed", args.speed is not None),
+            ("--metrics-port", args.metrics_port is not None),
+        )
+        if given
+    ]
+    if refused:
+        raise UserError(
+            f"{', '.join(refused)}: not for a declared repo's flow, which runs in one process (to share a stream, "
+            "start more `vigil ingest --source` processes: they read it as one consumer group)"
+        )
+    return repo.ingest(
+        argparse.Namespace(
+            repo=None, events=args.transactions, source=args.source, label_delay_days=args.label_delay_days
+        )
+    )
+
+
 def ingest(args: argparse.Namespace) -> int:
     from vigil.files import UnreadableFileError, file_format
     from vigil.settings import redact
@@ -213,6 +239,10 @@ def ingest(args: argparse.Namespace) -> int:
     except (UnreadableFileError, ValueError) as error:
         raise UserError(str(error)) from None
     config = settings()
+    from vigil.cli.repo import declared_repo
+
+    if declared_repo(config.feature_repo):
+        return _ingest_declared(args)
     ensure_redis(config)
     if args.source and args.source.startswith(("redis://", "rediss://", "unix://")):
         _check_stream_server(args.source)
