@@ -32,7 +32,7 @@ from scoring.review_queue import ReviewQueue
 from scoring.rules import RulesFile
 from scoring.scorer import FEATURES_UNAVAILABLE, MODEL_ERROR, TIMEOUT, NoModelError
 from vigil.declared.compute import nanoseconds
-from vigil.declared.events import Checked, check_records
+from vigil.declared.events import Checked, check_records, plain_events
 from vigil.declared.model import DeclaredFeatures, Kind
 from vigil.declared.online import DeclaredOnlineStore, hashed
 from vigil.declared.training import review_unit
@@ -89,6 +89,9 @@ class InvalidEvents(ValueError):
 def check_events(declared: DeclaredFeatures, records: Sequence[dict[str, Any]], ahead_seconds: float) -> pd.DataFrame:
     """The records as typed events, or `InvalidEvents` naming each bad record's field
     (`loc`: its index, then the field), by the stream's own rules."""
+    plain = plain_events(declared, records, ahead_seconds)
+    if plain is not None:
+        return plain
     frame = pd.DataFrame.from_records(list(records), columns=list(declared.events.fields)).astype(object)
     frame = frame.where(frame.notna(), None)
     checked: Checked = check_records(declared, frame, "api", list(range(len(frame))), ahead_seconds)

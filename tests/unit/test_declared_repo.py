@@ -214,3 +214,34 @@ def test_training_on_a_declared_repo_says_what_is_missing(tmp_path: Path) -> Non
     columns = declared_cli("train", "--events", str(events))
     assert columns.returncode == 2 and "no label column 'is_fraud'" in columns.stderr, columns.stderr
     assert "Traceback" not in no_events.stderr + unknown.stderr + columns.stderr
+
+
+def test_plainly_valid_requests_are_typed_as_the_batch_checks_type_them(tmp_path: Path) -> None:
+    """A request's events of JSON's own types take the quick path (`plain_events`), which must
+    give exactly the frame `check_records` gives; anything else takes the batch checks."""
+    import numpy as np
+    import pandas as pd
+
+    from tests.declared_cards import card_events
+    from vigil.declared.events import check_records, plain_events
+
+    declared = load_declared(write_repo(tmp_path / "cards"))
+    rows = card_events(50, seed=5).drop(columns="fraud")
+    records = [
+        {**r, "id": int(r["id"]), "amount": float(r["amount"]), "at": pd.Timestamp(r["at"]).isoformat()}
+        for r in rows.to_dict("records")
+    ]
+    records[3]["amount"] = 12  # an integral amount is a number too
+    records[4]["at"] = "2026-03-02T10:00:00+02:00"  # another offset
+    for batch in (records[:1], records):
+        plain = plain_events(declared, batch)
+        assert plain is not None
+        frame = pd.DataFrame.from_records(batch, columns=list(declared.events.fields)).astype(object)
+        checked = check_records(declared, frame, "test", None)
+        assert not checked.dead
+        pd.testing.assert_frame_equal(plain, checked.events)
+    for change in ({"id": "7"}, {"id": True}, {"amount": float("nan")}, {"card": ""}, {"at": "yesterday"},
+                   {"at": "2200-01-01T00:00:00"}, {"merchant": None}, {"amount": "12.5"}):  # fmt: skip
+        assert plain_events(declared, [{**records[0], **change}]) is None, change
+    assert plain_events(declared, [{k: v for k, v in records[0].items() if k != "card"}]) is None
+    assert np.int64(records[0]["id"]) == plain_events(declared, records[:1])["id"].iloc[0]  # type: ignore[index]

@@ -11,6 +11,8 @@ is a dead letter whose reason names the first field at fault, in schema order.
 from __future__ import annotations
 
 import json
+import math
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -160,3 +162,46 @@ def check_records(
         else:
             checked.tokens = [tokens[i] for i in rows[good].tolist() if tokens[i] is not None]
     return checked
+
+
+# Values each kind takes as they are, with nothing to convert: JSON's own types.
+_PLAIN: dict[Kind, Callable[[Any], bool]] = {
+    "integer": lambda v: type(v) is int and -(2**63) <= v < 2**63,
+    "number": lambda v: (type(v) is float and math.isfinite(v)) or (type(v) is int and abs(v) < 2**53),
+    "string": lambda v: type(v) is str and v != "",
+    "boolean": lambda v: type(v) is bool,
+    "time": lambda v: type(v) is str,
+}
+
+
+def plain_events(
+    declared: DeclaredFeatures, records: Sequence[dict[str, Any]], ahead_seconds: float = 86_400
+) -> pd.DataFrame | None:
+    """The records as `check_records` types its events, when every one is plainly valid (each
+    field of JSON's own type for its kind, every time an ISO 8601 time not ahead of the wall
+    clock); None otherwise, and `check_records` says what is wrong. A request's few events
+    are typed here in tens of microseconds, where the batch checks' fixed cost is milliseconds."""
+    fields = declared.events.fields
+    columns: dict[str, Any] = {}
+    for name, kind in fields.items():
+        values = [record.get(name) for record in records]
+        plain = _PLAIN[kind]
+        if not all(plain(v) for v in values):
+            return None
+        if kind == "time":
+            stamps = pd.to_datetime(
+                pd.Series(values, dtype=object), utc=True, errors="coerce", format="ISO8601", cache=False
+            )
+            latest = pd.Timestamp.now(tz="UTC") + pd.Timedelta(seconds=ahead_seconds)
+            if stamps.isna().any() or (stamps > latest).any():
+                return None
+            columns[name] = stamps
+        elif kind == "integer":
+            columns[name] = np.array(values, dtype=np.int64)
+        elif kind == "number":
+            columns[name] = np.array(values, dtype=np.float64)
+        elif kind == "boolean":
+            columns[name] = np.array(values, dtype=bool)
+        else:
+            columns[name] = pd.Series(values, dtype=object)
+    return pd.DataFrame(columns)
