@@ -26,6 +26,10 @@ NS = 1_000_000_000
 
 
 def nanoseconds(times: pd.Series) -> IntArray:
+    """Times as int64 nanoseconds since the epoch, UTC (naive times are UTC)."""
+    dtype = times.dtype
+    if isinstance(dtype, pd.DatetimeTZDtype) and dtype.unit == "ns" and str(dtype.tz) == "UTC":
+        return times.to_numpy(dtype="datetime64[ns]").astype(np.int64)  # typed already: no parse
     stamps = pd.to_datetime(times, utc=True, cache=False)  # cache: a uniqueness scan of every value
     return stamps.to_numpy(dtype="datetime64[ns]").astype(np.int64)
 
@@ -66,7 +70,10 @@ def request_lists(events: pd.DataFrame, declared: DeclaredFeatures) -> dict[str,
         if name not in events.columns:
             continue
         if kind == "time":
-            lists[name] = list(pd.DatetimeIndex(pd.to_datetime(events[name], utc=True)).to_pydatetime())
+            times = events[name]
+            if not (isinstance(times.dtype, pd.DatetimeTZDtype) and str(times.dtype.tz) == "UTC"):
+                times = pd.to_datetime(times, utc=True)
+            lists[name] = list(pd.DatetimeIndex(times).to_pydatetime())
         else:
             lists[name] = events[name].tolist()
     return lists
