@@ -64,7 +64,9 @@ class StreamScorer:
         executor = ThreadPoolExecutor(max_workers=1)
         # Flushed after every batch (no background task: the loop runs only while scoring).
         self._log = PredictionLog(client, settings.prediction_stream, metrics)
-        self._review = ReviewQueue(client, settings.review_stream, metrics, describe=transaction_fields)
+        self._review = ReviewQueue(
+            client, settings.review_stream, metrics, describe=transaction_fields, event_id="transaction_id"
+        )
         self._rules, self._lists, self._client = RulesFile(settings.rules_file), Lists(), client
         return Scorer(
             store,

@@ -70,7 +70,9 @@ def lifespan(settings: Settings) -> Callable[[FastAPI], contextlib.AbstractAsync
         prediction_log = PredictionLog(
             client, settings.prediction_stream, metrics, max_buffer_bytes=settings.prediction_buffer_bytes
         )
-        review = ReviewQueue(client, settings.review_stream, metrics, describe=transaction_fields)
+        review = ReviewQueue(
+            client, settings.review_stream, metrics, describe=transaction_fields, event_id="transaction_id"
+        )
         lists = Lists()
         batcher = None
         if settings.batch_max_wait_ms > 0:

@@ -36,7 +36,7 @@ class ReviewQueue:
         stream: str,
         metrics: ServiceMetrics,
         describe: Callable[[Any], dict[str, Any]],
-        event_id: str = "transaction_id",
+        event_id: str,
         max_buffer_bytes: int = 16 * 1024 * 1024,
         flush_seconds: float = 0.05,
     ) -> None:

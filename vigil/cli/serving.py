@@ -319,6 +319,7 @@ def predictions(args: argparse.Namespace) -> int:
 # What a review queue entry holds beside its event's fields.
 _ANSWER_KEYS = frozenset(
     {"event_id", "score", "decision", "reasons", "model_version", "fallback", "fallback_reason", "features"}
+    | {"verdict", "contributions"}  # added where the queue is read
 )
 
 
@@ -338,11 +339,7 @@ def review(args: argparse.Namespace) -> int:
             reasons = ", ".join(entry["reasons"])
             judged = f"  verdict: {entry['verdict']}" if entry.get("verdict") else ""
             event = entry_id(entry)
-            fields = "  ".join(
-                f"{k} {v}"
-                for k, v in entry.items()
-                if k not in _ANSWER_KEYS | {"verdict", "contributions"} and v != event
-            )
+            fields = "  ".join(f"{k} {v}" for k, v in entry.items() if k not in _ANSWER_KEYS)
             print(f"{event:>12}  {entry['decision']:<6}  score {entry['score']:.4f}  {fields}  [{reasons}]{judged}")
             if entry.get("contributions"):
                 top = ", ".join(f"{k} {v:+.3f}" for k, v in list(entry["contributions"].items())[:3])

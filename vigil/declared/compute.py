@@ -25,10 +25,14 @@ KEY, TS, ID = "__key", "__ts", "__id"
 NS = 1_000_000_000
 
 
+def _utc(dtype: object) -> bool:
+    """Whether a column holds times typed in UTC already (nothing to parse)."""
+    return isinstance(dtype, pd.DatetimeTZDtype) and str(dtype.tz) == "UTC"
+
+
 def nanoseconds(times: pd.Series) -> IntArray:
     """Times as int64 nanoseconds since the epoch, UTC (naive times are UTC)."""
-    dtype = times.dtype
-    if isinstance(dtype, pd.DatetimeTZDtype) and dtype.unit == "ns" and str(dtype.tz) == "UTC":
+    if _utc(times.dtype) and times.dtype.unit == "ns":
         return times.to_numpy(dtype="datetime64[ns]").astype(np.int64)  # typed already: no parse
     stamps = pd.to_datetime(times, utc=True, cache=False)  # cache: a uniqueness scan of every value
     return stamps.to_numpy(dtype="datetime64[ns]").astype(np.int64)
@@ -71,7 +75,7 @@ def request_lists(events: pd.DataFrame, declared: DeclaredFeatures) -> dict[str,
             continue
         if kind == "time":
             times = events[name]
-            if not (isinstance(times.dtype, pd.DatetimeTZDtype) and str(times.dtype.tz) == "UTC"):
+            if not _utc(times.dtype):
                 times = pd.to_datetime(times, utc=True)
             lists[name] = list(pd.DatetimeIndex(times).to_pydatetime())
         else:

@@ -117,19 +117,18 @@ def find(settings: Settings, client: Any, event_id: int) -> dict[str, Any]:
 
 def declared_label(declared: DeclaredFeatures, entry: dict[str, Any], fraud: int) -> dict[str, Any]:
     """A declared repo's label of a queued event, as its events stream takes it."""
-    from vigil.declared.events import KIND, LABEL
+    from vigil.declared.events import KIND, LABEL, label_fields
 
     schema = declared.labels
     if schema is None:
         raise LookupError(f"the repo {declared.project!r} declares no labels source: a verdict has nowhere to go")
-    keys = sorted({a.key for a in declared.aggregations if a.on == "labels"})
-    return {
-        KIND: LABEL,
+    # The labelled event's own id and time under the labels source's names; its keys as queued.
+    own = {
         schema.event_id: entry[declared.events.event_id],
         schema.time: entry[declared.events.time],
-        **{key: entry[key] for key in keys},
         schema.label: fraud,
     }
+    return {KIND: LABEL, **{name: own[name] if name in own else entry[name] for name in label_fields(declared)}}
 
 
 def record_verdict(
