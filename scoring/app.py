@@ -98,7 +98,7 @@ EntityId = Annotated[int, Path(ge=0, le=2**63 - 1, description="a customer or te
 
 def create_app(settings: Settings | None = None) -> FastAPI:
     settings = settings or Settings()
-    from vigil.cli.repo import declared_repo
+    from vigil.declared.loading import declared_repo
 
     if declared_repo(settings.feature_repo):  # its own events, labels and feature services
         from scoring.declared_app import create_declared_app

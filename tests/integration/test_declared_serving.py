@@ -6,6 +6,9 @@ from __future__ import annotations
 
 import importlib.util
 import json
+import shutil
+import subprocess
+import sys
 import time
 from pathlib import Path
 
@@ -13,6 +16,7 @@ import httpx
 import numpy as np
 import pandas as pd
 import pytest
+from feast import FeatureStore
 
 from flows.declared import default_sinks
 from tests.integration.serving_helpers import server_env, vigil
@@ -74,7 +78,9 @@ def body(row: pd.Series) -> dict[str, object]:
     return record
 
 
-def test_each_version_gets_its_own_services_inputs_equal_to_the_backfill(served: tuple[Settings, pd.DataFrame]) -> None:
+def test_each_version_gets_its_own_services_inputs_equal_to_the_backfill(
+    served: tuple[Settings, pd.DataFrame], tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
     settings, events = served
     declared = load_declared(PAYMENTS)
     last = events.sort_values("paid_at").tail(40)
@@ -91,6 +97,22 @@ def test_each_version_gets_its_own_services_inputs_equal_to_the_backfill(served:
         got = pd.DataFrame([r["features"] for r in results], index=last["payment_id"])
         assert list(got.columns) == v1
         assert np.abs(got.to_numpy() - expected.loc[last["payment_id"], v1].to_numpy()).max() <= 1e-9
+
+        # Stock Feast on the repo: get_online_features with the join keys and the request
+        # fields (times as datetimes, as a notebook passes them) gives what explain gave.
+        repo = tmp_path / "payments"
+        shutil.copytree(PAYMENTS, repo, ignore=shutil.ignore_patterns("data", "__pycache__"))
+        monkeypatch.setenv("REDIS_URL", settings.redis_url)
+        monkeypatch.setenv("VIGIL_KEY_PREFIX", settings.key_prefix)
+        feast = str(Path(sys.executable).parent / "feast")
+        applied = subprocess.run([feast, "apply"], cwd=repo, capture_output=True, text=True, timeout=120)
+        assert applied.returncode == 0, applied.stderr[-2000:]
+        store = FeatureStore(repo_path=str(repo))
+        rows = [{**body(r), "paid_at": r["paid_at"].to_pydatetime()} for _, r in last.iterrows()]
+        online = store.get_online_features(features=store.get_feature_service("payments_v1"), entity_rows=rows)
+        answered = online.to_dict()
+        assert answered["card_id"] == last["card_id"].tolist()
+        assert pd.DataFrame(answered)[v1].to_numpy().tolist() == got.to_numpy().tolist()
 
         # The challenger, in shadow, on its own 10 inputs.
         client = connect(settings.redis_url)

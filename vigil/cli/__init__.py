@@ -55,7 +55,7 @@ def refuse_declared_repo(command: str) -> None:
     if command not in HANDBOOK_COMMANDS:
         return
     from vigil.cli.common import settings
-    from vigil.cli.repo import declared_repo
+    from vigil.declared.loading import declared_repo
 
     repo = settings().feature_repo
     if declared_repo(repo):

@@ -239,7 +239,7 @@ def ingest(args: argparse.Namespace) -> int:
     except (UnreadableFileError, ValueError) as error:
         raise UserError(str(error)) from None
     config = settings()
-    from vigil.cli.repo import declared_repo
+    from vigil.declared.loading import declared_repo
 
     if declared_repo(config.feature_repo):
         return _ingest_declared(args)

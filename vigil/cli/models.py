@@ -143,7 +143,8 @@ def _last_days(config: Settings, days: int) -> str:
 
 def train(args: argparse.Namespace) -> int:
     days_in_order(args.train_start, args.train_end, "--train-start/--train-end")
-    from vigil.cli.repo import declared_repo, train_declared
+    from vigil.cli.repo import train_declared
+    from vigil.declared.loading import declared_repo
 
     if declared_repo(settings().feature_repo):
         return train_declared(args)
@@ -233,7 +234,8 @@ def promote(args: argparse.Namespace) -> int:
         # Asked of the registry first (seconds): no training data is read to say nothing changed.
         early = nothing_to_promote(config, args.to)
         if early is None:
-            from vigil.cli.repo import declared_repo, gate_data
+            from vigil.cli.repo import gate_data
+            from vigil.declared.loading import declared_repo
 
             # A declared repo's versions on a file's events; the handbook's on the last 21 ingested
             # days (the gate's week and the book week before its delay).

@@ -91,7 +91,7 @@ def _once(args: argparse.Namespace, settings: Any, registry: Any = None) -> int:
         drift_share_threshold=args.drift_threshold,
         min_rows=args.min_rows,
     )
-    from vigil.cli.repo import declared_repo
+    from vigil.declared.loading import declared_repo
 
     declared = declared_repo(settings.feature_repo)
     try:

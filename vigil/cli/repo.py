@@ -220,12 +220,6 @@ def compare(values: pd.DataFrame, reference: pd.DataFrame, event_id: str) -> int
     return 0 if ok else 1
 
 
-def declared_repo(repo: Path) -> bool:
-    """Whether a feature repo declares its features (a `vigil.role` tag in its Python files),
-    read as text: no import, so no delay for commands that only need to know."""
-    return any('"vigil.role"' in p.read_text(errors="replace") for p in repo.glob("*.py"))
-
-
 def gate_data(args: argparse.Namespace) -> pd.DataFrame:
     """What `vigil promote` scores on a declared repo: every declared feature of a file's
     labelled events (each version reads its own service's)."""

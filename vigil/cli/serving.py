@@ -151,7 +151,7 @@ def score(args: argparse.Namespace) -> int:
     import httpx
     import pandas as pd
 
-    from vigil.cli.repo import declared_repo
+    from vigil.declared.loading import declared_repo
     from vigil.service_process import events_body, score_frame, transactions_body
 
     body_of, when, label = transactions_body, "tx_datetime", "tx_fraud"
@@ -209,7 +209,7 @@ def score(args: argparse.Namespace) -> int:
 
 def rules_sample(config: Settings) -> dict[str, Any] | None:
     """The rule variables of the repo served: a declared repo's own, else the handbook's (None)."""
-    from vigil.cli.repo import declared_repo
+    from vigil.declared.loading import declared_repo
 
     if not declared_repo(config.feature_repo):
         return None
@@ -326,7 +326,8 @@ _ANSWER_KEYS = frozenset(
 def review(args: argparse.Namespace) -> int:
     config = settings()
     ensure_redis(config)
-    from vigil.cli.repo import declared_repo, load
+    from vigil.cli.repo import load
+    from vigil.declared.loading import declared_repo
     from vigil.monitoring.review import entry_id, explain, queue, record_verdict
 
     if args.action == "list":

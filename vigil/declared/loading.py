@@ -32,6 +32,12 @@ def repo_window_functions(repo: Path) -> tuple[dict[str, WindowFunction], list[s
     return found, twice
 
 
+def declared_repo(repo: Path) -> bool:
+    """Whether a feature repo declares its features (a `vigil.role` tag in its Python files),
+    read as text: no import, so no delay for commands that only need to know."""
+    return any('"vigil.role"' in p.read_text(errors="replace") for p in repo.glob("*.py"))
+
+
 def parse_feast_repo(repo: Path) -> Any:
     """Feast's `RepoContents` of the repo at `repo`, read as `feast apply` reads it.
 

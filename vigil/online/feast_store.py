@@ -26,7 +26,7 @@ def repo_config(settings: Settings, spark_master: str | None = None) -> RepoConf
     raw = yaml.safe_load((settings.feature_repo / "feature_store.yaml").read_text())
     raw["project"] = settings.feast_project
     raw["registry"] = {**raw.get("registry", {}), "path": str(registry_path(settings))}
-    raw["online_store"] = {**raw.get("online_store", {}), "url": settings.redis_url}
+    raw["online_store"] = {**raw.get("online_store", {}), "url": settings.redis_url, "key_prefix": settings.key_prefix}
     if spark_master is not None:
         raw["offline_store"] = {
             "type": "spark",
