@@ -26,6 +26,7 @@ from fastapi.responses import JSONResponse
 from fastapi.security import APIKeyHeader
 from prometheus_client import CONTENT_TYPE_LATEST, generate_latest
 
+from scoring.declared_fastpath import DeclaredScoreRoutes
 from scoring.declared_lists import add_list_routes
 from scoring.declared_resources import open_declared
 from scoring.declared_scorer import STORE_EMPTY, DeclaredScorer, InvalidEvents, check_events
@@ -131,6 +132,14 @@ def create_declared_app(settings: Settings, declared: DeclaredFeatures | None = 
         docs_url=None,
         redoc_url=None,
         openapi_url=None,
+    )
+    # Added first, so it runs inside RequestLimits (request ids, body limit, error log).
+    app.add_middleware(
+        DeclaredScoreRoutes,
+        declared=declared,
+        max_batch=settings.max_batch,
+        api_keys=keys,
+        ahead_seconds=settings.event_time_tolerance_seconds,
     )
     app.add_middleware(RequestLimits, max_body_bytes=settings.max_body_bytes)
     header = APIKeyHeader(name="X-API-Key", auto_error=False, description="one of VIGIL_API_KEYS")

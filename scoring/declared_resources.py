@@ -35,6 +35,7 @@ class DeclaredResources:
     shadow: ModelManager
     client: Any  # redis-py, for the store's reads
     log_client: Any  # redis-py asyncio, for the prediction log, lists and labels
+    reader: Any  # redis-py asyncio, for the store's reads on the scoring path
     executor: ThreadPoolExecutor
     store: DeclaredOnlineStore
     lists: DeclaredLists
@@ -54,6 +55,7 @@ class DeclaredResources:
         self.executor.shutdown(wait=False)
         self.client.close()
         await self.log_client.aclose()
+        await self.reader.aclose()
 
 
 async def open_declared(settings: Settings, declared: DeclaredFeatures, threads: int = 4) -> DeclaredResources:
@@ -74,6 +76,7 @@ async def open_declared(settings: Settings, declared: DeclaredFeatures, threads:
     executor = ThreadPoolExecutor(max_workers=threads, thread_name_prefix="vigil-declared")
     store = DeclaredOnlineStore(client, settings.key_prefix, declared)
     log_client = connect_async(settings.redis_url, socket_timeout=1.0, socket_connect_timeout=0.5)
+    reader = connect_async(settings.redis_url, socket_timeout=1.0, socket_connect_timeout=0.5)
     lists = DeclaredLists(list_keys(declared))
     try:
         await lists.refresh(log_client, settings)
@@ -103,8 +106,21 @@ async def open_declared(settings: Settings, declared: DeclaredFeatures, threads:
         rules=rules,
         lists=lists,
         review=review,
+        reader=reader,
     )
     await loop.run_in_executor(None, scorer.warm)
     return DeclaredResources(
-        metrics, rules, models, shadow, client, log_client, executor, store, lists, prediction_log, review, scorer
+        metrics,
+        rules,
+        models,
+        shadow,
+        client,
+        log_client,
+        reader,
+        executor,
+        store,
+        lists,
+        prediction_log,
+        review,
+        scorer,
     )

@@ -13,7 +13,7 @@ from __future__ import annotations
 import asyncio
 import logging
 import time
-from collections.abc import Sequence
+from collections.abc import Awaitable, Sequence
 from concurrent.futures import ThreadPoolExecutor
 from datetime import UTC, datetime
 from typing import Any
@@ -78,6 +78,13 @@ class DeclaredDecider(Decider):
         return self._run(rules, context)
 
 
+def stacked(values: dict[str, np.ndarray], names: Sequence[str]) -> np.ndarray:
+    """The features `names` as the columns of one float64 matrix (a row per event)."""
+    if not names:
+        return np.empty((len(next(iter(values.values()), ())), 0))
+    return np.column_stack([np.asarray(values[name], np.float64) for name in names])
+
+
 class InvalidEvents(ValueError):
     """Records that break the repo's schema: `problems` name each one's field."""
 
@@ -132,6 +139,7 @@ class DeclaredScorer:
         rules: RulesFile | None = None,
         lists: DeclaredLists | None = None,
         review: ReviewQueue | None = None,
+        reader: Any = None,
     ) -> None:
         self.declared, self.store, self.models, self.metrics = declared, store, models, metrics
         self.prediction_log, self.review = prediction_log, review
@@ -139,6 +147,9 @@ class DeclaredScorer:
         # A batch's deadline follows what a row costs here, measured on the batches (as the handbook's).
         self.deadlines = BatchDeadlines(budget_seconds, row_budget_seconds)
         self.shadow, self.shadow_stream = shadow, shadow_stream
+        # An asyncio Redis client (`redis.asyncio`) for the store's reads; without one they
+        # run on `executor` with the store's own client.
+        self.reader = reader
         # Thresholds from each version's policy, then the rules of VIGIL_RULES_FILE over the
         # events' fields and the features (allow/block lists name the handbook's entities).
         self.rules = rules or RulesFile(None)
@@ -167,12 +178,16 @@ class DeclaredScorer:
 
     async def _features(
         self, events: pd.DataFrame, names: list[str], deadline: float
-    ) -> tuple[pd.DataFrame, str | None]:
+    ) -> tuple[dict[str, np.ndarray], str | None]:
         """The features `names` of each event from the store, or from the events alone and why."""
         started = time.perf_counter()
         loop = asyncio.get_running_loop()
         try:
-            read = loop.run_in_executor(self.executor, lambda: self.store.checked_features(events, names))
+            read: Awaitable[tuple[dict[str, np.ndarray] | None, bool]]
+            if self.reader is not None:  # read on the event loop, computed there: no thread hop
+                read = self.store.checked_features_async(self.reader, events, names)
+            else:
+                read = loop.run_in_executor(self.executor, lambda: self.store.checked_features(events, names))
             values, _ = await asyncio.wait_for(read, timeout=max(deadline - time.perf_counter(), 0.001))
             if values is not None:
                 return values, None
@@ -211,7 +226,7 @@ class DeclaredScorer:
         rule_features = self.rule_features()
         names = list(dict.fromkeys([*inputs, *(challenger.primary.inputs if challenger else ()), *rule_features]))
         values, reason = await self._features(events, names, deadline)
-        exact = values[inputs].to_numpy(np.float64)
+        exact = stacked(values, inputs)
         matrix = model_matrix(exact)
         scores: np.ndarray | str = reason or await self._predict(model, matrix, deadline)
         if isinstance(scores, str):
@@ -249,12 +264,12 @@ class DeclaredScorer:
                 {k: v.to_pydatetime() if isinstance(v, pd.Timestamp) else v for k, v in row.items()}
                 for row in fields.to_dict("records")
             ]
-            self.decider.decide(results, rows, values[list(rule_features)].to_numpy(np.float64), model.policy,
+            self.decider.decide(results, rows, stacked(values, rule_features), model.policy,
                                 fallback=reason is not None)  # fmt: skip
         else:
             self.decider.decide(results, [None] * len(results), exact, model.policy, fallback=reason is not None)
         self.metrics.stage_seconds.labels("decide").observe(time.perf_counter() - decided)
-        if self.review is not None:
+        if self.review is not None and any(r["decision"] != "allow" for r in results):
             self.review.append(results, events[list(self.declared.events.fields)].iloc, exact, inputs)
         if self.prediction_log is not None:
             self.prediction_log.append(results, matrix, self._context(events, model), tuple(inputs))
@@ -279,10 +294,12 @@ class DeclaredScorer:
         codes = unit.to_numpy(np.int64) if pd.api.types.is_integer_dtype(unit) else hashed(unit)
         return np.column_stack([ts, codes, np.full(len(events), -1, np.int64)]).astype(np.int64)
 
-    def _score_in_shadow(self, results: list[dict[str, Any]], values: pd.DataFrame, challenger: LoadedModel) -> None:
+    def _score_in_shadow(
+        self, results: list[dict[str, Any]], values: dict[str, np.ndarray], challenger: LoadedModel
+    ) -> None:
         """Scores the challenger on its own inputs, off the response path, and logs both scores."""
         stream, client = self.shadow_stream, self.store.client
-        matrix = model_matrix(values[list(challenger.primary.inputs)].to_numpy(np.float64))
+        matrix = model_matrix(stacked(values, challenger.primary.inputs))
         event_id = self.declared.events.event_id
 
         def write() -> None:

@@ -189,7 +189,7 @@ class FastScoreRoutes:
             if not json_content(headers):
                 raise ClientError(415, UNSUPPORTED)
             explain = explain_flag(scope.get("query_string", b""))
-            raw = await _body(receive)
+            raw = await read_body(receive)
             try:
                 body = orjson.loads(raw)
             except orjson.JSONDecodeError as error:
@@ -203,11 +203,11 @@ class FastScoreRoutes:
                 else await _batch_from(body, self.max_batch)
             )
         except ClientError as error:
-            await _answer(send, error.status, orjson.dumps(error.body))
+            await send_json(send, error.status, orjson.dumps(error.body))
             return
         scorer = scope["app"].state.scorer
         if scorer.models.current is None:
-            await _answer(send, 503, orjson.dumps({"detail": scorer.models.unavailable or NO_MODEL_YET}))
+            await send_json(send, 503, orjson.dumps({"detail": scorer.models.unavailable or NO_MODEL_YET}))
             return
         if path == SCORE:
             payload = orjson.dumps((await scorer.score(txs, explain))[0])
@@ -219,10 +219,10 @@ class FastScoreRoutes:
                 parts.append(orjson.dumps(await scorer.score(txs[start : start + BATCH_CHUNK], explain))[1:-1])
                 await asyncio.sleep(0)  # single requests waiting meanwhile go first
             payload = b'{"results":[' + b",".join(part for part in parts if part) + b"]}"
-        await _answer(send, 200, payload)
+        await send_json(send, 200, payload)
 
 
-async def _body(receive: Any) -> bytes:
+async def read_body(receive: Any) -> bytes:
     chunks = []
     while True:
         message = await receive()
@@ -231,7 +231,7 @@ async def _body(receive: Any) -> bytes:
             return b"".join(chunks)
 
 
-async def _answer(send: Any, status: int, payload: bytes) -> None:
+async def send_json(send: Any, status: int, payload: bytes) -> None:
     await send(
         {
             "type": "http.response.start",

@@ -233,6 +233,8 @@ def test_plainly_valid_requests_are_typed_as_the_batch_checks_type_them(tmp_path
     ]
     records[3]["amount"] = 12  # an integral amount is a number too
     records[4]["at"] = "2026-03-02T10:00:00+02:00"  # another offset
+    records[5]["at"] = "2026-03-02 10:00:00.5Z"  # a space, a fraction, Z
+    records[6]["at"] = "2026-03-02T10:00:00.123456789"  # nanoseconds: pandas' parser keeps them
     for batch in (records[:1], records):
         plain = plain_events(declared, batch)
         assert plain is not None
@@ -245,3 +247,21 @@ def test_plainly_valid_requests_are_typed_as_the_batch_checks_type_them(tmp_path
         assert plain_events(declared, [{**records[0], **change}]) is None, change
     assert plain_events(declared, [{k: v for k, v in records[0].items() if k != "card"}]) is None
     assert np.int64(records[0]["id"]) == plain_events(declared, records[:1])["id"].iloc[0]  # type: ignore[index]
+
+
+def test_the_quick_time_parser_agrees_with_pandas_or_declines() -> None:
+    """`iso_nanoseconds` reads only the plain ISO 8601 shape, to the nanosecond as pandas does;
+    any other text is left to pandas (None)."""
+    import pandas as pd
+
+    from vigil.declared.events import iso_nanoseconds
+
+    plain = ["2018-05-20T10:11:12", "2018-05-20 10:11:12.5", "2018-05-20T10:11:12.123456Z",
+             "2018-05-20T10:11:12-05:30", "1970-01-01T00:00:00+00:00", "1969-12-31T23:59:59.999999Z"]  # fmt: skip
+    for text in plain:
+        assert iso_nanoseconds(text) == pd.to_datetime(text, utc=True, format="ISO8601").value, text
+    others = ["2018-05-20", "2018-05-20T10:11", "2018-05-20T10:11:12.1234567", "2018-W20-1T10:11:12",
+              "2018-05-20T10:11:12+0530", "２０１８-05-20T10:11:12", "3000-01-01T00:00:00",
+              "2018-02-30T00:00:00"]  # fmt: skip
+    for text in others:
+        assert iso_nanoseconds(text) is None, text

@@ -57,10 +57,12 @@ def window_values(
     for (on, key), aggregations in groups.items():
         table = load(on, key, sorted({a.column for a in aggregations}))
         asked = queries[key].to_numpy()
-        keys = pd.Index(pd.unique(np.concatenate([asked, table[KEY]])))
+        # The queries' and the facts' entities coded together, in one pass.
+        every, entities = pd.factorize(np.concatenate([asked, table[KEY]]))
+        every = every.astype(np.int64)
         columns = {a.column: table[a.column] for a in aggregations}
-        facts = Facts.build(table[KEY], table[TS], table[ID], columns, keys)
-        codes = facts.codes_of(asked)
+        facts = Facts.build(every[len(asked) :], len(entities), table[TS], table[ID], columns)
+        codes = every[: len(asked)]
         for a in aggregations:
             window, delay = a.window_seconds * NS, a.delay_seconds * NS
             out[a.name] = facts.aggregate(codes, ts, ids, a.column, a.computed_by, window, delay, on == "events")
@@ -85,6 +87,16 @@ def request_lists(events: pd.DataFrame, declared: DeclaredFeatures) -> dict[str,
 
 def features_of(declared: DeclaredFeatures, queries: pd.DataFrame, load: FactLoader, names: list[str]) -> pd.DataFrame:
     """The event id and the features `names` of each query, as of its own time."""
+    event_id = declared.events.event_id
+    values = feature_values(declared, queries, load, names)
+    return pd.DataFrame({event_id: queries[event_id].to_numpy(), **values})
+
+
+def feature_values(
+    declared: DeclaredFeatures, queries: pd.DataFrame, load: FactLoader, names: list[str]
+) -> dict[str, np.ndarray]:
+    """The features `names` of each query, as of its own time, by name (what a request
+    needs: a table of a few rows costs more to build than its features)."""
     wanted_derived = [d for d in declared.derived if set(d.outputs) & set(names)]
     needed = set(names) | {i for d in wanted_derived for i in d.inputs}
     values = window_values(declared, queries, load, [a for a in declared.aggregations if a.name in needed])
@@ -95,5 +107,4 @@ def features_of(declared: DeclaredFeatures, queries: pd.DataFrame, load: FactLoa
             result = view.transform(inputs)
             for output in view.outputs:
                 values[output] = np.asarray(result[output])
-    event_id = declared.events.event_id
-    return pd.DataFrame({event_id: queries[event_id].to_numpy(), **{name: values[name] for name in names}})
+    return {name: values[name] for name in names}

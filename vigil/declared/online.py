@@ -30,8 +30,19 @@ from typing import Any
 import numpy as np
 import pandas as pd
 import redis
+import redis.asyncio
 
-from vigil.declared.compute import ID, KEY, TS, FactTable, feature_names, features_of, nanoseconds
+from vigil.declared.compute import (
+    ID,
+    KEY,
+    TS,
+    FactLoader,
+    FactTable,
+    feature_names,
+    feature_values,
+    features_of,
+    nanoseconds,
+)
 from vigil.declared.model import DeclaredFeatures
 from vigil.online.marker import MARKERS, count_markers, marker_keys, write_markers
 
@@ -252,48 +263,89 @@ class DeclaredOnlineStore:
         """Marks the store as holding the flow's data (a replay has filled it, or a new deployment)."""
         write_markers(self.client, self.marker_project, by)
 
-    def checked_features(self, events: pd.DataFrame, features: Sequence[str]) -> tuple[pd.DataFrame | None, bool]:
-        """`features` of each event, and whether the store holds the flow's data, asked in the
+    def checked_features(
+        self, events: pd.DataFrame, features: Sequence[str]
+    ) -> tuple[dict[str, np.ndarray] | None, bool]:
+        """`features` of each event (by name), and whether the store holds the flow's data, asked in the
         same round trip (its markers: one on one server, all of them on a cluster, where each
         primary holds some). A store restarted empty answers every read with "no facts": the
         features it gives are then None, never zeros that look like a quiet history."""
-        asked = {group: pd.unique(events[group[1]].to_numpy()) for group in self.columns}
-        markers = marker_keys(self.marker_project)
-        checked = markers if isinstance(self.client, redis.RedisCluster) else markers[:1]
+        asked, keys, markers = self._checked_read(events, isinstance(self.client, redis.RedisCluster))
         with self.client.pipeline(transaction=False) as pipe:
-            for (on, join_key), values in asked.items():
-                for value in values:
-                    pipe.get(self.key(on, join_key, value))
-            for key in checked:
+            for key in keys:
+                pipe.get(key)
+            for key in markers:
                 pipe.exists(key)
             answers = pipe.execute()
-        if sum(int(n) for n in answers[len(answers) - len(checked) :]) < len(checked):
+        return self._checked_values(events, asked, answers, len(markers), features)
+
+    async def checked_features_async(
+        self, client: Any, events: pd.DataFrame, features: Sequence[str]
+    ) -> tuple[dict[str, np.ndarray] | None, bool]:
+        """`checked_features` read with an asyncio client (`redis.asyncio`): a scorer awaits the
+        round trip on its event loop, and computes there, with no hop to a thread."""
+        asked, keys, markers = self._checked_read(events, isinstance(client, redis.asyncio.RedisCluster))
+        async with client.pipeline(transaction=False) as pipe:
+            for key in keys:
+                pipe.get(key)
+            for key in markers:
+                pipe.exists(key)
+            answers = await pipe.execute()
+        return self._checked_values(events, asked, answers, len(markers), features)
+
+    def _entities(self, events: pd.DataFrame) -> dict[tuple[str, str], np.ndarray]:
+        """Each kind of facts' entities among the events, each once, in order of appearance."""
+        columns = {key: events[key].to_numpy() for key in {group[1] for group in self.columns}}
+        # One event (a request's) has one entity per key: pd.unique's fixed cost is not needed.
+        return {
+            group: columns[group[1]] if len(events) == 1 else pd.unique(columns[group[1]]) for group in self.columns
+        }
+
+    def _checked_read(
+        self, events: pd.DataFrame, cluster: bool
+    ) -> tuple[dict[tuple[str, str], np.ndarray], list[str], list[Any]]:
+        """The entities asked, the keys of their facts, the markers to check (see `checked_features`)."""
+        asked = self._entities(events)
+        keys = [self.key(on, join_key, value) for (on, join_key), values in asked.items() for value in values]
+        markers = marker_keys(self.marker_project)
+        return asked, keys, markers if cluster else markers[:1]
+
+    def _checked_values(
+        self,
+        events: pd.DataFrame,
+        asked: dict[tuple[str, str], np.ndarray],
+        answers: list[Any],
+        markers: int,
+        features: Sequence[str],
+    ) -> tuple[dict[str, np.ndarray] | None, bool]:
+        if sum(int(n) for n in answers[len(answers) - markers :]) < markers:
             return None, False
-        return self._computed(events, asked, answers[: len(answers) - len(checked)], list(features)), True
+        blobs = answers[: len(answers) - markers]
+        return feature_values(self.declared, events, self._loader(events, asked, blobs), list(features)), True
 
     def features(
         self, events: pd.DataFrame, service: str | None = None, features: Sequence[str] | None = None
     ) -> pd.DataFrame:
         """The features of `service` (or `features`) for each event, as of its own time:
         every kind of facts of their entities read in one round trip."""
-        asked = {group: pd.unique(events[group[1]].to_numpy()) for group in self.columns}
+        asked = self._entities(events)
         with self.client.pipeline(transaction=False) as pipe:
             for (on, join_key), values in asked.items():
                 for value in values:
                     pipe.get(self.key(on, join_key, value))
             blobs = pipe.execute()
-        return self._computed(events, asked, blobs, feature_names(self.declared, service, features))
+        names = feature_names(self.declared, service, features)
+        return features_of(self.declared, events, self._loader(events, asked, blobs), names)
 
-    def request_features(self, events: pd.DataFrame, features: Sequence[str]) -> pd.DataFrame:
-        """The features as the events alone make them, no stored fact read: what a scorer
-        answers with (and says so) when the store cannot be read in time."""
-        asked = {group: pd.unique(events[group[1]].to_numpy()) for group in self.columns}
+    def request_features(self, events: pd.DataFrame, features: Sequence[str]) -> dict[str, np.ndarray]:
+        """The features (by name) as the events alone make them, no stored fact read: what a
+        scorer answers with (and says so) when the store cannot be read in time."""
+        asked = self._entities(events)
         empty = [None] * sum(len(values) for values in asked.values())
-        return self._computed(events, asked, empty, list(features))
+        return feature_values(self.declared, events, self._loader(events, asked, empty), list(features))
 
-    def _computed(
-        self, events: pd.DataFrame, asked: dict[tuple[str, str], np.ndarray], blobs: list[Any], names: list[str]
-    ) -> pd.DataFrame:
+    def _loader(self, events: pd.DataFrame, asked: dict[tuple[str, str], np.ndarray], blobs: list[Any]) -> FactLoader:
+        """The fact tables of the entities `asked`, read as `blobs` (in `asked`'s order)."""
         tables: dict[tuple[str, str], FactTable] = {}
         start = 0
         for group, values in asked.items():
@@ -303,4 +355,4 @@ class DeclaredOnlineStore:
         def load(on: str, key: str, columns: list[str]) -> FactTable:
             return tables[(on, key)]
 
-        return features_of(self.declared, events, load, names)
+        return load

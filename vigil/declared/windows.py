@@ -12,7 +12,7 @@ from __future__ import annotations
 
 import logging
 from collections.abc import Callable
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from typing import Any
 
 import numba
@@ -26,6 +26,7 @@ from vigil.declared.model import FUNCTIONS, WindowFunction
 IntArray = npt.NDArray[np.int64]
 FloatArray = npt.NDArray[np.float64]
 FUNCTION_CODES = {name: code for code, name in enumerate(FUNCTIONS)}
+_NO_CODES = np.zeros(0, np.int64)  # what functions other than count_distinct are given as codes
 log = logging.getLogger(__name__)
 
 
@@ -199,37 +200,34 @@ def apply_window_function(
 
 @dataclass(frozen=True)
 class Facts:
-    """One entity's kind of facts, sorted by (entity, time, id), with the entity codes of
-    `keys` (their `pd.factorize` categories) shared with the queries."""
+    """One entity's kind of facts, sorted by (entity code, time, id): the facts of entity
+    code c are [seg_start[c], seg_end[c])."""
 
-    keys: pd.Index
     seg_start: IntArray
     seg_end: IntArray
     ts: IntArray
     ids: IntArray
-    columns: dict[str, FloatArray]
-    codes: dict[str, IntArray]
+    columns: dict[str, FloatArray]  # the numeric columns as float64
+    raw: dict[str, np.ndarray]  # every column as it came, in the facts' order
+    distinct: dict[str, IntArray] = field(default_factory=dict)  # count_distinct's codes, made once asked
 
     @classmethod
-    def build(
-        cls, entity: np.ndarray, ts: IntArray, ids: IntArray, columns: dict[str, np.ndarray], keys: pd.Index
-    ) -> Facts:
-        code = keys.get_indexer(entity)
+    def build(cls, code: IntArray, entities: int, ts: IntArray, ids: IntArray, columns: dict[str, np.ndarray]) -> Facts:
+        """The facts of entity codes `code` (0 .. `entities` - 1) at `ts` with `ids`."""
         order = np.lexsort((ids, ts, code))
-        code = code[order]
-        bounds = np.arange(len(keys) + 1)
-        edges = np.searchsorted(code, bounds, side="left").astype(np.int64)
-        values, codes = {}, {}
+        edges = np.searchsorted(code[order], np.arange(entities + 1), side="left").astype(np.int64)
+        values, raw = {}, {}
         for name, column in columns.items():
-            sorted_column = column[order]
-            if sorted_column.dtype.kind in "iufb":
-                values[name] = sorted_column.astype(np.float64)
-            codes[name] = pd.factorize(sorted_column)[0].astype(np.int64)
-        return cls(keys, edges[:-1], edges[1:], ts[order], ids[order], values, codes)
+            raw[name] = column[order]
+            if raw[name].dtype.kind in "iufb":
+                values[name] = raw[name].astype(np.float64)
+        return cls(edges[:-1], edges[1:], ts[order], ids[order], values, raw)
 
-    def codes_of(self, query_entity: np.ndarray) -> IntArray:
-        """The queries' entity codes (-1: an entity without facts), for `aggregate`."""
-        return self.keys.get_indexer(query_entity).astype(np.int64)
+    def codes(self, column: str) -> IntArray:
+        """A column's values as codes (equal values, equal codes): what count_distinct counts."""
+        if column not in self.distinct:
+            self.distinct[column] = pd.factorize(self.raw[column])[0].astype(np.int64)
+        return self.distinct[column]
 
     def aggregate(
         self,
@@ -246,7 +244,7 @@ class Facts:
         if isinstance(function, WindowFunction):
             return self.apply(entity, query_ts, query_id, values, function, window, delay, by_id)
         code = FUNCTION_CODES[function]
-        codes = self.codes[column]
+        codes = self.codes(column) if function == "count_distinct" else _NO_CODES
         return _aggregate(
             self.seg_start, self.seg_end, self.ts, self.ids, values, codes,
             entity, query_ts, query_id, window, delay, code, by_id,

@@ -1,0 +1,100 @@
+"""A declared repo's two scoring routes served as plain ASGI, in front of FastAPI.
+
+As for the handbook's service (`scoring.fastpath`): FastAPI's dependency resolution and
+request object cost more than a single event's features and score. A body whose every
+event is plainly valid (`vigil.declared.events.plain_events`: each field of JSON's own
+type, every time ISO 8601 and not ahead of the clock) is typed and handed to the scorer
+directly. Any other body goes, as received, to the FastAPI routes of `scoring.declared_app`,
+which check it by the stream's rules and answer a 422 naming the field: one set of
+rules, one set of messages. FastAPI still declares both routes, so `/openapi.json`
+documents them.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Awaitable, Callable
+from typing import Any
+
+import orjson
+
+from scoring.fastpath import (
+    BATCH,
+    NO_KEY,
+    NO_MODEL_YET,
+    SCORE,
+    UNSUPPORTED,
+    ClientError,
+    explain_flag,
+    json_content,
+    read_body,
+    send_json,
+)
+from scoring.security import authorised
+from vigil.declared.events import plain_events
+from vigil.declared.model import DeclaredFeatures
+
+Receive = Callable[[], Awaitable[dict[str, Any]]]
+
+
+def replayed(raw: bytes, receive: Receive) -> Receive:
+    """A `receive` that gives the body already read, then waits on the connection's own."""
+    sent = False
+
+    async def again() -> dict[str, Any]:
+        nonlocal sent
+        if not sent:
+            sent = True
+            return {"type": "http.request", "body": raw, "more_body": False}
+        return await receive()
+
+    return again
+
+
+class DeclaredScoreRoutes:
+    """ASGI middleware answering the scoring routes for plainly valid bodies."""
+
+    def __init__(
+        self, app: Any, declared: DeclaredFeatures, max_batch: int, api_keys: tuple[bytes, ...], ahead_seconds: float
+    ) -> None:
+        self.app, self.declared, self.max_batch = app, declared, max_batch
+        self.api_keys, self.ahead_seconds = api_keys, ahead_seconds
+
+    def _records(self, path: str, body: Any) -> list[dict[str, Any]] | None:
+        """The events a well-formed body carries; None when FastAPI's routes should say why not."""
+        if path == SCORE:
+            return [body] if type(body) is dict else None
+        items = body.get("events") if type(body) is dict else None
+        if type(items) is not list or not items or len(items) > self.max_batch:
+            return None
+        return items if all(type(item) is dict for item in items) else None
+
+    async def __call__(self, scope: dict[str, Any], receive: Receive, send: Any) -> None:
+        path = scope.get("path")
+        if scope["type"] != "http" or scope["method"] != "POST" or path not in (SCORE, BATCH):
+            await self.app(scope, receive, send)
+            return
+        headers = scope.get("headers") or []
+        try:
+            if not authorised(headers, self.api_keys):
+                raise ClientError(401, NO_KEY)
+            if not json_content(headers):
+                raise ClientError(415, UNSUPPORTED)
+            explain = explain_flag(scope.get("query_string", b""))
+        except ClientError as error:
+            await send_json(send, error.status, orjson.dumps(error.body))
+            return
+        raw = await read_body(receive)
+        try:
+            records = self._records(path, orjson.loads(raw))
+        except orjson.JSONDecodeError:
+            records = None
+        events = plain_events(self.declared, records, self.ahead_seconds) if records else None
+        if events is None:
+            await self.app(scope, replayed(raw, receive), send)
+            return
+        scorer = scope["app"].state.scorer
+        if scorer.models.current is None:
+            await send_json(send, 503, orjson.dumps({"detail": scorer.models.unavailable or NO_MODEL_YET}))
+            return
+        results = await scorer.score(events, explain)
+        await send_json(send, 200, orjson.dumps(results[0] if path == SCORE else {"results": results}))
