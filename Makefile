@@ -51,6 +51,7 @@ bench: redis ## Every benchmark beside its target and same-run baseline (bench-r
 	$(BIN)/python -m benchmarks.capacity
 	$(BIN)/python -m benchmarks.offline
 	$(BIN)/python -m benchmarks.declared
+	$(BIN)/python -m benchmarks.declared_serving
 	$(BIN)/python -m benchmarks.report
 
 LAB_PORT ?= 8888
