@@ -42,6 +42,7 @@ def test_demo_runs_end_to_end(tmp_path: Path, redis_url: str) -> None:
         for line in (
             "ingest:",
             "features: served == backfill",
+            "Feast: get_online_features == backfill",
             "model: fraud-detector v1",
             "scoring:",
             "p99",
