@@ -21,7 +21,8 @@ from scoring.rules import RulesFile
 from vigil.declared import DeclaredFeatures
 from vigil.declared.online import DeclaredOnlineStore
 from vigil.lifecycle.tracking import CHALLENGER
-from vigil.online.connection import connect, connect_async
+from vigil.online.connection import connect, connect_async, is_cluster
+from vigil.online.resp import ClusterReader, NodeReader
 from vigil.settings import Settings
 
 log = logging.getLogger("vigil.scoring")
@@ -35,7 +36,7 @@ class DeclaredResources:
     shadow: ModelManager
     client: Any  # redis-py, for the store's reads
     log_client: Any  # redis-py asyncio, for the prediction log, lists and labels
-    reader: Any  # redis-py asyncio, for the store's reads on the scoring path
+    reader: NodeReader | ClusterReader  # the store's reads on the scoring path (`vigil.online.resp`)
     executor: ThreadPoolExecutor
     store: DeclaredOnlineStore
     lists: DeclaredLists
@@ -55,7 +56,7 @@ class DeclaredResources:
         self.executor.shutdown(wait=False)
         self.client.close()
         await self.log_client.aclose()
-        await self.reader.aclose()
+        self.reader.close()
 
 
 async def open_declared(settings: Settings, declared: DeclaredFeatures, threads: int = 4) -> DeclaredResources:
@@ -76,7 +77,7 @@ async def open_declared(settings: Settings, declared: DeclaredFeatures, threads:
     executor = ThreadPoolExecutor(max_workers=threads, thread_name_prefix="vigil-declared")
     store = DeclaredOnlineStore(client, settings.key_prefix, declared)
     log_client = connect_async(settings.redis_url, socket_timeout=1.0, socket_connect_timeout=0.5)
-    reader = connect_async(settings.redis_url, socket_timeout=1.0, socket_connect_timeout=0.5)
+    reader = ClusterReader(settings.redis_url) if is_cluster(settings.redis_url) else NodeReader(settings.redis_url)
     lists = DeclaredLists(list_keys(declared))
     try:
         await lists.refresh(log_client, settings)

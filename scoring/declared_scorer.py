@@ -30,7 +30,7 @@ from scoring.models import LoadedModel, ModelManager
 from scoring.prediction_log import PredictionLog
 from scoring.review_queue import ReviewQueue
 from scoring.rules import RulesFile
-from scoring.scorer import FEATURES_UNAVAILABLE, MODEL_ERROR, TIMEOUT, NoModelError
+from scoring.scorer import FEATURES_UNAVAILABLE, INLINE_ROWS, MODEL_ERROR, TIMEOUT, NoModelError
 from vigil.declared.compute import nanoseconds
 from vigil.declared.events import Checked, check_records, plain_events
 from vigil.declared.model import DeclaredFeatures, Kind
@@ -147,7 +147,7 @@ class DeclaredScorer:
         # A batch's deadline follows what a row costs here, measured on the batches (as the handbook's).
         self.deadlines = BatchDeadlines(budget_seconds, row_budget_seconds)
         self.shadow, self.shadow_stream = shadow, shadow_stream
-        # An asyncio Redis client (`redis.asyncio`) for the store's reads; without one they
+        # The pipelined reader of `vigil.online.resp` for the store's reads; without one they
         # run on `executor` with the store's own client.
         self.reader = reader
         # Thresholds from each version's policy, then the rules of VIGIL_RULES_FILE over the
@@ -203,8 +203,11 @@ class DeclaredScorer:
 
     async def _predict(self, model: LoadedModel, matrix: np.ndarray, deadline: float) -> np.ndarray | str:
         started = time.perf_counter()
-        call = asyncio.get_running_loop().run_in_executor(self.executor, model.primary.predict_proba, matrix)
         try:
+            if model.inline and matrix.shape[0] <= INLINE_ROWS:
+                # Measured fast at load time: a thread hop would cost more than the prediction.
+                return model.primary.predict_proba(matrix)
+            call = asyncio.get_running_loop().run_in_executor(self.executor, model.primary.predict_proba, matrix)
             return await asyncio.wait_for(call, timeout=max(deadline - time.perf_counter(), 0.001))
         except TimeoutError:
             return TIMEOUT

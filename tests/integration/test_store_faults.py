@@ -157,6 +157,25 @@ def test_declared_facts_on_a_cluster(
     joined = ours.merge(expected, on="id", suffixes=("", "_expected"))
     assert len(joined) == len(recent) > 0
     assert max(float(np.abs(joined[c] - joined[f"{c}_expected"]).max()) for c in ours.columns if c != "id") <= 1e-9
+
+    # The scoring service's read of one event (its pipelined reader, each node asked for its
+    # share, the markers on every primary): the same values.
+    from vigil.online.resp import ClusterReader
+
+    async def read_one(event: pd.DataFrame) -> tuple[dict[str, np.ndarray] | None, bool]:
+        reader = ClusterReader(cluster.url)
+        try:
+            return await store.checked_features_async(reader, event, list(declared.feature_names))
+        finally:
+            reader.close()
+
+    assert asyncio.run(read_one(recent.iloc[[0]])) == (None, False)  # no markers: not the flow's data
+    store.mark("replay")
+    for i in (0, len(recent) - 1):
+        values, filled = asyncio.run(read_one(recent.iloc[[i]]))
+        assert filled and values is not None
+        want = expected.set_index("id").loc[recent["id"].iloc[i]]
+        assert max(abs(float(values[name][0]) - float(want[name])) for name in values) <= 1e-9
     client.delete(*[k for k in client.scan_iter(match=f"{settings.key_prefix}:*", count=1_000)])
     client.close()
 
