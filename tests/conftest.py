@@ -108,6 +108,7 @@ LONGEST_FIRST = (
     "test_api_hardening.py",
     "test_declared_serving.py",
     "test_demo.py",
+    "test_declared_handbook_reference.py",
     "test_serving_faults.py",
     "test_training.py",
     "test_book_parity.py",
