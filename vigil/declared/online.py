@@ -235,9 +235,11 @@ class DeclaredOnlineStore:
     def _facts(self, group: tuple[str, str], queries: pd.DataFrame, values: np.ndarray, blobs: list[Any]) -> FactTable:
         """One kind of facts of the queries' entities (`values`, read as `blobs`)."""
         dtype = self.dtypes[group]
-        parts = [np.frombuffer(blob or b"", dtype) for blob in blobs]
-        facts = np.concatenate(parts) if parts else np.empty(0, dtype)
-        entity = np.repeat(values, [len(p) for p in parts])
+        parts = [b"" if blob is None else blob for blob in blobs]
+        # One buffer, read once: a structured view per string costs ~3 us each, and a batch
+        # reads thousands.
+        facts = np.frombuffer(b"".join(parts), dtype)
+        entity = np.repeat(values, [len(p) // dtype.itemsize for p in parts])
         if group[0] == "events":  # the queries are events too: counted once, recorded or not
             schema = self.declared.events
             own = self._packed(group, queries, schema.event_id, schema.time)
@@ -284,13 +286,19 @@ class DeclaredOnlineStore:
         self, reader: NodeReader | ClusterReader, events: pd.DataFrame, features: Sequence[str]
     ) -> tuple[dict[str, np.ndarray] | None, bool]:
         """`checked_features` read with the scoring service's pipelined reader
-        (`vigil.online.resp`, one node or a cluster): a scorer awaits the round trip on its
-        event loop and computes there, with no hop to a thread."""
+        (`vigil.online.resp`, one node or a cluster), on its event loop, with no hop to a
+        thread. Each key is asked with a one-key MGET, whose reply (an array of one string)
+        the reader locates where it lies in the bytes received (`read_fields`): a batch's
+        thousands of facts strings are read in place, not copied into Python objects."""
         asked, keys, markers = self._checked_read(events, isinstance(reader, ClusterReader))
         every = [key.encode() for key in keys] + markers
-        commands = [command("GET", key) for key in every[: len(keys)]] + [command("EXISTS", m) for m in markers]
-        answers = await reader.execute(every, commands)
-        return self._checked_values(events, asked, answers, len(markers), features)
+        replies = await reader.read_fields(every, [command("MGET", key) for key in every], 1)
+        starts, sizes = replies.starts[:, 0].tolist(), replies.sizes[:, 0].tolist()
+        if not all(sizes[len(keys) :]):  # a marker missing: the store does not hold the flow's data
+            return None, False
+        data = replies.data
+        blobs = [data[a : a + n] if n else None for a, n in zip(starts[: len(keys)], sizes[: len(keys)], strict=True)]
+        return feature_values(self.declared, events, self._loader(events, asked, blobs), list(features)), True
 
     def _entities(self, events: pd.DataFrame) -> dict[tuple[str, str], np.ndarray]:
         """Each kind of facts' entities among the events, each once, in order of appearance."""
