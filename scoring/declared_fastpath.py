@@ -17,19 +17,7 @@ from typing import Any
 
 import orjson
 
-from scoring.fastpath import (
-    BATCH,
-    NO_KEY,
-    NO_MODEL_YET,
-    SCORE,
-    UNSUPPORTED,
-    ClientError,
-    explain_flag,
-    json_content,
-    read_body,
-    send_json,
-)
-from scoring.security import authorised
+from scoring.fastpath import NO_MODEL_YET, SCORE, ClientError, explain_of, is_scoring, read_body, send_json
 from vigil.declared.events import plain_events
 from vigil.declared.model import DeclaredFeatures
 
@@ -69,17 +57,12 @@ class DeclaredScoreRoutes:
         return items if all(type(item) is dict for item in items) else None
 
     async def __call__(self, scope: dict[str, Any], receive: Receive, send: Any) -> None:
-        path = scope.get("path")
-        if scope["type"] != "http" or scope["method"] != "POST" or path not in (SCORE, BATCH):
+        if not is_scoring(scope):
             await self.app(scope, receive, send)
             return
-        headers = scope.get("headers") or []
+        path = scope["path"]
         try:
-            if not authorised(headers, self.api_keys):
-                raise ClientError(401, NO_KEY)
-            if not json_content(headers):
-                raise ClientError(415, UNSUPPORTED)
-            explain = explain_flag(scope.get("query_string", b""))
+            explain = explain_of(scope, self.api_keys)
         except ClientError as error:
             await send_json(send, error.status, orjson.dumps(error.body))
             return

@@ -171,6 +171,22 @@ UNSUPPORTED = {"detail": "send the body as JSON, with Content-Type: application/
 NO_KEY = {"detail": "missing or wrong API key (X-API-Key header)"}
 
 
+def is_scoring(scope: dict[str, Any]) -> bool:
+    """Whether a request is for one of the two scoring routes."""
+    return scope["type"] == "http" and scope["method"] == "POST" and scope.get("path") in (SCORE, BATCH)
+
+
+def explain_of(scope: dict[str, Any], api_keys: tuple[bytes, ...]) -> bool:
+    """A scoring request's `explain` flag, once its key and content type are checked
+    (`ClientError` 401, 415, or 422 for a flag that is not a boolean)."""
+    headers = scope.get("headers") or []
+    if not authorised(headers, api_keys):
+        raise ClientError(401, NO_KEY)
+    if not json_content(headers):
+        raise ClientError(415, UNSUPPORTED)
+    return explain_flag(scope.get("query_string", b""))
+
+
 class FastScoreRoutes:
     """ASGI middleware answering the two scoring routes; everything else goes to FastAPI."""
 
@@ -178,17 +194,12 @@ class FastScoreRoutes:
         self.app, self.max_batch, self.api_keys = app, max_batch, api_keys
 
     async def __call__(self, scope: dict[str, Any], receive: Any, send: Any) -> None:
-        path = scope.get("path")
-        if scope["type"] != "http" or scope["method"] != "POST" or path not in (SCORE, BATCH):
+        if not is_scoring(scope):
             await self.app(scope, receive, send)
             return
-        headers = scope.get("headers") or []
+        path = scope["path"]
         try:
-            if not authorised(headers, self.api_keys):
-                raise ClientError(401, NO_KEY)
-            if not json_content(headers):
-                raise ClientError(415, UNSUPPORTED)
-            explain = explain_flag(scope.get("query_string", b""))
+            explain = explain_of(scope, self.api_keys)
             raw = await read_body(receive)
             try:
                 body = orjson.loads(raw)
