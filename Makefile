@@ -41,7 +41,7 @@ lint: $(STAMP) ## ruff and mypy
 
 ci: lint test ## What CI runs (.ci/run calls this)
 
-bench: redis ## Every benchmark beside its target and same-run baseline (bench-results/, about 40 min)
+bench: redis ## Every benchmark beside its target and same-run baseline (bench-results/, about 45 min)
 	$(BIN)/python -m benchmarks.features
 	$(BIN)/python -m benchmarks.freshness --runs 5
 	$(BIN)/python -m benchmarks.freshness --runs 1 --api

@@ -59,6 +59,26 @@ def lines() -> list[str]:
             out.append(f"peak memory 120 / 60 days: {offline['peak_memory_ratio_120_over_60']} (target <= 1.2)")
     if declared := read("declared"):
         out += declared_lines(declared)
+    if serving := read("declared-serving"):
+        out += declared_serving_lines(serving)
+    return out
+
+
+def declared_serving_lines(results: dict[str, Any]) -> list[str]:
+    """examples/handbook's scoring service beside the hand-written one, same run."""
+    out = []
+    for rate in ("500", "1000"):
+        mine, theirs = results["declared"][rate], results["hand_written"][rate]
+        out.append(
+            f"declared scoring at {rate} req/s: p50 {mine['p50_ms']} / p99 {mine['p99_ms']} ms "
+            f"({mine['fallback_answers']} fallbacks) against {theirs['p50_ms']} / {theirs['p99_ms']} ms hand-written "
+            "(target: p99 within 10 %)"
+        )
+    mine, theirs = results["declared"]["batch_1000"], results["hand_written"]["batch_1000"]
+    out.append(
+        f"declared batch: {mine['rows_per_s']:,.0f} events/s against {theirs['rows_per_s']:,.0f} hand-written "
+        "(target: within 10 %)"
+    )
     return out
 
 
