@@ -53,6 +53,11 @@ def test_online_features_equal_the_backfill_for_every_event(
     shuffled = events.sample(frac=1.0, random_state=5)
     parts = [store.features(shuffled.iloc[i::7]) for i in range(7)]
     assert largest_difference(pd.concat(parts, ignore_index=True), expected) <= 1e-9
+    # One at a time, as a request asks (every built-in window of an entity in one compiled
+    # call): the values of the batch read, to the last bit.
+    sample = events.sample(300, random_state=6)
+    one_by_one = pd.concat([store.features(sample.iloc[[i]]) for i in range(len(sample))], ignore_index=True)
+    assert largest_difference(one_by_one, store.features(sample)) == 0.0
 
 
 def test_an_event_not_yet_recorded_counts_once_as_of_its_time(

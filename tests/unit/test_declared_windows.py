@@ -153,3 +153,36 @@ def test_a_window_function_on_labels_is_called_for_empty_windows_too() -> None:
     values = compute_declared(declared(aged), EVENTS, labels)
     # event 3 (hour 2) and 5 (2.5) see event 1's label (hour 0); card b has no labels at all.
     assert values["age"].tolist() == [99.0, 99.0, 2.0, 99.0, 2.5, 99.0]
+
+
+def test_one_query_gives_every_function_exactly_what_the_batch_kernel_gives() -> None:
+    """A request's one event (`one_query`: every built-in window of an entity in one call)
+    against `Facts.aggregate` on the same facts: equal to the last bit, for each function,
+    with ties in time, a delay, NaN and -0.0 among the values, and an empty window."""
+    from vigil.declared.windows import FUNCTION_CODES, Facts, one_query
+
+    rng = np.random.default_rng(4)
+    n = 400
+    ts = rng.integers(0, 50, n).astype(np.int64) * 1_000_000_000  # many events share a time
+    ids = rng.permutation(n).astype(np.int64)
+    amount = np.round(rng.normal(50, 30, n), 1)
+    amount[rng.integers(0, n, 20)] = np.nan
+    amount[rng.integers(0, n, 20)] = -0.0
+    amount[rng.integers(0, n, 20)] = 0.0
+    merchant = rng.integers(0, 12, n).astype(np.int64) * 7919  # hashed strings: int64
+    columns = {"amount": amount, "merchant": merchant}
+    facts = Facts.build(np.zeros(n, np.int64), 1, ts, ids, columns)
+    asked = [
+        (column, function, window * 1_000_000_000, delay * 1_000_000_000)
+        for column in ("amount", "merchant")
+        for function in FUNCTION_CODES
+        for window, delay in ((10, 0), (30, 5), (1, 0), (5, 100))
+        if not (column == "merchant" and function not in ("count", "count_distinct"))
+    ]
+    for query in rng.choice(n, 25, replace=False).tolist():
+        q_ts, q_id = np.array([ts[query]]), np.array([ids[query]])
+        fused = one_query(ts, ids, columns, int(ts[query]), int(ids[query]), asked, True)
+        assert fused is not None
+        for (column, function, window, delay), value in zip(asked, fused.tolist(), strict=True):
+            want = facts.aggregate(np.zeros(1, np.int64), q_ts, q_id, column, function, window, delay, True)[0]
+            assert value == want or (np.isnan(value) and np.isnan(want)), (column, function, window, delay)
