@@ -6,8 +6,9 @@ service, same run, same world, same load generator:
   champion with the same parameters), its facts written by the repo's own flow;
 
 each under `vigil serve` with 2 workers: one event per request, open loop at 500 and 1,000
-requests/s (p50/p99, errors, fallback answers), and the batch endpoint, 1,000 events per
-call, 4 clients (events/s). The target: the declared service's p99 and batch throughput
+requests/s (p50/p99, errors, fallback answers), the batch endpoint, 1,000 events per
+call, 4 clients (events/s), and the CPU time one worker spends per request, one at a time
+(`/proc/<pid>/stat`). The target: the declared service's p99 and batch throughput
 within 10 % of the hand-written one's. Writes bench-results/declared-serving.json.
 """
 
@@ -15,9 +16,11 @@ from __future__ import annotations
 
 import argparse
 import json
+import os
 from pathlib import Path
 from typing import Any
 
+import httpx
 import pandas as pd
 
 from benchmarks.features import HANDBOOK, RESULTS, bench_settings, cleanup
@@ -45,6 +48,40 @@ def prepare_declared(settings: Settings, world: Path) -> None:
     train_and_register(settings, data.frame, "xgboost", params=params, split=default_split(data), show_progress=False)
 
 
+def cpu_seconds(pid: int) -> float:
+    """User and system CPU time of a process so far (Linux's /proc)."""
+    fields = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()
+    return (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")
+
+
+def cpu_per_request(settings: Settings, single: list[dict[str, Any]], count: int = 2_000) -> float | None:
+    """Milliseconds of one worker's CPU per request, `count` requests one at a time (None
+    where /proc does not say)."""
+    with serve_process(env_for(settings), workers=1) as url:
+        port = url.rsplit(":", 1)[1]
+        pids = [
+            int(p.name)
+            for p in Path("/proc").iterdir()
+            if p.name.isdigit() and f"--port\0{port}\0".encode() in _cmdline(p)
+        ]
+        if len(pids) != 1:
+            return None
+        with httpx.Client(base_url=url, timeout=10) as client:
+            for body in single[:200]:
+                client.post("/v1/score", json=body)
+            before = cpu_seconds(pids[0])
+            for i in range(count):
+                client.post("/v1/score", json=single[i % len(single)])
+            return round((cpu_seconds(pids[0]) - before) / count * 1000, 3)
+
+
+def _cmdline(process: Path) -> bytes:
+    try:
+        return (process / "cmdline").read_bytes()
+    except OSError:
+        return b""
+
+
 def measure(
     settings: Settings, single: list[dict[str, Any]], batches: list[dict[str, Any]], seconds: float
 ) -> dict[str, Any]:
@@ -65,6 +102,7 @@ def measure(
                 "fresh_connections": True,
             }
         )
+    out["cpu_ms_per_request"] = cpu_per_request(settings, single)
     return out
 
 
@@ -116,6 +154,7 @@ def main() -> int:
                 },
                 "fallbacks": sum(r[rate]["fallback_answers"] for rate in ("500", "1000")),
                 "batch events/s": f"{r['batch_1000']['rows_per_s']:,.0f}",
+                "CPU ms/request": r["cpu_ms_per_request"],
             }
         )
     print(pd.DataFrame(rows).to_string(index=False))
