@@ -74,6 +74,7 @@ class DeclaredStreamScorer:
                     " the stream's entries stay pending and are scored once the flow restarts with one"
                 )
             answers = self._loop.run_until_complete(opened.scorer.score(events))
+            self._loop.run_until_complete(opened.scorer.settle())  # this batch's shadow scores, written
             self._loop.run_until_complete(opened.prediction_log.flush())
             self._loop.run_until_complete(opened.review.flush())
         return out + list(zip(answers, tokens, strict=True))

@@ -106,6 +106,7 @@ class StreamScorer:
             ]
             self._loop.run_until_complete(self._refresh())
             results = self._loop.run_until_complete(self._scorer.score(txs))
+            self._loop.run_until_complete(self._scorer.settle())  # this batch's shadow scores, written
             self._loop.run_until_complete(self._log.flush())
             self._loop.run_until_complete(self._review.flush())
         return list(zip(results, frame["token"].tolist(), strict=True))

@@ -280,6 +280,13 @@ class DeclaredScorer:
             self._score_in_shadow(results, values, challenger)
         return results
 
+    async def settle(self) -> None:
+        """Waits for the shadow scoring started so far. A caller that runs the event loop only
+        while it scores (the in-stream scorers) must, or the last batch's shadow scores are
+        never written."""
+        if self._background:
+            await asyncio.gather(*list(self._background), return_exceptions=True)
+
     def rule_features(self) -> tuple[str, ...]:
         """The declared features the rules in force read (computed for every event then)."""
         current = self.rules.current

@@ -230,6 +230,13 @@ class Scorer:
             self._score_in_shadow(results, matrix, model)
         return results
 
+    async def settle(self) -> None:
+        """Waits for the shadow scoring started so far. A caller that runs the event loop only
+        while it scores (the in-stream scorers) must, or the last batch's shadow scores are
+        never written."""
+        if self._background:
+            await asyncio.gather(*list(self._background), return_exceptions=True)
+
     def _score_in_shadow(self, results: list[dict[str, Any]], matrix: np.ndarray, champion: LoadedModel) -> None:
         """Scores the challenger off the response path and logs both scores."""
         challenger = self.shadow.current if self.shadow is not None else None

@@ -177,6 +177,9 @@ def test_in_stream_scoring_answers_each_event_as_the_service_would(served: tuple
     dead = [fields[b"reason"].decode() for _, fields in client.xrange(settings.deadletter_stream)]
     assert dead == ["amount: not a finite number ('a lot')"], dead
     assert client.xpending(stream, GROUP)["pending"] == 0
+    # The challenger's scores in shadow, every one written by the time the flow ends.
+    shadow = client.xrange(settings.shadow_stream)
+    assert sorted(int(f[b"payment_id"]) for _, f in shadow) == sorted(last["payment_id"].tolist())
 
 
 def test_bodies_follow_the_repos_schema(served: tuple[Settings, pd.DataFrame]) -> None:
