@@ -1,6 +1,6 @@
 """Freshness: how long an event takes from the stream to being readable for scoring.
 
-    python -m benchmarks.freshness [--runs 5] [--rate 2000] [--seconds 10] [--api]
+    python -m benchmarks.freshness [--runs 5] [--rate 2000] [--seconds 10] [--api | --declared]
 
 The feature flow (`vigil ingest --source`), the producer and the probe run as separate
 processes, so the harness does not share an interpreter (or its pauses) with what it
@@ -8,7 +8,10 @@ measures. The producer sends transactions to a Redis stream at `rate` a second; 
 tenth is a probe, whose send time goes to the prober; the prober polls the customer's
 stored history until the probe's id is in it. With `--api`, a `vigil serve` runs too and
 the prober asks it instead: `/v1/score?explain=true` for a later transaction of the same
-customer, until its 1-day count includes the probe (what a fraud check sees).
+customer, until its 1-day count includes the probe (what a fraud check sees). With
+`--declared`, each run measures the hand-written flow and then the declared handbook's flow
+(`vigil repo ingest --repo examples/handbook --source ...`, probed on its customer's facts),
+the same events at the same rate: bench-results/freshness_declared.json.
 
 Prints p50 / p99 / max per run against the targets, draws the latency histogram
 (bench-results/freshness.png) and writes bench-results/freshness.json.
@@ -41,8 +44,11 @@ POLL_SECONDS = 0.0005
 PROBE_CUSTOMERS = 1_000_000_000  # ids of the API probes' own customers, far from the world's
 
 
-def produce(url: str, stream: str, rows: list[dict[str, Any]], rate: float, probes: Any) -> None:
-    """Sends `rows` at `rate` a second; every tenth's (id, customer, time) goes to `probes`."""
+def produce(
+    url: str, stream: str, rows: list[dict[str, Any]], keys: list[tuple[int, int, str]], rate: float, probes: Any
+) -> None:
+    """Sends `rows` (stream entries) at `rate` a second; every tenth's (id, customer, time),
+    from `keys`, goes to `probes`."""
     from vigil.online.connection import connect
 
     client = connect(url)
@@ -54,7 +60,7 @@ def produce(url: str, stream: str, rows: list[dict[str, Any]], rate: float, prob
         sent = time.perf_counter()
         client.xadd(stream, row)
         if i % 10 == 0:
-            probes.put((int(row["transaction_id"]), int(row["customer_id"]), row["tx_datetime"], sent))
+            probes.put((*keys[i], sent))
     probes.put(None)
     client.close()
 
@@ -103,6 +109,51 @@ def probe_store(url: str, project: str, probes: Any, results: Any) -> None:
     results.put({"latencies_ms": latencies, "sent": sent_at, "unseen": len(waiting)})
 
 
+def probe_facts(url: str, prefix: str, probes: Any, results: Any) -> None:
+    """Polls a declared repo's online store (examples/handbook) until each probe is among its
+    customer's facts."""
+    from vigil.declared import load_declared
+    from vigil.declared.online import DeclaredOnlineStore
+    from vigil.online.connection import connect
+    from vigil.settings import PROJECT_ROOT
+
+    client = connect(url)
+    store = DeclaredOnlineStore(client, prefix, load_declared(PROJECT_ROOT / "examples" / "handbook"))
+    dtype = store.dtypes[("events", "customer_id")]
+    client.ping()
+    results.put("ready")
+    waiting: dict[int, tuple[int, float]] = {}
+    finished = False
+    latencies: list[float] = []
+    sent_at: list[float] = []
+    deadline = None
+    while not (finished and not waiting):
+        while not probes.empty():
+            item = probes.get()
+            if item is None:
+                finished, deadline = True, time.perf_counter() + 10
+            else:
+                waiting[item[0]] = (item[1], item[3])
+        if not waiting:
+            time.sleep(0.0002)
+            continue
+        items = list(waiting.items())
+        with client.pipeline(transaction=False) as pipe:
+            for _, (customer, _) in items:
+                pipe.get(store.key("events", "customer_id", customer))
+            replies = pipe.execute()
+        now = time.perf_counter()
+        for (tx, (_, sent)), raw in zip(items, replies, strict=True):
+            if raw is not None and tx in np.frombuffer(raw, dtype)["id"]:
+                latencies.append((now - sent) * 1000)
+                sent_at.append(sent)
+                waiting.pop(tx)
+        if deadline is not None and now > deadline:
+            break
+        time.sleep(POLL_SECONDS)
+    results.put({"latencies_ms": latencies, "sent": sent_at, "unseen": len(waiting)})
+
+
 def probe_api(base: str, probes: Any, results: Any) -> None:
     """Asks the scoring service, for a later payment of the probe's customer (a customer of
     its own: no history before the probe), until its 1-day count includes the probe."""
@@ -139,7 +190,7 @@ def probe_api(base: str, probes: Any, results: Any) -> None:
     results.put({"latencies_ms": latencies, "unseen": unseen})
 
 
-def one_run(rate: float, seconds: float, api: bool) -> dict[str, Any]:
+def one_run(rate: float, seconds: float, api: bool, declared: bool = False) -> dict[str, Any]:
     import pandas as pd
 
     from vigil.online.store import delete_namespace
@@ -153,10 +204,20 @@ def one_run(rate: float, seconds: float, api: bool) -> dict[str, Any]:
     env = {**os.environ, "VIGIL_FEAST_PROJECT": name, "VIGIL_KEY_PREFIX": name,
            "VIGIL_DATA_DIR": str(settings.data_dir), "REDIS_URL": settings.redis_url}  # fmt: skip
     source = f"{settings.redis_url.rsplit('/', 1)[0]}/{stream}"
-    flow = subprocess.Popen(
-        [sys.executable, "-m", "vigil.cli", "ingest", "--source", source, "--no-progress"],
-        env=env, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL,
-    )  # fmt: skip
+    command = [sys.executable, "-m", "vigil.cli", "ingest", "--source", source, "--no-progress"]
+    if declared:  # the declared handbook's own flow on the same stream
+        command = [
+            sys.executable,
+            "-m",
+            "vigil.cli",
+            "repo",
+            "ingest",
+            "--repo",
+            "examples/handbook",
+            "--source",
+            source,
+        ]
+    flow = subprocess.Popen(command, env=env, cwd=PROJECT_ROOT, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
     world = simulate(SimulationConfig(customers=5_000, terminals=10_000, days=30, seed=3))
     rows = world.iloc[: int(rate * seconds)]
     fields = event_fields(rows[["transaction_id", "tx_datetime", "customer_id", "terminal_id", "tx_amount"]])
@@ -165,6 +226,12 @@ def one_run(rate: float, seconds: float, api: bool) -> dict[str, Any]:
     if api:  # each probe on a customer of its own (see probe_api)
         for i in range(0, len(fields), 10):
             fields[i]["customer_id"] = str(PROBE_CUSTOMERS + i)
+    keys = [(int(f["transaction_id"]), int(f["customer_id"]), f["tx_datetime"]) for f in fields]
+    if declared:  # the repo's typed record, one `json` field an entry
+        typed = rows[["transaction_id", "tx_datetime", "customer_id", "terminal_id", "tx_amount"]]
+        fields = [
+            {"json": json.dumps(record)} for record in json.loads(typed.to_json(orient="records", date_format="iso"))
+        ]
     from vigil.online.connection import connect
 
     client = connect(settings.redis_url)
@@ -183,12 +250,14 @@ def one_run(rate: float, seconds: float, api: bool) -> dict[str, Any]:
         if api:
             service, base = _service(settings)
             prober = ctx.Process(target=probe_api, args=(base, probes, results))
+        elif declared:
+            prober = ctx.Process(target=probe_facts, args=(settings.redis_url, name, probes, results))
         else:
             prober = ctx.Process(target=probe_store, args=(settings.redis_url, name, probes, results))
         prober.start()
         if results.get(timeout=120) != "ready":
             raise RuntimeError("the prober did not start")
-        producer = ctx.Process(target=produce, args=(settings.redis_url, stream, fields, rate, probes))
+        producer = ctx.Process(target=produce, args=(settings.redis_url, stream, fields, keys, rate, probes))
         started = time.perf_counter()
         producer.start()
         producer.join()
@@ -275,14 +344,50 @@ def histogram(runs: list[dict[str, Any]], path: Path, title: str) -> None:
     fig.savefig(path, dpi=100)
 
 
+NAMES = ("hand_written", "declared")
+
+
+def side_by_side(runs: int, rate: float, seconds: float, machine: dict[str, Any]) -> None:
+    """Each run the hand-written flow and then the declared handbook's, same events and rate."""
+    pairs = [(one_run(rate, seconds, False), one_run(rate, seconds, False, declared=True)) for _ in range(runs)]
+    print(f"freshness at {rate:,.0f} events/s, stream to online store: hand-written, then declared (examples/handbook)")
+    print(f"  {describe(machine)}")
+    for i, pair in enumerate(pairs):
+        for name, run in zip(("hand-written", "declared"), pair, strict=True):
+            print(f"  run {i + 1}, {name:<12}: p50 {run['p50_ms']} ms, p99 {run['p99_ms']} ms, "
+                  f"max {run['max_ms']} ms ({run['samples']} probes, {run['unseen']} unseen, "
+                  f"{run['achieved_events_per_s']} events/s)")  # fmt: skip
+    p99 = {name: float(np.median([pair[k]["p99_ms"] for pair in pairs])) for k, name in enumerate(("hand", "declared"))}
+    print(f"  median p99: declared {p99['declared']} ms against {p99['hand']} ms hand-written "
+          f"({'within' if p99['declared'] <= 1.1 * p99['hand'] else 'not within'} 10 %)")  # fmt: skip
+    out = Path("bench-results")
+    out.mkdir(exist_ok=True)
+    strip = ("latencies_ms", "sent_s")
+    summary = [
+        {name: {k: v for k, v in run.items() if k not in strip} for name, run in zip(NAMES, pair, strict=True)}
+        for pair in pairs
+    ]
+    (out / "freshness_declared.json").write_text(
+        json.dumps({"rate": rate, "machine": machine, "runs": summary, "median_p99_ms": p99}, indent=2)
+    )
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--runs", type=int, default=5)
     parser.add_argument("--rate", type=float, default=2_000)
     parser.add_argument("--seconds", type=float, default=10)
     parser.add_argument("--api", action="store_true", help="measure through the scoring service")
+    parser.add_argument(
+        "--declared", action="store_true", help="each run: the hand-written flow, then the declared handbook's"
+    )
     args = parser.parse_args()
+    if args.api and args.declared:
+        parser.error("--declared measures the flows into the online store: leave out --api")
     machine = stalls()
+    if args.declared:
+        side_by_side(args.runs, args.rate, args.seconds, machine)
+        return
     runs = [one_run(args.rate, args.seconds, args.api) for _ in range(args.runs)]
     target = API_TARGET_P99_MS if args.api else TARGETS["p99_ms"]
     what = "through the API" if args.api else "stream to online store"
