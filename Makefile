@@ -41,10 +41,11 @@ lint: $(STAMP) ## ruff and mypy
 
 ci: lint test ## What CI runs (.ci/run calls this)
 
-bench: redis ## Every benchmark beside its target and same-run baseline (bench-results/, about 45 min)
+bench: redis ## Every benchmark beside its target and same-run baseline (bench-results/, about 50 min)
 	$(BIN)/python -m benchmarks.features
 	$(BIN)/python -m benchmarks.freshness --runs 5
 	$(BIN)/python -m benchmarks.freshness --runs 1 --api
+	$(BIN)/python -m benchmarks.freshness --runs 3 --declared
 	$(BIN)/python -m benchmarks.serving
 	$(BIN)/python -m benchmarks.contention
 	$(BIN)/python -m benchmarks.cluster_read
