@@ -35,7 +35,7 @@ from flows.sinks import DeadLetterSink, FlowStats
 from flows.sources import RedisStreamSource, _ReplayPartition
 from vigil.declared import DeclaredFeatures, load_declared
 from vigil.declared.compute import nanoseconds
-from vigil.declared.events import KIND, LABEL, Checked, check_records, label_fields, record_fields
+from vigil.declared.events import KIND, LABEL, Checked, check_batch, label_fields, record_fields
 from vigil.declared.online import DeclaredOnlineStore
 from vigil.events import DeadLetter, RawBatch
 from vigil.files import read_table
@@ -301,7 +301,7 @@ def stream_source(
 
 
 def _checked(declared: DeclaredFeatures, batch: RawBatch, ahead_seconds: float) -> Checked:
-    checked = check_records(declared, batch.frame, batch.source, batch.tokens, ahead_seconds)
+    checked = check_batch(declared, batch.frame, batch.source, batch.tokens, ahead_seconds)
     checked.dead = [*batch.unparsed, *checked.dead]
     return checked
 

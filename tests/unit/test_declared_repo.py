@@ -265,3 +265,36 @@ def test_the_quick_time_parser_agrees_with_pandas_or_declines() -> None:
               "2018-02-30T00:00:00"]  # fmt: skip
     for text in others:
         assert iso_nanoseconds(text) is None, text
+
+
+def test_a_small_stream_batch_is_sorted_out_as_the_array_checks_sort_it(tmp_path: Path) -> None:
+    """`check_batch` (a live stream's few events typed by `plain_events`) gives the events and
+    tokens `check_records` gives; a batch holding a label, or a bad record, takes the array
+    checks whole."""
+    import pandas as pd
+
+    from tests.declared_cards import card_events
+    from vigil.declared.events import KIND, LABEL, check_batch, check_records, record_fields
+
+    declared = load_declared(write_repo(tmp_path / "cards"))
+    rows = card_events(20, seed=8)
+    records = [
+        {**r, "id": int(r["id"]), "amount": float(r["amount"]), "at": pd.Timestamp(r["at"]).isoformat(), "fraud": None}
+        for r in rows.to_dict("records")
+    ]
+    fields = list(record_fields(declared))
+    tokens = [f"t{i}" for i in range(len(records))]
+    frame = pd.DataFrame([{k: r.get(k) for k in fields} for r in records], columns=fields, dtype=object)
+    quick, full = check_batch(declared, frame, "s", tokens), check_records(declared, frame, "s", tokens)
+    pd.testing.assert_frame_equal(quick.events, full.events)
+    assert quick.tokens == full.tokens == tokens and not quick.dead and not quick.label_tokens
+    with_label = frame.copy()
+    with_label.loc[0, KIND] = LABEL
+    with_label.loc[0, "fraud"] = 1
+    mixed = check_batch(declared, with_label, "s", tokens)
+    assert len(mixed.events) == len(records) - 1 and mixed.label_tokens == ["t0"]
+    bad = frame.copy()
+    bad.loc[3, "amount"] = "a lot"
+    refused = check_batch(declared, bad, "s", tokens)
+    assert [d.reason for d in refused.dead] == ["amount: not a finite number ('a lot')"]
+    assert len(refused.events) == len(records) - 1
