@@ -65,16 +65,9 @@ def produce(
     client.close()
 
 
-def probe_store(url: str, project: str, probes: Any, results: Any) -> None:
-    """Polls the online store until each probe's transaction is in its customer's history."""
-    from feast.protos.feast.types.Value_pb2 import Value
-
-    from vigil.online.connection import connect
-    from vigil.online.layout import OnlineLayout
-
-    client = connect(url)
-    view = OnlineLayout.for_project(project).customer
-    field = view.field_keys[1]  # transaction ids
+def poll(client: Any, probes: Any, results: Any, key_of: Any, holds: Any) -> None:
+    """Polls the store until each probe is in its customer's stored history: `key_of(customer)`
+    the Redis command's arguments to read it, `holds(reply, transaction id)` whether it is in."""
     client.ping()
     results.put("ready")  # imports done: the producer may start
     waiting: dict[int, tuple[int, float]] = {}
@@ -95,11 +88,11 @@ def probe_store(url: str, project: str, probes: Any, results: Any) -> None:
         items = list(waiting.items())
         with client.pipeline(transaction=False) as pipe:
             for _, (customer, _) in items:
-                pipe.hget(view.redis_key(customer), field)
+                pipe.execute_command(*key_of(customer))
             replies = pipe.execute()
         now = time.perf_counter()
         for (tx, (_, sent)), raw in zip(items, replies, strict=True):
-            if raw is not None and tx in Value.FromString(raw).int64_list_val.val:
+            if raw is not None and holds(raw, tx):
                 latencies.append((now - sent) * 1000)
                 sent_at.append(sent)
                 waiting.pop(tx)
@@ -107,6 +100,22 @@ def probe_store(url: str, project: str, probes: Any, results: Any) -> None:
             break
         time.sleep(POLL_SECONDS)
     results.put({"latencies_ms": latencies, "sent": sent_at, "unseen": len(waiting)})
+
+
+def probe_store(url: str, project: str, probes: Any, results: Any) -> None:
+    """Polls the online store until each probe's transaction is in its customer's history."""
+    from feast.protos.feast.types.Value_pb2 import Value
+
+    from vigil.online.connection import connect
+    from vigil.online.layout import OnlineLayout
+
+    view = OnlineLayout.for_project(project).customer
+    field = view.field_keys[1]  # transaction ids
+    poll(
+        connect(url), probes, results,
+        lambda customer: ("HGET", view.redis_key(customer), field),
+        lambda raw, tx: tx in Value.FromString(raw).int64_list_val.val,
+    )  # fmt: skip
 
 
 def probe_facts(url: str, prefix: str, probes: Any, results: Any) -> None:
@@ -120,38 +129,11 @@ def probe_facts(url: str, prefix: str, probes: Any, results: Any) -> None:
     client = connect(url)
     store = DeclaredOnlineStore(client, prefix, load_declared(PROJECT_ROOT / "examples" / "handbook"))
     dtype = store.dtypes[("events", "customer_id")]
-    client.ping()
-    results.put("ready")
-    waiting: dict[int, tuple[int, float]] = {}
-    finished = False
-    latencies: list[float] = []
-    sent_at: list[float] = []
-    deadline = None
-    while not (finished and not waiting):
-        while not probes.empty():
-            item = probes.get()
-            if item is None:
-                finished, deadline = True, time.perf_counter() + 10
-            else:
-                waiting[item[0]] = (item[1], item[3])
-        if not waiting:
-            time.sleep(0.0002)
-            continue
-        items = list(waiting.items())
-        with client.pipeline(transaction=False) as pipe:
-            for _, (customer, _) in items:
-                pipe.get(store.key("events", "customer_id", customer))
-            replies = pipe.execute()
-        now = time.perf_counter()
-        for (tx, (_, sent)), raw in zip(items, replies, strict=True):
-            if raw is not None and tx in np.frombuffer(raw, dtype)["id"]:
-                latencies.append((now - sent) * 1000)
-                sent_at.append(sent)
-                waiting.pop(tx)
-        if deadline is not None and now > deadline:
-            break
-        time.sleep(POLL_SECONDS)
-    results.put({"latencies_ms": latencies, "sent": sent_at, "unseen": len(waiting)})
+    poll(
+        client, probes, results,
+        lambda customer: ("GET", store.key("events", "customer_id", customer)),
+        lambda raw, tx: tx in np.frombuffer(raw, dtype)["id"],
+    )  # fmt: skip
 
 
 def probe_api(base: str, probes: Any, results: Any) -> None:
