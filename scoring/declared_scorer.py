@@ -13,7 +13,7 @@ from __future__ import annotations
 import asyncio
 import logging
 import time
-from collections.abc import Awaitable, Sequence
+from collections.abc import Sequence
 from concurrent.futures import ThreadPoolExecutor
 from datetime import UTC, datetime
 from typing import Any
@@ -38,6 +38,7 @@ from vigil.declared.online import DeclaredOnlineStore, hashed
 from vigil.declared.training import review_unit
 from vigil.lifecycle.tracking import REGISTERED_MODEL
 from vigil.models.base import model_matrix, top_contributions
+from vigil.online.resp import ClusterReader, NodeReader
 
 log = logging.getLogger("vigil.scoring")
 # The store answers without the flow's data (restarted empty, or never filled by a replay or the flow).
@@ -132,6 +133,7 @@ class DeclaredScorer:
         metrics: ServiceMetrics,
         budget_seconds: float,
         executor: ThreadPoolExecutor,
+        reader: NodeReader | ClusterReader,
         shadow: ModelManager | None = None,
         shadow_stream: str | None = None,
         row_budget_seconds: float = 0.0,
@@ -139,7 +141,6 @@ class DeclaredScorer:
         rules: RulesFile | None = None,
         lists: DeclaredLists | None = None,
         review: ReviewQueue | None = None,
-        reader: Any = None,
     ) -> None:
         self.declared, self.store, self.models, self.metrics = declared, store, models, metrics
         self.prediction_log, self.review = prediction_log, review
@@ -147,9 +148,7 @@ class DeclaredScorer:
         # A batch's deadline follows what a row costs here, measured on the batches (as the handbook's).
         self.deadlines = BatchDeadlines(budget_seconds, row_budget_seconds)
         self.shadow, self.shadow_stream = shadow, shadow_stream
-        # The pipelined reader of `vigil.online.resp` for the store's reads; without one they
-        # run on `executor` with the store's own client.
-        self.reader = reader
+        self.reader = reader  # the store's reads on the scoring path (`vigil.online.resp`)
         # Thresholds from each version's policy, then the rules of VIGIL_RULES_FILE over the
         # events' fields and the features (allow/block lists name the handbook's entities).
         self.rules = rules or RulesFile(None)
@@ -181,13 +180,9 @@ class DeclaredScorer:
     ) -> tuple[dict[str, np.ndarray], str | None]:
         """The features `names` of each event from the store, or from the events alone and why."""
         started = time.perf_counter()
-        loop = asyncio.get_running_loop()
         try:
-            read: Awaitable[tuple[dict[str, np.ndarray] | None, bool]]
-            if self.reader is not None:  # read on the event loop, computed there: no thread hop
-                read = self.store.checked_features_async(self.reader, events, names)
-            else:
-                read = loop.run_in_executor(self.executor, lambda: self.store.checked_features(events, names))
+            # Read on the event loop and computed there: no thread hop.
+            read = self.store.checked_features(self.reader, events, names)
             values, _ = await asyncio.wait_for(read, timeout=max(deadline - time.perf_counter(), 0.001))
             if values is not None:
                 return values, None

@@ -165,7 +165,7 @@ def test_declared_facts_on_a_cluster(
     async def read_one(event: pd.DataFrame) -> tuple[dict[str, np.ndarray] | None, bool]:
         reader = ClusterReader(cluster.url)
         try:
-            return await store.checked_features_async(reader, event, list(declared.feature_names))
+            return await store.checked_features(reader, event, list(declared.feature_names))
         finally:
             reader.close()
 

@@ -266,30 +266,19 @@ class DeclaredOnlineStore:
         """Marks the store as holding the flow's data (a replay has filled it, or a new deployment)."""
         write_markers(self.client, self.marker_project, by)
 
-    def checked_features(
-        self, events: pd.DataFrame, features: Sequence[str]
+    async def checked_features(
+        self, reader: NodeReader | ClusterReader, events: pd.DataFrame, features: Sequence[str]
     ) -> tuple[dict[str, np.ndarray] | None, bool]:
         """`features` of each event (by name), and whether the store holds the flow's data, asked in the
         same round trip (its markers: one on one server, all of them on a cluster, where each
         primary holds some). A store restarted empty answers every read with "no facts": the
-        features it gives are then None, never zeros that look like a quiet history."""
-        asked, keys, markers = self._checked_read(events, isinstance(self.client, redis.RedisCluster))
-        with self.client.pipeline(transaction=False) as pipe:
-            for key in keys:
-                pipe.get(key)
-            for key in markers:
-                pipe.exists(key)
-            answers = pipe.execute()
-        return self._checked_values(events, asked, answers, len(markers), features)
+        features it gives are then None, never zeros that look like a quiet history.
 
-    async def checked_features_async(
-        self, reader: NodeReader | ClusterReader, events: pd.DataFrame, features: Sequence[str]
-    ) -> tuple[dict[str, np.ndarray] | None, bool]:
-        """`checked_features` read with the scoring service's pipelined reader
-        (`vigil.online.resp`, one node or a cluster), on its event loop, with no hop to a
-        thread. Each key is asked with a one-key MGET, whose reply (an array of one string)
-        the reader locates where it lies in the bytes received (`read_fields`): a batch's
-        thousands of facts strings are read in place, not copied into Python objects."""
+        Read with the scoring service's pipelined reader (`vigil.online.resp`, one node or a
+        cluster), on its event loop, with no hop to a thread. Each key is asked with a one-key
+        MGET, whose reply (an array of one string) the reader locates where it lies in the bytes
+        received (`read_fields`): a batch's thousands of facts strings are read in place, not
+        copied into Python objects."""
         asked, keys, markers = self._checked_read(events, isinstance(reader, ClusterReader))
         every = [key.encode() for key in keys] + markers
         replies = await reader.read_fields(every, [command("MGET", key) for key in every], 1)
@@ -316,19 +305,6 @@ class DeclaredOnlineStore:
         keys = [self.key(on, join_key, value) for (on, join_key), values in asked.items() for value in values]
         markers = marker_keys(self.marker_project)
         return asked, keys, markers if cluster else markers[:1]
-
-    def _checked_values(
-        self,
-        events: pd.DataFrame,
-        asked: dict[tuple[str, str], np.ndarray],
-        answers: list[Any],
-        markers: int,
-        features: Sequence[str],
-    ) -> tuple[dict[str, np.ndarray] | None, bool]:
-        if sum(int(n) for n in answers[len(answers) - markers :]) < markers:
-            return None, False
-        blobs = answers[: len(answers) - markers]
-        return feature_values(self.declared, events, self._loader(events, asked, blobs), list(features)), True
 
     def features(
         self, events: pd.DataFrame, service: str | None = None, features: Sequence[str] | None = None
