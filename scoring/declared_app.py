@@ -32,7 +32,7 @@ from scoring.declared_resources import open_declared
 from scoring.declared_scorer import STORE_EMPTY, DeclaredScorer, InvalidEvents, check_events
 from scoring.fastpath import NO_KEY, NO_MODEL_YET, UNSUPPORTED, json_content
 from scoring.middleware import RequestLimits
-from scoring.resources import _every, _follow_aliases
+from scoring.resources import _every, _follow_aliases, serving_process
 from scoring.security import authorised, encoded
 from vigil.declared import DeclaredFeatures, load_declared
 from vigil.declared.events import KIND, LABEL, check_records, label_fields
@@ -100,6 +100,7 @@ def lifespan(settings: Settings, declared: DeclaredFeatures) -> Callable[[FastAP
         app.state.executor, app.state.scorer = opened.executor, opened.scorer
         opened.prediction_log.start()
         opened.review.start()
+        serving_process()
         watchers = [
             loop.create_task(
                 _every(

@@ -103,14 +103,7 @@ def lifespan(settings: Settings) -> Callable[[FastAPI], contextlib.AbstractAsync
         readiness.start()
         if batcher is not None:
             batcher.start()
-        # What is loaded now lives as long as the process (~400k objects with MLflow, Feast,
-        # pandas, the model): a full collection walks all of them, 100-200 ms measured, an
-        # answer-stalling pause every few minutes under load. Frozen, the collector skips them.
-        gc.freeze()
-        # The registry poll runs MLflow's client (2-4 ms of Python) in a thread every few
-        # seconds; a thread holding the interpreter keeps the event loop waiting up to the
-        # switch interval (5 ms by default). 1 ms bounds that stall.
-        sys.setswitchinterval(0.001)
+        serving_process()
         watchers = [
             loop.create_task(_every(settings.alias_poll_seconds, lambda: _follow_aliases(models, shadow, metrics))),
             loop.create_task(_every(1.0, lambda: _refresh(app, settings))),
@@ -130,6 +123,19 @@ def lifespan(settings: Settings) -> Callable[[FastAPI], contextlib.AbstractAsync
             await client.aclose()
 
     return run
+
+
+def serving_process() -> None:
+    """Tunes the interpreter for answering within milliseconds, once a service has loaded.
+
+    What is loaded by then lives as long as the process (~400k objects with MLflow, Feast,
+    pandas, numba, the model): a full collection walks all of them, 100-600 ms measured, an
+    answer-stalling pause every few minutes under load. Frozen, the collector skips them.
+    The registry poll runs MLflow's client (2-4 ms of Python) in a thread every few seconds;
+    a thread holding the interpreter keeps the event loop waiting up to the switch interval
+    (5 ms by default). 1 ms bounds that stall."""
+    gc.freeze()
+    sys.setswitchinterval(0.001)
 
 
 async def _every(seconds: float, step: Callable[[], Any]) -> None:

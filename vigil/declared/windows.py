@@ -174,6 +174,10 @@ def one_query(
         else:
             identity[:, c] = column
     index = {name: c for c, name in enumerate(names)}
+    # One compiled signature: numba types a read-only or strided array (a view of the bytes
+    # Redis sent) apart from a fresh one, and compiling a variant first met under traffic
+    # stalls that request for half a second.
+    ts, ids = np.require(ts, np.int64, "CW"), np.require(ids, np.int64, "CW")
     return _one_query(
         ts, ids, values, identity, query_ts, query_id,
         np.array([index[a[0]] for a in aggregations], np.int64),
