@@ -32,6 +32,7 @@ from flows.sinks import DeadLetterSink
 from scoring.declared_resources import DeclaredResources, open_declared
 from scoring.resources import _follow_aliases
 from vigil.declared import DeclaredFeatures, load_declared
+from vigil.declared.batch import EventColumns
 from vigil.declared.events import Checked
 from vigil.events import RawBatch
 from vigil.settings import Settings
@@ -73,7 +74,7 @@ class DeclaredStreamScorer:
                     "no champion to score with: train one and promote it (vigil train, vigil promote);"
                     " the stream's entries stay pending and are scored once the flow restarts with one"
                 )
-            answers = self._loop.run_until_complete(opened.scorer.score(events))
+            answers = self._loop.run_until_complete(opened.scorer.score(EventColumns.of(events)))
             self._loop.run_until_complete(opened.scorer.settle())  # this batch's shadow scores, written
             self._loop.run_until_complete(opened.prediction_log.flush())
             self._loop.run_until_complete(opened.review.flush())

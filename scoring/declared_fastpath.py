@@ -2,7 +2,7 @@
 
 As for the handbook's service (`scoring.fastpath`): FastAPI's dependency resolution and
 request object cost more than a single event's features and score. A body whose every
-event is plainly valid (`vigil.declared.events.plain_events`: each field of JSON's own
+event is plainly valid (`vigil.declared.events.plain_columns`: each field of JSON's own
 type, every time ISO 8601 and not ahead of the clock) is typed and handed to the scorer
 directly. Any other body goes, as received, to the FastAPI routes of `scoring.declared_app`,
 which check it by the stream's rules and answer a 422 naming the field: one set of
@@ -18,7 +18,7 @@ from typing import Any
 import orjson
 
 from scoring.fastpath import NO_MODEL_YET, SCORE, ClientError, explain_of, is_scoring, read_body, send_json
-from vigil.declared.events import plain_events
+from vigil.declared.events import plain_columns
 from vigil.declared.model import DeclaredFeatures
 
 Receive = Callable[[], Awaitable[dict[str, Any]]]
@@ -71,7 +71,7 @@ class DeclaredScoreRoutes:
             records = self._records(path, orjson.loads(raw))
         except orjson.JSONDecodeError:
             records = None
-        events = plain_events(self.declared, records, self.ahead_seconds) if records else None
+        events = plain_columns(self.declared, records, self.ahead_seconds) if records else None
         if events is None:
             await self.app(scope, replayed(raw, receive), send)
             return

@@ -31,8 +31,9 @@ from scoring.prediction_log import PredictionLog
 from scoring.review_queue import ReviewQueue
 from scoring.rules import RulesFile
 from scoring.scorer import FEATURES_UNAVAILABLE, INLINE_ROWS, MODEL_ERROR, TIMEOUT, NoModelError
+from vigil.declared.batch import EventColumns
 from vigil.declared.compute import nanoseconds
-from vigil.declared.events import Checked, check_records, plain_events
+from vigil.declared.events import Checked, check_records, plain_columns
 from vigil.declared.model import DeclaredFeatures, Kind
 from vigil.declared.online import DeclaredOnlineStore, hashed
 from vigil.declared.training import review_unit
@@ -94,10 +95,10 @@ class InvalidEvents(ValueError):
         self.problems = problems
 
 
-def check_events(declared: DeclaredFeatures, records: Sequence[dict[str, Any]], ahead_seconds: float) -> pd.DataFrame:
+def check_events(declared: DeclaredFeatures, records: Sequence[dict[str, Any]], ahead_seconds: float) -> EventColumns:
     """The records as typed events, or `InvalidEvents` naming each bad record's field
     (`loc`: its index, then the field), by the stream's own rules."""
-    plain = plain_events(declared, records, ahead_seconds)
+    plain = plain_columns(declared, records, ahead_seconds)
     if plain is not None:
         return plain
     frame = pd.DataFrame.from_records(list(records), columns=list(declared.events.fields)).astype(object)
@@ -109,7 +110,7 @@ def check_events(declared: DeclaredFeatures, records: Sequence[dict[str, Any]], 
             field, _, why = dead.reason.partition(": ")
             problems.append({"type": "value_error", "loc": [dead.token, field], "msg": why})
         raise InvalidEvents(sorted(problems, key=lambda p: p["loc"][0]))
-    return checked.events
+    return EventColumns.of(checked.events)
 
 
 def event_fields(row: pd.Series) -> dict[str, Any]:
@@ -176,7 +177,7 @@ class DeclaredScorer:
         return challenger if challenger is not None and challenger.version != champion.version else None
 
     async def _features(
-        self, events: pd.DataFrame, names: list[str], deadline: float
+        self, events: EventColumns, names: list[str], deadline: float
     ) -> tuple[dict[str, np.ndarray], str | None]:
         """The features `names` of each event from the store, or from the events alone and why."""
         started = time.perf_counter()
@@ -212,7 +213,7 @@ class DeclaredScorer:
         finally:
             self.metrics.stage_seconds.labels("model").observe(time.perf_counter() - started)
 
-    async def score(self, events: pd.DataFrame, explain: bool = False) -> list[dict[str, Any]]:
+    async def score(self, events: EventColumns, explain: bool = False) -> list[dict[str, Any]]:
         """Answers for checked events (`check_events`), in their order."""
         started = time.perf_counter()
         deadline = started + self.deadlines.allowance(len(events))
@@ -257,18 +258,14 @@ class DeclaredScorer:
         decided = time.perf_counter()
         if self.rules.current.rules or self.decider.listed():
             self.decider.features = rule_features
-            fields = events[list(self.declared.events.fields)]
-            rows = [
-                {k: v.to_pydatetime() if isinstance(v, pd.Timestamp) else v for k, v in row.items()}
-                for row in fields.to_dict("records")
-            ]
+            rows = events.records(self.declared)
             self.decider.decide(results, rows, stacked(values, rule_features), model.policy,
                                 fallback=reason is not None)  # fmt: skip
         else:
             self.decider.decide(results, [None] * len(results), exact, model.policy, fallback=reason is not None)
         self.metrics.stage_seconds.labels("decide").observe(time.perf_counter() - decided)
         if self.review is not None and any(r["decision"] != "allow" for r in results):
-            self.review.append(results, events[list(self.declared.events.fields)].iloc, exact, inputs)
+            self.review.append(results, events.frame(list(self.declared.events.fields)).iloc, exact, inputs)
         if self.prediction_log is not None:
             self.prediction_log.append(results, matrix, self._context(events, model), tuple(inputs))
         if reason is None and challenger is not None and self.shadow_stream:
@@ -290,13 +287,13 @@ class DeclaredScorer:
             self._rule_features = (current.digest, tuple(n for n in self.declared.feature_names if n in used))
         return self._rule_features[1]
 
-    def _context(self, events: pd.DataFrame, model: LoadedModel) -> np.ndarray:
+    def _context(self, events: EventColumns, model: LoadedModel) -> np.ndarray:
         """The prediction log's (event time, review unit, -1) rows: the monitor's days and its
         precision among the top units of a day (the card, in a payments repo)."""
         service = self.declared.services.get(model.primary.service_name or "") or self.declared.default_service
         unit = events[review_unit(self.declared, service)]
         ts = nanoseconds(events[self.declared.events.time]) // 1_000_000_000
-        codes = unit.to_numpy(np.int64) if pd.api.types.is_integer_dtype(unit) else hashed(unit)
+        codes = unit if unit.dtype.kind == "i" else hashed(unit)
         return np.column_stack([ts, codes, np.full(len(events), -1, np.int64)]).astype(np.int64)
 
     def _score_in_shadow(

@@ -10,11 +10,12 @@ them (a dict of lists in, a dict of lists out) on the whole table.
 from __future__ import annotations
 
 from collections.abc import Callable, Sequence
-from typing import Any
+from typing import Any, TypeAlias
 
 import numpy as np
 import pandas as pd
 
+from vigil.declared.batch import EventColumns, column, python_values
 from vigil.declared.model import DeclaredFeatures, WindowAggregation, WindowFunction
 from vigil.declared.windows import Facts, IntArray, one_query
 
@@ -22,6 +23,8 @@ from vigil.declared.windows import Facts, IntArray, one_query
 FactTable = dict[str, np.ndarray]
 FactLoader = Callable[[str, str, list[str]], FactTable]
 KEY, TS, ID = "__key", "__ts", "__id"
+# The queries: a table (the backfill's, Spark's) or typed columns (the scoring path's).
+Events: TypeAlias = pd.DataFrame | EventColumns
 NS = 1_000_000_000
 
 
@@ -30,8 +33,10 @@ def _utc(dtype: object) -> bool:
     return isinstance(dtype, pd.DatetimeTZDtype) and str(dtype.tz) == "UTC"
 
 
-def nanoseconds(times: pd.Series) -> IntArray:
+def nanoseconds(times: pd.Series | np.ndarray) -> IntArray:
     """Times as int64 nanoseconds since the epoch, UTC (naive times are UTC)."""
+    if isinstance(times, np.ndarray) and times.dtype.kind == "M":  # `EventColumns`' times
+        return times.astype("datetime64[ns]").view(np.int64)
     if _utc(times.dtype) and times.dtype.unit == "ns":
         return times.to_numpy(dtype="datetime64[ns]").astype(np.int64)  # typed already: no parse
     stamps = pd.to_datetime(times, utc=True, cache=False)  # cache: a uniqueness scan of every value
@@ -45,18 +50,18 @@ def feature_names(declared: DeclaredFeatures, service: str | None, features: Seq
 
 
 def window_values(
-    declared: DeclaredFeatures, queries: pd.DataFrame, load: FactLoader, wanted: list[WindowAggregation]
+    declared: DeclaredFeatures, queries: Events, load: FactLoader, wanted: list[WindowAggregation]
 ) -> dict[str, np.ndarray]:
     schema = declared.events
     ts = nanoseconds(queries[schema.time])
-    ids = queries[schema.event_id].to_numpy(np.int64)
+    ids = column(queries, schema.event_id).astype(np.int64, copy=False)
     out: dict[str, np.ndarray] = {}
     groups: dict[tuple[str, str], list[WindowAggregation]] = {}
     for aggregation in wanted:
         groups.setdefault((aggregation.on, aggregation.key), []).append(aggregation)
     for (on, key), aggregations in groups.items():
         table = load(on, key, sorted({a.column for a in aggregations}))
-        asked = queries[key].to_numpy()
+        asked = column(queries, key)
         if len(asked) == 1 and (one := _one_query(table, asked[0], int(ts[0]), int(ids[0]), aggregations, on)):
             out.update(one)  # a request's one event: every built-in window of the kind in one call
             continue
@@ -89,8 +94,10 @@ def _one_query(
     return {a.name: values[i : i + 1] for i, a in enumerate(aggregations)}
 
 
-def request_lists(events: pd.DataFrame, declared: DeclaredFeatures) -> dict[str, list[Any]]:
+def request_lists(events: Events, declared: DeclaredFeatures) -> dict[str, list[Any]]:
     """The events' fields as Python values, times as UTC datetimes (as Feast passes them)."""
+    if isinstance(events, EventColumns):
+        return {name: python_values(events[name]) for name in declared.events.fields if name in events}
     lists: dict[str, list[Any]] = {}
     for name, kind in declared.events.fields.items():
         if name not in events.columns:
@@ -105,15 +112,15 @@ def request_lists(events: pd.DataFrame, declared: DeclaredFeatures) -> dict[str,
     return lists
 
 
-def features_of(declared: DeclaredFeatures, queries: pd.DataFrame, load: FactLoader, names: list[str]) -> pd.DataFrame:
+def features_of(declared: DeclaredFeatures, queries: Events, load: FactLoader, names: list[str]) -> pd.DataFrame:
     """The event id and the features `names` of each query, as of its own time."""
     event_id = declared.events.event_id
     values = feature_values(declared, queries, load, names)
-    return pd.DataFrame({event_id: queries[event_id].to_numpy(), **values})
+    return pd.DataFrame({event_id: column(queries, event_id), **values})
 
 
 def feature_values(
-    declared: DeclaredFeatures, queries: pd.DataFrame, load: FactLoader, names: list[str]
+    declared: DeclaredFeatures, queries: Events, load: FactLoader, names: list[str]
 ) -> dict[str, np.ndarray]:
     """The features `names` of each query, as of its own time, by name (what a request
     needs: a table of a few rows costs more to build than its features)."""

@@ -22,6 +22,7 @@ import numpy as np
 import pandas as pd
 from pandas.api.types import infer_dtype
 
+from vigil.declared.batch import EventColumns
 from vigil.declared.model import DeclaredFeatures, Kind
 from vigil.events import DeadLetter
 
@@ -212,19 +213,19 @@ def iso_nanoseconds(text: str) -> int | None:
 _NS_MIN, _NS_MAX = pd.Timestamp.min.value, pd.Timestamp.max.value
 
 
-def _plain_times(values: list[Any], ahead_seconds: float) -> Any:
-    """ISO 8601 times as UTC (datetime64[ns, UTC]), as `check_records` types them; None if
-    one is not a time or is more than `ahead_seconds` ahead of the wall clock."""
+def _plain_times(values: list[Any], ahead_seconds: float) -> np.ndarray | None:
+    """ISO 8601 times as UTC datetime64[ns], as `check_records` reads them; None if one is
+    not a time or is more than `ahead_seconds` ahead of the wall clock."""
     latest = time.time_ns() + int(ahead_seconds * 1_000_000_000)
     quick = [iso_nanoseconds(v) for v in values]
     if all(ns is not None for ns in quick):
         if any(ns > latest for ns in quick):  # type: ignore[operator]
             return None
-        return pd.DatetimeIndex(np.array(quick, dtype="datetime64[ns]"), tz="UTC")
+        return np.array(quick, dtype="datetime64[ns]")
     stamps = pd.to_datetime(pd.Series(values, dtype=object), utc=True, errors="coerce", format="ISO8601", cache=False)
     if stamps.isna().any() or (stamps > pd.Timestamp(latest, tz="UTC")).any():
         return None
-    return stamps
+    return stamps.dt.tz_localize(None).to_numpy("datetime64[ns]")
 
 
 def plain_events(
@@ -232,8 +233,16 @@ def plain_events(
 ) -> pd.DataFrame | None:
     """The records as `check_records` types its events, when every one is plainly valid (each
     field of JSON's own type for its kind, every time an ISO 8601 time not ahead of the wall
-    clock); None otherwise, and `check_records` says what is wrong. A request's few events
-    are typed here in tens of microseconds, where the batch checks' fixed cost is milliseconds."""
+    clock); None otherwise, and `check_records` says what is wrong."""
+    plain = plain_columns(declared, records, ahead_seconds)
+    return None if plain is None else plain.frame()
+
+
+def plain_columns(
+    declared: DeclaredFeatures, records: Sequence[dict[str, Any]], ahead_seconds: float = 86_400
+) -> EventColumns | None:
+    """`plain_events` as columns (`EventColumns`): a request's few events are typed here in
+    tens of microseconds, where the batch checks' fixed cost is milliseconds."""
     fields = declared.events.fields
     columns: dict[str, Any] = {}
     for name, kind in fields.items():
@@ -254,9 +263,7 @@ def plain_events(
             columns[name] = np.array(values, dtype=bool)
         else:
             columns[name] = np.array(values, dtype=object)
-    # Fresh arrays, owned by nobody else: no copy, and no consolidation into blocks (which
-    # costs more than everything else here for a request's one event).
-    return pd.DataFrame(columns, copy=False)
+    return EventColumns(columns, len(records))
 
 
 QUICK_BATCH_ROWS = 256  # a live stream's batches; a replay's (thousands) take the array checks

@@ -31,10 +31,12 @@ import numpy as np
 import pandas as pd
 import redis
 
+from vigil.declared.batch import column
 from vigil.declared.compute import (
     ID,
     KEY,
     TS,
+    Events,
     FactLoader,
     FactTable,
     feature_names,
@@ -54,9 +56,13 @@ SWEEP_DAYS = 7  # each write drops the seen-log keys of this many days just past
 SLACK_SECONDS = 7 * 86_400
 
 
-def hashed(values: pd.Series) -> np.ndarray:
-    """Strings as stable 64-bit hashes (the same in every process and every run)."""
-    return pd.util.hash_array(values.astype(str).to_numpy(dtype=object)).view(np.int64)
+def hashed(values: pd.Series | np.ndarray) -> np.ndarray:
+    """Values as stable 64-bit hashes of their text (the same in every process and every run)."""
+    if isinstance(values, np.ndarray) and values.dtype == object and all(type(v) is str for v in values):
+        text = values  # typed strings already (`EventColumns`)
+    else:
+        text = pd.Series(values, copy=False).astype(str).to_numpy(dtype=object)
+    return pd.util.hash_array(text).view(np.int64)
 
 
 class DeclaredOnlineStore:
@@ -92,13 +98,13 @@ class DeclaredOnlineStore:
 
     # ------------------------------------------------------------------ writing
 
-    def _packed(self, group: tuple[str, str], frame: pd.DataFrame, event_id: str, time: str) -> np.ndarray:
+    def _packed(self, group: tuple[str, str], frame: Events, event_id: str, time: str) -> np.ndarray:
         packed = np.empty(len(frame), self.dtypes[group])
         packed["ts"] = nanoseconds(frame[time])
-        packed["id"] = frame[event_id].to_numpy(np.int64)
-        for column in self.columns[group]:
-            values = frame[column]
-            packed[column] = hashed(values) if packed.dtype[column] == np.int64 else values.to_numpy(np.float64)
+        packed["id"] = column(frame, event_id)
+        for name in self.columns[group]:
+            values = column(frame, name)
+            packed[name] = hashed(values) if packed.dtype[name] == np.int64 else values.astype(np.float64, copy=False)
         return packed
 
     def _append(self, on: str, frame: pd.DataFrame, event_id: str, time: str) -> None:
@@ -232,7 +238,7 @@ class DeclaredOnlineStore:
 
     # ------------------------------------------------------------------ reading
 
-    def _facts(self, group: tuple[str, str], queries: pd.DataFrame, values: np.ndarray, blobs: list[Any]) -> FactTable:
+    def _facts(self, group: tuple[str, str], queries: Events, values: np.ndarray, blobs: list[Any]) -> FactTable:
         """One kind of facts of the queries' entities (`values`, read as `blobs`)."""
         dtype = self.dtypes[group]
         parts = [b"" if blob is None else blob for blob in blobs]
@@ -246,7 +252,7 @@ class DeclaredOnlineStore:
             # (one query, a request's: a comparison, where np.isin's fixed cost is tens of us)
             stored = facts["id"] != own["id"][0] if len(own) == 1 else ~np.isin(facts["id"], own["id"])
             facts = np.concatenate([facts[stored], own])
-            entity = np.concatenate([entity[stored], queries[group[1]].to_numpy()])
+            entity = np.concatenate([entity[stored], column(queries, group[1])])
         _, first = np.unique(facts["id"], return_index=True)
         if len(first) < len(facts):  # delivered twice, read once
             keep = np.sort(first)
@@ -267,7 +273,7 @@ class DeclaredOnlineStore:
         write_markers(self.client, self.marker_project, by)
 
     async def checked_features(
-        self, reader: NodeReader | ClusterReader, events: pd.DataFrame, features: Sequence[str]
+        self, reader: NodeReader | ClusterReader, events: Events, features: Sequence[str]
     ) -> tuple[dict[str, np.ndarray] | None, bool]:
         """`features` of each event (by name), and whether the store holds the flow's data, asked in the
         same round trip (its markers: one on one server, all of them on a cluster, where each
@@ -289,16 +295,16 @@ class DeclaredOnlineStore:
         blobs = [data[a : a + n] if n else None for a, n in zip(starts[: len(keys)], sizes[: len(keys)], strict=True)]
         return feature_values(self.declared, events, self._loader(events, asked, blobs), list(features)), True
 
-    def _entities(self, events: pd.DataFrame) -> dict[tuple[str, str], np.ndarray]:
+    def _entities(self, events: Events) -> dict[tuple[str, str], np.ndarray]:
         """Each kind of facts' entities among the events, each once, in order of appearance."""
-        columns = {key: events[key].to_numpy() for key in {group[1] for group in self.columns}}
+        columns = {key: column(events, key) for key in {group[1] for group in self.columns}}
         # One event (a request's) has one entity per key: pd.unique's fixed cost is not needed.
         return {
             group: columns[group[1]] if len(events) == 1 else pd.unique(columns[group[1]]) for group in self.columns
         }
 
     def _checked_read(
-        self, events: pd.DataFrame, cluster: bool
+        self, events: Events, cluster: bool
     ) -> tuple[dict[tuple[str, str], np.ndarray], list[str], list[Any]]:
         """The entities asked, the keys of their facts, the markers to check (see `checked_features`)."""
         asked = self._entities(events)
@@ -307,7 +313,7 @@ class DeclaredOnlineStore:
         return asked, keys, markers if cluster else markers[:1]
 
     def features(
-        self, events: pd.DataFrame, service: str | None = None, features: Sequence[str] | None = None
+        self, events: Events, service: str | None = None, features: Sequence[str] | None = None
     ) -> pd.DataFrame:
         """The features of `service` (or `features`) for each event, as of its own time:
         every kind of facts of their entities read in one round trip."""
@@ -320,14 +326,14 @@ class DeclaredOnlineStore:
         names = feature_names(self.declared, service, features)
         return features_of(self.declared, events, self._loader(events, asked, blobs), names)
 
-    def request_features(self, events: pd.DataFrame, features: Sequence[str]) -> dict[str, np.ndarray]:
+    def request_features(self, events: Events, features: Sequence[str]) -> dict[str, np.ndarray]:
         """The features (by name) as the events alone make them, no stored fact read: what a
         scorer answers with (and says so) when the store cannot be read in time."""
         asked = self._entities(events)
         empty = [None] * sum(len(values) for values in asked.values())
         return feature_values(self.declared, events, self._loader(events, asked, empty), list(features))
 
-    def _loader(self, events: pd.DataFrame, asked: dict[tuple[str, str], np.ndarray], blobs: list[Any]) -> FactLoader:
+    def _loader(self, events: Events, asked: dict[tuple[str, str], np.ndarray], blobs: list[Any]) -> FactLoader:
         """The fact tables of the entities `asked`, read as `blobs` (in `asked`'s order)."""
         tables: dict[tuple[str, str], FactTable] = {}
         start = 0

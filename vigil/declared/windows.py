@@ -177,7 +177,7 @@ def one_query(
     # One compiled signature: numba types a read-only or strided array (a view of the bytes
     # Redis sent) apart from a fresh one, and compiling a variant first met under traffic
     # stalls that request for half a second.
-    ts, ids = np.require(ts, np.int64, "CW"), np.require(ids, np.int64, "CW")
+    ts, ids = np.require(ts, np.int64, ["C", "W"]), np.require(ids, np.int64, ["C", "W"])
     return _one_query(
         ts, ids, values, identity, query_ts, query_id,
         np.array([index[a[0]] for a in aggregations], np.int64),
