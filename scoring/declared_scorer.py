@@ -82,9 +82,11 @@ class DeclaredDecider(Decider):
 
 def stacked(values: dict[str, np.ndarray], names: Sequence[str]) -> np.ndarray:
     """The features `names` as the columns of one float64 matrix (a row per event)."""
-    if not names:
-        return np.empty((len(next(iter(values.values()), ())), 0))
-    return np.column_stack([np.asarray(values[name], np.float64) for name in names])
+    rows = len(next(iter(values.values()), ()))
+    out = np.empty((rows, len(names)))
+    for j, name in enumerate(names):  # a request's one row: a fifth of np.column_stack's cost
+        out[:, j] = values[name]
+    return out
 
 
 class InvalidEvents(ValueError):
@@ -157,6 +159,7 @@ class DeclaredScorer:
         self.decider.entity_lists = lists
         self._rule_features: tuple[str, tuple[str, ...]] = ("", ())
         self._background: set[asyncio.Task[None]] = set()
+        self._units: dict[str, str] = {}  # each feature service's review unit (`review_unit`)
 
     def warm(self) -> None:
         """Runs the whole path once on a made-up event (the window code compiles on its first
@@ -290,11 +293,16 @@ class DeclaredScorer:
     def _context(self, events: EventColumns, model: LoadedModel) -> np.ndarray:
         """The prediction log's (event time, review unit, -1) rows: the monitor's days and its
         precision among the top units of a day (the card, in a payments repo)."""
-        service = self.declared.services.get(model.primary.service_name or "") or self.declared.default_service
-        unit = events[review_unit(self.declared, service)]
-        ts = nanoseconds(events[self.declared.events.time]) // 1_000_000_000
-        codes = unit if unit.dtype.kind == "i" else hashed(unit)
-        return np.column_stack([ts, codes, np.full(len(events), -1, np.int64)]).astype(np.int64)
+        service_name = model.primary.service_name or ""
+        if service_name not in self._units:
+            service = self.declared.services.get(service_name) or self.declared.default_service
+            self._units[service_name] = review_unit(self.declared, service)
+        unit = events[self._units[service_name]]
+        context = np.empty((len(events), 3), np.int64)
+        context[:, 0] = nanoseconds(events[self.declared.events.time]) // 1_000_000_000
+        context[:, 1] = unit if unit.dtype.kind == "i" else hashed(unit)
+        context[:, 2] = -1
+        return context
 
     def _score_in_shadow(
         self, results: list[dict[str, Any]], values: dict[str, np.ndarray], challenger: LoadedModel

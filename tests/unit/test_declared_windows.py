@@ -159,7 +159,7 @@ def test_one_query_gives_every_function_exactly_what_the_batch_kernel_gives() ->
     """A request's one event (`one_query`: every built-in window of an entity in one call)
     against `Facts.aggregate` on the same facts: equal to the last bit, for each function,
     with ties in time, a delay, NaN and -0.0 among the values, and an empty window."""
-    from vigil.declared.windows import FUNCTION_CODES, Facts, one_query
+    from vigil.declared.windows import FUNCTION_CODES, Facts, one_query, query_plan
 
     rng = np.random.default_rng(4)
     n = 400
@@ -181,7 +181,7 @@ def test_one_query_gives_every_function_exactly_what_the_batch_kernel_gives() ->
     ]
     for query in rng.choice(n, 25, replace=False).tolist():
         q_ts, q_id = np.array([ts[query]]), np.array([ids[query]])
-        fused = one_query(ts, ids, columns, int(ts[query]), int(ids[query]), asked, True)
+        fused = one_query(ts, ids, columns, int(ts[query]), int(ids[query]), query_plan(tuple(asked)), True)
         assert fused is not None
         for (column, function, window, delay), value in zip(asked, fused.tolist(), strict=True):
             want = facts.aggregate(np.zeros(1, np.int64), q_ts, q_id, column, function, window, delay, True)[0]

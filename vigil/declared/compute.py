@@ -9,6 +9,7 @@ them (a dict of lists in, a dict of lists out) on the whole table.
 
 from __future__ import annotations
 
+import functools
 from collections.abc import Callable, Sequence
 from typing import Any, TypeAlias
 
@@ -16,8 +17,8 @@ import numpy as np
 import pandas as pd
 
 from vigil.declared.batch import EventColumns, column, python_values
-from vigil.declared.model import DeclaredFeatures, WindowAggregation, WindowFunction
-from vigil.declared.windows import Facts, IntArray, one_query
+from vigil.declared.model import DeclaredFeatures, WindowAggregation
+from vigil.declared.windows import Facts, IntArray, QueryPlan, one_query, query_plan
 
 # (on, key, columns) -> the facts of that kind: arrays KEY, TS (ns), ID and `columns`.
 FactTable = dict[str, np.ndarray]
@@ -82,16 +83,22 @@ def _one_query(
 ) -> dict[str, np.ndarray] | None:
     """One query's aggregations over its entity's facts (`windows.one_query`), or None when
     one of them is a window function or a column is not numeric (then `Facts` computes them)."""
-    if any(isinstance(a.computed_by, WindowFunction) for a in aggregations):
+    if any(a.custom is not None for a in aggregations):
         return None
+    plan = _plan(tuple(aggregations))
     mine = table[KEY] == entity
     pick = (lambda column: column) if bool(np.all(mine)) else (lambda column: column[mine])
-    columns = {a.column: pick(table[a.column]) for a in aggregations}
-    asked = [(a.column, str(a.computed_by), a.window_seconds * NS, a.delay_seconds * NS) for a in aggregations]
-    values = one_query(pick(table[TS]), pick(table[ID]), columns, ts, event_id, asked, on == "events")
+    columns = {name: pick(table[name]) for name in plan.names}
+    values = one_query(pick(table[TS]), pick(table[ID]), columns, ts, event_id, plan, on == "events")
     if values is None:
         return None
     return {a.name: values[i : i + 1] for i, a in enumerate(aggregations)}
+
+
+@functools.lru_cache(maxsize=256)
+def _plan(aggregations: tuple[WindowAggregation, ...]) -> QueryPlan:
+    """A set of built-in aggregations' `QueryPlan`, made once (a request asks the same sets)."""
+    return query_plan(tuple((a.column, a.function, a.window_seconds * NS, a.delay_seconds * NS) for a in aggregations))
 
 
 def request_lists(events: Events, declared: DeclaredFeatures) -> dict[str, list[Any]]:

@@ -148,44 +148,66 @@ def _one_query(
 _NAN_IDENTITY = np.int64(-(2**63))  # every NaN one value, as pd.factorize counts them
 
 
+@dataclass(frozen=True)
+class QueryPlan:
+    """Built-in aggregations of one kind of facts as `_one_query` takes them, made once per
+    set of aggregations (`query_plan`): a request's call then only copies its facts."""
+
+    names: tuple[str, ...]  # the columns aggregated, in the order of `values`' columns
+    column: IntArray
+    function: IntArray
+    window: IntArray
+    delay: IntArray
+    distinct: bool  # a count_distinct among them: identities are needed
+
+
+def query_plan(aggregations: tuple[tuple[str, str, int, int], ...]) -> QueryPlan:
+    """The plan of built-in aggregations (column, function, window ns, delay ns)."""
+    names = tuple(sorted({a[0] for a in aggregations}))
+    index = {name: c for c, name in enumerate(names)}
+    return QueryPlan(
+        names,
+        np.array([index[a[0]] for a in aggregations], np.int64),
+        np.array([FUNCTION_CODES[a[1]] for a in aggregations], np.int64),
+        np.array([a[2] for a in aggregations], np.int64),
+        np.array([a[3] for a in aggregations], np.int64),
+        any(a[1] == "count_distinct" for a in aggregations),
+    )
+
+
 def one_query(
     ts: IntArray,
     ids: IntArray,
     columns: dict[str, np.ndarray],
     query_ts: int,
     query_id: int,
-    aggregations: list[tuple[str, str, int, int]],
+    plan: QueryPlan,
     by_id: bool,
 ) -> FloatArray | None:
-    """The built-in aggregations (column, function, window ns, delay ns) of one query over
-    its entity's facts (`columns`: numbers as float64, strings hashed as int64); None when a
-    column is of another kind (then `Facts` computes them)."""
-    names = sorted(columns)
-    if any(columns[name].dtype.kind not in "if" for name in names):
+    """The plan's built-in aggregations of one query over its entity's facts (`columns`:
+    numbers as float64, strings hashed as int64); None when a column is of another kind
+    (then `Facts` computes them)."""
+    if any(columns[name].dtype.kind not in "if" for name in plan.names):
         return None
-    values = np.empty((len(ts), len(names)))
-    identity = np.empty((len(ts), len(names)), np.int64)
-    for c, name in enumerate(names):
+    values = np.empty((len(ts), len(plan.names)))
+    identity = np.empty((len(ts) if plan.distinct else 0, len(plan.names)), np.int64)
+    for c, name in enumerate(plan.names):
         column = columns[name]
         values[:, c] = column
+        if not plan.distinct:
+            continue
         if column.dtype.kind == "f":  # 0.0 and -0.0 one value, every NaN one value
             bits = (column + 0.0).view(np.int64)
             identity[:, c] = np.where(np.isnan(column), _NAN_IDENTITY, bits)
         else:
             identity[:, c] = column
-    index = {name: c for c, name in enumerate(names)}
     # One compiled signature: numba types a read-only or strided array (a view of the bytes
     # Redis sent) apart from a fresh one, and compiling a variant first met under traffic
     # stalls that request for half a second.
     ts, ids = np.require(ts, np.int64, ["C", "W"]), np.require(ids, np.int64, ["C", "W"])
     return _one_query(
-        ts, ids, values, identity, query_ts, query_id,
-        np.array([index[a[0]] for a in aggregations], np.int64),
-        np.array([FUNCTION_CODES[a[1]] for a in aggregations], np.int64),
-        np.array([a[2] for a in aggregations], np.int64),
-        np.array([a[3] for a in aggregations], np.int64),
-        by_id,
-    )  # fmt: skip
+        ts, ids, values, identity, query_ts, query_id, plan.column, plan.function, plan.window, plan.delay, by_id
+    )
 
 
 @njit(cache=True)
