@@ -159,6 +159,8 @@ class DeclaredScorer:
         self.decider.entity_lists = lists
         self._rule_features: tuple[str, tuple[str, ...]] = ("", ())
         self._background: set[asyncio.Task[None]] = set()
+        # Each stage's histogram, looked up once (a labels() call costs as much as an observe).
+        self._stage = {name: metrics.stage_seconds.labels(name) for name in ("features", "model", "total", "decide")}
         self._units: dict[str, str] = {}  # each feature service's review unit (`review_unit`)
 
     def warm(self) -> None:
@@ -197,7 +199,7 @@ class DeclaredScorer:
             log.warning("online features unavailable: %s", error)
             reason = FEATURES_UNAVAILABLE
         finally:
-            self.metrics.stage_seconds.labels("features").observe(time.perf_counter() - started)
+            self._stage["features"].observe(time.perf_counter() - started)
         return self.store.request_features(events, names), reason
 
     async def _predict(self, model: LoadedModel, matrix: np.ndarray, deadline: float) -> np.ndarray | str:
@@ -214,7 +216,7 @@ class DeclaredScorer:
             log.exception("model %s version %s failed", model.primary.kind, model.version)
             return MODEL_ERROR
         finally:
-            self.metrics.stage_seconds.labels("model").observe(time.perf_counter() - started)
+            self._stage["model"].observe(time.perf_counter() - started)
 
     async def score(self, events: EventColumns, explain: bool = False) -> list[dict[str, Any]]:
         """Answers for checked events (`check_events`), in their order."""
@@ -238,7 +240,7 @@ class DeclaredScorer:
         latency_ms = (time.perf_counter() - started) * 1000
         if reason in (None, TIMEOUT):
             self.deadlines.observe(len(events), latency_ms / 1000)
-        self.metrics.stage_seconds.labels("total").observe(latency_ms / 1000)
+        self._stage["total"].observe(latency_ms / 1000)
         self.metrics.scored.inc(len(events))
         contributions = top_contributions(model.primary, matrix) if explain and reason is None else None
         ref = {"name": REGISTERED_MODEL, "version": model.version, "alias": model.alias}
@@ -266,7 +268,7 @@ class DeclaredScorer:
                                 fallback=reason is not None)  # fmt: skip
         else:
             self.decider.decide(results, [None] * len(results), exact, model.policy, fallback=reason is not None)
-        self.metrics.stage_seconds.labels("decide").observe(time.perf_counter() - decided)
+        self._stage["decide"].observe(time.perf_counter() - decided)
         if self.review is not None and any(r["decision"] != "allow" for r in results):
             self.review.append(results, events.frame(list(self.declared.events.fields)).iloc, exact, inputs)
         if self.prediction_log is not None:

@@ -9,15 +9,15 @@ them (a dict of lists in, a dict of lists out) on the whole table.
 
 from __future__ import annotations
 
-import functools
 from collections.abc import Callable, Sequence
-from typing import Any, TypeAlias
+from dataclasses import dataclass
+from typing import Any, TypeAlias, cast
 
 import numpy as np
 import pandas as pd
 
 from vigil.declared.batch import EventColumns, column, python_values
-from vigil.declared.model import DeclaredFeatures, WindowAggregation
+from vigil.declared.model import DeclaredFeatures, DerivedView, WindowAggregation
 from vigil.declared.windows import Facts, IntArray, QueryPlan, one_query, query_plan
 
 # (on, key, columns) -> the facts of that kind: arrays KEY, TS (ns), ID and `columns`.
@@ -50,55 +50,105 @@ def feature_names(declared: DeclaredFeatures, service: str | None, features: Seq
     return list(declared.service(service).features if declared.services else declared.feature_names)
 
 
+@dataclass(frozen=True)
+class WindowGroup:
+    """The aggregations over one kind of facts (`on`, per `key`), computed together."""
+
+    on: str
+    key: str
+    aggregations: tuple[WindowAggregation, ...]
+    columns: list[str]
+    query: QueryPlan | None  # a request's one event in one call; None: a window function among them
+
+
+@dataclass(frozen=True)
+class FeaturePlan:
+    """What a set of features needs computed: the windows, by kind of facts, then the
+    on-demand views that derive the rest."""
+
+    groups: tuple[WindowGroup, ...]
+    derived: tuple[DerivedView, ...]
+
+
+def _groups(wanted: Sequence[WindowAggregation]) -> tuple[WindowGroup, ...]:
+    grouped: dict[tuple[str, str], list[WindowAggregation]] = {}
+    for aggregation in wanted:
+        grouped.setdefault((aggregation.on, aggregation.key), []).append(aggregation)
+    return tuple(
+        WindowGroup(
+            on,
+            key,
+            tuple(aggregations),
+            sorted({a.column for a in aggregations}),
+            None
+            if any(a.custom is not None for a in aggregations)
+            else query_plan(
+                tuple((a.column, a.function, a.window_seconds * NS, a.delay_seconds * NS) for a in aggregations)
+            ),
+        )
+        for (on, key), aggregations in grouped.items()
+    )
+
+
+def feature_plan(declared: DeclaredFeatures, names: Sequence[str]) -> FeaturePlan:
+    """The plan of `names`, made once per repo and set of names (a service asks the same)."""
+    asked = tuple(names)
+    plan = declared.plans.get(asked)
+    if plan is None:
+        derived = tuple(d for d in declared.derived if set(d.outputs) & set(asked))
+        needed = set(asked) | {i for d in derived for i in d.inputs}
+        plan = FeaturePlan(_groups([a for a in declared.aggregations if a.name in needed]), derived)
+        declared.plans[asked] = plan
+    return cast(FeaturePlan, plan)
+
+
 def window_values(
-    declared: DeclaredFeatures, queries: Events, load: FactLoader, wanted: list[WindowAggregation]
+    declared: DeclaredFeatures, queries: Events, load: FactLoader, wanted: Sequence[WindowAggregation]
+) -> dict[str, np.ndarray]:
+    """The aggregations `wanted` of each query, as of its own time, by name."""
+    return _windows(declared, queries, load, _groups(wanted))
+
+
+def _windows(
+    declared: DeclaredFeatures, queries: Events, load: FactLoader, groups: tuple[WindowGroup, ...]
 ) -> dict[str, np.ndarray]:
     schema = declared.events
     ts = nanoseconds(queries[schema.time])
     ids = column(queries, schema.event_id).astype(np.int64, copy=False)
     out: dict[str, np.ndarray] = {}
-    groups: dict[tuple[str, str], list[WindowAggregation]] = {}
-    for aggregation in wanted:
-        groups.setdefault((aggregation.on, aggregation.key), []).append(aggregation)
-    for (on, key), aggregations in groups.items():
-        table = load(on, key, sorted({a.column for a in aggregations}))
-        asked = column(queries, key)
-        if len(asked) == 1 and (one := _one_query(table, asked[0], int(ts[0]), int(ids[0]), aggregations, on)):
-            out.update(one)  # a request's one event: every built-in window of the kind in one call
-            continue
+    for group in groups:
+        table = load(group.on, group.key, group.columns)
+        asked = column(queries, group.key)
+        if len(asked) == 1 and group.query is not None:
+            one = _one_query(table, asked[0], int(ts[0]), int(ids[0]), group)
+            if one is not None:
+                out.update(one)  # a request's one event: every built-in window of the kind in one call
+                continue
         # The queries' and the facts' entities coded together, in one pass.
         every, entities = pd.factorize(np.concatenate([asked, table[KEY]]))
         every = every.astype(np.int64)
-        columns = {a.column: table[a.column] for a in aggregations}
+        columns = {name: table[name] for name in group.columns}
         facts = Facts.build(every[len(asked) :], len(entities), table[TS], table[ID], columns)
         codes = every[: len(asked)]
-        for a in aggregations:
+        for a in group.aggregations:
             window, delay = a.window_seconds * NS, a.delay_seconds * NS
-            out[a.name] = facts.aggregate(codes, ts, ids, a.column, a.computed_by, window, delay, on == "events")
+            out[a.name] = facts.aggregate(codes, ts, ids, a.column, a.computed_by, window, delay, group.on == "events")
     return out
 
 
 def _one_query(
-    table: FactTable, entity: Any, ts: int, event_id: int, aggregations: list[WindowAggregation], on: str
+    table: FactTable, entity: Any, ts: int, event_id: int, group: WindowGroup
 ) -> dict[str, np.ndarray] | None:
-    """One query's aggregations over its entity's facts (`windows.one_query`), or None when
-    one of them is a window function or a column is not numeric (then `Facts` computes them)."""
-    if any(a.custom is not None for a in aggregations):
-        return None
-    plan = _plan(tuple(aggregations))
+    """One query's built-in aggregations over its entity's facts (`windows.one_query`), or
+    None when a column is not numeric (then `Facts` computes them)."""
+    assert group.query is not None
     mine = table[KEY] == entity
     pick = (lambda column: column) if bool(np.all(mine)) else (lambda column: column[mine])
-    columns = {name: pick(table[name]) for name in plan.names}
-    values = one_query(pick(table[TS]), pick(table[ID]), columns, ts, event_id, plan, on == "events")
+    columns = {name: pick(table[name]) for name in group.query.names}
+    values = one_query(pick(table[TS]), pick(table[ID]), columns, ts, event_id, group.query, group.on == "events")
     if values is None:
         return None
-    return {a.name: values[i : i + 1] for i, a in enumerate(aggregations)}
-
-
-@functools.lru_cache(maxsize=256)
-def _plan(aggregations: tuple[WindowAggregation, ...]) -> QueryPlan:
-    """A set of built-in aggregations' `QueryPlan`, made once (a request asks the same sets)."""
-    return query_plan(tuple((a.column, a.function, a.window_seconds * NS, a.delay_seconds * NS) for a in aggregations))
+    return {a.name: values[i : i + 1] for i, a in enumerate(group.aggregations)}
 
 
 def request_lists(events: Events, declared: DeclaredFeatures) -> dict[str, list[Any]]:
@@ -131,12 +181,11 @@ def feature_values(
 ) -> dict[str, np.ndarray]:
     """The features `names` of each query, as of its own time, by name (what a request
     needs: a table of a few rows costs more to build than its features)."""
-    wanted_derived = [d for d in declared.derived if set(d.outputs) & set(names)]
-    needed = set(names) | {i for d in wanted_derived for i in d.inputs}
-    values = window_values(declared, queries, load, [a for a in declared.aggregations if a.name in needed])
-    if wanted_derived:
+    plan = feature_plan(declared, names)
+    values = _windows(declared, queries, load, plan.groups)
+    if plan.derived:
         request = request_lists(queries, declared)
-        for view in wanted_derived:
+        for view in plan.derived:
             inputs = {**{i: values[i].tolist() for i in view.inputs}, **(request if view.wants_request else {})}
             result = view.transform(inputs)
             for output in view.outputs:

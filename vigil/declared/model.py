@@ -130,6 +130,8 @@ class DeclaredFeatures:
     aggregations: tuple[WindowAggregation, ...]
     derived: tuple[DerivedView, ...]
     services: dict[str, Service] = field(default_factory=dict)
+    # What a set of features needs computed, worked out once per set (`compute.feature_plan`).
+    plans: dict[tuple[str, ...], Any] = field(default_factory=dict, init=False, compare=False, repr=False)
 
     @property
     def default_service(self) -> Service:

@@ -93,6 +93,7 @@ class DeclaredOnlineStore:
         # 64-bit hashes: a label is counted only under its own event's entities.
         self.label_keys = sorted({a.key for a in declared.aggregations if a.on == "labels"})
         self.seen_dtype = np.dtype([("id", "<i8"), ("ts", "<i8"), *((k, "<i8") for k in self.label_keys)])
+        self.markers = marker_keys(self.marker_project)  # one per sixteenth of a cluster's slots
 
     def _dtype(self, group: tuple[str, str], columns: list[str]) -> np.dtype[Any]:
         kinds = self.declared.events.fields
@@ -318,8 +319,7 @@ class DeclaredOnlineStore:
         """The entities asked, the keys of their facts, the markers to check (see `checked_features`)."""
         asked = self._entities(events)
         keys = [self.key(on, join_key, value) for (on, join_key), values in asked.items() for value in values]
-        markers = marker_keys(self.marker_project)
-        return asked, keys, markers if cluster else markers[:1]
+        return asked, keys, self.markers if cluster else self.markers[:1]
 
     def features(
         self, events: Events, service: str | None = None, features: Sequence[str] | None = None
