@@ -186,3 +186,41 @@ def test_one_query_gives_every_function_exactly_what_the_batch_kernel_gives() ->
         for (column, function, window, delay), value in zip(asked, fused.tolist(), strict=True):
             want = facts.aggregate(np.zeros(1, np.int64), q_ts, q_id, column, function, window, delay, True)[0]
             assert value == want or (np.isnan(value) and np.isnan(want)), (column, function, window, delay)
+
+
+def test_facts_are_ordered_per_entity_by_time_then_id_each_id_read_once() -> None:
+    """`Facts.build` (a compiled counting sort by entity, each entity's facts sorted on their
+    own) against pandas: the facts in order of (entity, time, id), and an id delivered twice
+    to one entity read once, its first delivery kept; one event's windows (`one_query`) read
+    the repeats the same way."""
+    from vigil.declared.windows import Facts, one_query, query_plan
+
+    rng = np.random.default_rng(11)
+    n = 3_000
+    code = rng.integers(0, 40, n).astype(np.int64)
+    ts = rng.integers(0, 500, n).astype(np.int64) * 1_000_000_000  # many ties in time
+    ids = rng.integers(0, 2_000, n).astype(np.int64)  # many ids delivered more than once
+    first_ts = pd.Series(ts).groupby(ids).transform("first").to_numpy()  # a redelivery has its time
+    value = rng.normal(size=n)
+    facts = Facts.build(code, 40, first_ts, ids, {"v": value})
+
+    frame = pd.DataFrame({"code": code, "ts": first_ts, "id": ids, "v": value, "at": np.arange(n)})
+    expected = frame.drop_duplicates(["code", "id"], keep="first").sort_values(["code", "ts", "id"], kind="stable")
+    assert facts.ts.tolist() == expected["ts"].tolist()
+    assert facts.ids.tolist() == expected["id"].tolist()
+    assert facts.raw["v"].tolist() == expected["v"].tolist()
+    counts = expected["code"].value_counts().reindex(range(40), fill_value=0).to_numpy()
+    assert (facts.seg_end - facts.seg_start).tolist() == counts.tolist()
+
+    mine = frame[frame["code"] == 0]
+    plan = query_plan((("v", "sum", 10**12, 0), ("v", "count", 10**12, 0)))
+    query_ts, query_id = int(mine["ts"].max()) + 1, 10**9
+    repeated = one_query(
+        mine["ts"].to_numpy(), mine["id"].to_numpy(), {"v": mine["v"].to_numpy()}, query_ts, query_id, plan, True
+    )
+    once = mine.drop_duplicates("id", keep="first")
+    unique = one_query(
+        once["ts"].to_numpy(), once["id"].to_numpy(), {"v": once["v"].to_numpy()}, query_ts, query_id, plan, True
+    )
+    assert repeated is not None and unique is not None
+    assert repeated.tolist() == unique.tolist() and unique[1] == len(once)
