@@ -224,3 +224,46 @@ def test_facts_are_ordered_per_entity_by_time_then_id_each_id_read_once() -> Non
     )
     assert repeated is not None and unique is not None
     assert repeated.tolist() == unique.tolist() and unique[1] == len(once)
+
+
+def test_packed_query_reads_the_store_s_bytes_as_one_query_reads_its_columns() -> None:
+    """A request's windows straight from the bytes Redis sent (`packed_query`: records of
+    time, id and columns at any offset of the reply, the query's own record added and any
+    stored copy of it left out) against `one_query` on the same facts: equal to the last bit,
+    with NaN, -0.0, hashed strings, count_distinct and repeats among them."""
+    from vigil.declared.windows import FUNCTION_CODES, one_query, packed_query, query_plan
+
+    rng = np.random.default_rng(5)
+    n = 300
+    dtype = np.dtype([("ts", "<i8"), ("id", "<i8"), ("amount", "<f8"), ("merchant", "<i8")])
+    stored = np.empty(n, dtype)
+    stored["ts"] = rng.integers(0, 60, n) * 1_000_000_000
+    stored["id"] = rng.integers(0, 250, n)  # repeats
+    stored["amount"] = np.round(rng.normal(50, 30, n), 1)
+    stored["amount"][rng.integers(0, n, 15)] = np.nan
+    stored["amount"][rng.integers(0, n, 15)] = -0.0
+    stored["merchant"] = rng.integers(0, 9, n) * 7919
+    own = np.zeros(1, dtype)
+    own[0] = (61_000_000_000, int(stored["id"][7]), 12.5, 7919)  # recorded already, as id 7's fact
+    reply = np.frombuffer(b"junk!" + stored.tobytes() + b"\r\n", np.uint8)  # at an odd offset
+    asked = tuple(
+        (column, function, window * 1_000_000_000, delay * 1_000_000_000)
+        for column in ("amount", "merchant")
+        for function in FUNCTION_CODES
+        for window, delay in ((10, 0), (30, 5), (100, 0))
+        if not (column == "merchant" and function not in ("count", "count_distinct"))
+    )
+    plan = query_plan(asked)
+    offsets = np.array([dtype.names.index(name) for name in plan.names], np.int64)  # type: ignore[union-attr]
+    floats = np.array([dtype[name] == np.float64 for name in plan.names])
+    for with_own in (True, False):
+        mine = own.view(np.int64) if with_own else np.zeros(0, np.int64)
+        packed = packed_query(
+            np.require(reply, np.uint8, ["C", "W"]), 5, stored.nbytes, 4, mine, offsets, floats,
+            int(own["ts"][0]), int(own["id"][0]), plan, with_own,
+        )  # fmt: skip
+        facts = np.concatenate([stored[stored["id"] != own["id"][0]], own]) if with_own else stored
+        columns = {"amount": facts["amount"].copy(), "merchant": facts["merchant"].copy()}
+        want = one_query(facts["ts"], facts["id"], columns, int(own["ts"][0]), int(own["id"][0]), plan, with_own)
+        assert want is not None
+        assert np.array_equal(packed, want, equal_nan=True), with_own

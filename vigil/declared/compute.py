@@ -182,7 +182,14 @@ def feature_values(
     """The features `names` of each query, as of its own time, by name (what a request
     needs: a table of a few rows costs more to build than its features)."""
     plan = feature_plan(declared, names)
-    values = _windows(declared, queries, load, plan.groups)
+    return derived_values(declared, queries, plan, _windows(declared, queries, load, plan.groups), names)
+
+
+def derived_values(
+    declared: DeclaredFeatures, queries: Events, plan: FeaturePlan, values: dict[str, np.ndarray], names: Sequence[str]
+) -> dict[str, np.ndarray]:
+    """The features `names`, given the plan's windows (`values`): the on-demand views called
+    on them and on the queries' fields, as Feast's python mode calls them."""
     if plan.derived:
         request = request_lists(queries, declared)
         for view in plan.derived:

@@ -39,16 +39,21 @@ from vigil.declared.compute import (
     Events,
     FactLoader,
     FactTable,
+    FeaturePlan,
+    derived_values,
     feature_names,
+    feature_plan,
     feature_values,
     features_of,
     nanoseconds,
 )
 from vigil.declared.model import DeclaredFeatures
+from vigil.declared.windows import packed_query
 from vigil.online.marker import MARKERS, count_markers, marker_keys, write_markers
 from vigil.online.resp import ClusterReader, NodeReader, command
 
 COMPACT_BYTES = 64 * 1024
+_NONE = np.zeros(0, np.int64)  # no own record (facts of labels)
 DAY_NS = 86_400 * 1_000_000_000
 SWEEP_DAYS = 7  # each write drops the seen-log keys of this many days just past the reach
 # How far back of an entity's newest fact the store keeps more than the windows need: an
@@ -94,6 +99,7 @@ class DeclaredOnlineStore:
         self.label_keys = sorted({a.key for a in declared.aggregations if a.on == "labels"})
         self.seen_dtype = np.dtype([("id", "<i8"), ("ts", "<i8"), *((k, "<i8") for k in self.label_keys)])
         self.markers = marker_keys(self.marker_project)  # one per sixteenth of a cluster's slots
+        self._layouts: dict[tuple[tuple[str, str], tuple[str, ...]], tuple[np.ndarray, np.ndarray]] = {}
 
     def _dtype(self, group: tuple[str, str], columns: list[str]) -> np.dtype[Any]:
         kinds = self.declared.events.fields
@@ -302,8 +308,50 @@ class DeclaredOnlineStore:
         if not all(sizes[len(keys) :]):  # a marker missing: the store does not hold the flow's data
             return None, False
         data = replies.data
+        plan = feature_plan(self.declared, features)
+        if len(events) == 1 and all(group.query is not None for group in plan.groups):
+            return self._one_event(events, plan, features, list(asked), replies), True
         blobs = [data[a : a + n] if n else None for a, n in zip(starts[: len(keys)], sizes[: len(keys)], strict=True)]
         return feature_values(self.declared, events, self._loader(events, asked, blobs), list(features)), True
+
+    def _one_event(
+        self, events: Events, plan: FeaturePlan, features: Sequence[str], groups: list[tuple[str, str]], replies: Any
+    ) -> dict[str, np.ndarray]:
+        """A request's one event's features, every window computed where its facts lie in the
+        reply (`windows.packed_query`): no table of facts per request. `groups[i]`'s facts
+        are reply i. The same values as `feature_values` gives, to the last bit."""
+        schema = self.declared.events
+        query_ts = int(nanoseconds(events[schema.time])[0])
+        query_id = int(column(events, schema.event_id)[0])
+        values: dict[str, np.ndarray] = {}
+        # One compiled signature, whichever reader filled the buffer (a read-only one, or not).
+        data = np.require(replies.data, np.uint8, ["C", "W"])
+        for group in plan.groups:
+            assert group.query is not None
+            kind = (group.on, group.key)
+            reply = groups.index(kind)
+            offsets, floats = self._layout(kind, group.query.names)
+            own = (
+                self._packed(kind, events, schema.event_id, schema.time).view(np.int64)
+                if group.on == "events"
+                else _NONE
+            )
+            out = packed_query(
+                data, int(replies.starts[reply, 0]), int(replies.sizes[reply, 0]), self.dtypes[kind].itemsize // 8,
+                own, offsets, floats, query_ts, query_id, group.query, group.on == "events",
+            )  # fmt: skip
+            values.update({a.name: out[i : i + 1] for i, a in enumerate(group.aggregations)})
+        return derived_values(self.declared, events, plan, values, features)
+
+    def _layout(self, kind: tuple[str, str], names: tuple[str, ...]) -> tuple[np.ndarray, np.ndarray]:
+        """Where the columns `names` lie in a record of `kind`'s facts (their 8-byte word) and
+        which are float64 (the others: strings' int64 hashes)."""
+        if (kind, names) not in self._layouts:
+            dtype = self.dtypes[kind]
+            offsets = np.array([dtype.names.index(name) for name in names], np.int64)  # type: ignore[union-attr]
+            floats = np.array([dtype[name] == np.float64 for name in names], np.bool_)
+            self._layouts[(kind, names)] = (offsets, floats)
+        return self._layouts[(kind, names)]
 
     def _entities(self, events: Events) -> dict[tuple[str, str], np.ndarray]:
         """Each kind of facts' entities among the events, each once, in order of appearance."""
