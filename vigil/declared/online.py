@@ -13,7 +13,9 @@ is rewritten without duplicates and without the facts older than every window ne
 
 `features(events)` reads the facts of the events' entities (one pipelined GET per kind),
 adds the events themselves (an event already recorded counts once), and runs the same
-computation as the backfill (`vigil.declared.compute.features_of`).
+computation as the backfill (`vigil.declared.compute.features_of`). The scoring service's
+read of one event (`checked_features`) runs the same compiled window code on the facts where
+they lie in the reply (`vigil.declared.windows.packed_query`), to the same values.
 
 The store carries the data markers of `vigil.online.marker` under `<prefix>:facts:<project>`:
 a replay writes them when it completes, a live flow only into a new deployment (no markers,
