@@ -116,8 +116,8 @@ def main() -> int:
     try:
         asked = prepare(hand)  # the handbook's last weeks (or a simulated world), ingested and trained
         prepare_declared(ours, hand.data_dir / "world.parquet")
-        fields = list(load_declared(REPO).events.fields)
-        declared_single = events_body(fields, asked)["events"]
+        schema = load_declared(REPO).events
+        declared_single = events_body(list(schema.fields), asked)["events"]
         results: dict[str, Any] = {"machine": stalls(), "source": "handbook" if HANDBOOK.is_dir() else "simulated"}
         results["hand_written"] = measure(
             hand,
@@ -128,7 +128,7 @@ def main() -> int:
         results["declared"] = measure(
             ours,
             declared_single,
-            [{"events": declared_single[i : i + 1000]} for i in range(0, len(declared_single), 1000)],
+            [{schema.batch: declared_single[i : i + 1000]} for i in range(0, len(declared_single), 1000)],
             args.seconds,
         )
     finally:

@@ -4,6 +4,7 @@ repo's event and label schemas; each loaded version gets its own feature service
 
     POST /v1/score           one event             -> its score and decision
     POST /v1/score/batch     {"events": [...]}     -> {"results": [...]} in the same order
+                             (the list's name: the events' RequestSource's tag vigil.batch)
     POST /v1/labels          {"labels": [...]}     -> 202 once on the stream the flow reads
 
 Keys, limits, health, readiness, metrics, the rules of `VIGIL_RULES_FILE` (over the events'
@@ -203,13 +204,14 @@ def create_declared_app(settings: Settings, declared: DeclaredFeatures | None = 
         """Score one event: its features as of its own time, the champion's score, a decision."""
         return as_json((await answer(request, records(await json_body(request), None), explain, None))[0])
 
-    batch_schema = {"type": "object", "properties": {"events": {"type": "array", "items": event_schema}}}
+    listed = declared.events.batch  # the name of the batch body's list (tag vigil.batch)
+    batch_schema = {"type": "object", "properties": {listed: {"type": "array", "items": event_schema}}}
 
-    @app.post("/v1/score/batch", dependencies=keyed, openapi_extra=body({**batch_schema, "required": ["events"]}))
+    @app.post("/v1/score/batch", dependencies=keyed, openapi_extra=body({**batch_schema, "required": [listed]}))
     async def score_batch(request: Request, explain: bool = False) -> Response:
         """Score up to `VIGIL_MAX_BATCH` events; results in the same order."""
-        items = records(await json_body(request), "events")
-        return as_json({"results": await answer(request, items, explain, "events")})
+        items = records(await json_body(request), listed)
+        return as_json({"results": await answer(request, items, explain, listed)})
 
     label_schema = {
         "type": "object",

@@ -51,7 +51,7 @@ class DeclaredScoreRoutes:
         """The events a well-formed body carries; None when FastAPI's routes should say why not."""
         if path == SCORE:
             return [body] if type(body) is dict else None
-        items = body.get("events") if type(body) is dict else None
+        items = body.get(self.declared.events.batch) if type(body) is dict else None
         if type(items) is not list or not items or len(items) > self.max_batch:
             return None
         return items if all(type(item) is dict for item in items) else None

@@ -113,9 +113,10 @@ def transactions_body(part: pd.DataFrame) -> dict[str, Any]:
     return {"transactions": [transaction_body(r) for r in part.itertuples(index=False)]}
 
 
-def events_body(fields: list[str], part: pd.DataFrame) -> dict[str, Any]:
-    """A chunk of a declared repo's events (its `fields`) as the body of its `/v1/score/batch`."""
-    return {"events": json.loads(part[fields].to_json(orient="records", date_format="iso"))}
+def events_body(fields: list[str], part: pd.DataFrame, batch: str = "events") -> dict[str, Any]:
+    """A chunk of a declared repo's events (its `fields`) as the body of its `/v1/score/batch`
+    (`batch`: the list's name, the repo's tag vigil.batch)."""
+    return {batch: json.loads(part[fields].to_json(orient="records", date_format="iso"))}
 
 
 def score_frame(

@@ -19,7 +19,7 @@ payment = RequestSource(
         Field(name="channel", dtype=String),
         Field(name="amount", dtype=Float64),
     ],
-    tags={"vigil.role": "events"},
+    tags={"vigil.role": "events", "vigil.batch": "payments"},  # POST /v1/score/batch {"payments": [...]}
 )
 
 payments = PushSource(

@@ -88,7 +88,7 @@ def test_each_version_gets_its_own_services_inputs_equal_to_the_backfill(
     env = server_env(settings, VIGIL_FEATURE_REPO=str(PAYMENTS))
     with serve_process(env) as base:
         answer = httpx.post(
-            f"{base}/v1/score/batch?explain=true", json={"events": [body(r) for _, r in last.iterrows()]}, timeout=30
+            f"{base}/v1/score/batch?explain=true", json={"payments": [body(r) for _, r in last.iterrows()]}, timeout=30
         ).json()
         results = answer["results"]
         assert [r["payment_id"] for r in results] == last["payment_id"].tolist()
@@ -197,8 +197,13 @@ def test_bodies_follow_the_repos_schema(served: tuple[Settings, pd.DataFrame]) -
         missing = {k: v for k, v in body(row).items() if k != "amount"}
         gone = httpx.post(f"{base}/v1/score", json=missing, timeout=10)
         assert gone.status_code == 422 and gone.json()["detail"][0]["loc"] == ["amount"]
-        batch = httpx.post(f"{base}/v1/score/batch", json={"events": [body(row), {**body(row), "card_id": ""}]})
-        assert batch.status_code == 422 and batch.json()["detail"][0]["loc"] == ["events", 1, "card_id"]
+        batch = httpx.post(f"{base}/v1/score/batch", json={"payments": [body(row), {**body(row), "card_id": ""}]})
+        assert batch.status_code == 422 and batch.json()["detail"][0]["loc"] == ["payments", 1, "card_id"]
+        # The batch list is named by the repo (its events' RequestSource's tag vigil.batch).
+        listed = schema["paths"]["/v1/score/batch"]["post"]["requestBody"]["content"]["application/json"]["schema"]
+        assert listed["required"] == ["payments"] and listed["properties"]["payments"]["type"] == "array"
+        unnamed = httpx.post(f"{base}/v1/score/batch", json={"events": [body(row)]}, timeout=10)
+        assert unnamed.status_code == 422 and unnamed.json()["detail"][0]["loc"] == ["payments"]
 
         label = {
             "payment_id": int(row["payment_id"]),
@@ -269,7 +274,7 @@ def test_rules_and_lists_read_the_repos_fields_and_features(
     with serve_process(env) as base:
         for _ in range(3):  # a batch that missed its deadline on a busy machine scores from the event alone
             results = httpx.post(
-                f"{base}/v1/score/batch", json={"events": [body(r) for _, r in last.iterrows()]}, timeout=30
+                f"{base}/v1/score/batch", json={"payments": [body(r) for _, r in last.iterrows()]}, timeout=30
             ).json()["results"]
             if not results[0]["fallback"]:
                 break

@@ -88,6 +88,11 @@ MISTAKES = {
         ('tags={"vigil.role": "events"})', "tags={})"),
         "the repo, RequestSource tagged vigil.role=events: exactly one is needed, found none",
     ),
+    "batch list not a name": (
+        "sources.py",
+        ('tags={"vigil.role": "events"})', 'tags={"vigil.role": "events", "vigil.batch": "the events"})'),
+        "request source 'event', tag vigil.batch: 'the events' is not a name (letters, digits and underscores)",
+    ),
     "unknown role": (
         "sources.py",
         ('"vigil.role": "labels"', '"vigil.role": "label"'),

@@ -168,7 +168,7 @@ def score(args: argparse.Namespace) -> int:
         missing = [name for name in declared.events.fields if name not in frame.columns]
         if missing:
             raise UserError(f"{args.transactions} has no column {', '.join(missing)} (fields of the repo's events)")
-        body_of = partial(events_body, list(declared.events.fields))
+        body_of = partial(events_body, list(declared.events.fields), batch=declared.events.batch)
     else:
         try:
             frame, _ = read_records(Path(args.transactions))

@@ -26,6 +26,7 @@ from vigil.declared.model import (
 )
 
 ROLE, EVENT_ID, LABEL, DELAY, DEFAULT = "vigil.role", "vigil.event_id", "vigil.label", "vigil.delay", "vigil.default"
+BATCH = "vigil.batch"
 ROLES = ("events", "labels")
 _KINDS: dict[str, Kind] = {
     "INT64": "integer",
@@ -143,9 +144,13 @@ class _Compiler:
         push = pushes[0]
         event_id = self.column_tag(push, EVENT_ID, fields)
         time = self.time_field(push, fields)
+        batch = (request.tags or {}).get(BATCH, "events")
+        if not batch.isidentifier():
+            self.wrong(what, f"tag {BATCH}", f"{batch!r} is not a name (letters, digits and underscores)")
+            return None
         if event_id is None or time is None:
             return None
-        return EventSchema(request.name, fields, event_id, time)
+        return EventSchema(request.name, fields, event_id, time, batch)
 
     def column_tag(self, source: Any, tag: str, fields: dict[str, Kind]) -> str | None:
         column = (source.tags or {}).get(tag)

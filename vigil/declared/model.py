@@ -22,6 +22,7 @@ class EventSchema:
     fields: dict[str, Kind]
     event_id: str
     time: str
+    batch: str = "events"  # the batch body's list of events (tag vigil.batch)
 
 
 @dataclass(frozen=True)
