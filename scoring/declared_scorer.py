@@ -172,6 +172,7 @@ class DeclaredScorer:
         events = check_events(self.declared, [row], 86_400)
         names = list(self.declared.feature_names)
         self.store.request_features(events, names)
+        self.store.warm(events)
         try:
             self.store.features(events, features=names)
         except (redis.RedisError, OSError) as error:  # readiness says so; the compiled code is warm

@@ -64,9 +64,14 @@ class EventColumns(Mapping[str, np.ndarray]):
             copy=False,  # fresh arrays, owned by nobody else: no copy, no consolidation into blocks
         )
 
+    def lists(self, declared: DeclaredFeatures) -> dict[str, list[Any]]:
+        """The events' fields as lists of Python values, times as UTC datetimes (as Feast
+        passes request fields to on-demand views)."""
+        return {name: python_values(self.columns[name]) for name in declared.events.fields if name in self.columns}
+
     def records(self, declared: DeclaredFeatures) -> list[dict[str, Any]]:
         """Each event's fields as Python values, times as UTC datetimes (what rules read)."""
-        lists = {name: python_values(self.columns[name]) for name in declared.events.fields}
+        lists = self.lists(declared)
         return [{name: values[i] for name, values in lists.items()} for i in range(self.size)]
 
 

@@ -16,7 +16,7 @@ from typing import Any, TypeAlias, cast
 import numpy as np
 import pandas as pd
 
-from vigil.declared.batch import EventColumns, column, python_values
+from vigil.declared.batch import EventColumns, column
 from vigil.declared.model import DeclaredFeatures, DerivedView, WindowAggregation
 from vigil.declared.windows import Facts, IntArray, QueryPlan, one_query, query_plan
 
@@ -154,7 +154,7 @@ def _one_query(
 def request_lists(events: Events, declared: DeclaredFeatures) -> dict[str, list[Any]]:
     """The events' fields as Python values, times as UTC datetimes (as Feast passes them)."""
     if isinstance(events, EventColumns):
-        return {name: python_values(events[name]) for name in declared.events.fields if name in events}
+        return events.lists(declared)
     lists: dict[str, list[Any]] = {}
     for name, kind in declared.events.fields.items():
         if name not in events.columns:

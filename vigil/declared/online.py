@@ -52,10 +52,11 @@ from vigil.declared.compute import (
 from vigil.declared.model import DeclaredFeatures
 from vigil.declared.windows import packed_query
 from vigil.online.marker import MARKERS, count_markers, marker_keys, write_markers
-from vigil.online.resp import ClusterReader, NodeReader, command
+from vigil.online.resp import ClusterReader, FieldReplies, NodeReader, command
 
 COMPACT_BYTES = 64 * 1024
 _NONE = np.zeros(0, np.int64)  # no own record (facts of labels)
+_BYTE = np.zeros(1, np.uint8)  # a reply holding no facts (`warm`)
 DAY_NS = 86_400 * 1_000_000_000
 SWEEP_DAYS = 7  # each write drops the seen-log keys of this many days just past the reach
 # How far back of an entity's newest fact the store keeps more than the windows need: an
@@ -70,13 +71,6 @@ def hashed(values: pd.Series | np.ndarray) -> np.ndarray:
     else:
         text = pd.Series(values, copy=False).astype(str).to_numpy(dtype=object)
     return pd.util.hash_array(text).view(np.int64)
-
-
-def _appended(values: np.ndarray, more: np.ndarray) -> np.ndarray:
-    """`values` then `more` (of one dtype): np.concatenate's fixed cost is twice this."""
-    out = np.empty(len(values) + len(more), values.dtype)
-    out[: len(values)], out[len(values) :] = values, more
-    return out
 
 
 class DeclaredOnlineStore:
@@ -265,15 +259,10 @@ class DeclaredOnlineStore:
         if group[0] == "events":  # the queries are events too: counted once, recorded or not
             schema = self.declared.events
             own = self._packed(group, queries, schema.event_id, schema.time)
-            if len(own) == 1:  # a request's: a comparison, where np.isin's fixed cost is tens of us
-                recorded = facts["id"] == own["id"][0]
-                if recorded.any():
-                    facts, entity = facts[~recorded], entity[~recorded]
-                facts, entity = _appended(facts, own), _appended(entity, column(queries, group[1]))
-            else:
-                stored = ~np.isin(facts["id"], own["id"])
-                facts = np.concatenate([facts[stored], own])
-                entity = np.concatenate([entity[stored], column(queries, group[1])])
+            # (one query: a comparison, where np.isin's fixed cost is tens of us)
+            stored = facts["id"] != own["id"][0] if len(own) == 1 else ~np.isin(facts["id"], own["id"])
+            facts = np.concatenate([facts[stored], own])
+            entity = np.concatenate([entity[stored], column(queries, group[1])])
         # A fact delivered twice is read once: the windows' sorts drop an entity's repeats.
         return {KEY: entity, TS: facts["ts"], ID: facts["id"], **{c: facts[c] for c in self.columns[group]}}
 
@@ -315,6 +304,18 @@ class DeclaredOnlineStore:
             return self._one_event(events, plan, features, list(asked), replies), True
         blobs = [data[a : a + n] if n else None for a, n in zip(starts[: len(keys)], sizes[: len(keys)], strict=True)]
         return feature_values(self.declared, events, self._loader(events, asked, blobs), list(features)), True
+
+    def warm(self, events: Events) -> None:
+        """Compiles (or loads from numba's cache) the kernel of a request's windows
+        (`_one_event`), on `events` with no stored facts: the first request must not wait for it."""
+        built_in = [a.name for a in self.declared.aggregations if a.custom is None]
+        if len(events) != 1 or not built_in:
+            return
+        groups = list(self._entities(events))
+        nothing = np.zeros((len(groups), 1), np.int64)
+        self._one_event(
+            events, feature_plan(self.declared, built_in), built_in, groups, FieldReplies(_BYTE, nothing, nothing)
+        )
 
     def _one_event(
         self, events: Events, plan: FeaturePlan, features: Sequence[str], groups: list[tuple[str, str]], replies: Any
