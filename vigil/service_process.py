@@ -127,7 +127,7 @@ def score_frame(
     body_of: Callable[[pd.DataFrame], dict[str, Any]] = transactions_body,
 ) -> pd.DataFrame:
     """Scores every row of `frame` through `/v1/score/batch` (`body_of` a chunk: the handbook's
-    transactions by default, a declared repo's `{"events": ...}`); adds score, version,
+    transactions by default, a declared repo's `{BATCH: ...}`, its tag vigil.batch); adds score, version,
     fallback, reason, decision and reasons."""
     answers: list[dict[str, object]] = []
     headers = {"X-API-Key": api_key} if api_key else {}

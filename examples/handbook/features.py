@@ -54,6 +54,12 @@ terminal_risk = StreamFeatureView(
 )
 
 
+# The amount as the payment gives it: a model input of its own, under its own name.
+@on_demand_feature_view(sources=[payment], schema=[Field(name="tx_amount", dtype=Float64)], mode="python")
+def payment_amount(inputs: dict) -> dict:
+    return {"tx_amount": list(inputs["tx_amount"])}
+
+
 @on_demand_feature_view(
     sources=[payment],
     schema=[Field(name="tx_during_weekend", dtype=Int64), Field(name="tx_during_night", dtype=Int64)],

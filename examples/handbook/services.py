@@ -5,6 +5,7 @@ from features import (
     amount_against_habit,
     customer_habits,
     customer_spending,
+    payment_amount,
     payment_calendar,
     terminal_risk,
     terminal_streaks,
@@ -12,8 +13,8 @@ from features import (
 
 fraud_v1 = FeatureService(
     name="fraud_v1",
-    features=[payment_calendar, customer_spending, terminal_risk],
-    description="The Fraud Detection Handbook's 14 features, exact as of each payment's own time",
+    features=[payment_amount, payment_calendar, customer_spending, terminal_risk],
+    description="The payment's amount and the handbook's 14 features, exact as of each payment's own time",
     tags={"vigil.default": "true"},
 )
 
@@ -27,6 +28,7 @@ _V2_STREAKS = ["terminal_id_fraud_streak", "terminal_id_fraud_streak_age_days", 
 fraud_v2 = FeatureService(
     name="fraud_v2",
     features=[
+        payment_amount,
         payment_calendar,
         customer_spending,
         terminal_risk,
@@ -40,6 +42,7 @@ fraud_v2 = FeatureService(
 fraud_v3 = FeatureService(
     name="fraud_v3",
     features=[
+        payment_amount,
         payment_calendar,
         customer_spending,
         terminal_risk,

@@ -7,7 +7,8 @@ from feast.types import Float64, Int64, UnixTimestamp
 
 _DATA = Path(__file__).resolve().parent / "data"
 
-# Every field a payment carries: what /v1/score takes and the stream's entries hold.
+# Every field a payment carries: what /v1/score takes and the stream's entries hold;
+# /v1/score/batch takes a list of them as {"transactions": [...]}.
 payment = RequestSource(
     name="payment",
     schema=[
@@ -17,7 +18,7 @@ payment = RequestSource(
         Field(name="terminal_id", dtype=Int64),
         Field(name="tx_amount", dtype=Float64),
     ],
-    tags={"vigil.role": "events"},
+    tags={"vigil.role": "events", "vigil.batch": "transactions"},
 )
 
 # The payments, as the stream delivers them; tx_datetime is each one's own time.

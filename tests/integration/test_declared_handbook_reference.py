@@ -34,15 +34,21 @@ def test_fraud_v1_online_served_by_feast_and_on_spark_equals_the_reference(
 ) -> None:
     declared = load_declared(REPO)
     fields = list(declared.events.fields)
-    v1 = list(declared.service("fraud_v1").features)
+    inputs = list(declared.service("fraud_v1").features)
+    # The 15 model inputs: the payment's own amount, then the handbook's 14 features.
+    assert inputs[0] == "tx_amount" and len(inputs) == 15
+    v1 = inputs[1:]
     reference = pd.read_parquet(handbook / "features_reference.parquet").set_index("transaction_id")
     transactions = pd.read_parquet(handbook / "transactions.parquet")
+    amounts = transactions.set_index("transaction_id")["tx_amount"]
     weeks = transactions[transactions["tx_datetime"] < pd.Timestamp("2018-04-22")]
     ingested, later = weeks[weeks["tx_datetime"] < "2018-04-21"], weeks[weeks["tx_datetime"] >= "2018-04-21"]
 
     def worst(values: pd.DataFrame) -> float:
-        """The largest difference from the reference (values indexed by transaction id)."""
-        assert len(values) > 0 and list(values.columns[-len(v1) :]) == v1
+        """The largest difference from the reference (values indexed by transaction id); the
+        amount exactly as the payment gave it."""
+        assert len(values) > 0 and list(values.columns[-len(inputs) :]) == inputs
+        assert values["tx_amount"].to_numpy().tolist() == amounts.loc[values.index].to_numpy().tolist()
         return float((values[v1] - reference.loc[values.index, v1]).abs().max().max())
 
     # The repo's flow: every ingested payment's features from Redis, as of its own time.
@@ -73,7 +79,7 @@ def test_fraud_v1_online_served_by_feast_and_on_spark_equals_the_reference(
     old = ingested.sample(100, random_state=2)
     with serve_process(server_env(settings)) as base:
         for rows in (old, new):
-            body = events_body(fields, rows)
+            body = events_body(fields, rows, batch=declared.events.batch)
             results = httpx.post(f"{base}/v1/score/batch?explain=true", json=body, timeout=30).json()["results"]
             assert not any(r["fallback"] for r in results), results[0]
             explained = pd.DataFrame([r["features"] for r in results], index=[r["transaction_id"] for r in results])
