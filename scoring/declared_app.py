@@ -16,7 +16,9 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import json
 import logging
+import math
 from collections.abc import AsyncIterator, Callable
 from typing import Any
 
@@ -36,7 +38,7 @@ from scoring.middleware import RequestLimits
 from scoring.resources import _every, _follow_aliases, serving_process
 from scoring.security import authorised, encoded
 from vigil.declared import DeclaredFeatures, load_declared
-from vigil.declared.events import KIND, LABEL, check_records, label_fields
+from vigil.declared.events import KIND, LABEL, check_records, json_problems, label_fields
 from vigil.declared.model import Kind
 from vigil.declared.online import DeclaredOnlineStore
 from vigil.settings import Settings
@@ -52,9 +54,14 @@ JSON_TYPES: dict[Kind, dict[str, Any]] = {
 }
 
 
-def object_schema(fields: dict[str, Kind], title: str) -> dict[str, Any]:
-    """A JSON schema of records with these fields, every one required."""
+def object_schema(
+    fields: dict[str, Kind], title: str, bounds: dict[str, tuple[float, float]] | None = None
+) -> dict[str, Any]:
+    """A JSON schema of records with these fields, every one required (numbers within their bounds)."""
     properties = {name: dict(JSON_TYPES[kind]) for name, kind in fields.items()}
+    for name, (low, high) in (bounds or {}).items():
+        if name in properties:
+            properties[name].update({k: v for k, v in (("minimum", low), ("maximum", high)) if math.isfinite(v)})
     return {"title": title, "type": "object", "properties": properties, "required": list(fields)}
 
 
@@ -145,7 +152,7 @@ def create_declared_app(settings: Settings, declared: DeclaredFeatures | None = 
     )
     app.add_middleware(RequestLimits, max_body_bytes=settings.max_body_bytes)
     header = APIKeyHeader(name="X-API-Key", auto_error=False, description="one of VIGIL_API_KEYS")
-    event_schema = object_schema(declared.events.fields, "Event")
+    event_schema = object_schema(declared.events.fields, "Event", declared.events.bounds)
     labels_of = label_fields(declared)
 
     def require_key(request: Request, _: str | None = Depends(header)) -> None:
@@ -155,10 +162,14 @@ def create_declared_app(settings: Settings, declared: DeclaredFeatures | None = 
     async def json_body(request: Request) -> Any:
         if not json_content(request.scope.get("headers") or []):
             raise HTTPException(status_code=415, detail=UNSUPPORTED["detail"])
+        raw = await request.body()
         try:
-            return orjson.loads(await request.body())
+            return orjson.loads(raw)
         except orjson.JSONDecodeError as error:
-            raise HTTPException(status_code=422, detail=[problem([], f"not JSON: {error}")]) from None
+            try:  # NaN and Infinity are not JSON, but Python reads them: the refusal then names the field
+                return json.loads(raw)
+            except (ValueError, RecursionError):
+                raise HTTPException(status_code=422, detail=[problem(["body"], f"not JSON: {error}")]) from None
 
     def problem(loc: list[Any], msg: str) -> dict[str, Any]:
         return {"type": "value_error", "loc": loc, "msg": msg}
@@ -191,7 +202,7 @@ def create_declared_app(settings: Settings, declared: DeclaredFeatures | None = 
             prefix = [key] if key else []
             detail = [{**p, "loc": [*prefix, *p["loc"]] if key else p["loc"][1:]} for p in error.problems[:20]]
             raise HTTPException(status_code=422, detail=detail) from None
-        return await scorer.score(events, explain)
+        return await scorer.score_in_chunks(events, explain)
 
     keyed = [Depends(require_key)]
     score_doc = {
@@ -215,7 +226,7 @@ def create_declared_app(settings: Settings, declared: DeclaredFeatures | None = 
 
     label_schema = {
         "type": "object",
-        "properties": {"labels": {"type": "array", "items": object_schema(labels_of, "Label")}},
+        "properties": {"labels": {"type": "array", "items": object_schema(labels_of, "Label", declared.events.bounds)}},
     }
 
     @app.post(
@@ -225,6 +236,9 @@ def create_declared_app(settings: Settings, declared: DeclaredFeatures | None = 
         """Outcomes of earlier events, appended to the stream the feature flow reads. A label
         names an event the flow has recorded, at its time: any other is a 422 naming the field."""
         items = records(await json_body(request), "labels")
+        strict = json_problems(items, labels_of)
+        if strict:
+            return JSONResponse({"detail": [{**p, "loc": ["labels", *p["loc"]]} for p in strict[:20]]}, status_code=422)
         frame = pd.DataFrame.from_records(items, columns=list(labels_of)).astype(object)
         frame = frame.where(frame.notna(), None).assign(**{KIND: LABEL})
         checked = check_records(declared, frame, "api", list(range(len(frame))), settings.event_time_tolerance_seconds)

@@ -71,7 +71,7 @@ class DeclaredScoreRoutes:
             records = self._records(path, orjson.loads(raw))
         except orjson.JSONDecodeError:
             records = None
-        events = plain_columns(self.declared, records, self.ahead_seconds) if records else None
+        events = plain_columns(self.declared, records, self.ahead_seconds, strict=True) if records else None
         if events is None:
             await self.app(scope, replayed(raw, receive), send)
             return
@@ -79,5 +79,5 @@ class DeclaredScoreRoutes:
         if scorer.models.current is None:
             await send_json(send, 503, orjson.dumps({"detail": scorer.models.unavailable or NO_MODEL_YET}))
             return
-        results = await scorer.score(events, explain)
+        results = await scorer.score_in_chunks(events, explain)
         await send_json(send, 200, orjson.dumps(results[0] if path == SCORE else {"results": results}))

@@ -16,7 +16,8 @@ payment = RequestSource(
         Field(name="tx_datetime", dtype=UnixTimestamp),
         Field(name="customer_id", dtype=Int64),
         Field(name="terminal_id", dtype=Int64),
-        Field(name="tx_amount", dtype=Float64),
+        # Far above any card payment, far below float32's range: a model's inputs stay finite.
+        Field(name="tx_amount", dtype=Float64, tags={"vigil.min": "0", "vigil.max": "1e9"}),
     ],
     tags={"vigil.role": "events", "vigil.batch": "transactions"},
 )

@@ -9,11 +9,16 @@ from contextlib import AbstractContextManager
 from pathlib import Path
 
 import numpy as np
+import pandas as pd
 import torch
 from torch import nn
 
+from flows.declared import DeclaredReplaySource, build_flow, default_sinks, run_to_end
+from vigil.declared import load_declared
+from vigil.declared.training import default_split, logged_events, training_set, version_params
+from vigil.lifecycle.training import train_and_register
 from vigil.service_process import serve_process, service_env
-from vigil.settings import Settings
+from vigil.settings import PROJECT_ROOT, Settings
 
 
 def vigil(*args: str, env: dict[str, str] | None = None, timeout: float = 300) -> subprocess.CompletedProcess[str]:
@@ -57,3 +62,34 @@ def write_broken_model(folder: Path) -> Path:
     )
     (folder / "model.ubj").write_bytes(np.random.default_rng(0).bytes(64))
     return folder
+
+
+# The handbook's features, declared with Feast's objects: the repo the service tests run.
+HANDBOOK_REPO = PROJECT_ROOT / "examples" / "handbook"
+
+
+def ingest_and_train(
+    settings: Settings, events: pd.DataFrame, kind: str = "xgboost", service: str | None = None, **params: object
+) -> str:
+    """What `vigil ingest` then `vigil train` leave on `settings`' repo: the events through the
+    repo's flow (each label a week after its event) and a registered version of the model,
+    trained on what the flow recorded (the first version is the champion). Its number."""
+    declared = load_declared(settings.feature_repo)
+    path = settings.data_dir / "ingested.parquet"
+    path.parent.mkdir(parents=True, exist_ok=True)
+    events.to_parquet(path)
+    sinks = default_sinks(settings, declared)
+    run_to_end(build_flow(DeclaredReplaySource(path, declared, label_delay_days=7.0), sinks, settings, declared))
+    return train_on_log(settings, kind, service, **params)
+
+
+def train_on_log(settings: Settings, kind: str = "xgboost", service: str | None = None, **params: object) -> str:
+    """`vigil train` on what the repo's flow recorded: a new registered version, its number."""
+    declared = load_declared(settings.feature_repo)
+    data = training_set(declared, logged_events(declared, settings.event_log), service)
+    chosen = version_params(data.service, kind)
+    chosen.update(params)
+    report = train_and_register(
+        settings, data.frame, kind, params=chosen, split=default_split(data), show_progress=False
+    )
+    return str(report.version)

@@ -20,13 +20,8 @@ import numpy as np
 import pandas as pd
 import pytest
 
-from flows.sources import FileReplaySource
-from tests.integration.serving_helpers import running_server, server_env, vigil
-from vigil.ingest import run_ingest
-from vigil.lifecycle.training import train_and_register
+from tests.integration.serving_helpers import HANDBOOK_REPO, ingest_and_train, running_server, server_env, vigil
 from vigil.local_redis import LocalRedis
-from vigil.offline import training_set
-from vigil.online.feast_store import apply_repo
 from vigil.service_process import transaction_body
 from vigil.settings import Settings
 
@@ -55,12 +50,10 @@ def served(tmp_path_factory: pytest.TempPathFactory, small_world: pd.DataFrame, 
             reports_dir=tmp / "reports",
             mlflow_tracking_uri=f"sqlite:///{tmp}/mlflow.db",
             mlflow_artifacts_dir=tmp / "artifacts",
+            feature_repo=HANDBOOK_REPO,
         )
         history = small_world[small_world["tx_datetime"] < small_world["tx_datetime"].min() + pd.Timedelta(days=28)]
-        history.to_parquet(tmp / "history.parquet")
-        run_ingest(settings, lambda n: FileReplaySource(tmp / "history.parquet"), 1, show_progress=False)
-        data = training_set(apply_repo(settings), settings)
-        train_and_register(settings, data, "xgboost", params={"n_estimators": 20}, show_progress=False)
+        ingest_and_train(settings, history, "xgboost", n_estimators=20)
         env = server_env(
             settings,
             VIGIL_API_KEYS=f"{KEY},other-key",
@@ -148,8 +141,9 @@ def test_explanations_are_exact_and_name_what_they_show(served: Served) -> None:
 
 
 def test_a_batch_mixing_distant_dates_for_one_customer_is_scored(served: Served) -> None:
+    now = pd.Timestamp.now(tz="UTC").floor("s").isoformat()
     rows = [
-        {**served.row, "transaction_id": 9_000_001, "tx_datetime": "2200-12-31T23:59:59"},
+        {**served.row, "transaction_id": 9_000_001, "tx_datetime": now},
         {**served.row, "transaction_id": 9_000_002},
         {**served.row, "transaction_id": 9_000_003, "tx_datetime": "1970-01-01T00:00:00"},
         *({**served.row, "transaction_id": 9_000_010 + i} for i in range(6)),
@@ -157,6 +151,11 @@ def test_a_batch_mixing_distant_dates_for_one_customer_is_scored(served: Served)
     answer = post(served, "/v1/score/batch", {"transactions": rows})
     assert answer.status_code == 200, answer.text
     assert len(answer.json()["results"]) == len(rows)
+    # A time far ahead of the wall clock would make every other fact of its card look older
+    # than any window: refused, naming it.
+    rows[0]["tx_datetime"] = "2200-12-31T23:59:59"
+    answer = post(served, "/v1/score/batch", {"transactions": rows})
+    assert answer.status_code == 422 and answer.json()["detail"][0]["loc"] == ["transactions", 0, "tx_datetime"]
 
 
 @pytest.mark.parametrize("path", ["/v1/score", "/v1/score/batch", "/v1/models", "/metrics", "/openapi.json"])
@@ -356,7 +355,7 @@ def test_a_refusal_echoes_only_an_excerpt(served: Served) -> None:
 
 
 def test_the_surface_shows_nothing_without_a_key(served: Served) -> None:
-    for path in ("/metrics", "/docs", "/redoc", "/openapi.json", "/v1/models", "/v1/lists/block/customer"):
+    for path in ("/metrics", "/docs", "/redoc", "/openapi.json", "/v1/models", "/v1/lists/block/customer_id"):
         assert httpx.get(f"{served.base}{path}").status_code == 401, path
         assert httpx.get(f"{served.base}{path}", headers=HEADERS).status_code == 200, path
     scrape = httpx.get(f"{served.base}/metrics", headers={"Authorization": f"Bearer {KEY}"})

@@ -93,6 +93,24 @@ MISTAKES = {
         ('tags={"vigil.role": "events"})', 'tags={"vigil.role": "events", "vigil.batch": "the events"})'),
         "request source 'event', tag vigil.batch: 'the events' is not a name (letters, digits and underscores)",
     ),
+    "bound not a number": (
+        "sources.py",
+        ('Field(name="amount", dtype=Float64)]', 'Field(name="amount", dtype=Float64, tags={"vigil.max": "lots"})]'),
+        "request source 'event', field 'amount', tag vigil.max: 'lots' is not a number",
+    ),
+    "bounds the wrong way round": (
+        "sources.py",
+        (
+            'Field(name="amount", dtype=Float64)]',
+            'Field(name="amount", dtype=Float64, tags={"vigil.min": "5", "vigil.max": "1"})]',
+        ),
+        "request source 'event', field 'amount': vigil.min 5 is above vigil.max 1",
+    ),
+    "bound on a string": (
+        "sources.py",
+        ('Field(name="merchant", dtype=String)', 'Field(name="merchant", dtype=String, tags={"vigil.min": "0"})'),
+        "request source 'event', field 'merchant': tags vigil.min and vigil.max bound a number or an integer",
+    ),
     "unknown role": (
         "sources.py",
         ('"vigil.role": "labels"', '"vigil.role": "label"'),
@@ -303,3 +321,38 @@ def test_a_small_stream_batch_is_sorted_out_as_the_array_checks_sort_it(tmp_path
     refused = check_batch(declared, bad, "s", tokens)
     assert [d.reason for d in refused.dead] == ["amount: not a finite number ('a lot')"]
     assert len(refused.events) == len(records) - 1
+
+
+def test_bounds_and_json_types_are_checked_on_every_path(tmp_path: Path) -> None:
+    """A field's bounds (tags vigil.min, vigil.max) refuse a value outside them on the quick
+    path and in the batch checks alike, naming the field; a JSON body's values must be of
+    JSON's own type for their kind (`json_problems`), where a stream's text is converted."""
+    import pandas as pd
+
+    from tests.declared_cards import card_events
+    from vigil.declared.events import check_records, json_problems, plain_events
+
+    bounded = 'Field(name="amount", dtype=Float64, tags={"vigil.min": "0", "vigil.max": "1e6"})]'
+    declared = load_declared(
+        write_repo(tmp_path / "cards", {"sources.py": ('Field(name="amount", dtype=Float64)]', bounded)})
+    )
+    assert declared.events.bounds == {"amount": (0.0, 1e6)}
+    row = card_events(1, seed=2).drop(columns="fraud").iloc[0].to_dict()
+    record = {**row, "id": int(row["id"]), "amount": 10.0, "at": pd.Timestamp(row["at"]).isoformat()}
+    assert (
+        plain_events(declared, [record]) is not None and plain_events(declared, [{**record, "amount": 1e6}]) is not None
+    )
+    for amount in (-0.5, 1e6 + 1, 3.5e38):
+        assert plain_events(declared, [{**record, "amount": amount}]) is None
+        frame = pd.DataFrame.from_records([{**record, "amount": amount}], columns=list(declared.events.fields))
+        dead = check_records(declared, frame.astype(object), "test").dead
+        assert len(dead) == 1 and dead[0].reason.startswith("amount: not a finite number between 0 and 1e+06"), dead
+    fields = declared.events.fields
+    assert json_problems([record], fields) == []
+    changes = [({"id": "7"}, "id"), ({"amount": "12.5"}, "amount"), ({"amount": True}, "amount"),
+               ({"at": "2026-03-02"}, "at"), ({"at": 1533724260}, "at"), ({"card": ""}, "card")]  # fmt: skip
+    for change, field in changes:
+        problems = json_problems([{**record, **change}], fields)
+        assert [p["loc"] for p in problems] == [[0, field]], (change, problems)
+    long = json_problems([{**record, "at": "z" * 10_000}], fields)[0]
+    assert len(long["input"]) < 50

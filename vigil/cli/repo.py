@@ -95,7 +95,8 @@ def check(args: argparse.Namespace) -> int:
     declared = load(args)
     events = declared.events
     print(f"Feature repo {declared.project!r}: compiled")
-    fields = ", ".join(f"{name} ({kind})" for name, kind in events.fields.items())
+    bounds = {name: f" in [{low:g}, {high:g}]" for name, (low, high) in events.bounds.items()}
+    fields = ", ".join(f"{name} ({kind}{bounds.get(name, '')})" for name, kind in events.fields.items())
     print(f"  events ({events.source}): {fields}; id {events.event_id}, time {events.time}")
     if declared.labels is not None:
         print(f"  labels ({declared.labels.source}): {declared.labels.label} of event {declared.labels.event_id}")

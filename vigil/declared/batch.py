@@ -52,6 +52,12 @@ class EventColumns(Mapping[str, np.ndarray]):
                 columns[str(name)] = values.to_numpy()
         return cls(columns, len(frame))
 
+    def part(self, start: int, stop: int) -> EventColumns:
+        """Events `start` to `stop` (views of the same arrays)."""
+        return EventColumns(
+            {name: values[start:stop] for name, values in self.columns.items()}, max(0, min(stop, self.size) - start)
+        )
+
     def frame(self, fields: list[str] | None = None) -> pd.DataFrame:
         """The events as a table (times tz-aware, UTC), as `check_records` types them."""
         names = fields if fields is not None else list(self.columns)

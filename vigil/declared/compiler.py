@@ -8,6 +8,7 @@ computing (aggregations, tags) is checked here.
 
 from __future__ import annotations
 
+import math
 import re
 from collections.abc import Iterable
 from pathlib import Path
@@ -27,6 +28,7 @@ from vigil.declared.model import (
 
 ROLE, EVENT_ID, LABEL, DELAY, DEFAULT = "vigil.role", "vigil.event_id", "vigil.label", "vigil.delay", "vigil.default"
 BATCH = "vigil.batch"
+BOUNDS = ("vigil.min", "vigil.max")
 ROLES = ("events", "labels")
 _KINDS: dict[str, Kind] = {
     "INT64": "integer",
@@ -150,7 +152,30 @@ class _Compiler:
             return None
         if event_id is None or time is None:
             return None
-        return EventSchema(request.name, fields, event_id, time, batch)
+        return EventSchema(request.name, fields, event_id, time, batch, self.bounds(what, request.schema, fields))
+
+    def bounds(self, what: str, schema: list[Any], fields: dict[str, Kind]) -> dict[str, tuple[float, float]]:
+        """The bounds of number and integer fields (their tags vigil.min and vigil.max)."""
+        bounds = {}
+        for f in schema:
+            tags = {tag: (f.tags or {}).get(tag) for tag in BOUNDS}
+            if all(v is None for v in tags.values()):
+                continue
+            if fields.get(f.name) not in ("number", "integer"):
+                self.wrong(what, f"field {f.name!r}", f"tags {' and '.join(BOUNDS)} bound a number or an integer")
+                continue
+            limits = []
+            for tag, default in zip(BOUNDS, (-math.inf, math.inf), strict=True):
+                text = tags[tag]
+                try:
+                    limits.append(default if text is None else float(text))
+                except ValueError:
+                    self.wrong(what, f"field {f.name!r}, tag {tag}", f"{tags[tag]!r} is not a number")
+            if len(limits) == 2 and not limits[0] <= limits[1]:
+                self.wrong(what, f"field {f.name!r}", f"vigil.min {limits[0]:g} is above vigil.max {limits[1]:g}")
+            elif len(limits) == 2:
+                bounds[f.name] = (limits[0], limits[1])
+        return bounds
 
     def column_tag(self, source: Any, tag: str, fields: dict[str, Kind]) -> str | None:
         column = (source.tags or {}).get(tag)

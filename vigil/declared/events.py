@@ -102,17 +102,24 @@ def _typed(values: pd.Series, kind: Kind) -> tuple[pd.Series, np.ndarray, str]:
     return numbers.fillna(0).astype(np.int64), present & whole, "not an integer"
 
 
-def _sort_out(frame: pd.DataFrame, fields: dict[str, Kind]) -> tuple[pd.DataFrame, list[str | None]]:
+def _sort_out(
+    frame: pd.DataFrame, fields: dict[str, Kind], bounds: dict[str, tuple[float, float]]
+) -> tuple[pd.DataFrame, list[str | None]]:
     reasons: list[str | None] = [None] * len(frame)
     typed = pd.DataFrame(index=frame.index)
     for name, kind in fields.items():
         values = frame[name] if name in frame.columns else pd.Series([None] * len(frame), index=frame.index)
         column, good, why = _typed(values, kind)
+        if name in bounds:
+            low, high = bounds[name]
+            outside = good & ~column.between(low, high).to_numpy(bool)
+            good &= ~outside
+            why = why if not outside.any() else f"{why} between {low:g} and {high:g}"
         typed[name] = column
         missing = ~values.notna().to_numpy(bool)
         for i in np.flatnonzero(~good).tolist():
             if reasons[i] is None:
-                reasons[i] = f"{name}: missing" if missing[i] else f"{name}: {why} ({values.iloc[i]!r})"
+                reasons[i] = f"{name}: missing" if missing[i] else f"{name}: {why} ({excerpt(values.iloc[i])!r})"
     return typed, reasons
 
 
@@ -138,7 +145,7 @@ def check_records(
                 raw = json.dumps(frame.iloc[i].dropna().to_dict(), default=str)
                 checked.dead.append(DeadLetter("kind: the repo declares no labels", raw, source, token=tokens[i]))
             continue
-        typed, reasons = _sort_out(frame.iloc[rows], fields)
+        typed, reasons = _sort_out(frame.iloc[rows], fields, declared.events.bounds)
         time = declared.labels.time if label and declared.labels is not None else declared.events.time
         ahead = (typed[time] > latest).to_numpy(bool) if len(rows) else np.zeros(0, bool)
         for i in np.flatnonzero(ahead).tolist():
@@ -177,6 +184,43 @@ _PLAIN: dict[Kind, Callable[[Any], bool]] = {
 }
 
 
+# What a JSON body (the API's) must hold for each kind: JSON's own type, nothing that a
+# stream's text would be converted from ("42" for an integer, "2018-08-08" for a time).
+_WHY_NOT_JSON: dict[Kind, str] = {
+    "integer": "not a JSON integer",
+    "number": "not a finite JSON number",
+    "string": "not a non-empty JSON string",
+    "boolean": "not a JSON boolean",
+    "time": "not an ISO 8601 time with a date and a time to the second (YYYY-MM-DDTHH:MM:SS, an offset optional)",
+}
+_JSON: dict[Kind, Callable[[Any], bool]] = {
+    **_PLAIN,
+    "number": lambda v: (type(v) is float and math.isfinite(v)) or type(v) is int,
+    "time": lambda v: type(v) is str and iso_nanoseconds(v) is not None,
+}
+
+
+def excerpt(value: Any, limit: int = 40) -> str:
+    """A value as a refusal shows it: its text, cut short (a refusal never echoes a body)."""
+    text = value if isinstance(value, str) else str(value)
+    return text if len(text) <= limit else f"{text[:limit]}..."
+
+
+def json_problems(records: Sequence[dict[str, Any]], fields: dict[str, Kind]) -> list[dict[str, Any]]:
+    """The first field of each record (in schema order) whose value is present but not JSON's
+    own type for its kind, as 422 problems (`loc`: the record's index, the field). A missing
+    field is left to `check_records`, which says so."""
+    problems = []
+    for i, record in enumerate(records):
+        for name, kind in fields.items():
+            value = record.get(name)
+            if value is not None and not _JSON[kind](value):
+                why = _WHY_NOT_JSON[kind]
+                problems.append({"type": "value_error", "loc": [i, name], "msg": why, "input": excerpt(value)})
+                break
+    return problems
+
+
 _EPOCH = dt.datetime(1970, 1, 1, tzinfo=dt.UTC)
 _DIGITS = frozenset("0123456789")
 
@@ -213,15 +257,18 @@ def iso_nanoseconds(text: str) -> int | None:
 _NS_MIN, _NS_MAX = pd.Timestamp.min.value, pd.Timestamp.max.value
 
 
-def _plain_times(values: list[Any], ahead_seconds: float) -> np.ndarray | None:
+def _plain_times(values: list[Any], ahead_seconds: float, strict: bool = False) -> np.ndarray | None:
     """ISO 8601 times as UTC datetime64[ns], as `check_records` reads them; None if one is
-    not a time or is more than `ahead_seconds` ahead of the wall clock."""
+    not a time or is more than `ahead_seconds` ahead of the wall clock (`strict`: or is not
+    written with a date and a time to the second, as a JSON body's must be)."""
     latest = time.time_ns() + int(ahead_seconds * 1_000_000_000)
     quick = [iso_nanoseconds(v) for v in values]
     if all(ns is not None for ns in quick):
         if any(ns > latest for ns in quick):  # type: ignore[operator]
             return None
         return np.array(quick, dtype="datetime64[ns]")
+    if strict:
+        return None
     stamps = pd.to_datetime(pd.Series(values, dtype=object), utc=True, errors="coerce", format="ISO8601", cache=False)
     if stamps.isna().any() or (stamps > pd.Timestamp(latest, tz="UTC")).any():
         return None
@@ -239,11 +286,12 @@ def plain_events(
 
 
 def plain_columns(
-    declared: DeclaredFeatures, records: Sequence[dict[str, Any]], ahead_seconds: float = 86_400
+    declared: DeclaredFeatures, records: Sequence[dict[str, Any]], ahead_seconds: float = 86_400, strict: bool = False
 ) -> EventColumns | None:
     """`plain_events` as columns (`EventColumns`): a request's few events are typed here in
-    tens of microseconds, where the batch checks' fixed cost is milliseconds."""
-    fields = declared.events.fields
+    tens of microseconds, where the batch checks' fixed cost is milliseconds. `strict`: times
+    as a JSON body must write them (`json_problems`)."""
+    fields, bounds = declared.events.fields, declared.events.bounds
     columns: dict[str, Any] = {}
     for name, kind in fields.items():
         values = [record.get(name) for record in records]
@@ -251,7 +299,7 @@ def plain_columns(
         if not all(plain(v) for v in values):
             return None
         if kind == "time":
-            stamps = _plain_times(values, ahead_seconds)
+            stamps = _plain_times(values, ahead_seconds, strict)
             if stamps is None:
                 return None
             columns[name] = stamps
@@ -263,6 +311,8 @@ def plain_columns(
             columns[name] = np.array(values, dtype=bool)
         else:
             columns[name] = np.array(values, dtype=object)
+        if name in bounds and not ((columns[name] >= bounds[name][0]) & (columns[name] <= bounds[name][1])).all():
+            return None  # check_records says which and why
     return EventColumns(columns, len(records))
 
 

@@ -23,6 +23,8 @@ class EventSchema:
     event_id: str
     time: str
     batch: str = "events"  # the batch body's list of events (tag vigil.batch)
+    # The least and greatest value of a number or integer field (its tags vigil.min, vigil.max).
+    bounds: dict[str, tuple[float, float]] = field(default_factory=dict)
 
 
 @dataclass(frozen=True)
