@@ -305,9 +305,15 @@ def create_declared_app(settings: Settings, declared: DeclaredFeatures | None = 
 
     @app.get("/v1/models", dependencies=keyed)
     async def models_view(request: Request) -> dict[str, Any]:
-        """What is served, with the feature service and inputs of each loaded version."""
+        """What is served (version, decision policy, feature service and inputs of each loaded
+        version), what the registry's aliases hold, the rules in force."""
         scorer: DeclaredScorer = request.app.state.scorer
-        view: dict[str, Any] = {"repo": declared.project, "rules": scorer.rules.current.describe()}
+        registry = await asyncio.get_running_loop().run_in_executor(None, scorer.models.registry_view)
+        rules = {
+            "file": str(scorer.rules.path) if scorer.rules.path else None,
+            "rules": scorer.rules.current.describe(),
+        }
+        view: dict[str, Any] = {"repo": declared.project, "registry": registry, "rules": rules}
         for name, manager in (("serving", scorer.models), ("shadow", scorer.shadow)):
             loaded = manager.current if manager is not None else None
             view[name] = (

@@ -95,7 +95,9 @@ def add_list_routes(app: FastAPI, settings: Settings, declared: DeclaredFeatures
     @app.get("/v1/lists/{which}/{key}", dependencies=keyed)
     async def list_members(which: str, key: str, request: Request) -> dict[str, Any]:
         """The values of an entity key (`card_id`, ...) on the allow or block list."""
-        members = await change(request, "read", checked(which, key))
+        members: list[Any] = await change(request, "read", checked(which, key))
+        if kinds[key] == "integer":  # as the events carry them
+            members = sorted(int(m) for m in members)
         return {"which": which, "key": key, "members": members}
 
     @app.put("/v1/lists/{which}/{key}/{value}", status_code=204, dependencies=keyed)

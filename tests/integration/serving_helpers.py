@@ -69,7 +69,12 @@ HANDBOOK_REPO = PROJECT_ROOT / "examples" / "handbook"
 
 
 def ingest_and_train(
-    settings: Settings, events: pd.DataFrame, kind: str = "xgboost", service: str | None = None, **params: object
+    settings: Settings,
+    events: pd.DataFrame,
+    kind: str = "xgboost",
+    service: str | None = None,
+    review_budget: float | None = None,
+    **params: object,
 ) -> str:
     """What `vigil ingest` then `vigil train` leave on `settings`' repo: the events through the
     repo's flow (each label a week after its event) and a registered version of the model,
@@ -80,16 +85,24 @@ def ingest_and_train(
     events.to_parquet(path)
     sinks = default_sinks(settings, declared)
     run_to_end(build_flow(DeclaredReplaySource(path, declared, label_delay_days=7.0), sinks, settings, declared))
-    return train_on_log(settings, kind, service, **params)
+    return train_on_log(settings, kind, service, review_budget, **params)
 
 
-def train_on_log(settings: Settings, kind: str = "xgboost", service: str | None = None, **params: object) -> str:
-    """`vigil train` on what the repo's flow recorded: a new registered version, its number."""
+def train_on_log(
+    settings: Settings,
+    kind: str = "xgboost",
+    service: str | None = None,
+    review_budget: float | None = None,
+    **params: object,
+) -> str:
+    """`vigil train` on what the repo's flow recorded: a new registered version, its number
+    (`review_budget`: reviews a day, for a world smaller than the handbook's)."""
     declared = load_declared(settings.feature_repo)
     data = training_set(declared, logged_events(declared, settings.event_log), service)
     chosen = version_params(data.service, kind)
     chosen.update(params)
+    budget = {} if review_budget is None else {"review_budget": review_budget}
     report = train_and_register(
-        settings, data.frame, kind, params=chosen, split=default_split(data), show_progress=False
+        settings, data.frame, kind, params=chosen, split=default_split(data), show_progress=False, **budget
     )
     return str(report.version)

@@ -4,6 +4,7 @@ posted through the API reaching the running feature flow exactly as stream label
 
 from __future__ import annotations
 
+import json
 import signal
 import subprocess
 import sys
@@ -16,14 +17,9 @@ import httpx
 import pandas as pd
 import pytest
 
-from flows.sources import FileReplaySource
-from tests.integration.serving_helpers import running_server, server_env, vigil
-from vigil.features import spec
-from vigil.features.backfill import compute_features
-from vigil.ingest import run_ingest
-from vigil.lifecycle.training import train_and_register
-from vigil.offline import training_set
-from vigil.online.feast_store import apply_repo
+from tests.integration.serving_helpers import HANDBOOK_REPO, ingest_and_train, running_server, server_env, vigil
+from vigil.declared import load_declared
+from vigil.declared.backfill import compute_declared
 from vigil.online.store import delete_namespace
 from vigil.service_process import transaction_body
 from vigil.settings import PROJECT_ROOT, Settings
@@ -71,13 +67,11 @@ def world(tmp_path_factory: pytest.TempPathFactory, redis_url: str, small_world:
         reports_dir=tmp / "reports",
         mlflow_tracking_uri=f"sqlite:///{tmp}/mlflow.db",
         mlflow_artifacts_dir=tmp / "artifacts",
+        feature_repo=HANDBOOK_REPO,
     )
     history = small_world[small_world["tx_datetime"] < small_world["tx_datetime"].min() + pd.Timedelta(days=35)]
-    history.to_parquet(tmp / "history.parquet")
-    run_ingest(settings, lambda n: FileReplaySource(tmp / "history.parquet"), 1, show_progress=False)
-    data = training_set(apply_repo(settings), settings)
     # 300 cards: a budget of 5 reviews a day (the default 100 is for the handbook's 5,000).
-    train_and_register(settings, data, "xgboost", params={"n_estimators": 30}, show_progress=False, review_budget=5)
+    ingest_and_train(settings, history, "xgboost", review_budget=5, n_estimators=30)
     rules = tmp / "rules.yaml"
     rules.write_text(RULES)
     env = server_env(settings, VIGIL_RULES_FILE=str(rules))
@@ -132,17 +126,17 @@ def test_rules_reload_without_a_restart_and_a_broken_file_keeps_the_old_ones(wor
 def test_lists_block_and_allow(world: World) -> None:
     row = transaction_body(world.history.iloc[-2])
     customer = row["customer_id"]
-    assert httpx.put(f"{world.base}/v1/lists/block/customer/{customer}").status_code == 204
+    assert httpx.put(f"{world.base}/v1/lists/block/customer_id/{customer}").status_code == 204
     answer = world.score(row)
-    assert answer["decision"] == "block" and "list:block_customer" in answer["reasons"]
-    assert customer in httpx.get(f"{world.base}/v1/lists/block/customer").json()["members"]
-    assert httpx.delete(f"{world.base}/v1/lists/block/customer/{customer}").status_code == 204
-    assert httpx.put(f"{world.base}/v1/lists/allow/customer/{customer}").status_code == 204
+    assert answer["decision"] == "block" and "list:block_customer_id" in answer["reasons"]
+    assert customer in httpx.get(f"{world.base}/v1/lists/block/customer_id").json()["members"]
+    assert httpx.delete(f"{world.base}/v1/lists/block/customer_id/{customer}").status_code == 204
+    assert httpx.put(f"{world.base}/v1/lists/allow/customer_id/{customer}").status_code == 204
     answer = world.score({**row, "tx_amount": 20_000.0})  # block rules come before allow lists
-    assert answer["decision"] == "block" and "list:allow_customer" in answer["reasons"]
+    assert answer["decision"] == "block" and "list:allow_customer_id" in answer["reasons"]
     answer = world.score(row)
-    assert answer["decision"] == "allow" and answer["reasons"][0] == "list:allow_customer"
-    httpx.delete(f"{world.base}/v1/lists/allow/customer/{customer}")
+    assert answer["decision"] == "allow" and answer["reasons"][0] == "list:allow_customer_id"
+    httpx.delete(f"{world.base}/v1/lists/allow/customer_id/{customer}")
 
 
 def test_reviews_go_to_the_queue_and_a_verdict_becomes_a_label(world: World) -> None:
@@ -162,7 +156,8 @@ def test_reviews_go_to_the_queue_and_a_verdict_becomes_a_label(world: World) -> 
     client = connect(world.settings.redis_url)
     events = client.xrange(world.settings.events_stream)
     client.close()
-    assert any(f[b"transaction_id"] == b"77000001" and f[b"kind"] == b"label" for _, f in events)
+    entries = [json.loads(f[b"json"]) for _, f in events]  # the repo's flow reads one JSON field an entry
+    assert any(e["transaction_id"] == 77_000_001 and e["kind"] == "label" and e["tx_fraud"] == 1 for e in entries)
     unknown = vigil("review", "verdict", "--transaction-id", "1", "--genuine", env=world.env)
     assert unknown.returncode == 2 and "not in the review queue" in unknown.stderr
 
@@ -182,7 +177,7 @@ def test_bad_label_bodies_are_a_422_naming_the_field(world: World) -> None:
 
 def test_a_label_for_a_payment_vigil_has_not_seen_is_refused_and_changes_nothing(world: World) -> None:
     """Made-up transaction ids on a busy terminal, a real payment at another terminal or time:
-    422 naming the field, nothing on the event stream, the terminal's features as they were."""
+    422 naming the field at fault, nothing on the event stream, the terminal's features as they were."""
     from vigil.online.connection import connect
 
     history = world.history
@@ -202,7 +197,7 @@ def test_a_label_for_a_payment_vigil_has_not_seen_is_refused_and_changes_nothing
                  "tx_datetime": pd.Timestamp(real["tx_datetime"]).isoformat(), "tx_fraud": 1}  # fmt: skip
     other_time = {**elsewhere, "terminal_id": int(real["terminal_id"]),
                   "tx_datetime": (pd.Timestamp(real["tx_datetime"]) + pd.Timedelta(hours=1)).isoformat()}  # fmt: skip
-    for labels, field in ((made_up, "transaction_id"), ([elsewhere], "transaction_id"), ([other_time], "tx_datetime")):
+    for labels, field in ((made_up, "transaction_id"), ([elsewhere], "terminal_id"), ([other_time], "tx_datetime")):
         answer = httpx.post(f"{world.base}/v1/labels", json={"labels": labels})
         assert answer.status_code == 422, answer.text
         assert {d["loc"][-1] for d in answer.json()["detail"]} == {field}, answer.text
@@ -243,14 +238,17 @@ def test_labels_through_the_api_reach_the_running_flow_like_stream_labels(world:
         }
         answer = httpx.post(f"{world.base}/v1/labels", json={"labels": [label]})
         assert answer.status_code == 202 and answer.json() == {"accepted": 1}
-        risk = spec.terminal_risk_name(30)
+        risk = "terminal_id_risk_30day_window"
         assert wait_for(lambda: world.score(probe, explain=True)["features"][risk] != before[risk], timeout=60)
         after = world.score(probe, explain=True)["features"]
         relabelled = history.copy()
         relabelled.loc[relabelled["transaction_id"] == judged["transaction_id"], "tx_fraud"] = 1
         probe_frame = pd.DataFrame([{**probe_row.to_dict(), "transaction_id": 88_000_001, "tx_fraud": 0}])
-        expected = compute_features(pd.concat([relabelled, probe_frame], ignore_index=True)).iloc[-1]
-        for name in spec.TERMINAL_FEATURES:
+        declared = load_declared(HANDBOOK_REPO)
+        expected = compute_declared(declared, pd.concat([relabelled, probe_frame], ignore_index=True)).iloc[-1]
+        terminal_features = [a.name for a in declared.aggregations if a.view == "terminal_risk"]
+        assert len(terminal_features) == 6
+        for name in terminal_features:
             assert after[name] == pytest.approx(float(expected[name]), abs=1e-9), name
         # The same label again: nothing changes.
         assert httpx.post(f"{world.base}/v1/labels", json={"labels": [label]}).status_code == 202

@@ -282,7 +282,7 @@ def test_rules_and_lists_read_the_repos_fields_and_features(
         ruled = np.array(["rule:web_and_busy" in r["reasons"] for r in results])
         assert (ruled == hit).all()
         assert all(r["decision"] == "block" for r, h in zip(results, hit, strict=True) if h)
-        assert httpx.get(f"{base}/v1/models", timeout=10).json()["rules"][0]["name"] == "web_and_busy"
+        assert httpx.get(f"{base}/v1/models", timeout=10).json()["rules"]["rules"][0]["name"] == "web_and_busy"
         assert 'vigil_score_stage_seconds_count{stage="decide"}' in httpx.get(f"{base}/metrics", timeout=10).text
 
         # Lists of the events' entity keys: a merchant on the block list blocks its payments.

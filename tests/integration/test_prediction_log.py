@@ -15,14 +15,10 @@ import httpx
 import pandas as pd
 import pytest
 
-from tests.integration.serving_helpers import running_server, server_env, vigil
-from vigil.ingest import run_ingest
-from vigil.lifecycle.training import train_and_register
+from tests.integration.serving_helpers import HANDBOOK_REPO, ingest_and_train, running_server, server_env, vigil
 from vigil.local_redis import LocalRedis
 from vigil.monitoring.predictions import logged_answers
-from vigil.offline import training_set
 from vigil.online.connection import connect
-from vigil.online.feast_store import apply_repo
 from vigil.service_process import transaction_body
 from vigil.settings import PROJECT_ROOT, Settings
 
@@ -33,14 +29,11 @@ BATCH = 1_000
 
 
 def world_on(settings: Settings, url: str, world: pd.DataFrame, tmp: Path) -> Settings:
-    local = Settings(**{**settings.model_dump(), "redis_url": url, "data_dir": tmp / "data"})
+    local = Settings(
+        **{**settings.model_dump(), "redis_url": url, "data_dir": tmp / "data", "feature_repo": HANDBOOK_REPO}
+    )
     history = world[world["tx_datetime"] < world["tx_datetime"].min() + pd.Timedelta(days=28)]
-    path = tmp / "history.parquet"
-    history.to_parquet(path)
-    from flows.sources import FileReplaySource
-
-    run_ingest(local, lambda n: FileReplaySource(path), 1, show_progress=False)
-    train_and_register(local, training_set(apply_repo(local), local), "baseline", show_progress=False)
+    ingest_and_train(local, history, "baseline")
     return local
 
 

@@ -191,8 +191,8 @@ def test_one_query_gives_every_function_exactly_what_the_batch_kernel_gives() ->
 def test_facts_are_ordered_per_entity_by_time_then_id_each_id_read_once() -> None:
     """`Facts.build` (a compiled counting sort by entity, each entity's facts sorted on their
     own) against pandas: the facts in order of (entity, time, id), and an id delivered twice
-    to one entity read once, its first delivery kept; one event's windows (`one_query`) read
-    the repeats the same way."""
+    to one entity read once, its first delivery kept (a label's last: a correction); one
+    event's windows (`one_query`) read the repeats the same way."""
     from vigil.declared.windows import Facts, one_query, query_plan
 
     rng = np.random.default_rng(11)
@@ -224,6 +224,21 @@ def test_facts_are_ordered_per_entity_by_time_then_id_each_id_read_once() -> Non
     )
     assert repeated is not None and unique is not None
     assert repeated.tolist() == unique.tolist() and unique[1] == len(once)
+
+    # Labels: a label delivered again is a correction, its last delivery counts, on both paths.
+    corrected = Facts.build(code, 40, first_ts, ids, {"v": value}, keep_last=True)
+    expected = frame.drop_duplicates(["code", "id"], keep="last").sort_values(["code", "ts", "id"], kind="stable")
+    assert corrected.ids.tolist() == expected["id"].tolist()
+    assert corrected.raw["v"].tolist() == expected["v"].tolist()
+    last = mine.drop_duplicates("id", keep="last")
+    relabelled = one_query(
+        mine["ts"].to_numpy(), mine["id"].to_numpy(), {"v": mine["v"].to_numpy()}, query_ts, query_id, plan, False
+    )
+    want = one_query(
+        last["ts"].to_numpy(), last["id"].to_numpy(), {"v": last["v"].to_numpy()}, query_ts, query_id, plan, False
+    )
+    assert relabelled is not None and want is not None and relabelled.tolist() == want.tolist()
+    assert corrected.raw["v"].tolist() != facts.raw["v"].tolist()  # the other delivery of each repeat
 
 
 def test_packed_query_reads_the_store_s_bytes_as_one_query_reads_its_columns() -> None:

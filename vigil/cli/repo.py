@@ -176,6 +176,7 @@ def online_store(declared: DeclaredFeatures) -> Any:
 def ingest(args: argparse.Namespace) -> int:
     import time
 
+    from flows import stopping
     from flows.declared import DeclaredReplaySource, build_flow, default_sinks, run_to_end, stream_source
     from vigil.cli.common import ensure_redis
 
@@ -194,6 +195,7 @@ def ingest(args: argparse.Namespace) -> int:
             raise UserError(f"--source: {error}") from None
     sinks = default_sinks(config, declared)
     started = time.perf_counter()
+    stopping.install()  # Ctrl-C / SIGTERM: the source ends, the sinks write what they hold, the summary follows
     run_to_end(build_flow(source, sinks, config, declared))
     stats = sinks.stats
     print(

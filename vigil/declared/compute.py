@@ -128,7 +128,7 @@ def _windows(
         every, entities = pd.factorize(np.concatenate([asked, table[KEY]]))
         every = every.astype(np.int64)
         columns = {name: table[name] for name in group.columns}
-        facts = Facts.build(every[len(asked) :], len(entities), table[TS], table[ID], columns)
+        facts = Facts.build(every[len(asked) :], len(entities), table[TS], table[ID], columns, group.on != "events")
         codes = every[: len(asked)]
         for a in group.aggregations:
             window, delay = a.window_seconds * NS, a.delay_seconds * NS

@@ -44,20 +44,23 @@ def _first_after(ts: IntArray, ids: IntArray, start: int, end: int, t: int, tie_
 
 
 @njit(cache=True)
-def _time_order(fact_ts: IntArray, fact_id: IntArray, facts: IntArray) -> IntArray:
-    """`facts` (indices) without the repeats of an id (the first one stays: a fact delivered
-    twice is read once), in order of (time, id)."""
+def _time_order(fact_ts: IntArray, fact_id: IntArray, facts: IntArray, keep_last: bool) -> IntArray:
+    """`facts` (indices, in order of delivery) without the repeats of an id, in order of
+    (time, id). An event delivered twice is read once, as first delivered; a label delivered
+    again is a correction (an analyst's verdict): `keep_last` keeps the last delivery."""
     by_id = facts[np.argsort(fact_id[facts], kind="mergesort")]
-    first = np.ones(by_id.shape[0], np.bool_)
-    for j in range(1, by_id.shape[0]):
-        first[j] = fact_id[by_id[j]] != fact_id[by_id[j - 1]]
-    unique = by_id[first]
+    n = by_id.shape[0]
+    kept = np.ones(n, np.bool_)
+    for j in range(n - 1):
+        if fact_id[by_id[j]] == fact_id[by_id[j + 1]]:
+            kept[j + 1 if not keep_last else j] = False
+    unique = by_id[kept]
     return unique[np.argsort(fact_ts[unique], kind="mergesort")]
 
 
 @njit(cache=True)
 def _entity_time_order(
-    code: IntArray, entities: int, fact_ts: IntArray, fact_id: IntArray
+    code: IntArray, entities: int, fact_ts: IntArray, fact_id: IntArray, keep_last: bool
 ) -> tuple[IntArray, IntArray]:
     """The facts (indices) in order of (entity code, time, id), each id once per entity,
     and where each entity's facts start (`entities` + 1 edges). An entity's facts are
@@ -76,7 +79,7 @@ def _entity_time_order(
     order = np.empty(n, np.int64)
     kept = np.zeros(entities + 1, np.int64)
     for c in range(entities):
-        mine = _time_order(fact_ts, fact_id, by_code[edges[c] : edges[c + 1]])
+        mine = _time_order(fact_ts, fact_id, by_code[edges[c] : edges[c + 1]], keep_last)
         order[kept[c] : kept[c] + mine.shape[0]] = mine
         kept[c + 1] = kept[c] + mine.shape[0]
     return order[: kept[entities]], kept
@@ -150,7 +153,7 @@ def _one_query(
     facts sorted by (time, id), each id once, each window found and aggregated exactly as
     `_aggregate` does (the same order of addition, so the same values to the last bit).
     `values[:, c]` and `identity[:, c]` are column c as float64 and as count_distinct's identity."""
-    order = _time_order(fact_ts, fact_id, np.arange(fact_ts.shape[0]))
+    order = _time_order(fact_ts, fact_id, np.arange(fact_ts.shape[0]), not by_id)  # labels: the last delivery
     ts, ids = fact_ts[order], fact_id[order]
     n = ts.shape[0]
     out = np.zeros(column.shape[0])
@@ -437,11 +440,20 @@ class Facts:
     distinct: dict[str, IntArray] = field(default_factory=dict)  # count_distinct's codes, made once asked
 
     @classmethod
-    def build(cls, code: IntArray, entities: int, ts: IntArray, ids: IntArray, columns: dict[str, np.ndarray]) -> Facts:
-        """The facts of entity codes `code` (0 .. `entities` - 1) at `ts` with `ids`, each id
-        once per entity (a fact delivered twice is read once)."""
+    def build(
+        cls,
+        code: IntArray,
+        entities: int,
+        ts: IntArray,
+        ids: IntArray,
+        columns: dict[str, np.ndarray],
+        keep_last: bool = False,
+    ) -> Facts:
+        """The facts of entity codes `code` (0 .. `entities` - 1) at `ts` with `ids`, in order
+        of delivery, each id once per entity: an event delivered twice is read once, as first
+        delivered; `keep_last` (labels): the last delivery of an id counts, a correction."""
         code, ts, ids = (np.require(a, np.int64, ["C", "W"]) for a in (code, ts, ids))  # one compiled signature
-        order, edges = _entity_time_order(code, entities, ts, ids)
+        order, edges = _entity_time_order(code, entities, ts, ids, keep_last)
         values, raw = {}, {}
         for name, column in columns.items():
             raw[name] = column[order]
