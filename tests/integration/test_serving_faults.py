@@ -10,19 +10,18 @@ import pandas as pd
 import pytest
 from bytewax.testing import run_main
 
-from flows.features import build_flow, default_sinks
-from flows.sources import FileReplaySource
 from tests.integration.serving_helpers import (
+    HANDBOOK_REPO,
     SlowNet,
+    ingest_and_train,
     running_server,
     server_env,
+    train_on_log,
     write_broken_model,
 )
 from vigil.lifecycle.tracking import CHAMPION, FALLBACK_ARTIFACT, REGISTERED_MODEL, configure
-from vigil.lifecycle.training import train_and_register
-from vigil.offline import training_set
 from vigil.online.connection import connect
-from vigil.online.feast_store import apply_repo
+from vigil.declared import load_declared
 from vigil.service_process import transaction_body
 from vigil.settings import Settings
 
@@ -41,10 +40,8 @@ def wait_for(check, timeout: float = 20.0) -> bool:  # type: ignore[no-untyped-d
 @pytest.fixture
 def world(settings: Settings, small_world: pd.DataFrame, tmp_path: Path) -> tuple[Settings, pd.DataFrame]:
     frame = small_world[small_world["tx_datetime"] < small_world["tx_datetime"].min() + pd.Timedelta(days=28)]
-    path = tmp_path / "world.parquet"
-    frame.to_parquet(path)
-    run_main(build_flow(FileReplaySource(path), default_sinks(settings), settings))
-    train_and_register(settings, training_set(apply_repo(settings), settings), "baseline", show_progress=False)
+    settings = settings.model_copy(update={"feature_repo": HANDBOOK_REPO})
+    ingest_and_train(settings, frame, "baseline")
     return settings, frame
 
 
@@ -76,13 +73,7 @@ def test_alias_moves_are_picked_up_and_broken_versions_are_not(
     with running_server(server_env(settings)) as base:
         assert httpx.post(f"{base}/v1/score", json=body).json()["model"]["version"] == "1"
         # A good new version becomes champion: served without a restart, no failed request meanwhile.
-        train_and_register(
-            settings,
-            training_set(apply_repo(settings), settings),
-            "xgboost",
-            params={"n_estimators": 30},
-            show_progress=False,
-        )
+        train_on_log(settings, "xgboost", n_estimators=30)
         # Version 2 is the challenger now: scored in shadow, off the response path, both scores logged.
         shadow = connect(settings.redis_url)
 
@@ -139,22 +130,25 @@ def test_a_model_slower_than_the_budget_answers_from_the_fallback(
 
 
 def test_in_stream_scoring_flow(world: tuple[Settings, pd.DataFrame]) -> None:
-    """The Bytewax scoring flow: same Scorer, decisions to a stream, entries acknowledged after."""
+    """The Bytewax scoring flow: the service's scorer, decisions to a stream, entries
+    acknowledged after, a bad entry a dead letter."""
     import json
 
-    from flows.scoring import build_flow as build_scoring_flow
+    from flows.declared_scoring import build_flow as build_scoring_flow
     from flows.sources import RedisStreamSource
+    from vigil.declared.events import record_fields
     from vigil.stream_out import write_stream
 
     settings, frame = world
     rows = frame.tail(300)
-    stream = f"{settings.key_prefix}:events"
+    stream = settings.events_stream
     write_stream(rows, f"{settings.redis_url.rsplit('/', 1)[0]}/{stream}", with_labels=False)
     client = connect(settings.redis_url)
     client.xadd(stream, {"transaction_id": "x"})
     source = RedisStreamSource(settings.redis_url, stream, group="scoring", idle_timeout=1.0)
+    source.fields = record_fields(load_declared(settings.feature_repo))
     run_main(build_scoring_flow(source, None, settings))
-    decisions = [json.loads(fields[b"json"]) for _, fields in client.xrange(f"{settings.key_prefix}:decisions")]
+    decisions = [json.loads(fields[b"json"]) for _, fields in client.xrange(settings.stream("decisions"))]
     assert [d["transaction_id"] for d in decisions] == rows["transaction_id"].tolist()
     assert all(0 <= d["score"] <= 1 and d["fallback"] is False and d["model"]["version"] == "1" for d in decisions)
     assert client.xpending(stream, "scoring")["pending"] == 0
