@@ -19,9 +19,9 @@ from tests.integration.serving_helpers import (
     train_on_log,
     write_broken_model,
 )
+from vigil.declared import load_declared
 from vigil.lifecycle.tracking import CHAMPION, FALLBACK_ARTIFACT, REGISTERED_MODEL, configure
 from vigil.online.connection import connect
-from vigil.declared import load_declared
 from vigil.service_process import transaction_body
 from vigil.settings import Settings
 
