@@ -68,7 +68,8 @@ async def open_declared(settings: Settings, declared: DeclaredFeatures, threads:
     models = ModelManager(settings, on_reload_failure=lambda version: metrics.reload_failures.inc())
     models.check_store()
     try:
-        await loop.run_in_executor(None, models.load)
+        loaded = await loop.run_in_executor(None, models.load)
+        metrics.model.info({k: str(v) for k, v in loaded.describe().items() if k != "policy"})
     except ModelUnavailableError as error:
         log.error("%s; not ready (503) until a champion loads", error)
     shadow = ModelManager(settings, alias=CHALLENGER, on_reload_failure=lambda v: metrics.reload_failures.inc())

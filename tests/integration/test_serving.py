@@ -8,19 +8,13 @@ import httpx
 import numpy as np
 import pandas as pd
 import pytest
-from bytewax.testing import run_main
 
-from flows.features import build_flow, default_sinks
-from flows.sources import FileReplaySource
-from tests.integration.serving_helpers import running_server, server_env
-from vigil.features import spec
-from vigil.features.online import online_features
-from vigil.lifecycle.training import train_and_register
+from tests.integration.serving_helpers import HANDBOOK_REPO, ingest_and_train, running_server, server_env
+from vigil.declared import load_declared
+from vigil.declared.online import DeclaredOnlineStore
 from vigil.monitoring.predictions import decode_entries, logged_answers
-from vigil.offline import training_set
 from vigil.online.connection import connect
-from vigil.online.feast_store import apply_repo
-from vigil.online.store import OnlineHistoryStore, delete_namespace
+from vigil.online.store import delete_namespace
 from vigil.service_process import transaction_body
 from vigil.settings import Settings
 
@@ -43,13 +37,10 @@ def served_world(
         data_dir=tmp / "data",
         mlflow_tracking_uri=f"sqlite:///{tmp}/mlflow.db",
         mlflow_artifacts_dir=tmp / "artifacts",
+        feature_repo=HANDBOOK_REPO,
     )
     world = small_world[small_world["tx_datetime"] < small_world["tx_datetime"].min() + pd.Timedelta(days=28)]
-    path = tmp / "world.parquet"
-    world.to_parquet(path)
-    run_main(build_flow(FileReplaySource(path), default_sinks(settings), settings))
-    data = training_set(apply_repo(settings), settings)
-    train_and_register(settings, data, "xgboost", params={"n_estimators": 40}, show_progress=False)
+    ingest_and_train(settings, world, "xgboost", n_estimators=40)
     yield settings, world
     delete_namespace(redis_url, name, name)
 
@@ -73,11 +64,14 @@ def test_scores_a_transaction(server: str, served_world: tuple[Settings, pd.Data
 
 def test_explain_returns_the_exact_features(server: str, served_world: tuple[Settings, pd.DataFrame]) -> None:
     settings, world = served_world
+    declared = load_declared(HANDBOOK_REPO)
+    inputs = list(declared.service("fraud_v1").features)
+    fields = list(declared.events.fields)
     rows = world.tail(50)
-    store = OnlineHistoryStore(connect(settings.redis_url), settings.feast_project)
-    expected = online_features(rows, store).set_index("transaction_id")
+    store = DeclaredOnlineStore(connect(settings.redis_url), settings.key_prefix, declared)
+    expected = store.features(rows[fields], "fraud_v1").set_index("transaction_id")
     new = rows.iloc[:5].assign(transaction_id=rows["transaction_id"].iloc[:5] + 50_000_000)  # never ingested
-    expected_new = online_features(new, store).set_index("transaction_id")
+    expected_new = store.features(new[fields], "fraud_v1").set_index("transaction_id")
     for frame, reference in ((rows, expected), (new, expected_new)):
         answer = httpx.post(
             f"{server}/v1/score/batch?explain=true",
@@ -85,19 +79,11 @@ def test_explain_returns_the_exact_features(server: str, served_world: tuple[Set
         )
         assert answer.status_code == 200, answer.text
         for result, (_, row) in zip(answer.json()["results"], frame.iterrows(), strict=True):
-            assert set(result["features"]) == set(spec.MODEL_INPUTS)  # the contract's 15
-            assert list(result["extra_features"]) == list(spec.SERVED.features[len(spec.FEATURE_NAMES) :])
-            assert result["features"]["tx_amount"] == pytest.approx(row["tx_amount"], rel=1e-6)
-            seen = {**result["features"], **result["extra_features"]}
-            for name in spec.ALL_FEATURES:
-                assert seen[name] == pytest.approx(reference.loc[result["transaction_id"], name], rel=1e-6, abs=1e-6), (
-                    name
-                )
-            assert len(result["contributions"]) == 5
-            # The default model floors its score at 0.0003 a day of the terminal's label age.
-            floor = 0.0003 * reference.loc[result["transaction_id"], spec.LABEL_AGE]
-            assert result["score_floor"] == pytest.approx(floor, rel=1e-6)
-            assert result["score"] >= result["score_floor"] - 1e-9
+            assert list(result["features"]) == inputs and len(inputs) == 15  # the contract's 15, in order
+            assert result["features"]["tx_amount"] == row["tx_amount"]  # as given
+            for name in inputs:
+                assert result["features"][name] == reference.loc[result["transaction_id"], name], name
+            assert result["contributions"] and set(result["contributions"]) <= set(inputs)
 
 
 def test_batch_keeps_order_and_matches_single_scores(server: str, served_world: tuple[Settings, pd.DataFrame]) -> None:
@@ -203,8 +189,8 @@ def test_prediction_log(server: str, served_world: tuple[Settings, pd.DataFrame]
     logged = decode_entries(client.xrevrange(settings.prediction_stream, count=1)).iloc[-1]  # type: ignore[arg-type]
     row = world.iloc[7]
     assert int(logged["transaction_id"]) == int(row["transaction_id"])
-    assert int(logged["customer_id"]) == int(row["customer_id"])
-    assert int(logged["terminal_id"]) == int(row["terminal_id"])
+    assert int(logged["customer_id"]) == int(row["customer_id"])  # the review unit of fraud_v1: the card
     assert int(logged["ts"]) == int(pd.Timestamp(row["tx_datetime"]).timestamp())
     assert logged["version"] != "" and not logged["fallback"] and 0 <= logged["score"] <= 1
-    assert np.isfinite(logged[list(spec.SERVED_INPUTS)].to_numpy(np.float64)).all()
+    inputs = list(load_declared(HANDBOOK_REPO).service("fraud_v1").features)
+    assert np.isfinite(logged[inputs].to_numpy(np.float64)).all()
