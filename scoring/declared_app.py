@@ -32,7 +32,7 @@ from prometheus_client import CONTENT_TYPE_LATEST, generate_latest
 from scoring.declared_fastpath import DeclaredScoreRoutes
 from scoring.declared_lists import add_list_routes
 from scoring.declared_resources import open_declared
-from scoring.declared_scorer import STORE_EMPTY, DeclaredScorer, InvalidEvents, check_events
+from scoring.declared_scorer import DeclaredScorer, InvalidEvents, check_events
 from scoring.fastpath import NO_KEY, NO_MODEL_YET, UNSUPPORTED, json_content
 from scoring.middleware import RequestLimits
 from scoring.resources import _every, _follow_aliases, serving_process
@@ -82,7 +82,7 @@ def answer_schema(declared: DeclaredFeatures) -> dict[str, Any]:
             "fallback": {"type": "boolean"},
             "fallback_reason": {
                 "type": ["string", "null"],
-                "description": "timeout, model_error, features_unavailable, store_empty",
+                "description": "timeout, model_error, features_unavailable, store_empty, store_lost_data",
             },
             "decision": {"type": "string", "enum": ["allow", "review", "block"]},
             "reasons": {"type": "array", "items": {"type": "string"}},
@@ -283,7 +283,8 @@ def create_declared_app(settings: Settings, declared: DeclaredFeatures | None = 
     @app.get("/readyz")
     async def readyz(request: Request) -> JSONResponse:
         """Ready when a champion is loaded and the store answers with the flow's data (its
-        markers: `store_empty` when it was restarted empty or never filled). Why not, in one word."""
+        markers). Why not, in one word: `no_model`, `store_unreachable`, `store_empty` (never
+        filled), `store_lost_data` (filled once, emptied since: replay the history)."""
         reason = None
         if request.app.state.models.current is None:
             reason = "no_model"
@@ -292,9 +293,10 @@ def create_declared_app(settings: Settings, declared: DeclaredFeatures | None = 
                 filled = await asyncio.get_running_loop().run_in_executor(
                     request.app.state.executor, request.app.state.store.holds_data
                 )
-                reason = None if filled else STORE_EMPTY
+                scorer: DeclaredScorer = request.app.state.scorer
+                reason = None if filled else scorer.without_data()
             except Exception:
-                reason = "store_unavailable"
+                reason = "store_unreachable"
         request.app.state.metrics.ready.set(0 if reason else 1)
         return JSONResponse({"ready": reason is None, "reason": reason}, status_code=503 if reason else 200)
 

@@ -109,6 +109,7 @@ async def open_declared(settings: Settings, declared: DeclaredFeatures, threads:
         lists=lists,
         review=review,
         reader=reader,
+        event_log=settings.event_log,
     )
     await loop.run_in_executor(None, scorer.warm)
     return DeclaredResources(

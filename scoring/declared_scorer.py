@@ -16,6 +16,7 @@ import time
 from collections.abc import Sequence
 from concurrent.futures import ThreadPoolExecutor
 from datetime import UTC, datetime
+from pathlib import Path
 from typing import Any
 
 import numpy as np
@@ -39,11 +40,13 @@ from vigil.declared.online import DeclaredOnlineStore, hashed
 from vigil.declared.training import review_unit
 from vigil.lifecycle.tracking import REGISTERED_MODEL
 from vigil.models.base import model_matrix, top_contributions
+from vigil.offline.eventlog import was_filled
 from vigil.online.resp import ClusterReader, NodeReader
 
 log = logging.getLogger("vigil.scoring")
-# The store answers without the flow's data (restarted empty, or never filled by a replay or the flow).
-STORE_EMPTY = "store_empty"
+# The store answers without the flow's data: never filled by a replay or the flow, or filled
+# once and lost since (restarted empty, flushed), as the offline event log remembers.
+STORE_EMPTY, STORE_LOST_DATA = "store_empty", "store_lost_data"
 # A large batch is scored this many events at a time, the event loop yielding between chunks:
 # in one piece, a 10,000-event batch kept single requests waiting for all of it (half a second).
 BATCH_CHUNK = 256
@@ -150,8 +153,10 @@ class DeclaredScorer:
         rules: RulesFile | None = None,
         lists: DeclaredLists | None = None,
         review: ReviewQueue | None = None,
+        event_log: str | Path | None = None,
     ) -> None:
         self.declared, self.store, self.models, self.metrics = declared, store, models, metrics
+        self.event_log = event_log  # the offline event log: whether the store was ever filled
         self.prediction_log, self.review = prediction_log, review
         self.executor = executor
         # A batch's deadline follows what a row costs here, measured on the batches (as the handbook's).
@@ -199,7 +204,7 @@ class DeclaredScorer:
             values, _ = await asyncio.wait_for(read, timeout=max(deadline - time.perf_counter(), 0.001))
             if values is not None:
                 return values, None
-            reason = STORE_EMPTY  # no markers: what it holds is not the flow's data
+            reason = self.without_data()  # no markers: what it holds is not the flow's data
         except TimeoutError:
             reason = TIMEOUT
         except (redis.RedisError, OSError) as error:
@@ -224,6 +229,12 @@ class DeclaredScorer:
             return MODEL_ERROR
         finally:
             self._stage["model"].observe(time.perf_counter() - started)
+
+    def without_data(self) -> str:
+        """Why the store holds no data of the flow's: `store_lost_data` when a replay or the
+        flow filled it once (the offline event log says so), `store_empty` when none ever did."""
+        filled = self.event_log is not None and was_filled(self.event_log, self.store.marker_project)
+        return STORE_LOST_DATA if filled else STORE_EMPTY
 
     async def score_in_chunks(self, events: EventColumns, explain: bool = False) -> list[dict[str, Any]]:
         """`score`, a large batch a chunk at a time, the event loop yielding between chunks:

@@ -19,21 +19,21 @@ import pytest
 import redis
 from redis.crc import key_slot
 
-from flows.sources import FileReplaySource, RedisStreamSource
-from tests.integration.serving_helpers import running_server, server_env, vigil
-from vigil.features import spec
-from vigil.features.backfill import compute_features
+from flows.declared import DeclaredReplaySource, run_to_end
+from flows.declared import build_flow as build_declared_flow
+from flows.declared import default_sinks as declared_sinks
+from flows.sources import FileReplaySource
+from tests.integration.serving_helpers import HANDBOOK_REPO, running_server, server_env, train_on_log, vigil
+from vigil.declared import load_declared
+from vigil.declared.backfill import compute_declared
+from vigil.declared.online import DeclaredOnlineStore
 from vigil.features.history import EntityHistory
-from vigil.features.online import max_differences, online_features
 from vigil.features.windows import SortedFacts
 from vigil.ingest import run_ingest
-from vigil.lifecycle.training import train_and_register
 from vigil.local_redis import LocalRedis, LocalRedisCluster, system_binary
 from vigil.monitoring.predictions import read_predictions
-from vigil.offline import training_set
 from vigil.online.connection import connect, connect_async
-from vigil.online.feast_store import apply_repo, feast_features
-from vigil.online.marker import MARKERS, count_markers
+from vigil.online.feast_store import apply_repo
 from vigil.online.resp import ClusterReader
 from vigil.online.store import AsyncOnlineHistoryStore, OnlineHistoryStore
 from vigil.redis_server import find_server_binary
@@ -60,8 +60,33 @@ def on(settings: Settings, url: str, tmp: Path) -> Settings:
             "redis_url": url,
             "data_dir": tmp / "data",
             "reports_dir": tmp / "reports",
+            "feature_repo": HANDBOOK_REPO,
         }
     )
+
+
+def declared_ingest(settings: Settings, frame: pd.DataFrame) -> None:
+    """What `vigil ingest --transactions` leaves: the repo's flow on a file (labels a week late)."""
+    declared = load_declared(settings.feature_repo)
+    path = settings.data_dir / f"world-{uuid.uuid4().hex[:6]}.parquet"
+    path.parent.mkdir(parents=True, exist_ok=True)
+    frame.to_parquet(path)
+    sinks = declared_sinks(settings, declared)
+    run_to_end(
+        build_declared_flow(DeclaredReplaySource(path, declared, label_delay_days=7.0), sinks, settings, declared)
+    )
+    assert sinks.stats.dead_letters == 0
+
+
+def worst_from_backfill(settings: Settings, frame: pd.DataFrame) -> float:
+    """The largest difference between what the store gives each event of `frame` (its fields)
+    and the backfill of `frame`, over every declared feature."""
+    declared = load_declared(settings.feature_repo)
+    fields = list(declared.events.fields)
+    store = DeclaredOnlineStore(connect(settings.redis_url), settings.key_prefix, declared)
+    ours = store.features(frame[fields]).set_index(declared.events.event_id)
+    expected = compute_declared(declared, frame).set_index(declared.events.event_id).loc[ours.index]
+    return float((ours - expected[ours.columns]).abs().max().max())
 
 
 def four_weeks(world: pd.DataFrame) -> pd.DataFrame:
@@ -85,34 +110,42 @@ def cluster(tmp_path_factory: pytest.TempPathFactory) -> Iterator[LocalRedisClus
 def test_everything_runs_on_a_cluster(
     settings: Settings, cluster: LocalRedisCluster, small_world: pd.DataFrame, tmp_path: Path
 ) -> None:
-    """ingest (two cooperating processes) -> Feast -> train -> serve -> score -> persist -> monitor,
-    with REDIS_URL naming one node of the cluster: features equal the definitions, no fallback."""
+    """ingest -> Feast -> train -> serve -> score -> persist -> monitor, with REDIS_URL naming
+    one node of the cluster: features equal the backfill's, no fallback."""
+    from flows.declared import stream_source
+
     local = on(settings, cluster.url, tmp_path)
+    declared = load_declared(local.feature_repo)
+    fields = list(declared.events.fields)
     history = four_weeks(small_world)
-    ingest_file(local, history, tmp_path, workers=2)
-    client = connect(local.redis_url)
-    assert count_markers(client, local.feast_project) == MARKERS
-    store = OnlineHistoryStore(client, local.feast_project)
-    assert max(max_differences(online_features(history, store), compute_features(history)).values()) <= 1e-9
+    declared_ingest(local, history)
+    assert worst_from_backfill(local, history) <= 1e-9
     # Feast's own client reads the same features off the cluster (fraud_v1, as any Feast user would).
     feast = apply_repo(local)
     asked = history.tail(40)
-    ours = online_features(asked, store)[["transaction_id", *spec.FEATURE_NAMES]]
-    theirs = feast_features(feast, asked)
-    assert max(max_differences(theirs, ours).values()) <= 1e-9
+    theirs = feast.get_online_features(
+        features=feast.get_feature_service("fraud_v1"), entity_rows=asked[fields].to_dict("records")
+    ).to_df()
+    store = DeclaredOnlineStore(connect(local.redis_url), local.key_prefix, declared)
+    ours = store.features(asked[fields], "fraud_v1")
+    v1 = list(declared.service("fraud_v1").features)
+    assert float(np.abs(theirs[v1].to_numpy() - ours[v1].to_numpy()).max()) <= 1e-9
 
     # A live stream on the cluster: consumer groups, dead letters, acknowledgements.
+    client = connect(local.redis_url)
     live = small_world[small_world["tx_datetime"] >= history["tx_datetime"].max()].head(300)
-    stream = f"{local.key_prefix}:events"
-    write_stream(live, f"{cluster.url.rsplit('/', 1)[0]}/{stream}", with_labels=False)
+    stream = local.events_stream
+    uri = f"{cluster.url.rsplit('/', 1)[0]}/{stream}"
+    write_stream(live, uri, with_labels=False)
     client.xadd(stream, {"transaction_id": "not a number"})
-    source = RedisStreamSource(local.redis_url, stream, idle_timeout=1.0)
-    run_ingest(local, lambda n: source, 1, show_progress=False)
-    assert client.xpending(stream, "vigil-features")["pending"] == 0
-    assert client.xpending(stream, "vigil-features-offline")["pending"] == 0
+    until_read = local.model_copy(update={"stop_at_end": True})
+    sinks = declared_sinks(until_read, declared)
+    run_to_end(build_declared_flow(stream_source(uri, declared, until_read), sinks, until_read, declared))
+    assert sinks.stats.transactions == len(live) and sinks.stats.dead_letters == 1
+    assert client.xpending(stream, "vigil-declared")["pending"] == 0
     assert client.xlen(local.deadletter_stream) == 1
 
-    train_and_register(local, training_set(feast, local), "baseline", show_progress=False)
+    train_on_log(local, "baseline")
     rows = [transaction_body(r) for r in live.itertuples()]
     with running_server(server_env(local)) as base:
         assert wait_for(lambda: httpx.get(f"{base}/readyz").status_code == 200)
@@ -248,8 +281,8 @@ def test_a_node_killed_under_load_falls_back_and_recovers(
 ) -> None:
     local = on(settings, cluster.url, tmp_path)
     history = four_weeks(small_world)
-    ingest_file(local, history, tmp_path)
-    train_and_register(local, training_set(apply_repo(local), local), "baseline", show_progress=False)
+    declared_ingest(local, history)
+    train_on_log(local, "baseline")
     rows = [transaction_body(r) for r in history.tail(60).itertuples()]
     with running_server(server_env(local)) as base:
         assert wait_for(lambda: httpx.get(f"{base}/readyz").status_code == 200)
@@ -274,8 +307,8 @@ def test_a_redis_restarted_empty_is_not_ready_and_answers_say_so(
     with LocalRedis(tmp_path / "single") as server:
         local = on(settings, server.url, tmp_path)
         history = four_weeks(small_world)
-        ingest_file(local, history, tmp_path)
-        train_and_register(local, training_set(apply_repo(local), local), "baseline", show_progress=False)
+        declared_ingest(local, history)
+        train_on_log(local, "baseline")
         row = transaction_body(history.iloc[-1])
         with running_server(server_env(local)) as base:
             assert wait_for(lambda: httpx.get(f"{base}/readyz").status_code == 200)
@@ -289,7 +322,7 @@ def test_a_redis_restarted_empty_is_not_ready_and_answers_say_so(
             lost = httpx.post(f"{base}/v1/score", json=row).json()
             assert lost["fallback"] is True and lost["fallback_reason"] == "store_lost_data"
             # A replay rebuilds the store: ready again, answers from the champion.
-            ingest_file(local, history, tmp_path)
+            declared_ingest(local, history)
             assert wait_for(lambda: httpx.get(f"{base}/readyz").status_code == 200)
             assert httpx.post(f"{base}/v1/score", json=row).json()["fallback"] is False
 
@@ -302,8 +335,8 @@ def test_no_answer_from_an_emptied_store_claims_to_be_the_models(
     with LocalRedis(tmp_path / "single") as server:
         local = on(settings, server.url, tmp_path)
         history = four_weeks(small_world)
-        ingest_file(local, history, tmp_path)
-        train_and_register(local, training_set(apply_repo(local), local), "baseline", show_progress=False)
+        declared_ingest(local, history)
+        train_on_log(local, "baseline")
         rows = [transaction_body(r) for r in history.tail(400).itertuples()]
         with running_server(server_env(local)) as base:
             assert wait_for(lambda: httpx.get(f"{base}/readyz").status_code == 200)
@@ -354,8 +387,8 @@ def test_tls_and_a_password_on_every_path(settings: Settings, small_world: pd.Da
         local = on(settings, server.url, tmp_path)
         assert server.url.startswith("rediss://") and password in server.url
         history = four_weeks(small_world)
-        ingest_file(local, history, tmp_path)
-        train_and_register(local, training_set(apply_repo(local), local), "baseline", show_progress=False)
+        declared_ingest(local, history)
+        train_on_log(local, "baseline")
         rows = [transaction_body(r) for r in history.tail(20).itertuples()]
         with running_server(server_env(local)) as base:
             assert wait_for(lambda: httpx.get(f"{base}/readyz").status_code == 200)
@@ -379,7 +412,7 @@ def ride_out(
     up, the flow goes on from where it was, every event reaches the online store exactly."""
     import signal
 
-    stream = f"{local.key_prefix}:events"
+    stream = local.events_stream
     source = f"{local.redis_url.rsplit('/', 1)[0]}/{stream}"
     env = server_env(local)
     flow = subprocess.Popen(
@@ -401,7 +434,7 @@ def ride_out(
                 newest = client.xrevrange(stream, count=1)[0][0]
             except (redis.RedisError, IndexError):
                 return False
-            info = groups.get("vigil-features")
+            info = groups.get("vigil-declared")
             return info is not None and info["last-delivered-id"] == newest and info["pending"] == 0
 
         assert wait_for(caught_up, timeout=90)
@@ -425,9 +458,7 @@ def ride_out(
         _, persister_err = persister.communicate(timeout=60)
     assert flow.returncode == 130, flow_err.decode()[-2000:]  # stopped by Ctrl-C, with its summary
     assert persister.returncode == 0, persister_err.decode()[-2000:]
-    store = OnlineHistoryStore(connect(local.redis_url), local.feast_project)
-    ours = online_features(frame, store)
-    assert max(max_differences(ours, compute_features(frame.assign(tx_fraud=None))).values()) <= 1e-9
+    assert worst_from_backfill(local, frame.assign(tx_fraud=np.nan)) <= 1e-9  # the stream carried no labels
 
 
 def test_the_flow_and_the_persister_ride_out_a_redis_restart(
@@ -446,7 +477,7 @@ def test_the_flow_and_the_persister_ride_out_a_cluster_master_kill(
     """A master of the cluster (not the stream's) killed while events arrive, back 2 s later
     with its data (append-only file): the histories on it are written once it is back."""
     local = on(settings, cluster.url, tmp_path)
-    slot = key_slot(f"{local.key_prefix}:events".encode())
+    slot = key_slot(local.events_stream.encode())
     stream_node = min(slot // (16384 // cluster.masters), cluster.masters - 1)
     # Neither the stream's node nor the one REDIS_URL names (the test's own new clients start there).
     victim = next(i for i in range(1, cluster.masters) if i != stream_node)

@@ -204,7 +204,7 @@ def ingest(args: argparse.Namespace) -> int:
     )
     for reason, count in sorted(stats.dead_reasons.items(), key=lambda item: -item[1])[:10]:
         print(f"  {count:>8,}  {reason}")
-    return 0
+    return 130 if stopping.requested() else 0  # stopped by Ctrl-C or SIGTERM, as any command
 
 
 def compare(values: pd.DataFrame, reference: pd.DataFrame, event_id: str) -> int:
