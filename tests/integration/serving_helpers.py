@@ -15,7 +15,7 @@ from torch import nn
 
 from flows.declared import DeclaredReplaySource, build_flow, default_sinks, run_to_end
 from vigil.declared import load_declared
-from vigil.declared.training import default_split, logged_events, training_set, version_params
+from vigil.declared.training import TrainingSet, default_split, logged_events, training_set, version_params
 from vigil.lifecycle.training import train_and_register
 from vigil.service_process import serve_process, service_env
 from vigil.settings import PROJECT_ROOT, Settings
@@ -79,13 +79,25 @@ def ingest_and_train(
     """What `vigil ingest` then `vigil train` leave on `settings`' repo: the events through the
     repo's flow (each label a week after its event) and a registered version of the model,
     trained on what the flow recorded (the first version is the champion). Its number."""
+    ingest(settings, events)
+    return train_on_log(settings, kind, service, review_budget, **params)
+
+
+def ingest(settings: Settings, events: pd.DataFrame) -> None:
+    """What `vigil ingest --transactions` leaves: the events through the repo's flow, each
+    label a week after its event."""
     declared = load_declared(settings.feature_repo)
     path = settings.data_dir / "ingested.parquet"
     path.parent.mkdir(parents=True, exist_ok=True)
     events.to_parquet(path)
     sinks = default_sinks(settings, declared)
     run_to_end(build_flow(DeclaredReplaySource(path, declared, label_delay_days=7.0), sinks, settings, declared))
-    return train_on_log(settings, kind, service, review_budget, **params)
+
+
+def logged_training_set(settings: Settings, service: str | None = None, every_feature: bool = False) -> TrainingSet:
+    """The training set `vigil train` builds from what the repo's flow recorded."""
+    declared = load_declared(settings.feature_repo)
+    return training_set(declared, logged_events(declared, settings.event_log), service, every_feature)
 
 
 def train_on_log(
@@ -97,8 +109,7 @@ def train_on_log(
 ) -> str:
     """`vigil train` on what the repo's flow recorded: a new registered version, its number
     (`review_budget`: reviews a day, for a world smaller than the handbook's)."""
-    declared = load_declared(settings.feature_repo)
-    data = training_set(declared, logged_events(declared, settings.event_log), service)
+    data = logged_training_set(settings, service)
     chosen = version_params(data.service, kind)
     chosen.update(params)
     budget = {} if review_budget is None else {"review_budget": review_budget}

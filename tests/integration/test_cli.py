@@ -212,3 +212,7 @@ def test_evaluate_on_fresh_simulated_worlds(settings: Settings) -> None:
     mistake = vigil("evaluate", "--worlds", "2", "--world-days", "30", env=service_env(settings))
     assert mistake.returncode == 2 and "--world-days at least 60" in mistake.stderr
     assert "Traceback" not in mistake.stderr
+    no_data = vigil("evaluate", "--windows", "2019-01-01", "--bootstrap", "0", env=service_env(settings))
+    assert no_data.returncode == 2 and "no ingested transactions under" in no_data.stderr
+    assert "run `vigil ingest --transactions PATH` first" in no_data.stderr
+    assert "Traceback" not in no_data.stderr

@@ -1,4 +1,5 @@
-"""Training sets from Feast, MLflow registration, the promotion gate, loading by alias."""
+"""Training sets from what the flow recorded, MLflow registration, the promotion gate,
+loading by alias (the declared handbook)."""
 
 from __future__ import annotations
 
@@ -6,59 +7,58 @@ import json
 import subprocess
 import sys
 import uuid
-from pathlib import Path
 
 import numpy as np
 import pandas as pd
 import pytest
-from bytewax.testing import run_main
 
-from flows.features import build_flow, default_sinks
-from flows.sources import FileReplaySource
-from vigil.features import spec
-from vigil.features.online import online_features
+from tests.integration.serving_helpers import HANDBOOK_REPO, ingest, logged_training_set
+from vigil.declared import load_declared
+from vigil.declared.online import DeclaredOnlineStore
+from vigil.declared.training import TrainingSet, default_split, version_params
 from vigil.lifecycle.evaluation import book_week_test_set
 from vigil.lifecycle.promotion import Decision, evaluation_window, promote, rollback
 from vigil.lifecycle.tracking import CHALLENGER, CHAMPION, REGISTERED_MODEL, configure
-from vigil.lifecycle.training import train_and_register
+from vigil.lifecycle.training import TrainReport, train_and_register
 from vigil.models.loading import load_native
-from vigil.offline import training_set
 from vigil.online.connection import connect
-from vigil.online.feast_store import apply_repo
-from vigil.online.store import OnlineHistoryStore
 from vigil.settings import Settings
 
 pytestmark = pytest.mark.integration
 
 
 @pytest.fixture
-def ingested(settings: Settings, small_world: pd.DataFrame, tmp_path: Path) -> Settings:
-    path = tmp_path / "world.parquet"
-    small_world.to_parquet(path)
-    run_main(build_flow(FileReplaySource(path), default_sinks(settings), settings))
+def ingested(settings: Settings, small_world: pd.DataFrame) -> Settings:
+    settings = settings.model_copy(update={"feature_repo": HANDBOOK_REPO})
+    ingest(settings, small_world)
     return settings
 
 
+def register(settings: Settings, data: TrainingSet, kind: str, **params: object) -> TrainReport:
+    """`vigil train --model KIND` on `data`."""
+    chosen = {**version_params(data.service, kind), **params}
+    return train_and_register(settings, data.frame, kind, params=chosen, split=default_split(data), show_progress=False)
+
+
 def test_training_set_is_point_in_time_and_equals_serving(ingested: Settings, small_world: pd.DataFrame) -> None:
-    store = apply_repo(ingested)
-    data = training_set(store, ingested, "2018-04-10", "2018-04-20")
-    days = data["tx_datetime"].dt.normalize()
-    assert days.min() == pd.Timestamp("2018-04-10") and days.max() == pd.Timestamp("2018-04-20")
-    assert "tx_fraud_scenario" not in data.columns
-    expected_labels = small_world.set_index("transaction_id").loc[data["transaction_id"], "tx_fraud"].to_numpy()
-    assert np.array_equal(data["tx_fraud"].to_numpy(), expected_labels)
-    # The matrix a model trains on equals what serving computes for the same transactions
-    # (checked on the newest transactions, which the online state still covers entirely).
+    data = logged_training_set(ingested)
+    frame = data.frame
+    assert data.service.name == "fraud_v1" and "tx_fraud_scenario" not in frame.columns
+    assert frame["transaction_id"].is_unique and len(frame) == small_world["tx_fraud"].notna().sum()
+    expected_labels = small_world.set_index("transaction_id").loc[frame["transaction_id"], "tx_fraud"].to_numpy()
+    assert np.array_equal(frame["tx_fraud"].to_numpy(), expected_labels)
+    # The matrix a model trains on equals what serving computes for the same payments
+    # (checked on the newest ones, which the online store still covers entirely).
+    declared = load_declared(HANDBOOK_REPO)
     newest = small_world[small_world["tx_datetime"] >= small_world["tx_datetime"].max() - pd.Timedelta(hours=6)]
-    train_rows = training_set(store, ingested).set_index("transaction_id").loc[newest["transaction_id"]]
-    served = online_features(newest, OnlineHistoryStore(connect(ingested.redis_url), ingested.feast_project)).set_index(
-        "transaction_id"
-    )
-    for name in spec.ALL_FEATURES:
+    train_rows = frame.set_index("transaction_id").loc[newest["transaction_id"]]
+    store = DeclaredOnlineStore(connect(ingested.redis_url), ingested.key_prefix, declared)
+    served = store.features(newest[list(declared.events.fields)], "fraud_v1").set_index("transaction_id")
+    for name in data.service.features:
         np.testing.assert_allclose(
             train_rows[name].to_numpy(np.float64), served[name].to_numpy(np.float64), atol=1e-9, err_msg=name
         )
-    np.testing.assert_allclose(train_rows["tx_amount"], newest["tx_amount"])
+    assert train_rows["tx_amount"].tolist() == newest["tx_amount"].tolist()
 
 
 def tags(version: str) -> dict[str, str]:
@@ -70,27 +70,28 @@ def tags(version: str) -> dict[str, str]:
 def test_register_promote_and_roll_back(ingested: Settings) -> None:
     from mlflow.tracking import MlflowClient
 
-    data = training_set(apply_repo(ingested), ingested)
-    first = train_and_register(ingested, data, "baseline", show_progress=False)
+    data = logged_training_set(ingested)
+    first = register(ingested, data, "baseline")
     assert first.version == "1" and set(first.aliases) == {CHALLENGER, CHAMPION}
     assert first.metrics is not None and 0.5 < first.metrics.auc <= 1
     # Measured on the book's test customers whatever the training days (the gate's too).
-    assert first.metrics.transactions == len(evaluation_window(data)) == len(book_week_test_set(data, first.split))
+    assert first.metrics.transactions == len(evaluation_window(data.frame))
+    assert first.metrics.transactions == len(book_week_test_set(data.frame, first.split))
     client = MlflowClient()
     run = client.get_run(first.run_id)
-    assert run.data.tags["feature_service"] == "fraud_v1" and run.data.tags["feature_service.version"] == "1"
+    assert run.data.tags["feature_service"] == "fraud_v1"
     assert {"test.auc", "test.ap", "test.cp_at_100"} <= set(run.data.metrics)
     artifacts = {a.path for a in client.list_artifacts(first.run_id, "plots")}
     assert {"plots/roc_pr.png", "plots/importance.png"} <= artifacts
 
-    second = train_and_register(ingested, data, "xgboost", params={"n_estimators": 80}, show_progress=False)
+    second = register(ingested, data, "xgboost", n_estimators=80)
     assert second.version == "2" and second.aliases == [CHALLENGER]
     # MLflow's generic pyfunc (what `mlflow models serve` runs) takes the raw inputs and
     # gives Vigil's scores, derived ratios included; the native flavour stays a Booster.
     import mlflow.pyfunc
     import mlflow.xgboost
 
-    sample = data.head(50)
+    sample = data.frame.head(50)
     native = load_native(f"models:/{REGISTERED_MODEL}/2")
     pyfunc = mlflow.pyfunc.load_model(f"models:/{REGISTERED_MODEL}/2")
     inputs = sample[list(native.inputs)]
@@ -102,7 +103,8 @@ def test_register_promote_and_roll_back(ingested: Settings) -> None:
     example = Model.load(local).load_input_example(local)
     assert pyfunc.predict(example).shape == (len(example),)
     assert type(mlflow.xgboost.load_model(f"models:/{REGISTERED_MODEL}/2")).__name__ == "Booster"
-    decision = promote(ingested, data)
+    every = logged_training_set(ingested, every_feature=True).frame  # each version reads its own inputs
+    decision = promote(ingested, every)
     assert isinstance(decision, Decision) and decision.challenger == "2"
     recorded = tags("2")
     assert recorded["gate.decision"] == ("promoted" if decision.promoted else "rejected")
@@ -126,7 +128,7 @@ def test_register_promote_and_roll_back(ingested: Settings) -> None:
     assert difference["ap"] == pytest.approx(figures["challenger v2"]["ap"] - figures["champion v1"]["ap"])
     assert difference["ap_low"] <= difference["ap"] <= difference["ap_high"]
     if not decision.promoted:
-        decision = promote(ingested, data, force=True)
+        decision = promote(ingested, every, force=True)
         assert decision.promoted and decision.reason.startswith("forced")
     assert str(client.get_model_version_by_alias(REGISTERED_MODEL, CHAMPION).version) == "2"
     back = rollback(ingested)
@@ -168,8 +170,7 @@ def test_postgresql_tracking_store(ingested: Settings) -> None:
             }
         )
         configure(remote)
-        data = training_set(apply_repo(remote), remote)
-        report = train_and_register(remote, data, "baseline", show_progress=False)
+        report = register(remote, logged_training_set(remote), "baseline")
         assert report.version == "1" and CHAMPION in report.aliases
     finally:
         import mlflow
@@ -202,7 +203,7 @@ def test_serve_waits_for_a_champion_and_the_cli_says_when_it_refuses(ingested: S
         assert nothing.returncode == 1 and "no challenger version" in nothing.stderr + nothing.stdout
         no_rollback = vigil("promote", "--rollback", env=env)
         assert no_rollback.returncode == 1 and "no earlier champion" in no_rollback.stderr + no_rollback.stdout
-        train_and_register(ingested, training_set(apply_repo(ingested), ingested), "baseline", show_progress=False)
+        register(ingested, logged_training_set(ingested), "baseline")
         deadline = time.monotonic() + 30
         while httpx.post(f"{base}/v1/score", json=body).status_code != 200 and time.monotonic() < deadline:
             time.sleep(0.2)
@@ -212,7 +213,7 @@ def test_serve_waits_for_a_champion_and_the_cli_says_when_it_refuses(ingested: S
     same = vigil("promote", "--to", "champion", "--force", env=env)  # already so: nothing changed, no failure
     assert same.returncode == 0 and "UNCHANGED" in same.stdout and "nothing to promote" in same.stdout
     future = vigil("train", "--train-start", "2030-01-01", env=env)
-    assert future.returncode == 2 and "no ingested transactions between 2030-01-01" in future.stderr, future.stderr
+    assert future.returncode == 2 and "no ingested events between 2030-01-01" in future.stderr, future.stderr
     assert "the event log holds 2018-" in future.stderr
     no_scheme = vigil("score", "--transactions", "x.parquet", "--url", "localhost:8501", env=env)
     assert (
@@ -220,6 +221,6 @@ def test_serve_waits_for_a_champion_and_the_cli_says_when_it_refuses(ingested: S
         and "needs a scheme" in no_scheme.stderr
         and "http://localhost:8501" in no_scheme.stderr
     )
-    no_data = vigil("evaluate", "--windows", "2019-01-01", "--bootstrap", "0", env=env)
-    assert no_data.returncode == 2 and "no data for a test window starting 2019-01-01" in no_data.stderr
-    assert "Traceback" not in no_data.stderr
+    handbook_only = vigil("evaluate", "--windows", "2019-01-01", "--bootstrap", "0", env=env)
+    assert handbook_only.returncode == 2 and "`vigil evaluate` runs the built-in handbook" in handbook_only.stderr
+    assert "Traceback" not in handbook_only.stderr

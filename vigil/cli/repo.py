@@ -256,7 +256,7 @@ def labelled_events(declared: DeclaredFeatures, path: str | None) -> pd.DataFram
 def train_declared(args: argparse.Namespace) -> int:
     """`vigil train` on a declared repo: its service's features of a labelled file of events."""
     from vigil.cli.models import report_training
-    from vigil.declared.training import default_split, training_set, version_params
+    from vigil.declared.training import TIME, default_split, training_set, version_params
     from vigil.lifecycle.training import train_and_register
 
     if args.engine != "local":
@@ -268,6 +268,13 @@ def train_declared(args: argparse.Namespace) -> int:
         raise UserError(f"--feature-service: {error.args[0]}") from None
     except ValueError as error:
         raise UserError(f"{args.events or 'the offline event log'}: {error}") from None
+    times = data.frame[TIME]
+    first, last = (f"{t:%Y-%m-%d}" for t in (times.min(), times.max()))
+    if (args.train_start and args.train_start > last) or (args.train_end and args.train_end < first):
+        raise UserError(
+            f"no ingested events between {args.train_start or first} and {args.train_end or last}: "
+            f"the event log holds {first} to {last}"
+        )
     split = default_split(data, train_end=args.train_end)
     if args.train_start:
         split = split.with_train_start(args.train_start)
