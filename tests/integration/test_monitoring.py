@@ -9,20 +9,17 @@ import numpy as np
 import pandas as pd
 import pytest
 import redis
-from bytewax.testing import run_main
 
-from flows.features import build_flow, default_sinks
-from flows.sources import FileReplaySource
-from tests.integration.serving_helpers import server_env, vigil
-from vigil.features import spec
-from vigil.features.backfill import compute_features
+from tests.integration.serving_helpers import HANDBOOK_REPO, ingest_and_train, server_env, vigil
+from vigil.declared import load_declared
+from vigil.declared.backfill import compute_declared
 from vigil.lifecycle.tracking import REGISTERED_MODEL, configure
-from vigil.lifecycle.training import train_and_register
 from vigil.models.loading import load_native
 from vigil.monitoring.predictions import read_predictions, roll_predictions
-from vigil.offline import training_set
-from vigil.online.feast_store import apply_repo
 from vigil.settings import Settings
+
+# The default service's inputs, in order: what the service logs with each answer.
+INPUTS = list(load_declared(HANDBOOK_REPO).service("fraud_v1").features)
 
 pytestmark = pytest.mark.integration
 
@@ -46,18 +43,18 @@ def log_answers(
                     "fallback": 0,
                     "reason": "",
                     "latency_ms": 1.5,
-                    "features": json.dumps([float(getattr(row, n)) for n in spec.SERVED_INPUTS]),
+                    "features": json.dumps([float(getattr(row, n)) for n in INPUTS]),
                 },
             )
         pipe.execute()
 
 
 def model_inputs(world: pd.DataFrame) -> pd.DataFrame:
-    features = compute_features(world)
+    features = compute_declared(load_declared(HANDBOOK_REPO), world, service="fraud_v1")
     return pd.concat(
         [
-            world[["transaction_id", "tx_datetime", "customer_id", "terminal_id", "tx_amount"]].reset_index(drop=True),
-            features[list(spec.ALL_FEATURES)].reset_index(drop=True),
+            world[["transaction_id", "tx_datetime", "customer_id", "terminal_id"]].reset_index(drop=True),
+            features[INPUTS].reset_index(drop=True),
         ],
         axis=1,
     )
@@ -74,7 +71,7 @@ def test_rolling_copies_every_entry_once(
     assert roll_predictions(settings, redis_client) == 0
     logged = read_predictions(settings)
     assert logged["transaction_id"].tolist() == rows["transaction_id"].tolist()
-    assert np.allclose(logged[list(spec.SERVED_INPUTS)].to_numpy(), rows[list(spec.SERVED_INPUTS)].to_numpy())
+    assert np.allclose(logged[INPUTS].to_numpy(), rows[INPUTS].to_numpy())
     assert (logged["tx_datetime"] == rows["tx_datetime"].dt.floor("s")).all()
 
 
@@ -88,21 +85,18 @@ def test_monitor_reports_drift_and_a_dry_run_changes_nothing(
     settings: Settings, redis_client: redis.Redis, small_world: pd.DataFrame, tmp_path: Path
 ) -> None:
     day = (small_world["tx_datetime"] - small_world["tx_datetime"].min().normalize()).dt.days
-    history = small_world[day < 35]
-    path = tmp_path / "history.parquet"
-    history.to_parquet(path)
-    run_main(build_flow(FileReplaySource(path), default_sinks(settings), settings))
-    train_and_register(settings, training_set(apply_repo(settings), settings), "baseline", show_progress=False)
+    settings = settings.model_copy(update={"feature_repo": HANDBOOK_REPO})
+    ingest_and_train(settings, small_world[day < 35], "baseline")
     traffic = model_inputs(small_world)[(day >= 35).to_numpy()]
     traffic_day = (traffic["tx_datetime"] - traffic["tx_datetime"].min().normalize()).dt.days
     shifted = traffic.copy()
     late = traffic_day >= 4  # amounts triple from the fifth day on
     shifted.loc[late, "tx_amount"] *= 3
-    for name in spec.CUSTOMER_FEATURES:
-        if "avg_amount" in name:
+    for name in INPUTS:
+        if name.startswith("customer_id_avg_amount"):
             shifted.loc[late, name] *= 3
     model = load_native(f"models:/{REGISTERED_MODEL}/1")
-    log_answers(redis_client, settings, shifted, "1", model.predict_proba(shifted))
+    log_answers(redis_client, settings, shifted, "1", model.predict_proba(shifted[INPUTS]))
     # One request dated years ahead (a client's clock): left out, the windows stay as they are.
     log_answers(redis_client, settings, shifted.tail(1).assign(tx_datetime=pd.Timestamp("2026-12-04")), "1")
 
