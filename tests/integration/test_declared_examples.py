@@ -55,3 +55,30 @@ def test_the_readme_declared_features_block_runs_as_written(settings: Settings) 
     files = ["declared-world.parquet", "declared-features.parquet"]
     out = run_block(settings, PROJECT_ROOT / "README.md", "declared", files)
     assert "service fraud_v1 (default): 15 features" in out and "service fraud_v3: 23 features" in out
+
+
+def test_apply_and_features_run_on_a_declared_repo(settings: Settings, tmp_path: Path) -> None:
+    """`vigil apply` registers the repo with Feast; `vigil features` gives the default service's
+    features of a file, by a backfill of it or from the online store."""
+    import pandas as pd
+
+    from tests.integration.serving_helpers import HANDBOOK_REPO, ingest, server_env, vigil
+    from vigil.simulate import SimulationConfig, simulate
+
+    settings = settings.model_copy(update={"feature_repo": HANDBOOK_REPO})
+    env = server_env(settings)
+    applied = vigil("apply", env=env)
+    assert applied.returncode == 0, applied.stderr
+    assert "services: " in applied.stdout and "fraud_v1" in applied.stdout
+    world = simulate(SimulationConfig(customers=100, terminals=200, days=10, seed=4))
+    world.to_parquet(tmp_path / "world.parquet")
+    backfill = vigil("features", "--transactions", str(tmp_path / "world.parquet"), "--backfill",
+                     "--out", str(tmp_path / "backfill.parquet"), env=env)  # fmt: skip
+    assert backfill.returncode == 0, backfill.stderr
+    assert f"Wrote 15 features of {len(world):,} events" in backfill.stdout
+    ingest(settings, world)
+    online = vigil("features", "--transactions", str(tmp_path / "world.parquet"),
+                   "--reference", str(tmp_path / "backfill.parquet"), env=env)  # fmt: skip
+    assert online.returncode == 0, online.stdout + online.stderr
+    assert f"MATCH: {len(world):,} events compared" in online.stdout
+    assert list(pd.read_parquet(tmp_path / "backfill.parquet").columns)[1] == "tx_amount"

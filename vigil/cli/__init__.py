@@ -44,8 +44,8 @@ def build_parser() -> argparse.ArgumentParser:
     return parser
 
 
-# The commands that run the built-in handbook definitions (feature_repo/'s fraud_v1 to v3).
-HANDBOOK_COMMANDS = frozenset({"features", "backfill", "apply", "evaluate"})
+# The commands that run the built-in handbook definitions only (feature_repo/'s fraud_v1 to v3).
+HANDBOOK_COMMANDS = frozenset({"backfill", "evaluate"})
 
 
 def refuse_declared_repo(command: str) -> None:
@@ -62,8 +62,8 @@ def refuse_declared_repo(command: str) -> None:
         raise UserError(
             f"VIGIL_FEATURE_REPO={repo} declares its features (vigil.role tags): `vigil {command}` runs the "
             "built-in handbook definitions of feature_repo/; for a declared repo use `vigil repo check`, "
-            "`vigil ingest`, `vigil repo compute`, `vigil train`, `vigil promote`, `vigil serve`, "
-            "`vigil score` and `vigil monitor`"
+            "`vigil apply`, `vigil ingest`, `vigil features` or `vigil repo compute`, `vigil train`, "
+            "`vigil promote`, `vigil serve`, `vigil score` and `vigil monitor`"
         )
 
 

@@ -358,9 +358,20 @@ def simulate(args: argparse.Namespace) -> int:
 def features(args: argparse.Namespace) -> int:
     import pandas as pd
 
+    from vigil.declared.loading import declared_repo
     from vigil.features.backfill import compute_features
 
     config = settings()
+    if declared_repo(config.feature_repo):
+        from vigil.cli import repo
+
+        # A declared repo's features of its default service: `vigil repo compute` on the file.
+        return repo.compute(
+            argparse.Namespace(
+                repo=None, events=args.transactions, labels=None, service=None, out=args.out,
+                reference=args.reference, online=not args.backfill, engine="local", spark_master=None,
+            )
+        )  # fmt: skip
     path = Path(args.transactions)
     try:
         frame = pd.read_parquet(path) if path.suffix == ".parquet" else pd.read_csv(path, parse_dates=["tx_datetime"])
