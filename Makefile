@@ -30,7 +30,7 @@ demo: redis ## Run the main job end to end on a simulated world and print a summ
 TEST_WORKERS ?= 2
 
 test: redis ## Run the whole test suite (unit, integration, notebooks; TEST_WORKERS=2 test files at a time)
-	VIGIL_NOTEBOOK_SMALL=1 $(BIN)/pytest -n $(TEST_WORKERS) --dist loadfile --no-loadscope-reorder --durations=15 --nbmake --nbmake-timeout=600 notebooks tests
+	VIGIL_NOTEBOOK_SMALL=1 $(BIN)/pytest -n $(TEST_WORKERS) --dist loadfile --no-loadscope-reorder --durations=40 --nbmake --nbmake-timeout=600 notebooks tests
 
 test-fast: redis ## Unit tests only
 	$(BIN)/pytest -m "not integration"
