@@ -19,6 +19,7 @@ from typing import Any
 import numpy as np
 import pandas as pd
 
+from benchmarks.features import HANDWRITTEN_REPO
 from flows.sources import FileReplaySource
 from vigil.ingest import run_ingest
 from vigil.online.connection import connect
@@ -83,7 +84,7 @@ def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--transactions", metavar="FILE", help="a transactions file (default: simulated)")
     args = parser.parse_args()
-    base = Settings()
+    base = Settings(feature_repo=HANDWRITTEN_REPO)
     name = f"cap{uuid.uuid4().hex[:8]}"
     with tempfile.TemporaryDirectory() as tmp:
         settings = base.model_copy(update={"feast_project": name, "key_prefix": name, "data_dir": Path(tmp)})

@@ -1,4 +1,4 @@
-"""`make bench` for declared features: the compiled definition of examples/handbook
+"""`make bench` for declared features: the compiled definition of feature_repo
 (fraud_v1 with Feast's objects alone) beside the hand-written handbook code, same run.
 
 - backfill: every event's features as of its own time (declared: fraud_v1's 14, and
@@ -36,7 +36,7 @@ from vigil.online.store import OnlineHistoryStore
 from vigil.settings import PROJECT_ROOT
 from vigil.simulate import SimulationConfig, simulate
 
-REPO = PROJECT_ROOT / "examples" / "handbook"
+REPO = PROJECT_ROOT / "feature_repo"
 
 
 def timed(work: object) -> float:

@@ -2,7 +2,7 @@
 service, same run, same world, same load generator:
 
 - the hand-written service (`feature_repo/`, fraud_v1's 14 inputs, an XGBoost champion);
-- the declared service (`examples/handbook`, fraud_v1 with Feast's objects alone, an XGBoost
+- the declared service (`feature_repo`, fraud_v1 with Feast's objects alone, an XGBoost
   champion with the same parameters), its facts written by the repo's own flow;
 
 each under `vigil serve` with 2 workers: one event per request, open loop at 500 and 1,000
@@ -33,7 +33,7 @@ from vigil.lifecycle.training import train_and_register
 from vigil.service_process import events_body, serve_process
 from vigil.settings import PROJECT_ROOT, Settings
 
-REPO = PROJECT_ROOT / "examples" / "handbook"
+REPO = PROJECT_ROOT / "feature_repo"
 TARGET = 1.10
 
 

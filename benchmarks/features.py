@@ -35,11 +35,19 @@ from vigil.simulate import SimulationConfig, simulate
 
 HANDBOOK = PROJECT_ROOT.parent / "shared" / "data" / "handbook"
 RESULTS = PROJECT_ROOT / "bench-results"
+# The hand-written handbook (its features coded in vigil/features/): the baseline each
+# benchmark measures beside the declared default repo, feature_repo/.
+HANDWRITTEN_REPO = PROJECT_ROOT / "benchmarks" / "handwritten_repo"
 
 
 def bench_settings(tag: str) -> Settings:
     name = f"bench{tag}{uuid.uuid4().hex[:6]}"
-    return Settings(feast_project=name, key_prefix=name, data_dir=PROJECT_ROOT / "data" / "bench" / name)
+    return Settings(
+        feature_repo=HANDWRITTEN_REPO,
+        feast_project=name,
+        key_prefix=name,
+        data_dir=PROJECT_ROOT / "data" / "bench" / name,
+    )
 
 
 def cleanup(settings: Settings) -> None:

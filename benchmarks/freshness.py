@@ -10,7 +10,7 @@ stored history until the probe's id is in it. With `--api`, a `vigil serve` runs
 the prober asks it instead: `/v1/score?explain=true` for a later transaction of the same
 customer, until its 1-day count includes the probe (what a fraud check sees). With
 `--declared`, each run measures the hand-written flow and then the declared handbook's flow
-(`vigil repo ingest --repo examples/handbook --source ...`, probed on its customer's facts),
+(`vigil repo ingest --repo feature_repo --source ...`, probed on its customer's facts),
 the same events at the same rate: bench-results/freshness_declared.json.
 
 Prints p50 / p99 / max per run against the targets, draws the latency histogram
@@ -119,7 +119,7 @@ def probe_store(url: str, project: str, probes: Any, results: Any) -> None:
 
 
 def probe_facts(url: str, prefix: str, probes: Any, results: Any) -> None:
-    """Polls a declared repo's online store (examples/handbook) until each probe is among its
+    """Polls a declared repo's online store (feature_repo) until each probe is among its
     customer's facts."""
     from vigil.declared import load_declared
     from vigil.declared.online import DeclaredOnlineStore
@@ -127,7 +127,7 @@ def probe_facts(url: str, prefix: str, probes: Any, results: Any) -> None:
     from vigil.settings import PROJECT_ROOT
 
     client = connect(url)
-    store = DeclaredOnlineStore(client, prefix, load_declared(PROJECT_ROOT / "examples" / "handbook"))
+    store = DeclaredOnlineStore(client, prefix, load_declared(PROJECT_ROOT / "feature_repo"))
     dtype = store.dtypes[("events", "customer_id")]
     poll(
         client, probes, results,
@@ -175,16 +175,22 @@ def probe_api(base: str, probes: Any, results: Any) -> None:
 def one_run(rate: float, seconds: float, api: bool, declared: bool = False) -> dict[str, Any]:
     import pandas as pd
 
+    from benchmarks.features import HANDWRITTEN_REPO
     from vigil.online.store import delete_namespace
     from vigil.settings import PROJECT_ROOT, Settings
     from vigil.simulate import SimulationConfig, simulate
     from vigil.stream_out import event_fields
 
     name = f"fresh{uuid.uuid4().hex[:6]}"
-    settings = Settings(feast_project=name, key_prefix=name, data_dir=PROJECT_ROOT / "data" / "bench" / name)
+    settings = Settings(
+        feature_repo=HANDWRITTEN_REPO,
+        feast_project=name,
+        key_prefix=name,
+        data_dir=PROJECT_ROOT / "data" / "bench" / name,
+    )
     stream = f"{name}:events"
-    env = {**os.environ, "VIGIL_FEAST_PROJECT": name, "VIGIL_KEY_PREFIX": name,
-           "VIGIL_DATA_DIR": str(settings.data_dir), "REDIS_URL": settings.redis_url}  # fmt: skip
+    env = {**os.environ, "VIGIL_FEAST_PROJECT": name, "VIGIL_KEY_PREFIX": name, "REDIS_URL": settings.redis_url,
+           "VIGIL_FEATURE_REPO": str(HANDWRITTEN_REPO), "VIGIL_DATA_DIR": str(settings.data_dir)}  # fmt: skip
     source = f"{settings.redis_url.rsplit('/', 1)[0]}/{stream}"
     command = [sys.executable, "-m", "vigil.cli", "ingest", "--source", source, "--no-progress"]
     if declared:  # the declared handbook's own flow on the same stream
@@ -195,7 +201,7 @@ def one_run(rate: float, seconds: float, api: bool, declared: bool = False) -> d
             "repo",
             "ingest",
             "--repo",
-            "examples/handbook",
+            "feature_repo",
             "--source",
             source,
         ]
@@ -332,7 +338,7 @@ NAMES = ("hand_written", "declared")
 def side_by_side(runs: int, rate: float, seconds: float, machine: dict[str, Any]) -> None:
     """Each run the hand-written flow and then the declared handbook's, same events and rate."""
     pairs = [(one_run(rate, seconds, False), one_run(rate, seconds, False, declared=True)) for _ in range(runs)]
-    print(f"freshness at {rate:,.0f} events/s, stream to online store: hand-written, then declared (examples/handbook)")
+    print(f"freshness at {rate:,.0f} events/s, stream to online store: hand-written, then declared (feature_repo)")
     print(f"  {describe(machine)}")
     for i, pair in enumerate(pairs):
         for name, run in zip(("hand-written", "declared"), pair, strict=True):

@@ -23,6 +23,7 @@ from typing import Any
 
 import pandas as pd
 
+from benchmarks.features import HANDWRITTEN_REPO
 from flows.sources import FileReplaySource
 from vigil.ingest import run_ingest
 from vigil.offline.backfill import backfill_days
@@ -38,6 +39,7 @@ def store(name: str, frame: pd.DataFrame) -> Settings:
     shutil.rmtree(folder, ignore_errors=True)
     folder.mkdir(parents=True)
     settings = Settings(
+        feature_repo=HANDWRITTEN_REPO,
         feast_project=name,
         key_prefix=name,
         data_dir=folder,

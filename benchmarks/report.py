@@ -65,7 +65,7 @@ def lines() -> list[str]:
 
 
 def declared_serving_lines(results: dict[str, Any]) -> list[str]:
-    """examples/handbook's scoring service beside the hand-written one, same run."""
+    """feature_repo's scoring service beside the hand-written one, same run."""
     out = []
     for rate in ("500", "1000"):
         mine, theirs = results["declared"][rate], results["hand_written"][rate]
@@ -83,7 +83,7 @@ def declared_serving_lines(results: dict[str, Any]) -> list[str]:
 
 
 def declared_lines(declared: dict[str, Any]) -> list[str]:
-    """examples/handbook's compiled definition beside the hand-written code, same run."""
+    """feature_repo's compiled definition beside the hand-written code, same run."""
     out = [f"declared backfill, {name}: {seconds} s" for name, seconds in declared.get("backfill", {}).items()]
     if replay := declared.get("replay"):
         ratio = replay["declared_events_per_s"] / replay["hand_written_events_per_s"]

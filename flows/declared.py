@@ -30,7 +30,7 @@ from bytewax.outputs import DynamicSink, StatelessSinkPartition
 
 from flows.acks import Acknowledger
 from flows.features import arrival_seconds
-from flows.metrics import redis_call
+from flows.metrics import flow_metrics, redis_call
 from flows.sinks import DeadLetterSink, FlowStats
 from flows.sources import RedisStreamSource, _ReplayPartition
 from vigil.declared import DeclaredFeatures, load_declared
@@ -70,23 +70,47 @@ def replay_frame(
 
 
 class DeclaredReplaySource(FixedPartitionedSource[RawBatch, int]):
-    """Replays a file of a declared repo's events (with its label column), then stops."""
+    """Replays a file of a declared repo's events (with its label column), then stops.
+
+    `speed=None` replays as fast as possible, `speed=N` at N x event time. `shards` splits
+    the file by event id, so that several workers read and check it in parallel: an event
+    and its label stay in one shard, in their order (facts of one entity from several
+    shards commute in the store)."""
 
     def __init__(
-        self, path: Path, declared: DeclaredFeatures, label_delay_days: float = 7.0, batch_size: int = 5_000
+        self,
+        path: Path,
+        declared: DeclaredFeatures,
+        label_delay_days: float = 7.0,
+        batch_size: int = 5_000,
+        speed: float | None = None,
+        shards: int = 1,
     ) -> None:
         self.path, self.declared = path, declared
         self.label_delay_days, self.batch_size = label_delay_days, batch_size
+        self.speed, self.shards = speed, max(1, shards)
 
     def list_parts(self) -> list[str]:
-        return ["replay"]
+        return [f"shard-{i}" for i in range(self.shards)]
 
     def build_part(self, step_id: str, for_part: str, resume_state: int | None) -> _ReplayPartition:
         rows = read_table(self.path, [self.declared.events.time])
+        if self.shards > 1:
+            shard = int(for_part.rsplit("-", 1)[1])
+            ids = pd.util.hash_pandas_object(rows[self.declared.events.event_id], index=False).to_numpy()
+            rows = rows[ids % np.uint64(self.shards) == shard]
         frame, delivery = replay_frame(self.declared, rows, self.label_delay_days)
+        seconds = delivery // 1_000_000_000  # the partition paces in seconds of event time
         return _ReplayPartition(
-            frame, delivery, resume_state or 0, self.batch_size, None, f"file:{self.path.name}", []
+            frame, seconds, resume_state or 0, self.batch_size, self.speed, f"file:{self.path.name}", []
         )  # fmt: skip
+
+    def expected(self) -> int:
+        """How many records the replay delivers: each row's event, and its label when it has one."""
+        rows = read_table(self.path, [self.declared.events.time])
+        labels = self.declared.labels
+        labelled = int(rows[labels.label].notna().sum()) if labels is not None and labels.label in rows else 0
+        return len(rows) + labelled
 
 
 @dataclass
@@ -138,8 +162,10 @@ class _FactsPartition(StatelessSinkPartition[Checked]):
         offline_log: EventLogWriter | None = None,
         replay: bool = False,
         offline_root: str | Path | None = None,
+        progress: Any = None,
     ) -> None:
         self.client = connect(url)
+        self.progress = progress
         self.store = DeclaredOnlineStore(self.client, prefix, declared)
         self.declared, self.offline_log = declared, offline_log
         self.replay, self.offline_root = replay, offline_root
@@ -161,11 +187,16 @@ class _FactsPartition(StatelessSinkPartition[Checked]):
             record_filled(self.offline_root, store)
 
     def write_batch(self, items: list[Checked]) -> None:
+        metrics = flow_metrics()
         for checked in items:
             redis_call(lambda: self.store.record_events(checked.events), "recording events")  # noqa: B023
+            metrics.observe_written(checked.tokens)  # readable now: the freshness of what came from a stream
             self._log_events(checked.events)
             self.acknowledge(checked.tokens)  # durable now: the source may forget them
             self.stats.add(transactions=len(checked.events))
+            if len(checked.events):
+                metrics.events.labels("event").inc(len(checked.events))
+            self._advance(len(checked.events) + len(checked.dead))
         now = time.time()
         fresh = [checked for checked in items if checked.label_tokens]
         waiting = self._held
@@ -194,6 +225,7 @@ class _FactsPartition(StatelessSinkPartition[Checked]):
             self._log_labels(labels[good])
             self.acknowledge([t for t, ok in zip(waiting.tokens, good, strict=True) if ok and t is not None])
             self.stats.add(labels=int(good.sum()))
+            flow_metrics().events.labels("label").inc(int(good.sum()))
         letters, held = [], []
         for i in np.flatnonzero(~good).tolist():
             reason, token = reasons[i], waiting.tokens[i]
@@ -210,6 +242,12 @@ class _FactsPartition(StatelessSinkPartition[Checked]):
         self._held = waiting.keep(held)
         if letters:
             self.dead.write_batch(letters)
+        self._advance(len(waiting) - len(held))
+
+    def _advance(self, records: int) -> None:
+        """Moves the progress bar of `vigil ingest` by the records decided."""
+        if self.progress is not None and records:
+            self.progress.update(records)
 
     def _log_events(self, events: pd.DataFrame) -> None:
         """The batch's valid events to the offline event log (`events`: the repo's own fields,
@@ -252,24 +290,43 @@ class _FactsPartition(StatelessSinkPartition[Checked]):
 class DeclaredFactsSink(DynamicSink[Checked]):
     """Appends each batch's facts to the declared online store, then acknowledges them."""
 
-    def __init__(self, settings: Settings, declared: DeclaredFeatures, stats: FlowStats, dead: DeadLetterSink) -> None:
+    def __init__(
+        self,
+        settings: Settings,
+        declared: DeclaredFeatures,
+        stats: FlowStats,
+        dead: DeadLetterSink,
+        progress: Any = None,
+    ) -> None:
         self.url, self.prefix, self.declared, self.stats = settings.redis_url, settings.key_prefix, declared, stats
         self.hold_seconds, self.dead, self.event_log = settings.label_hold_seconds, dead, settings.event_log
         self.replay = False  # a file replay: the store is marked as filled when it completes
+        self.progress = progress  # a counter with update(n), shared by the processes of `vigil ingest`
 
     def build(self, step_id: str, worker_index: int, worker_count: int) -> _FactsPartition:
         dead = self.dead.build(step_id, worker_index, worker_count)
         offline_log = EventLogWriter(self.event_log, worker_index)
         return _FactsPartition(
             self.url, self.prefix, self.declared, self.stats, self.hold_seconds, dead, offline_log,
-            replay=self.replay, offline_root=self.event_log,
+            replay=self.replay, offline_root=self.event_log, progress=self.progress,
         )  # fmt: skip
 
 
-def default_sinks(settings: Settings, declared: DeclaredFeatures) -> DeclaredSinks:
-    stats = FlowStats()
+def default_sinks(
+    settings: Settings, declared: DeclaredFeatures, stats: FlowStats | None = None, progress: Any = None
+) -> DeclaredSinks:
+    stats = stats or FlowStats()
     dead = DeadLetterSink(settings.redis_url, settings.deadletter_stream, stats=stats)
-    return DeclaredSinks(DeclaredFactsSink(settings, declared, stats, dead), dead, stats)
+    return DeclaredSinks(DeclaredFactsSink(settings, declared, stats, dead, progress), dead, stats)
+
+
+def declared_flow(settings: Settings, declared: DeclaredFeatures) -> Any:
+    """The flow factory `vigil.ingest.run_ingest` runs in each process of `vigil ingest`."""
+
+    def make(source: Source[RawBatch], stats: FlowStats, progress: Any) -> Dataflow:
+        return build_flow(source, default_sinks(settings, declared, stats, progress), settings, declared)
+
+    return make
 
 
 def stream_source(

@@ -1,7 +1,7 @@
 """`make demo`: the main job end to end on a simulated world, with a closing summary.
 
 Simulate six weeks of card payments; replay five through the declared handbook repo's
-feature flow (`examples/handbook`: its features declared with Feast's objects) into the
+feature flow (`feature_repo`: its features declared with Feast's objects) into the
 online store and the offline event log; check the served features, and stock Feast's
 get_online_features on the same repo, against the backfill;
 train and register a model on the repo's `fraud_v3` service in MLflow and run the promotion
@@ -37,7 +37,7 @@ from vigil.settings import PROJECT_ROOT, Settings
 from vigil.simulate import SimulationConfig, simulate
 from vigil.stream_out import write_file
 
-REPO = PROJECT_ROOT / "examples" / "handbook"
+REPO = PROJECT_ROOT / "feature_repo"
 SERVICE = "fraud_v3"
 
 

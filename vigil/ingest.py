@@ -17,18 +17,31 @@ from collections.abc import Callable
 from dataclasses import dataclass, field
 from typing import Any
 
+from bytewax.dataflow import Dataflow
 from bytewax.inputs import Source
 from bytewax.run import cli_main
 from tqdm import tqdm
 
 from flows import stopping
-from flows.features import build_flow, default_sinks
 from flows.sinks import FlowStats
 from vigil.events import RawBatch
-from vigil.online.layout import value_codec
 from vigil.settings import Settings
 
 SourceFactory = Callable[[int], Source[RawBatch]]  # argument: number of processes
+# The flow of one process from its source, its stats and the shared progress counter.
+FlowFactory = Callable[[Source[RawBatch], FlowStats, Any], Dataflow]
+
+
+def handwritten_flow(settings: Settings) -> FlowFactory:
+    """The hand-written handbook's flow (`flows.features`)."""
+    from flows.features import build_flow, default_sinks
+    from vigil.online.layout import value_codec
+
+    def make(source: Source[RawBatch], stats: FlowStats, progress: Any) -> Dataflow:
+        value_codec()  # the writer's encoder: Feast's value classes, imported on first use
+        return build_flow(source, default_sinks(settings, stats, progress), settings)
+
+    return make
 
 
 @dataclass
@@ -81,7 +94,7 @@ class IngestFailedError(RuntimeError):
 
 
 def _worker(
-    settings: Settings,
+    make_flow: FlowFactory,
     make_source: SourceFactory,
     processes: int,
     index: int,
@@ -94,11 +107,10 @@ def _worker(
     interrupted, error = False, None
     stopping.install()  # Ctrl-C / SIGTERM: the sources end, the sinks write what they hold
     try:
-        flow = build_flow(make_source(processes), default_sinks(settings, stats, _SharedCounter(counter)), settings)
+        flow = make_flow(make_source(processes), stats, _SharedCounter(counter))
         # What is loaded now (Feast, pandas, Bytewax: ~330k objects) lives as long as the
         # process; frozen, a full collection does not walk it (a pause in freshness's tail:
         # with Feast's ~210k objects left unfrozen, one full collection took 114 ms).
-        value_codec()  # the writer's encoder: Feast's value classes, imported on first use
         gc.collect()
         gc.freeze()
         cli_main(flow, process_id=index if addresses else None, addresses=addresses)
@@ -115,8 +127,11 @@ def run_ingest(
     processes: int = 1,
     expected_events: int | None = None,
     show_progress: bool = True,
+    make_flow: FlowFactory | None = None,
 ) -> IngestResult:
-    """Runs the flow to completion (or until interrupted) and sums what the sinks wrote."""
+    """Runs the flow (`make_flow`'s; by default the hand-written handbook's) to completion, or
+    until interrupted, in `processes` cooperating processes, and sums what the sinks wrote."""
+    make_flow = make_flow or handwritten_flow(settings)
     ctx = mp.get_context("fork")
     counter = ctx.Value("q", 0)
     results = ctx.Queue()
@@ -137,7 +152,7 @@ def run_ingest(
         ticker.start()
         handlers = {s: signal.getsignal(s) for s in (signal.SIGINT, signal.SIGTERM)}
         try:
-            _worker(settings, make_source, 1, 0, None, counter, results)
+            _worker(make_flow, make_source, 1, 0, None, counter, results)
         finally:
             for number, handler in handlers.items():
                 signal.signal(number, handler)
@@ -147,7 +162,7 @@ def run_ingest(
     else:
         children = [
             ctx.Process(
-                target=_worker, args=(settings, make_source, processes, i, addresses, counter, results), daemon=False
+                target=_worker, args=(make_flow, make_source, processes, i, addresses, counter, results), daemon=False
             )
             for i in range(processes)
         ]

@@ -5,6 +5,7 @@ from __future__ import annotations
 import subprocess
 import sys
 import time
+import uuid
 from contextlib import AbstractContextManager
 from pathlib import Path
 
@@ -14,6 +15,7 @@ import torch
 from torch import nn
 
 from flows.declared import DeclaredReplaySource, build_flow, default_sinks, run_to_end
+from flows.sinks import FlowStats
 from vigil.declared import load_declared
 from vigil.declared.training import TrainingSet, default_split, logged_events, training_set, version_params
 from vigil.lifecycle.training import train_and_register
@@ -65,7 +67,7 @@ def write_broken_model(folder: Path) -> Path:
 
 
 # The handbook's features, declared with Feast's objects: the repo the service tests run.
-HANDBOOK_REPO = PROJECT_ROOT / "examples" / "handbook"
+HANDBOOK_REPO = PROJECT_ROOT / "feature_repo"
 
 
 def ingest_and_train(
@@ -83,15 +85,17 @@ def ingest_and_train(
     return train_on_log(settings, kind, service, review_budget, **params)
 
 
-def ingest(settings: Settings, events: pd.DataFrame) -> None:
+def ingest(settings: Settings, events: pd.DataFrame) -> FlowStats:
     """What `vigil ingest --transactions` leaves: the events through the repo's flow, each
-    label a week after its event."""
+    label a week after its event. What the flow's sinks counted."""
     declared = load_declared(settings.feature_repo)
-    path = settings.data_dir / "ingested.parquet"
+    path = settings.data_dir / f"ingested-{uuid.uuid4().hex[:6]}.parquet"
     path.parent.mkdir(parents=True, exist_ok=True)
     events.to_parquet(path)
     sinks = default_sinks(settings, declared)
     run_to_end(build_flow(DeclaredReplaySource(path, declared, label_delay_days=7.0), sinks, settings, declared))
+    path.unlink()
+    return sinks.stats
 
 
 def logged_training_set(settings: Settings, service: str | None = None, every_feature: bool = False) -> TrainingSet:

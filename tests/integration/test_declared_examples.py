@@ -1,4 +1,4 @@
-"""The declared handbook (examples/handbook): fraud_v1 with Feast's objects alone equals the
+"""The declared handbook (feature_repo): fraud_v1 with Feast's objects alone equals the
 handbook's reference, fraud_v2/v3's window functions equal the hand-written features, and the
 README's "Declaring features" commands run as written."""
 
@@ -16,7 +16,7 @@ from vigil.settings import PROJECT_ROOT, Settings
 def test_the_declared_handbook_equals_the_reference(handbook: Path) -> None:
     """The README's command, as written (with the handbook's files where ../shared keeps them)."""
     done = run(
-        sys.executable, "-m", "vigil.cli", "repo", "compute", "--repo", "examples/handbook",
+        sys.executable, "-m", "vigil.cli", "repo", "compute", "--repo", "feature_repo",
         "--events", str(handbook / "transactions.parquet"), "--reference", str(handbook / "features_reference.parquet"),
     )  # fmt: skip
     assert done.returncode == 0, done.stdout + done.stderr
@@ -35,9 +35,9 @@ def test_the_declared_handbook_v3_equals_the_hand_written_features(handbook: Pat
     events.to_parquet(tmp_path / "events.parquet")
     hand_written = compute_features(events)
     hand_written.to_parquet(tmp_path / "hand-written.parquet")
-    service = load_declared(PROJECT_ROOT / "examples" / "handbook").service("fraud_v3").features
+    service = load_declared(PROJECT_ROOT / "feature_repo").service("fraud_v3").features
     compute = [
-        sys.executable, "-m", "vigil.cli", "repo", "compute", "--repo", "examples/handbook", "--service", "fraud_v3",
+        sys.executable, "-m", "vigil.cli", "repo", "compute", "--repo", "feature_repo", "--service", "fraud_v3",
         "--events", str(tmp_path / "events.parquet"), "--reference", str(tmp_path / "hand-written.parquet"),
     ]  # fmt: skip
     for engine in ("local", "spark"):

@@ -154,3 +154,56 @@ def test_a_kafka_topic_through_the_mock_cluster(settings: Settings, redis_client
     assert len(joined) == len(events)
     for name in declared.default_service.features:
         assert (joined[name] - joined[f"{name}_expected"]).abs().max() <= 1e-9, name
+
+
+def test_a_stream_flow_killed_then_restarted_with_other_workers_loses_nothing(
+    settings: Settings, small_world: pd.DataFrame
+) -> None:
+    """`kill -9` of `vigil ingest --source` with two workers mid-stream, restarted with one:
+    every event and label counts once online and in the offline event log (entries held by
+    the consumer nobody runs any more are claimed), and nothing is left pending."""
+    import os
+    import signal
+    import time
+
+    from vigil.online.connection import connect
+    from vigil.stream_out import write_stream
+
+    frame = small_world[small_world["tx_datetime"] < small_world["tx_datetime"].min() + pd.Timedelta(days=14)]
+    frame = frame.iloc[:6000]
+    source = f"{settings.redis_url.rsplit('/', 1)[0]}/{settings.events_stream}"
+    sent = write_stream(frame, source)
+    env = server_env(settings, VIGIL_STOP_AT_END="1", VIGIL_STREAM_CLAIM_IDLE_SECONDS="8")
+    command = [sys.executable, "-m", "vigil.cli", "ingest", "--source", source, "--no-progress"]
+    client = connect(settings.redis_url)
+    group = "vigil-declared"
+
+    def acknowledged() -> int:
+        groups = {g["name"].decode(): g for g in client.xinfo_groups(settings.events_stream)}
+        info = groups.get(group)
+        return 0 if info is None else int(info["entries-read"] or 0) - int(info["pending"])
+
+    victim = subprocess.Popen(
+        [*command, "--workers", "2"], env={**env, "VIGIL_STOP_AT_END": "0"}, stderr=subprocess.DEVNULL,
+        stdout=subprocess.DEVNULL, start_new_session=True,
+    )  # fmt: skip
+    deadline = time.monotonic() + 90
+    while acknowledged() < sent // 3 and time.monotonic() < deadline:
+        time.sleep(0.01)
+    os.killpg(victim.pid, signal.SIGKILL)  # every process of the flow, mid-stream
+    victim.wait(timeout=10)
+    assert 0 < acknowledged() < sent
+    restarted = subprocess.run([*command, "--workers", "1"], env=env, capture_output=True, text=True, timeout=180)
+    assert restarted.returncode == 0, restarted.stderr[-2000:]
+    assert "dead letters: 0" in restarted.stdout, restarted.stdout
+    assert client.xpending(settings.events_stream, group)["pending"] == 0
+    client.close()
+    declared = load_declared(settings.feature_repo)
+    ours = DeclaredOnlineStore(redis.Redis.from_url(settings.redis_url), settings.key_prefix, declared)
+    joined = ours.features(frame).merge(compute_declared(declared, frame), on="transaction_id", suffixes=("", "_b"))
+    assert len(joined) == len(frame)
+    for name in declared.default_service.features:
+        assert (joined[name] - joined[f"{name}_b"]).abs().max() <= 1e-9, name
+    logged = logged_events(declared, settings.event_log)
+    assert sorted(logged["transaction_id"]) == sorted(frame["transaction_id"])
+    assert int(logged["tx_fraud"].notna().sum()) == len(frame)

@@ -1,4 +1,4 @@
-"""The declared handbook (examples/handbook, fraud_v1 with Feast's objects alone) against the
+"""The declared handbook (feature_repo, fraud_v1 with Feast's objects alone) against the
 handbook's `features_reference.parquet`, on its first three weeks, within 1e-9 on every path
 besides the backfill (checked on the whole file in test_declared_examples): the repo's flow
 into Redis, the scoring service's `explain` (payments ingested and new ones), stock Feast's
@@ -26,7 +26,7 @@ from vigil.service_process import events_body, serve_process
 from vigil.settings import PROJECT_ROOT, Settings
 
 pytestmark = [pytest.mark.integration, pytest.mark.handbook]
-REPO = PROJECT_ROOT / "examples" / "handbook"
+REPO = PROJECT_ROOT / "feature_repo"
 
 
 def test_fraud_v1_online_served_by_feast_and_on_spark_equals_the_reference(
@@ -88,7 +88,7 @@ def test_fraud_v1_online_served_by_feast_and_on_spark_equals_the_reference(
     # The Spark backfill of the three weeks (`vigil repo compute --engine spark`).
     weeks.to_parquet(tmp_path / "weeks.parquet")
     done = run(
-        sys.executable, "-m", "vigil.cli", "repo", "compute", "--repo", "examples/handbook", "--service", "fraud_v1",
+        sys.executable, "-m", "vigil.cli", "repo", "compute", "--repo", "feature_repo", "--service", "fraud_v1",
         "--events", str(tmp_path / "weeks.parquet"), "--reference", str(handbook / "features_reference.parquet"),
         "--engine", "spark", "--spark-master", "local[2]",
     )  # fmt: skip

@@ -20,7 +20,7 @@ from vigil.online.connection import connect
 from vigil.online.store import OnlineHistoryStore, delete_namespace
 from vigil.settings import Settings
 
-pytestmark = pytest.mark.integration
+pytestmark = [pytest.mark.integration, pytest.mark.handwritten]
 
 
 def four_weeks(world: pd.DataFrame) -> pd.DataFrame:

@@ -19,17 +19,15 @@ import pytest
 import redis
 from redis.crc import key_slot
 
-from flows.declared import DeclaredReplaySource, run_to_end
 from flows.declared import build_flow as build_declared_flow
 from flows.declared import default_sinks as declared_sinks
-from flows.sources import FileReplaySource
-from tests.integration.serving_helpers import HANDBOOK_REPO, running_server, server_env, train_on_log, vigil
+from flows.declared import run_to_end
+from tests.integration.serving_helpers import HANDBOOK_REPO, ingest, running_server, server_env, train_on_log, vigil
 from vigil.declared import load_declared
 from vigil.declared.backfill import compute_declared
 from vigil.declared.online import DeclaredOnlineStore
 from vigil.features.history import EntityHistory
 from vigil.features.windows import SortedFacts
-from vigil.ingest import run_ingest
 from vigil.local_redis import LocalRedis, LocalRedisCluster, system_binary
 from vigil.monitoring.predictions import read_predictions
 from vigil.online.connection import connect, connect_async
@@ -67,15 +65,7 @@ def on(settings: Settings, url: str, tmp: Path) -> Settings:
 
 def declared_ingest(settings: Settings, frame: pd.DataFrame) -> None:
     """What `vigil ingest --transactions` leaves: the repo's flow on a file (labels a week late)."""
-    declared = load_declared(settings.feature_repo)
-    path = settings.data_dir / f"world-{uuid.uuid4().hex[:6]}.parquet"
-    path.parent.mkdir(parents=True, exist_ok=True)
-    frame.to_parquet(path)
-    sinks = declared_sinks(settings, declared)
-    run_to_end(
-        build_declared_flow(DeclaredReplaySource(path, declared, label_delay_days=7.0), sinks, settings, declared)
-    )
-    assert sinks.stats.dead_letters == 0
+    assert ingest(settings, frame).dead_letters == 0
 
 
 def worst_from_backfill(settings: Settings, frame: pd.DataFrame) -> float:
@@ -91,12 +81,6 @@ def worst_from_backfill(settings: Settings, frame: pd.DataFrame) -> float:
 
 def four_weeks(world: pd.DataFrame) -> pd.DataFrame:
     return world[world["tx_datetime"] < world["tx_datetime"].min() + pd.Timedelta(days=28)]
-
-
-def ingest_file(settings: Settings, frame: pd.DataFrame, tmp: Path, workers: int = 1) -> None:
-    path = tmp / f"world-{uuid.uuid4().hex[:6]}.parquet"
-    frame.to_parquet(path)
-    run_ingest(settings, lambda n: FileReplaySource(path, shards=n), workers, show_progress=False)
 
 
 @pytest.fixture(scope="module")
@@ -213,6 +197,7 @@ def test_declared_facts_on_a_cluster(
     client.close()
 
 
+@pytest.mark.handwritten
 def test_reads_follow_a_slot_while_it_moves(settings: Settings, cluster: LocalRedisCluster) -> None:
     """The scoring service's reads follow ASK (a slot half moved to another primary) and
     MOVED (the slot moved after the reader learned the map), and read what redis-py reads."""

@@ -222,5 +222,5 @@ def test_serve_waits_for_a_champion_and_the_cli_says_when_it_refuses(ingested: S
         and "http://localhost:8501" in no_scheme.stderr
     )
     handbook_only = vigil("evaluate", "--windows", "2019-01-01", "--bootstrap", "0", env=env)
-    assert handbook_only.returncode == 2 and "`vigil evaluate` runs the built-in handbook" in handbook_only.stderr
+    assert handbook_only.returncode == 2 and "`vigil evaluate` runs the hand-written baseline" in handbook_only.stderr
     assert "Traceback" not in handbook_only.stderr

@@ -215,14 +215,10 @@ def declared_cli(*args: str, **extra: str) -> subprocess.CompletedProcess[str]:
 
 
 def test_the_handbook_commands_refuse_a_declared_repo_at_once() -> None:
-    """`vigil backfill` (or features, apply, evaluate) on a declared repo says what to use
-    instead, exit 2."""
+    """`vigil backfill` (or evaluate) on a declared repo says what to use instead, exit 2."""
     done = declared_cli("backfill")
     assert done.returncode == 2, done.stderr
-    assert (
-        "declares its features (vigil.role tags): `vigil backfill` runs the built-in handbook definitions"
-        in done.stderr
-    )
+    assert "declares its features (vigil.role tags): `vigil backfill` runs the hand-written baseline" in done.stderr
     assert "vigil repo compute" in done.stderr and "Traceback" not in done.stderr
 
 

@@ -44,14 +44,15 @@ def build_parser() -> argparse.ArgumentParser:
     return parser
 
 
-# The commands that run the built-in handbook definitions only (feature_repo/'s fraud_v1 to v3).
+# The commands that run the hand-written handbook only (benchmarks/handwritten_repo: its features
+# coded in vigil/features/), the baseline the benchmarks and docs/model-report.md measure.
 HANDBOOK_COMMANDS = frozenset({"backfill", "evaluate"})
 
 
 def refuse_declared_repo(command: str) -> None:
-    """A declared repo (`vigil repo`'s) named by VIGIL_FEATURE_REPO is not what the handbook
-    commands run: said at once, instead of a failure deep inside Feast or a silent mismatch.
-    Read as text (a tag `vigil.role` in its Python files): no import, so no delay."""
+    """A declared repo (the default, feature_repo/, is one) is not what the hand-written
+    baseline's commands run: said at once, instead of a failure deep inside Feast or a silent
+    mismatch. Read as text (a tag `vigil.role` in its Python files): no import, so no delay."""
     if command not in HANDBOOK_COMMANDS:
         return
     from vigil.cli.common import settings
@@ -61,9 +62,8 @@ def refuse_declared_repo(command: str) -> None:
     if declared_repo(repo):
         raise UserError(
             f"VIGIL_FEATURE_REPO={repo} declares its features (vigil.role tags): `vigil {command}` runs the "
-            "built-in handbook definitions of feature_repo/; for a declared repo use `vigil repo check`, "
-            "`vigil apply`, `vigil ingest`, `vigil features` or `vigil repo compute`, `vigil train`, "
-            "`vigil promote`, `vigil serve`, `vigil score` and `vigil monitor`"
+            "hand-written baseline (VIGIL_FEATURE_REPO=benchmarks/handwritten_repo); for a declared repo use "
+            "`vigil repo compute` for a backfill, and `vigil train` and `vigil promote` to compare models"
         )
 
 

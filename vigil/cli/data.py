@@ -160,7 +160,17 @@ def apply(args: argparse.Namespace) -> int:
     return 0
 
 
-def _check_stream_server(source: str) -> None:
+def serve_flow_metrics(port: int, host: str) -> None:
+    """The flow processes' metrics on http://HOST:PORT/metrics; a port in use is said plainly."""
+    from flows.metrics import serve
+
+    try:
+        serve(port, host)
+    except OSError as error:
+        raise UserError(f"--metrics-port {port}: {error.strerror} on {host} (choose a free port)") from None
+
+
+def check_stream_server(source: str) -> None:
     """The stream's server answers with these credentials (the flow would stop on a panic)."""
     import redis
 
@@ -196,25 +206,7 @@ def _ingest_declared(args: argparse.Namespace) -> int:
     ingest` runs it; the file's rows are events plus the label column."""
     from vigil.cli import repo
 
-    refused = [
-        option
-        for option, given in (
-            ("--workers", args.workers != 1),
-            ("--speed", args.speed is not None),
-            ("--metrics-port", args.metrics_port is not None),
-        )
-        if given
-    ]
-    if refused:
-        raise UserError(
-            f"{', '.join(refused)}: not for a declared repo's flow, which runs in one process (to share a stream, "
-            "start more `vigil ingest --source` processes: they read it as one consumer group)"
-        )
-    return repo.ingest(
-        argparse.Namespace(
-            repo=None, events=args.transactions, source=args.source, label_delay_days=args.label_delay_days
-        )
-    )
+    return repo.ingest(argparse.Namespace(**{**vars(args), "repo": None, "events": args.transactions}))
 
 
 def ingest(args: argparse.Namespace) -> int:
@@ -245,7 +237,7 @@ def ingest(args: argparse.Namespace) -> int:
         return _ingest_declared(args)
     ensure_redis(config)
     if args.source and args.source.startswith(("redis://", "rediss://", "unix://")):
-        _check_stream_server(args.source)
+        check_stream_server(args.source)
     if args.metrics_port is not None:
         from flows.metrics import prepare_multiprocess
 
@@ -284,9 +276,7 @@ def ingest(args: argparse.Namespace) -> int:
     from vigil.ingest import IngestFailedError
 
     if args.metrics_port is not None:
-        from flows.metrics import serve
-
-        serve(args.metrics_port, args.metrics_host)
+        serve_flow_metrics(args.metrics_port, args.metrics_host)
     progress = terminal() and not args.no_progress
     try:
         result = run_ingest(config, make_source, args.workers, expected, show_progress=progress)

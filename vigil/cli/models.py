@@ -143,6 +143,20 @@ def _last_days(config: Settings, days: int) -> str:
 
 def train(args: argparse.Namespace) -> int:
     days_in_order(args.train_start, args.train_end, "--train-start/--train-end")
+    try:
+        params = json.loads(args.params) if args.params else None
+    except ValueError:
+        raise UserError("--params must be a JSON object, e.g. '{\"max_depth\": 4}'") from None
+    if params is not None and not isinstance(params, dict):
+        raise UserError("--params must be a JSON object, e.g. '{\"max_depth\": 4}'")
+    if args.review_budget <= 0 or not 0 < args.block_precision <= 1:
+        raise UserError("--review-budget must be positive and --block-precision within (0, 1]")
+    from vigil.models.registry import MODEL_KINDS
+
+    try:
+        MODEL_KINDS[args.model](params)  # a wrong parameter fails now, not after the data is read
+    except ValueError as error:
+        raise UserError(str(error)) from None
     from vigil.cli.repo import train_declared
     from vigil.declared.loading import declared_repo
 
@@ -153,22 +167,9 @@ def train(args: argparse.Namespace) -> int:
             "--feature-service and --events are for a declared repo (VIGIL_FEATURE_REPO); "
             "the handbook's training set comes from what `vigil ingest` stored"
         )
-    try:
-        params = json.loads(args.params) if args.params else None
-    except ValueError:
-        raise UserError("--params must be a JSON object, e.g. '{\"max_depth\": 4}'") from None
-    if params is not None and not isinstance(params, dict):
-        raise UserError("--params must be a JSON object, e.g. '{\"max_depth\": 4}'")
-    if args.review_budget <= 0 or not 0 < args.block_precision <= 1:
-        raise UserError("--review-budget must be positive and --block-precision within (0, 1]")
     from vigil.lifecycle.evaluation import Split
     from vigil.lifecycle.training import train_and_register
-    from vigil.models.registry import MODEL_KINDS
 
-    try:
-        MODEL_KINDS[args.model](params)  # a wrong parameter fails now, not after the data is read
-    except ValueError as error:
-        raise UserError(str(error)) from None
     spark_ready(args.engine)
     config = settings()
     # The days the split needs: training, then the delay and the test week.

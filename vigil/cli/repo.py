@@ -9,8 +9,8 @@ from typing import TYPE_CHECKING, Any
 
 from pydantic import ValidationError
 
-from vigil.cli.common import UserError, settings, subcommand, terminal
-from vigil.settings import Settings
+from vigil.cli.common import Refused, UserError, positive, say, settings, subcommand, terminal
+from vigil.settings import Settings, redact
 
 if TYPE_CHECKING:
     import pandas as pd
@@ -26,12 +26,12 @@ def add_parsers(sub: Any) -> None:
         "A feature repo declares its events, entities, window aggregations, on-demand views and feature "
         "services with Feast's own objects. `check` compiles it and lists what it declares, or names every "
         "mistake (exit 2). `compute` gives each event of a file its features as of its own time.",
-        """vigil repo check --repo examples/handbook
-vigil repo compute --repo examples/handbook --events transactions.parquet --out features.parquet
-vigil repo compute --repo examples/handbook --events transactions.parquet --reference features_reference.parquet
-vigil repo ingest --repo examples/handbook --events transactions.parquet --label-delay-days 7
-vigil repo compute --repo examples/handbook --events transactions.parquet --online
-vigil repo compute --repo examples/handbook --events transactions.parquet --engine spark --spark-master 'local[4]'""",
+        """vigil repo check --repo feature_repo
+vigil repo compute --repo feature_repo --events transactions.parquet --out features.parquet
+vigil repo compute --repo feature_repo --events transactions.parquet --reference features_reference.parquet
+vigil repo ingest --repo feature_repo --events transactions.parquet --label-delay-days 7
+vigil repo compute --repo feature_repo --events transactions.parquet --online
+vigil repo compute --repo feature_repo --events transactions.parquet --engine spark --spark-master 'local[4]'""",
     )
     actions = p.add_subparsers(dest="action", required=True, metavar="ACTION")
     check_parser = actions.add_parser("check", help="compile the repo and list what it declares")
@@ -57,6 +57,7 @@ vigil repo compute --repo examples/handbook --events transactions.parquet --engi
     ingest_parser.add_argument(
         "--label-delay-days", type=float, default=7.0, help="deliver each row's label this many days after its event"
     )
+    ingest_parser.add_argument("--workers", type=positive(int), default=1, help="cooperating flow processes")
     check_parser.set_defaults(func=check)
     compute_parser.set_defaults(func=compute)
     ingest_parser.set_defaults(func=ingest)
@@ -174,37 +175,73 @@ def online_store(declared: DeclaredFeatures) -> Any:
 
 
 def ingest(args: argparse.Namespace) -> int:
-    import time
-
-    from flows import stopping
-    from flows.declared import DeclaredReplaySource, build_flow, default_sinks, run_to_end, stream_source
+    """The repo's feature flow on a file or a stream, in `--workers` cooperating processes."""
     from vigil.cli.common import ensure_redis
 
     declared = load(args)
     config = repo_settings(args)
-    ensure_redis(config)
+    workers = getattr(args, "workers", 1)
+    speed = getattr(args, "speed", None)
+    metrics_port = getattr(args, "metrics_port", None)
     if args.events:
         path = Path(args.events)
         if not path.is_file():
             raise UserError(f"{path}: no such file")
-        source: Any = DeclaredReplaySource(path, declared, args.label_delay_days)
+    elif speed is not None:
+        raise UserError("--speed paces a replay (--events or --transactions PATH), not a stream")
+    ensure_redis(config)
+    if args.source and args.source.startswith(("redis://", "rediss://", "unix://")):
+        from vigil.cli.data import check_stream_server
+
+        check_stream_server(args.source)
+    if metrics_port is not None:
+        from flows.metrics import prepare_multiprocess
+
+        prepare_multiprocess()  # before prometheus_client is first imported: the flow processes share it
+    from bytewax.inputs import Source
+
+    from flows.declared import DeclaredReplaySource, declared_flow, stream_source
+    from vigil.events import RawBatch
+    from vigil.ingest import IngestFailedError, run_ingest
+
+    expected = None
+    if args.events:
+        replay = DeclaredReplaySource(path, declared, args.label_delay_days, speed=speed)
+        expected = replay.expected()
+
+        def make_source(processes: int) -> Source[RawBatch]:
+            return DeclaredReplaySource(path, declared, args.label_delay_days, speed=speed, shards=processes)
+
     else:
         try:
-            source = stream_source(args.source, declared, config)
+            stream_source(args.source, declared, config)
         except ValueError as error:
             raise UserError(f"--source: {error}") from None
-    sinks = default_sinks(config, declared)
-    started = time.perf_counter()
-    stopping.install()  # Ctrl-C / SIGTERM: the source ends, the sinks write what they hold, the summary follows
-    run_to_end(build_flow(source, sinks, config, declared))
-    stats = sinks.stats
+
+        def make_source(processes: int) -> Source[RawBatch]:
+            return stream_source(args.source, declared, config)
+
+        say(f"reading {redact(args.source)} until stopped (Ctrl-C)")
+    if metrics_port is not None:
+        from vigil.cli.data import serve_flow_metrics
+
+        serve_flow_metrics(metrics_port, getattr(args, "metrics_host", "127.0.0.1"))
+    progress = terminal() and not getattr(args, "no_progress", False)
+    try:
+        result = run_ingest(
+            config, make_source, workers, expected, show_progress=progress, make_flow=declared_flow(config, declared)
+        )
+    except IngestFailedError as error:
+        raise Refused(str(error)) from None
+    stopped = " (stopped)" if result.interrupted else ""
     print(
-        f"Ingested {stats.transactions:,} events and {stats.labels:,} labels in {time.perf_counter() - started:.1f} s; "
-        f"dead letters: {stats.dead_letters:,}"
+        f"Ingested {result.transactions:,} events and {result.labels:,} labels in {result.seconds:.1f} s "
+        f"with {result.processes} worker(s){stopped}; dead letters: {result.dead_letters:,}"
+        + (f" -> stream {config.deadletter_stream}" if result.dead_letters else "")
     )
-    for reason, count in sorted(stats.dead_reasons.items(), key=lambda item: -item[1])[:10]:
+    for reason, count in sorted(result.dead_reasons.items(), key=lambda item: -item[1])[:10]:
         print(f"  {count:>8,}  {reason}")
-    return 130 if stopping.requested() else 0  # stopped by Ctrl-C or SIGTERM, as any command
+    return 130 if result.interrupted else 0  # stopped by Ctrl-C or SIGTERM, as any command
 
 
 def compare(values: pd.DataFrame, reference: pd.DataFrame, event_id: str) -> int:
