@@ -112,6 +112,7 @@ async def open_declared(settings: Settings, declared: DeclaredFeatures, threads:
         event_log=settings.event_log,
     )
     await loop.run_in_executor(None, scorer.warm)
+    await scorer.warm_reads()
     return DeclaredResources(
         metrics,
         rules,

@@ -174,13 +174,26 @@ class DeclaredScorer:
         self._stage = {name: metrics.stage_seconds.labels(name) for name in ("features", "model", "total", "decide")}
         self._units: dict[str, str] = {}  # each feature service's review unit (`review_unit`)
 
-    def warm(self) -> None:
-        """Runs the whole path once on a made-up event (the window code compiles on its first
-        call, ~1 s): the first request after start must not miss its deadline for it."""
+    def _made_up_event(self) -> EventColumns:
         samples = {"integer": 0, "number": 1.0, "string": "vigil-warm-up", "boolean": False}
         now = pd.Timestamp.now(tz="UTC").isoformat()
         row = {name: now if kind == "time" else samples[kind] for name, kind in self.declared.events.fields.items()}
-        events = check_events(self.declared, [row], 86_400)
+        return check_events(self.declared, [row], 86_400)
+
+    async def warm_reads(self) -> None:
+        """One read through the request path's reader at start, so that its connections (to
+        every primary of a cluster, after the slot map) are open before the first request,
+        which must not spend its deadline opening them."""
+        read = self.store.checked_features(self.reader, self._made_up_event(), list(self.declared.feature_names))
+        try:
+            await asyncio.wait_for(read, timeout=10)
+        except (redis.RedisError, OSError, TimeoutError) as error:  # readiness says so
+            log.warning("online store not reachable at start: %s", error)
+
+    def warm(self) -> None:
+        """Runs the whole path once on a made-up event (the window code compiles on its first
+        call, ~1 s): the first request after start must not miss its deadline for it."""
+        events = self._made_up_event()
         names = list(self.declared.feature_names)
         self.store.request_features(events, names)
         self.store.warm(events)

@@ -135,7 +135,8 @@ def test_everything_runs_on_a_cluster(
         assert wait_for(lambda: httpx.get(f"{base}/readyz").status_code == 200)
         answers = [httpx.post(f"{base}/v1/score", json=row).json() for row in rows[:100]]
         answers += httpx.post(f"{base}/v1/score/batch", json={"transactions": rows[100:]}).json()["results"]
-        assert [a["fallback"] for a in answers] == [False] * len(rows)
+        fallbacks = [(i, a["fallback_reason"]) for i, a in enumerate(answers) if a["fallback"]]
+        assert len(answers) == len(rows) and not fallbacks, fallbacks
         assert all(a["decision"] in ("allow", "review", "block") for a in answers)
         time.sleep(0.5)  # the prediction log is written in the background
     persisted = vigil("predictions", "persist", "--once", env=server_env(local))

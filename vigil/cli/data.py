@@ -27,20 +27,20 @@ def add_parsers(sub: Any) -> None:
         sub,
         "ingest",
         "run the feature flow on a file replay or a live stream",
-        "Replay a transactions file through the streaming feature flow (each row's tx_fraud comes back "
+        "Replay a file of the repo's events through its feature flow (each row's label column comes back "
         "as a label event --label-delay-days later), or run the flow on a live stream until stopped. "
         "Writes the online store (Redis), the offline event log and the dead letters.",
         """vigil ingest --transactions data/world.parquet --workers 2
 vigil ingest --source redis://127.0.0.1:6379/vigil:events
 vigil ingest --source kafka://127.0.0.1:9092/transactions""",
     )
-    p.add_argument("--transactions", metavar="PATH", help="replay a transactions file (.parquet, .csv, .jsonl)")
+    p.add_argument("--transactions", metavar="PATH", help="replay a file of events (.parquet, .csv, .jsonl)")
     p.add_argument("--source", metavar="URI", help="redis://HOST:PORT/STREAM or kafka://BROKERS/TOPIC (until stopped)")
     p.add_argument(
         "--label-delay-days",
         type=float,
         default=7.0,
-        help="deliver each row's tx_fraud as a label event this many days after the transaction",
+        help="deliver each row's label as a label event this many days after its event",
     )
     p.add_argument(
         "--speed", type=positive(float), default=None, help="pace a replay at N x event time (default: at once)"
