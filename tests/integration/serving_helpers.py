@@ -17,8 +17,11 @@ from torch import nn
 from flows.declared import DeclaredReplaySource, build_flow, default_sinks, run_to_end
 from flows.sinks import FlowStats
 from vigil.declared import load_declared
+from vigil.declared.backfill import compute_declared
+from vigil.declared.online import DeclaredOnlineStore
 from vigil.declared.training import TrainingSet, default_split, logged_events, training_set, version_params
 from vigil.lifecycle.training import train_and_register
+from vigil.online.connection import connect
 from vigil.service_process import serve_process, service_env
 from vigil.settings import PROJECT_ROOT, Settings
 
@@ -96,6 +99,19 @@ def ingest(settings: Settings, events: pd.DataFrame) -> FlowStats:
     run_to_end(build_flow(DeclaredReplaySource(path, declared, label_delay_days=7.0), sinks, settings, declared))
     path.unlink()
     return sinks.stats
+
+
+def worst_from_backfill(settings: Settings, frame: pd.DataFrame) -> float:
+    """The largest difference between what the store gives each event of `frame` (its fields)
+    and the backfill of `frame`, over the default service's features; infinite when the store
+    gives fewer events than `frame` holds."""
+    declared = load_declared(settings.feature_repo)
+    store = DeclaredOnlineStore(connect(settings.redis_url), settings.key_prefix, declared)
+    ours = store.features(frame[list(declared.events.fields)]).set_index(declared.events.event_id)
+    if len(ours) != len(frame):
+        return float("inf")
+    expected = compute_declared(declared, frame).set_index(declared.events.event_id).loc[ours.index]
+    return float((ours - expected[ours.columns]).abs().max().max())
 
 
 def logged_training_set(settings: Settings, service: str | None = None, every_feature: bool = False) -> TrainingSet:

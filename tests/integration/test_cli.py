@@ -14,12 +14,9 @@ import pytest
 import redis
 
 from tests.conftest import HANDWRITTEN_REPO
-from tests.integration.serving_helpers import vigil
+from tests.integration.serving_helpers import vigil, worst_from_backfill
 from vigil.declared import load_declared
-from vigil.declared.backfill import compute_declared
-from vigil.declared.online import DeclaredOnlineStore
 from vigil.declared.training import logged_events
-from vigil.online.connection import connect
 from vigil.service_process import service_env
 from vigil.settings import Settings
 from vigil.simulate import SimulationConfig, simulate
@@ -152,17 +149,6 @@ def test_bad_redis_url_is_explained(settings: Settings) -> None:
     assert "secret" not in result.stderr
 
 
-def assert_online_equals_backfill(settings: Settings, frame: pd.DataFrame) -> None:
-    """What the flow stored gives every event of `frame` the backfill's features, to 1e-9."""
-    declared = load_declared(settings.feature_repo)
-    store = DeclaredOnlineStore(connect(settings.redis_url), settings.key_prefix, declared)
-    key = declared.events.event_id
-    ours = store.features(frame).set_index(key)
-    expected = compute_declared(declared, frame).set_index(key).loc[ours.index]
-    assert len(ours) == len(frame)
-    assert float((ours - expected[ours.columns]).abs().max().max()) <= 1e-9
-
-
 def test_simulate_then_ingest_with_two_processes(settings: Settings, tmp_path: Path) -> None:
     path = tmp_path / "world.jsonl"
     made = vigil(
@@ -174,7 +160,7 @@ def test_simulate_then_ingest_with_two_processes(settings: Settings, tmp_path: P
     frame = pd.read_json(path, lines=True)
     assert f"Ingested {len(frame):,} events and {len(frame):,} labels" in result.stdout, result.stdout
     assert "with 2 worker(s); dead letters: 0" in result.stdout, result.stdout
-    assert_online_equals_backfill(settings, frame)
+    assert worst_from_backfill(settings, frame) <= 1e-9
 
 
 def test_kill_minus_nine_mid_replay_then_restart(settings: Settings, tmp_path: Path, redis_client: redis.Redis) -> None:
@@ -200,7 +186,7 @@ def test_kill_minus_nine_mid_replay_then_restart(settings: Settings, tmp_path: P
     assert len(logged_events(declared, settings.event_log)) < len(frame)
     restarted = vigil(*args[3:], env=env)
     assert restarted.returncode == 0, restarted.stderr[-3000:]
-    assert_online_equals_backfill(settings, frame)
+    assert worst_from_backfill(settings, frame) <= 1e-9
     logged = logged_events(declared, settings.event_log)
     assert sorted(logged["transaction_id"]) == sorted(frame["transaction_id"])
     assert int(logged["tx_fraud"].notna().sum()) == len(frame)

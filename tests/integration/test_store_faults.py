@@ -22,7 +22,15 @@ from redis.crc import key_slot
 from flows.declared import build_flow as build_declared_flow
 from flows.declared import default_sinks as declared_sinks
 from flows.declared import run_to_end
-from tests.integration.serving_helpers import HANDBOOK_REPO, ingest, running_server, server_env, train_on_log, vigil
+from tests.integration.serving_helpers import (
+    HANDBOOK_REPO,
+    ingest,
+    running_server,
+    server_env,
+    train_on_log,
+    vigil,
+    worst_from_backfill,
+)
 from vigil.declared import load_declared
 from vigil.declared.backfill import compute_declared
 from vigil.declared.online import DeclaredOnlineStore
@@ -66,17 +74,6 @@ def on(settings: Settings, url: str, tmp: Path) -> Settings:
 def declared_ingest(settings: Settings, frame: pd.DataFrame) -> None:
     """What `vigil ingest --transactions` leaves: the repo's flow on a file (labels a week late)."""
     assert ingest(settings, frame).dead_letters == 0
-
-
-def worst_from_backfill(settings: Settings, frame: pd.DataFrame) -> float:
-    """The largest difference between what the store gives each event of `frame` (its fields)
-    and the backfill of `frame`, over every declared feature."""
-    declared = load_declared(settings.feature_repo)
-    fields = list(declared.events.fields)
-    store = DeclaredOnlineStore(connect(settings.redis_url), settings.key_prefix, declared)
-    ours = store.features(frame[fields]).set_index(declared.events.event_id)
-    expected = compute_declared(declared, frame).set_index(declared.events.event_id).loc[ours.index]
-    return float((ours - expected[ours.columns]).abs().max().max())
 
 
 def four_weeks(world: pd.DataFrame) -> pd.DataFrame:
@@ -157,7 +154,6 @@ def test_declared_facts_on_a_cluster(
     from tests.declared_cards import card_events, write_repo
     from vigil.declared import load_declared
     from vigil.declared import online as declared_online
-    from vigil.declared.backfill import compute_declared
 
     monkeypatch.setattr(declared_online, "COMPACT_BYTES", 2_048)
     declared = load_declared(write_repo(tmp_path / "cards"))
