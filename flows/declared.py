@@ -24,6 +24,7 @@ from typing import Any
 import bytewax.operators as op
 import numpy as np
 import pandas as pd
+import pyarrow.parquet as pq
 from bytewax.dataflow import Dataflow
 from bytewax.inputs import FixedPartitionedSource, Source
 from bytewax.outputs import DynamicSink, StatelessSinkPartition
@@ -38,7 +39,7 @@ from vigil.declared.compute import nanoseconds
 from vigil.declared.events import KIND, LABEL, Checked, check_batch, label_fields, record_fields
 from vigil.declared.online import DeclaredOnlineStore
 from vigil.events import DeadLetter, RawBatch
-from vigil.files import read_table
+from vigil.files import file_format, read_table
 from vigil.offline.eventlog import LOG_TS, EventLogWriter, record_filled, was_filled
 from vigil.online.connection import connect
 from vigil.online.marker import mark_new_store
@@ -107,8 +108,14 @@ class DeclaredReplaySource(FixedPartitionedSource[RawBatch, int]):
 
     def expected(self) -> int:
         """How many records the replay delivers: each row's event, and its label when it has one."""
-        rows = read_table(self.path, [self.declared.events.time])
         labels = self.declared.labels
+        if file_format(self.path) == "parquet":  # the row count and the label column, not the whole file
+            parquet = pq.ParquetFile(self.path)
+            count = int(parquet.metadata.num_rows)
+            if labels is None or labels.label not in parquet.schema_arrow.names:
+                return count
+            return count + int(parquet.read(columns=[labels.label]).column(0).to_pandas().notna().sum())
+        rows = read_table(self.path, [self.declared.events.time])
         labelled = int(rows[labels.label].notna().sum()) if labels is not None and labels.label in rows else 0
         return len(rows) + labelled
 

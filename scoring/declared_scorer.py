@@ -157,6 +157,7 @@ class DeclaredScorer:
     ) -> None:
         self.declared, self.store, self.models, self.metrics = declared, store, models, metrics
         self.event_log = event_log  # the offline event log: whether the store was ever filled
+        self._filled = False  # once filled, always: the log's mark is never removed
         self.prediction_log, self.review = prediction_log, review
         self.executor = executor
         # A batch's deadline follows what a row costs here, measured on the batches (as the handbook's).
@@ -246,8 +247,10 @@ class DeclaredScorer:
     def without_data(self) -> str:
         """Why the store holds no data of the flow's: `store_lost_data` when a replay or the
         flow filled it once (the offline event log says so), `store_empty` when none ever did."""
-        filled = self.event_log is not None and was_filled(self.event_log, self.store.marker_project)
-        return STORE_LOST_DATA if filled else STORE_EMPTY
+        if not self._filled and self.event_log is not None:
+            # A file's status (an HTTP request on S3), on the event loop: asked until it says yes.
+            self._filled = was_filled(self.event_log, self.store.marker_project)
+        return STORE_LOST_DATA if self._filled else STORE_EMPTY
 
     async def score_in_chunks(self, events: EventColumns, explain: bool = False) -> list[dict[str, Any]]:
         """`score`, a large batch a chunk at a time, the event loop yielding between chunks:

@@ -25,13 +25,16 @@ def test_the_declared_handbook_equals_the_reference(handbook: Path) -> None:
 
 def test_the_declared_handbook_v3_equals_the_hand_written_features(handbook: Path, tmp_path: Path) -> None:
     """fraud_v2's and fraud_v3's features, declared with the repo's window functions, equal
-    the hand-written ones: the local backfill and Spark's, on the handbook's first 45 days."""
+    the hand-written ones: the local backfill and Spark's, on the handbook's first 45 days
+    (every 30-day window full, then sliding) of a third of its cards: both compute on the
+    same events, so any subset compares the code, and the terminals' windows still mix cards."""
     import pandas as pd
 
     from vigil.features.backfill import compute_features
 
     events = pd.read_parquet(handbook / "transactions.parquet")
-    events = events[events["tx_datetime"] < events["tx_datetime"].min() + pd.Timedelta(days=45)]
+    first = events["tx_datetime"] < events["tx_datetime"].min() + pd.Timedelta(days=45)
+    events = events[first & (events["customer_id"] % 3 == 0)].reset_index(drop=True)
     events.to_parquet(tmp_path / "events.parquet")
     hand_written = compute_features(events)
     hand_written.to_parquet(tmp_path / "hand-written.parquet")

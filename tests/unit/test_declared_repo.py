@@ -78,6 +78,11 @@ MISTAKES = {
         ('"vigil.event_id": "id"}', '"vigil.event_id": "event_id"}'),
         "push source 'events', tag vigil.event_id: 'event_id' is not a field of the events",
     ),
+    "event id not an integer": (
+        "sources.py",
+        ('Field(name="id", dtype=Int64)', 'Field(name="id", dtype=String)'),
+        "push source 'events', tag vigil.event_id: 'id' is a string field: an event id is an Int64",
+    ),
     "time not a timestamp": (
         "sources.py",
         ('path="data/e", timestamp_field="at"', 'path="data/e", timestamp_field="amount"'),
@@ -222,17 +227,31 @@ def test_the_handbook_commands_refuse_a_declared_repo_at_once() -> None:
     assert "vigil repo compute" in done.stderr and "Traceback" not in done.stderr
 
 
-def test_training_on_a_declared_repo_says_what_is_missing(tmp_path: Path) -> None:
-    no_events = declared_cli("train", VIGIL_DATA_DIR=str(tmp_path))  # nothing ingested, no file
-    assert no_events.returncode == 2 and "nothing of this repo was ingested" in no_events.stderr, no_events.stderr
-    assert "give --events PATH" in no_events.stderr
+def test_training_on_a_declared_repo_says_what_is_missing(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch, capsys: pytest.CaptureFixture[str]
+) -> None:
+    """Run in this process (`vigil.cli.main`, what the `vigil` script calls): each refusal is
+    the same exit code and message, without three more starts of the command."""
+    from vigil.cli import main
+
+    monkeypatch.setenv("VIGIL_FEATURE_REPO", str(PROJECT_ROOT / "examples" / "payments"))
+
+    def train(*args: str) -> tuple[int, str]:
+        code = main(["train", *args])
+        return code, capsys.readouterr().err
+
+    with monkeypatch.context() as nothing_ingested:
+        nothing_ingested.setenv("VIGIL_DATA_DIR", str(tmp_path))
+        code, no_events = train()
+    assert code == 2 and "nothing of this repo was ingested" in no_events, no_events
+    assert "give --events PATH" in no_events
     events = tmp_path / "events.csv"
     events.write_text("payment_id,paid_at\n1,2026-01-01T00:00:00\n")
-    unknown = declared_cli("train", "--events", str(events), "--feature-service", "nope")
-    assert unknown.returncode == 2 and "no feature service named 'nope'" in unknown.stderr, unknown.stderr
-    columns = declared_cli("train", "--events", str(events))
-    assert columns.returncode == 2 and "no label column 'is_fraud'" in columns.stderr, columns.stderr
-    assert "Traceback" not in no_events.stderr + unknown.stderr + columns.stderr
+    code, unknown = train("--events", str(events), "--feature-service", "nope")
+    assert code == 2 and "no feature service named 'nope'" in unknown, unknown
+    code, columns = train("--events", str(events))
+    assert code == 2 and "no label column 'is_fraud'" in columns, columns
+    assert "Traceback" not in no_events + unknown + columns
 
 
 def test_plainly_valid_requests_are_typed_as_the_batch_checks_type_them(tmp_path: Path) -> None:

@@ -133,3 +133,24 @@ def say(text: str) -> None:
 def terminal() -> bool:
     """Whether output goes to a terminal (progress bars) or to a log (summary lines)."""
     return sys.stderr.isatty()
+
+
+def add_ingest_options(parser: argparse.ArgumentParser) -> None:
+    """The options of the feature flow's run, shared by `vigil ingest` and `vigil repo ingest`."""
+    parser.add_argument(
+        "--label-delay-days",
+        type=float,
+        default=7.0,
+        help="deliver each row's label as a label event this many days after its event",
+    )
+    parser.add_argument(
+        "--speed", type=positive(float), default=None, help="pace a replay at N x event time (default: at once)"
+    )
+    parser.add_argument("--workers", type=positive(int), default=1, help="cooperating flow processes")
+    parser.add_argument(
+        "--no-progress", action="store_true", help="no progress bar (off anyway when not on a terminal)"
+    )
+    parser.add_argument(
+        "--metrics-port", type=int, default=None, help="serve the flow's Prometheus metrics (freshness, lag) here"
+    )
+    parser.add_argument("--metrics-host", default="127.0.0.1", help="address for --metrics-port")

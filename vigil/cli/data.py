@@ -10,6 +10,7 @@ from typing import Any
 from vigil.cli.common import (
     Refused,
     UserError,
+    add_ingest_options,
     day,
     days_in_order,
     ensure_redis,
@@ -36,21 +37,7 @@ vigil ingest --source kafka://127.0.0.1:9092/transactions""",
     )
     p.add_argument("--transactions", metavar="PATH", help="replay a file of events (.parquet, .csv, .jsonl)")
     p.add_argument("--source", metavar="URI", help="redis://HOST:PORT/STREAM or kafka://BROKERS/TOPIC (until stopped)")
-    p.add_argument(
-        "--label-delay-days",
-        type=float,
-        default=7.0,
-        help="deliver each row's label as a label event this many days after its event",
-    )
-    p.add_argument(
-        "--speed", type=positive(float), default=None, help="pace a replay at N x event time (default: at once)"
-    )
-    p.add_argument("--workers", type=positive(int), default=1, help="cooperating flow processes")
-    p.add_argument("--no-progress", action="store_true", help="no progress bar (off anyway when not on a terminal)")
-    p.add_argument(
-        "--metrics-port", type=int, default=None, help="serve the flow's Prometheus metrics (freshness, lag) here"
-    )
-    p.add_argument("--metrics-host", default="127.0.0.1", help="address for --metrics-port")
+    add_ingest_options(p)
     p.set_defaults(func=ingest)
 
     p = subcommand(

@@ -9,7 +9,7 @@ from typing import TYPE_CHECKING, Any
 
 from pydantic import ValidationError
 
-from vigil.cli.common import Refused, UserError, positive, say, settings, subcommand, terminal
+from vigil.cli.common import Refused, UserError, add_ingest_options, say, settings, subcommand, terminal
 from vigil.settings import Settings, redact
 
 if TYPE_CHECKING:
@@ -54,10 +54,7 @@ vigil repo compute --repo feature_repo --events transactions.parquet --engine sp
     source.add_argument(
         "--source", metavar="URI", help="redis://HOST:PORT/STREAM or kafka://BROKERS/TOPIC (until stopped)"
     )
-    ingest_parser.add_argument(
-        "--label-delay-days", type=float, default=7.0, help="deliver each row's label this many days after its event"
-    )
-    ingest_parser.add_argument("--workers", type=positive(int), default=1, help="cooperating flow processes")
+    add_ingest_options(ingest_parser)
     check_parser.set_defaults(func=check)
     compute_parser.set_defaults(func=compute)
     ingest_parser.set_defaults(func=ingest)
@@ -180,9 +177,9 @@ def ingest(args: argparse.Namespace) -> int:
 
     declared = load(args)
     config = repo_settings(args)
-    workers = getattr(args, "workers", 1)
-    speed = getattr(args, "speed", None)
-    metrics_port = getattr(args, "metrics_port", None)
+    workers = args.workers
+    speed = args.speed
+    metrics_port = args.metrics_port
     if args.events:
         path = Path(args.events)
         if not path.is_file():
@@ -225,8 +222,8 @@ def ingest(args: argparse.Namespace) -> int:
     if metrics_port is not None:
         from vigil.cli.data import serve_flow_metrics
 
-        serve_flow_metrics(metrics_port, getattr(args, "metrics_host", "127.0.0.1"))
-    progress = terminal() and not getattr(args, "no_progress", False)
+        serve_flow_metrics(metrics_port, args.metrics_host)
+    progress = terminal() and not args.no_progress
     try:
         result = run_ingest(
             config, make_source, workers, expected, show_progress=progress, make_flow=declared_flow(config, declared)

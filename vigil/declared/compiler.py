@@ -186,6 +186,10 @@ class _Compiler:
         if column not in fields and tag != LABEL:
             self.wrong(what, f"tag {tag}", f"{column!r} is not a field of the events ({', '.join(fields)})")
             return None
+        if tag == EVENT_ID and fields[column] != "integer":
+            # The event log, the prediction log and the facts' order key it as an int64.
+            self.wrong(what, f"tag {tag}", f"{column!r} is a {fields[column]} field: an event id is an Int64")
+            return None
         return str(column)
 
     def time_field(self, source: Any, fields: dict[str, Kind]) -> str | None:
