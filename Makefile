@@ -4,7 +4,11 @@ PYTHON ?= $(shell command -v python3.11 || command -v python3)
 VENV := .venv
 BIN := $(VENV)/bin
 STAMP := $(VENV)/.installed
-export PYTHONDONTWRITEBYTECODE := 1
+# Bytecode is written when a module is first imported, and read by every later start: pip
+# compiles nothing at install (most installed modules, torch's and Spark's, are never
+# imported: `make setup` takes about half the time), and the project's own modules are
+# compiled once, not at each of the many processes the tests start.
+unexport PYTHONDONTWRITEBYTECODE
 
 .DEFAULT_GOAL := help
 .PHONY: help setup redis demo test test-fast lint ci bench lab notebook-docs clean
@@ -15,7 +19,7 @@ help: ## Show this help
 $(STAMP): pyproject.toml constraints.txt
 	@test -x $(BIN)/python || $(PYTHON) -m venv $(VENV)
 	$(BIN)/python -m pip install --quiet --upgrade pip
-	$(BIN)/python -m pip install --quiet -c constraints.txt -e ".[dev,spark]"
+	$(BIN)/python -m pip install --quiet --no-compile -c constraints.txt -e ".[dev,spark]"
 	@touch $(STAMP)
 
 setup: $(STAMP) ## Create .venv with the project installed (.venv/bin/vigil)
