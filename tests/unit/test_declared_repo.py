@@ -28,6 +28,24 @@ def test_a_valid_repo_compiles(tmp_path: Path) -> None:
     assert declared.derived[0].inputs == ("card_amount_1h", "card_merchants_1d")
 
 
+def test_a_file_rewritten_within_the_second_at_the_same_size_is_read_again(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """Bytecode is matched to its source by size and whole-second modification time: a repo
+    edited in a notebook and loaded again must be read from its source."""
+    import os
+
+    monkeypatch.setattr(sys, "dont_write_bytecode", False)  # as a user's Python has it
+    root = write_repo(tmp_path / "repo")
+    features = root / "features.py"
+    before = features.stat()
+    assert {a.name: a.function for a in load_declared(root).aggregations}["card_amount_1h"] == "sum"
+    features.write_text(features.read_text().replace('function="sum"', 'function="max"'))
+    os.utime(features, ns=(before.st_atime_ns, before.st_mtime_ns))
+    assert features.stat().st_size == before.st_size
+    assert {a.name: a.function for a in load_declared(root).aggregations}["card_amount_1h"] == "max"
+
+
 PANDAS_VIEW = """
 import pandas as pd
 

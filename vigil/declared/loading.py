@@ -4,7 +4,9 @@ from __future__ import annotations
 
 import contextlib
 import sys
+import tempfile
 import warnings
+from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
@@ -59,9 +61,24 @@ def parse_feast_repo(repo: Path) -> Any:
         location = getattr(module, "__file__", None)
         if name in names or (location and Path(location).resolve().parent == root):
             sys.modules.pop(name, None)
-    with contextlib.chdir(root), warnings.catch_warnings():
+    with contextlib.chdir(root), warnings.catch_warnings(), _from_source():
         warnings.filterwarnings("ignore", message=".*experimental.*")
         return parse_repo(root)
+
+
+@contextlib.contextmanager
+def _from_source() -> Iterator[None]:
+    """Imports meanwhile compile their source, reading and writing no bytecode. A repo's
+    files are edited while a notebook runs: bytecode is matched to its source by size and
+    by modification time in whole seconds, so a file rewritten within the second at the same
+    size (`function="p95"` put back to `function="max"`) would load as it was before."""
+    with tempfile.TemporaryDirectory() as nowhere:
+        prefix, writes = sys.pycache_prefix, sys.dont_write_bytecode
+        sys.pycache_prefix, sys.dont_write_bytecode = nowhere, True
+        try:
+            yield
+        finally:
+            sys.pycache_prefix, sys.dont_write_bytecode = prefix, writes
 
 
 def load_declared(repo: Path | str) -> DeclaredFeatures:
