@@ -3,8 +3,8 @@
 from __future__ import annotations
 
 import contextlib
+import importlib.machinery
 import sys
-import tempfile
 import warnings
 from collections.abc import Iterator
 from pathlib import Path
@@ -61,24 +61,46 @@ def parse_feast_repo(repo: Path) -> Any:
         location = getattr(module, "__file__", None)
         if name in names or (location and Path(location).resolve().parent == root):
             sys.modules.pop(name, None)
-    with contextlib.chdir(root), warnings.catch_warnings(), _from_source():
+    with contextlib.chdir(root), warnings.catch_warnings(), _from_source(root):
         warnings.filterwarnings("ignore", message=".*experimental.*")
         return parse_repo(root)
 
 
+class _SourceLoader(importlib.machinery.SourceFileLoader):
+    """Compiles a module from its source, reading and writing no bytecode."""
+
+    def get_code(self, fullname: str) -> Any:
+        path = self.get_filename(fullname)
+        return self.source_to_code(self.get_data(path), path)
+
+
 @contextlib.contextmanager
-def _from_source() -> Iterator[None]:
-    """Imports meanwhile compile their source, reading and writing no bytecode. A repo's
-    files are edited while a notebook runs: bytecode is matched to its source by size and
-    by modification time in whole seconds, so a file rewritten within the second at the same
-    size (`function="p95"` put back to `function="max"`) would load as it was before."""
-    with tempfile.TemporaryDirectory() as nowhere:
-        prefix, writes = sys.pycache_prefix, sys.dont_write_bytecode
-        sys.pycache_prefix, sys.dont_write_bytecode = nowhere, True
-        try:
-            yield
-        finally:
-            sys.pycache_prefix, sys.dont_write_bytecode = prefix, writes
+def _from_source(root: Path) -> Iterator[None]:
+    """The repo's own modules, imported meanwhile, are compiled from their source; everything
+    else they import is loaded as usual. A repo's files are edited while a notebook runs, and
+    bytecode is matched to its source by size and by modification time in whole seconds: a
+    file rewritten within the second at the same size (`function="p95"` put back to
+    `function="max"`) would load as it was before."""
+
+    def within(path: str) -> bool:
+        return bool(path) and Path(path).resolve().is_relative_to(root)
+
+    def source_finder(path: str) -> Any:
+        if not within(path):
+            raise ImportError(path)  # the next hook's finder
+        return importlib.machinery.FileFinder(path, (_SourceLoader, importlib.machinery.SOURCE_SUFFIXES))
+
+    def forget_finders() -> None:
+        for path in [p for p in sys.path_importer_cache if within(p)]:
+            sys.path_importer_cache.pop(path, None)
+
+    sys.path_hooks.insert(0, source_finder)
+    forget_finders()
+    try:
+        yield
+    finally:
+        sys.path_hooks.remove(source_finder)
+        forget_finders()
 
 
 def load_declared(repo: Path | str) -> DeclaredFeatures:
